@@ -1,0 +1,1 @@
+"""anklumectl: the command-line client of anklumed (it reaches it only over D-Bus)."""

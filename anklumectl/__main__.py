@@ -1,0 +1,5 @@
+import sys
+
+from anklumectl.main import main
+
+sys.exit(main())

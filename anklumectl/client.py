@@ -1,0 +1,108 @@
+"""Talking to anklumed on the system bus."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from dbus_next import BusType, Message, MessageFlag, MessageType, Variant
+from dbus_next.aio import MessageBus
+
+BUS_NAME = "org.anklume.Live1"
+ROOT_PATH = "/org/anklume/Live1"
+MANAGER_IFACE = "org.anklume.Live1.Manager"
+SLOT_IFACE = "org.anklume.Live1.Slot"
+CALL_TIMEOUT = 30.0
+INTERACTIVE_TIMEOUT = 330.0  # longer than the daemon's own wait for a password
+
+
+class ClientError(Exception):
+    """A D-Bus error reply (name + message) or an unreachable daemon."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
+        self.message = message
+
+
+def unwrap(value: Any) -> Any:
+    if isinstance(value, Variant):
+        return unwrap(value.value)
+    if isinstance(value, dict):
+        return {k: unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unwrap(v) for v in value]
+    return value
+
+
+@contextlib.contextmanager
+def polkit_agent(enabled: bool) -> Iterator[None]:
+    """Like systemctl: a text-mode polkit agent for this terminal, unless one runs."""
+    agent = shutil.which("pkttyagent")
+    if not enabled or agent is None or os.geteuid() == 0 or not sys.stdin.isatty():
+        yield
+        return
+    read, write = os.pipe()
+    proc = subprocess.Popen([agent, "--notify-fd", str(write), "--fallback"], pass_fds=(write,))
+    os.close(write)
+    with os.fdopen(read) as ready:
+        ready.read(1)  # pkttyagent closes the fd once it is registered
+    try:
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+class Client:
+    def __init__(self, bus: MessageBus, interactive: bool) -> None:
+        self.bus = bus
+        self.interactive = interactive
+
+    @classmethod
+    async def connect(cls, address: str | None, interactive: bool) -> Client:
+        try:
+            bus = MessageBus(bus_address=address) if address else MessageBus(
+                bus_type=BusType.SYSTEM)
+            return cls(await asyncio.wait_for(bus.connect(), 10), interactive)
+        except (OSError, TimeoutError) as e:
+            raise ClientError("Unreachable", f"cannot reach the system bus: {e}") from None
+
+    async def call(self, path: str, iface: str, member: str, signature: str = "",
+                   body: list[Any] | None = None, mutating: bool = False) -> list[Any]:
+        flags = MessageFlag.NONE
+        if mutating and self.interactive:
+            flags |= MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION
+        msg = Message(destination=BUS_NAME, path=path, interface=iface, member=member,
+                      signature=signature, body=body or [], flags=flags)
+        timeout = INTERACTIVE_TIMEOUT if mutating else CALL_TIMEOUT
+        try:
+            reply = await asyncio.wait_for(self.bus.call(msg), timeout)
+        except TimeoutError:
+            raise ClientError("Timeout", "anklumed did not answer in time") from None
+        assert reply is not None
+        if reply.message_type == MessageType.ERROR:
+            text = reply.body[0] if reply.body else ""
+            raise ClientError(reply.error_name or "", str(text))
+        return [unwrap(v) for v in reply.body]
+
+    async def status(self) -> dict[str, Any]:
+        """The manager's properties, with the slots' under "Slots" (two calls at once)."""
+        props, managed = await asyncio.gather(
+            self.call(ROOT_PATH, "org.freedesktop.DBus.Properties", "GetAll", "s",
+                      [MANAGER_IFACE]),
+            self.call(ROOT_PATH, "org.freedesktop.DBus.ObjectManager", "GetManagedObjects"),
+        )
+        slots = {ifaces[SLOT_IFACE]["Name"]: ifaces[SLOT_IFACE]
+                 for _path, ifaces in sorted(managed[0].items()) if SLOT_IFACE in ifaces}
+        return {**props[0], "Slots": slots}
+
+    async def manager(self, member: str, signature: str = "", *body: Any) -> list[Any]:
+        return await self.call(ROOT_PATH, MANAGER_IFACE, member, signature, list(body),
+                               mutating=True)

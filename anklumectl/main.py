@@ -1,0 +1,164 @@
+"""``anklumectl``: status and control of anklume Live from a terminal.
+
+Exit codes (stable, for scripts):
+  0 success            1 failed             2 usage error
+  3 not authorized     4 invalid argument   5 not found
+  6 busy               7 daemon unreachable 8 verification failed
+  9 wrong passphrase  10 boot device refused 11 cancelled
+ 12 boot check failed (boot-check only)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from rich.console import Console
+
+from anklumectl.client import Client, ClientError, polkit_agent
+from anklumectl.render import slots_table, status_panel
+
+ERROR_PREFIX = "org.anklume.Live1.Error."
+EXIT_CODES = {
+    "Failed": 1, "NotAuthorized": 3, "InvalidArgument": 4, "NotFound": 5, "Busy": 6,
+    "Unreachable": 7, "VerificationFailed": 8, "IncorrectPassphrase": 9,
+    "RefusedBootDevice": 10, "Cancelled": 11,
+}
+BOOT_CHECK_FAILED = 12
+UNREACHABLE_NAMES = (
+    "org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NameHasNoOwner",
+    "org.freedesktop.DBus.Error.NoReply", "Unreachable", "Timeout",
+)
+
+
+def explain(e: ClientError) -> tuple[str, int]:
+    """One sentence for a person, and the exit code."""
+    if e.name in UNREACHABLE_NAMES:
+        return ("anklumed is not running or not reachable "
+                "(try: systemctl status anklumed)"), EXIT_CODES["Unreachable"]
+    if e.name == "org.freedesktop.DBus.Error.AccessDenied":
+        return "the system bus refused the call: " + e.message, EXIT_CODES["NotAuthorized"]
+    if e.name.startswith(ERROR_PREFIX):
+        short = e.name[len(ERROR_PREFIX):]
+        return e.message, EXIT_CODES.get(short, 1)
+    return f"unexpected reply from anklumed ({e.name}): {e.message}", 1
+
+
+Action = Callable[[Client, argparse.Namespace, Console], Awaitable[int]]
+
+
+async def cmd_status(c: Client, a: argparse.Namespace, out: Console) -> int:
+    status = await c.status()
+    if a.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        out.print(status_panel(status))
+    return 0
+
+
+async def cmd_slots(c: Client, a: argparse.Namespace, out: Console) -> int:
+    status = await c.status()
+    if a.json:
+        print(json.dumps(status["Slots"], indent=2, sort_keys=True))
+    else:
+        out.print(slots_table(status))
+    return 0
+
+
+async def cmd_rollback(c: Client, a: argparse.Namespace, out: Console) -> int:
+    (slot,) = await c.manager("Rollback", "b", a.force)
+    out.print(f"Slot {slot} will boot next. Reboot to use it.")
+    return 0
+
+
+async def cmd_set_primary(c: Client, a: argparse.Namespace, out: Console) -> int:
+    await c.manager("SetPrimary", "sb", a.slot, a.force)
+    out.print(f"Slot {a.slot.upper()} will boot next.")
+    return 0
+
+
+async def cmd_mark_good(c: Client, a: argparse.Namespace, out: Console) -> int:
+    await c.manager("MarkGood")
+    out.print("This boot is marked good.")
+    return 0
+
+
+async def cmd_mark_bad(c: Client, a: argparse.Namespace, out: Console) -> int:
+    await c.manager("MarkBad", "s", a.slot)
+    out.print(f"Slot {a.slot.upper()} is marked failed.")
+    return 0
+
+
+async def cmd_boot_check(c: Client, a: argparse.Namespace, out: Console) -> int:
+    """Health gate before boot-complete.target: the daemon answers and is not degraded."""
+    status = await c.status()
+    if status["BootState"] == "degraded":
+        reasons = "; ".join(status["StateReasons"]) or "no reason given"
+        print(f"anklumectl: boot check failed: {reasons}", file=sys.stderr)
+        return BOOT_CHECK_FAILED
+    out.print(f"boot check passed: slot {status['BootedSlot'] or '?'}, {status['BootState']}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="anklumectl", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bus", default=os.environ.get("ANKLUME_BUS"),
+                   help="D-Bus address (default: the system bus)")
+    p.add_argument("--no-ask-password", action="store_true",
+                   help="never prompt for authentication")
+    p.add_argument("--propagate", action="store_true",
+                   help="raise errors with a traceback (for debugging and tests)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn: Action, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help)
+        sp.set_defaults(func=fn)
+        return sp
+
+    add("status", cmd_status, "show the boot state").add_argument("--json", action="store_true")
+    add("slots", cmd_slots, "list the OS slots").add_argument("--json", action="store_true")
+    add("rollback", cmd_rollback, "boot the other slot next").add_argument(
+        "--force", action="store_true", help="even if it is not marked ok")
+    sp = add("set-primary", cmd_set_primary, "choose the slot that boots next")
+    sp.add_argument("slot", help="A or B")
+    sp.add_argument("--force", action="store_true", help="even if it is not marked ok")
+    add("mark-good", cmd_mark_good, "confirm that this boot works")
+    add("mark-bad", cmd_mark_bad, "mark a slot as failed").add_argument("slot", help="A or B")
+    add("boot-check", cmd_boot_check, "exit non-zero if the boot is degraded (for systemd)")
+    return p
+
+
+async def run(args: argparse.Namespace) -> int:
+    out = Console()
+    interactive = not args.no_ask_password and sys.stdin.isatty()
+    client = await Client.connect(args.bus, interactive)
+    try:
+        with polkit_agent(interactive):
+            result: int = await args.func(client, args, out)
+            return result
+    finally:
+        client.bus.disconnect()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return asyncio.run(run(args))
+    except ClientError as e:
+        if args.propagate:
+            raise
+        message, code = explain(e)
+        print(f"anklumectl: {message}", file=sys.stderr)
+        return code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

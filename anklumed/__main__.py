@@ -1,0 +1,5 @@
+import sys
+
+from anklumed.main import main
+
+sys.exit(main())

@@ -1,0 +1,71 @@
+"""The one wrapper through which anklumed runs external programs.
+
+Why one wrapper: every call gets the same sanitised environment, a timeout,
+a closed stdin unless data is passed, a debug log of the command line, and a
+failure that carries argv, exit status and the tail of stderr. Secrets travel
+only through ``input`` (stdin), never argv or the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from anklumed.errors import Failed
+
+log = logging.getLogger(__name__)
+
+_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_STDERR_TAIL = 800
+
+Arg = str | Path
+
+
+class CommandError(Failed):
+    """An external program failed or timed out."""
+
+    def __init__(self, argv: Sequence[str], returncode: int | None, stderr: str) -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stderr = stderr[-_STDERR_TAIL:]
+        what = "timed out" if returncode is None else f"exited with status {returncode}"
+        detail = self.stderr.strip().splitlines()[-1:] or [""]
+        super().__init__(f"{self.argv[0]} {what}: {detail[0]}".rstrip(": "))
+
+
+def run(
+    argv: Sequence[Arg],
+    *,
+    timeout: float = 60.0,
+    input: bytes | None = None,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ``argv`` and return its completed process; raise CommandError on failure."""
+    args = [os.fspath(a) for a in argv]
+    log.debug("+ %s", shlex.join(args))
+    environment = {"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PATH": _PATH}
+    if env:
+        environment.update(env)
+    try:
+        proc = subprocess.run(
+            args,
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            capture_output=True,
+            env=environment,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as e:
+        stderr = (e.stderr or b"").decode(errors="replace")
+        raise CommandError(args, None, stderr) from None
+    except FileNotFoundError:
+        raise CommandError(args, 127, f"{args[0]}: command not found") from None
+    if check and proc.returncode != 0:
+        raise CommandError(args, proc.returncode, proc.stderr.decode(errors="replace"))
+    return proc

@@ -1,0 +1,46 @@
+"""Daemon settings, from /etc/anklume/anklumed.toml (all keys optional)."""
+
+from __future__ import annotations
+
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from anklumed.errors import InvalidArgument
+from anklumed.handoff import CMDLINE_PATH, HANDOFF_PATH
+from anklumed.persist import DEFAULT_MOUNTPOINT
+
+DEFAULT_CONFIG = Path("/etc/anklume/anklumed.toml")
+
+
+class DeadlineAction(StrEnum):
+    REBOOT = "reboot"  # a hung boot then counts as a failed attempt
+    LOG = "log"  # development and simulation: say it, do nothing
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    persist_mountpoint: Path = DEFAULT_MOUNTPOINT
+    handoff: Path = HANDOFF_PATH
+    cmdline: Path = CMDLINE_PATH
+    # Skip discovery and use this disk as the boot stick (development only).
+    boot_disk: Path | None = None
+    # Seconds after the kernel started by which boot-complete.target must be reached.
+    boot_deadline: int = Field(default=600, ge=30, le=86400)
+    deadline_action: DeadlineAction = DeadlineAction.REBOOT
+    # Watch boot-complete.target through systemd and mark the boot good when reached.
+    follow_systemd: bool = True
+
+
+def load_config(path: Path | None) -> Config:
+    if path is None:
+        if not DEFAULT_CONFIG.exists():
+            return Config()
+        path = DEFAULT_CONFIG
+    try:
+        return Config.model_validate(tomllib.loads(path.read_text()))
+    except (OSError, tomllib.TOMLDecodeError, ValidationError) as e:
+        raise InvalidArgument(f"invalid configuration {path}: {e}") from e

@@ -1,0 +1,110 @@
+"""The boot hand-off: what the initramfs tells the running system.
+
+``/run/anklume/boot.env`` is written by the initramfs (DESIGN.md §3). When it is
+absent (development, a system booted another way) the kernel command line is
+the fallback, and whatever neither says is reported as unknown (None).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from anklumed.persist import parse_kv
+from anklumed.stick import SlotName
+
+log = logging.getLogger(__name__)
+
+HANDOFF_PATH = Path("/run/anklume/boot.env")
+CMDLINE_PATH = Path("/proc/cmdline")
+
+
+class Handoff(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    source: str  # "boot.env", "cmdline" or "none"
+    slot: SlotName | None = None
+    boot_count: int | None = None
+    rollback: bool | None = None
+    rollback_from: SlotName | None = None
+    toram: bool | None = None
+    verity: bool | None = None
+    root_hash: str | None = None
+    persist_partuuid: str | None = None
+    boot_disk: Path | None = None
+    ram_crypt_requested: bool | None = None
+    problems: tuple[str, ...] = ()
+
+
+def _slot(value: str | None) -> SlotName | None:
+    if value is None:
+        return None
+    value = value.strip().upper()
+    return SlotName(value) if value in ("A", "B") else None
+
+
+def _flag(value: str | None) -> bool | None:
+    if value is None:
+        return None
+    return {"1": True, "0": False, "yes": True, "no": False}.get(value.strip().lower())
+
+
+def parse_cmdline(text: str) -> dict[str, str]:
+    """``anklume.*`` parameters of a kernel command line (a bare flag means 1)."""
+    params: dict[str, str] = {}
+    for word in text.split():
+        key, sep, value = word.partition("=")
+        if key.startswith("anklume."):
+            params[key] = value if sep else "1"
+    return params
+
+
+def parse_handoff(env_text: str | None, cmdline_text: str) -> Handoff:
+    cmdline = parse_cmdline(cmdline_text)
+    ram_crypt = _flag(cmdline.get("anklume.ram_crypt"))
+    if env_text is None:
+        return Handoff(
+            source="cmdline" if cmdline else "none",
+            slot=_slot(cmdline.get("anklume.slot")),
+            toram=_flag(cmdline.get("anklume.toram")),
+            ram_crypt_requested=ram_crypt,
+        )
+    values, problems = parse_kv(env_text)
+    count = values.get("BOOT_COUNT", "")
+    fields = {
+        "slot": _slot(values.get("SLOT")),
+        "boot_count": int(count) if count.isdigit() else None,
+        "rollback": _flag(values.get("ROLLBACK")),
+        "rollback_from": _slot(values.get("ROLLBACK_FROM")),
+        "toram": _flag(values.get("TORAM")),
+        "verity": _flag(values.get("VERITY")),
+        "root_hash": values.get("ROOT_HASH") or None,
+        "persist_partuuid": (values.get("PERSIST_PARTUUID") or "").lower() or None,
+        "boot_disk": Path(values["BOOT_DISK"]) if values.get("BOOT_DISK", "").startswith("/dev/")
+        else None,
+    }
+    if fields["slot"] is None:
+        problems.append("SLOT is missing or not A/B")
+    return Handoff(
+        source="boot.env",
+        ram_crypt_requested=ram_crypt,
+        problems=tuple(f"boot.env: {p}" for p in problems),
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def read_handoff(path: Path = HANDOFF_PATH, cmdline: Path = CMDLINE_PATH) -> Handoff:
+    try:
+        env_text: str | None = path.read_text(errors="replace")[:65536]
+    except FileNotFoundError:
+        env_text = None
+    except OSError as e:
+        log.warning("cannot read %s: %s", path, e)
+        env_text = None
+    try:
+        cmdline_text = cmdline.read_text(errors="replace")
+    except OSError:
+        cmdline_text = ""
+    return parse_handoff(env_text, cmdline_text)

@@ -1,0 +1,69 @@
+"""``anklumed``: the entry point systemd starts."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from anklumed import __version__
+from anklumed.config import load_config
+from anklumed.errors import AnklumeError
+
+
+def _setup_logging(level: str) -> None:
+    handler: logging.Handler
+    if os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"):
+        try:
+            from systemd.journal import JournalHandler
+
+            handler = JournalHandler(SYSLOG_IDENTIFIER="anklumed")
+        except ImportError:
+            handler = logging.StreamHandler()
+    else:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("anklumed: %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+
+
+async def _serve(config_path: Path | None, bus: str | None) -> int:
+    from anklumed.service.app import Daemon
+
+    daemon = Daemon(load_config(config_path), bus_address=bus)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await daemon.start()
+    assert daemon.bus is not None
+    disconnected = asyncio.ensure_future(daemon.bus.wait_for_disconnect())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({disconnected, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if disconnected.done():
+        logging.getLogger("anklumed").error("lost the bus connection; exiting")
+        return 1
+    await daemon.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="anklumed", description="anklume Live daemon")
+    parser.add_argument("--config", type=Path, help="TOML settings (default /etc/anklume/anklumed.toml)")
+    parser.add_argument("--bus", help="D-Bus address to serve on (default: the system bus)")
+    parser.add_argument("--log-level", default=os.environ.get("ANKLUMED_LOG", "info"))
+    parser.add_argument("--version", action="version", version=__version__)
+    args = parser.parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        return asyncio.run(_serve(args.config, args.bus))
+    except AnklumeError as e:
+        logging.getLogger("anklumed").error("%s", e)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

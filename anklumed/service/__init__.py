@@ -1,0 +1,1 @@
+"""The D-Bus face of anklumed: the only package that knows about D-Bus."""

@@ -1,0 +1,267 @@
+"""The daemon: reads the boot state, exports it on the bus, guards changes."""
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyudev
+from dbus_next import BusType, RequestNameReply
+from dbus_next.aio import MessageBus
+
+from anklumed import __version__, stick
+from anklumed.config import Config, DeadlineAction
+from anklumed.errors import AnklumeError
+from anklumed.handoff import Handoff, read_handoff
+from anklumed.host import Backing, read_memory_encryption, root_backing
+from anklumed.host import boot_time as kernel_boot_time
+from anklumed.persist import PersistStore
+from anklumed.service.boundary import BUS_NAME, ROOT_PATH, Caller, capture_caller
+from anklumed.service.objects import ManagerInterface, SlotInterface, slot_path
+from anklumed.service.polkit import Authority
+from anklumed.service.systemd import BOOT_COMPLETE, Systemd
+from anklumed.slots.controller import SlotController
+from anklumed.stick import BootStick, SlotName
+
+log = logging.getLogger(__name__)
+
+try:
+    from systemd import daemon as sd_daemon
+except ImportError:  # pragma: no cover - systemd-python is a declared dependency
+    sd_daemon = None
+
+
+def notify(state: str) -> None:
+    if sd_daemon is not None and os.environ.get("NOTIFY_SOCKET"):
+        sd_daemon.notify(state)
+
+
+def uptime() -> float:
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+class Daemon:
+    def __init__(self, config: Config, bus_address: str | None = None) -> None:
+        self.config = config
+        self.bus_address = bus_address
+        self.version = __version__
+        self.handoff: Handoff = read_handoff(config.handoff, config.cmdline)
+        self.stick: BootStick | None = None
+        self.stick_error: str | None = None
+        self.root: Backing = Backing(in_ram=None)
+        self.memory_encryption = read_memory_encryption()
+        btime = kernel_boot_time()
+        self.boot_time = datetime.fromtimestamp(btime, UTC) if btime else None
+        self.store = PersistStore(None, config.persist_mountpoint)
+        self.slots = SlotController(self.store, self.handoff, self.boot_time)
+        self.marked_good = asyncio.Event()
+        self.deadline_at: float = 0.0
+        self.bus: MessageBus | None = None
+        self.interfaces: list[Any] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._udev_monitor: pyudev.Monitor | None = None
+
+    # ---- facts the interfaces publish --------------------------------------
+    def problems(self) -> list[str]:
+        found = list(self.handoff.problems)
+        if self.stick_error:
+            found.append(self.stick_error)
+        if self.slots.state:
+            found.extend(self.slots.state.problems)
+        elif self.slots.error:
+            found.append(self.slots.error)
+        return found
+
+    def media_present(self) -> bool:
+        return bool(self.stick and self.stick.disk.exists())
+
+    def safe_to_remove(self) -> bool:
+        """The stick can be pulled: / does not read from it and PERSIST is idle."""
+        if not self.media_present():
+            return True
+        reads_from_stick = self.stick is not None and (
+            self.root.in_ram is not True or self.stick.disk.name in self.root.disks
+        )
+        return not reads_from_stick and not self.store.busy
+
+    def partitions(self) -> list[list[Any]]:
+        if not self.stick:
+            return []
+        return [[p.label, p.number, p.size, str(p.device or "")]
+                for p in sorted(self.stick.partitions.values(), key=lambda p: p.number)]
+
+    def deadline_remaining(self) -> int:
+        return int(self.deadline_at)
+
+    async def authorize(self, action: str, caller: Caller) -> None:
+        assert self.bus is not None
+        await Authority(self.bus).check(action, caller)
+
+    # ---- lifecycle -----------------------------------------------------------
+    async def start(self) -> None:
+        self.bus = await asyncio.wait_for(self._connect(), 10)
+        self.bus.add_message_handler(capture_caller)
+        await self._find_stick()
+        self.slots.listeners.append(self._on_slots_changed)
+        await self.slots.start()
+        self._export()
+        reply = await self.bus.request_name(BUS_NAME)
+        if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
+            raise AnklumeError(f"{BUS_NAME} is already owned by another process")
+        self._watch_media()
+        self._spawn(self._boot_deadline())
+        if self.config.follow_systemd:
+            self._spawn(self._follow_boot_complete())
+        self._spawn(self._watchdog_pings())
+        notify("READY=1")
+        self._status()
+        log.info("anklumed %s ready: %s", self.version, self._summary())
+
+    async def _connect(self) -> MessageBus:
+        if self.bus_address:
+            return await MessageBus(bus_address=self.bus_address).connect()
+        return await MessageBus(bus_type=BusType.SYSTEM).connect()
+
+    async def _find_stick(self) -> None:
+        hint = self.config.boot_disk or self.handoff.boot_disk
+        self.root = await asyncio.to_thread(root_backing)
+        if hint is None and self.root.disks and len(self.root.disks) == 1:
+            hint = Path("/dev") / self.root.disks[0]
+        try:
+            self.stick = await asyncio.to_thread(
+                stick.discover, hint, self.handoff.persist_partuuid
+            )
+            self.stick_error = None
+        except AnklumeError as e:
+            self.stick, self.stick_error = None, str(e)
+            log.error("%s", e)
+        self.store.device = self.stick.persist.device if self.stick else None
+        if self.stick and self.store.device is None:
+            self.stick_error = (
+                f"the kernel has no block device for ANKLUME-PERSIST on {self.stick.disk}"
+            )
+
+    def _export(self) -> None:
+        assert self.bus is not None
+        manager = ManagerInterface(self)
+        self.bus.export(ROOT_PATH, manager)
+        self.interfaces = [manager]
+        for slot in SlotName:
+            iface = SlotInterface(self, slot)
+            self.bus.export(slot_path(slot), iface)
+            self.interfaces.append(iface)
+
+    def publish(self) -> None:
+        for iface in self.interfaces:
+            iface.publish()
+        self._status()
+
+    def _on_slots_changed(self) -> None:
+        if self.slots.assessment.marked_good:
+            self.marked_good.set()
+        self.publish()
+
+    def _summary(self) -> str:
+        a = self.slots.assessment
+        return f"booted {a.booted or '?'}, primary {a.primary or '?'}, boot {a.state.value}"
+
+    def _status(self) -> None:
+        notify(f"STATUS={self._summary()}")
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: "asyncio.Task[None]") -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception():
+            log.error("background task failed", exc_info=task.exception())
+
+    async def stop(self) -> None:
+        notify("STOPPING=1")
+        for task in list(self._tasks):
+            task.cancel()
+        if self._udev_monitor is not None:
+            asyncio.get_running_loop().remove_reader(self._udev_monitor.fileno())
+        if self.bus is not None:
+            self.bus.disconnect()
+
+    # ---- background work -----------------------------------------------------
+    async def _watchdog_pings(self) -> None:
+        usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+        if usec <= 0:
+            return
+        while True:
+            notify("WATCHDOG=1")
+            await asyncio.sleep(usec / 2e6)
+
+    async def _boot_deadline(self) -> None:
+        """Reboot a boot that never completes, so that it counts as a failed attempt."""
+        if self.slots.assessment.marked_good:
+            return
+        remaining = self.config.boot_deadline - uptime()
+        self.deadline_at = time.time() + max(remaining, 0)
+        self.publish()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.marked_good.wait(), max(remaining, 0))
+        self.deadline_at = 0.0
+        self.publish()
+        if self.marked_good.is_set():
+            return
+        why = await self._why_not_complete()
+        log.error("boot did not complete within %d s (%s)", self.config.boot_deadline, why)
+        if self.config.deadline_action is DeadlineAction.REBOOT:
+            log.error("rebooting: this boot counts as a failed attempt of slot %s",
+                      self.slots.assessment.booted or "?")
+            assert self.bus is not None
+            await Systemd(self.bus).reboot()
+
+    async def _why_not_complete(self) -> str:
+        assert self.bus is not None
+        try:
+            jobs = await Systemd(self.bus).waiting_jobs()
+        except (OSError, TimeoutError):
+            return f"{BOOT_COMPLETE} was not reached; systemd cannot be asked why"
+        return "still waiting for " + ", ".join(jobs[:10]) if jobs else "no job pending"
+
+    async def _follow_boot_complete(self) -> None:
+        assert self.bus is not None
+        systemd = Systemd(self.bus)
+        if not await systemd.available():
+            log.info("systemd is not on this bus: the boot is marked good only by MarkGood")
+            return
+        await systemd.when_active(BOOT_COMPLETE, self._mark_good_automatically)
+
+    async def _mark_good_automatically(self) -> None:
+        if self.slots.assessment.marked_good or self.handoff.slot is None:
+            return
+        log.info("%s reached: marking slot %s good", BOOT_COMPLETE, self.handoff.slot)
+        try:
+            await self.slots.mark_good()
+        except AnklumeError as e:
+            log.error("could not mark the boot good: %s", e)
+
+    def _watch_media(self) -> None:
+        """Notice the stick being pulled or plugged (udev, or kernel uevents without it)."""
+        try:
+            context = pyudev.Context()
+            source = "udev" if Path("/run/udev/control").exists() else "kernel"
+            monitor = pyudev.Monitor.from_netlink(context, source=source)
+            monitor.filter_by("block")
+            monitor.start()
+        except (OSError, ValueError) as e:
+            log.warning("cannot watch block devices (%s): media status will not update", e)
+            return
+        self._udev_monitor = monitor
+        asyncio.get_running_loop().add_reader(monitor.fileno(), self._on_uevent)
+
+    def _on_uevent(self) -> None:
+        assert self._udev_monitor is not None
+        while (device := self._udev_monitor.poll(timeout=0)) is not None:
+            log.debug("uevent %s %s", device.action, device.sys_name)
+        self.publish()

@@ -1,0 +1,171 @@
+"""The exported objects: /org/anklume/Live1 (Manager) and /org/anklume/Live1/slot/X."""
+
+from typing import TYPE_CHECKING, Any
+
+from anklumed.errors import InvalidArgument
+from anklumed.service.boundary import (
+    BUS_NAME,
+    ROOT_PATH,
+    StateInterface,
+    current_caller,
+    dbus_method,
+    ro_property,
+)
+from anklumed.service.polkit import ACTION_SWITCH_SLOT
+from anklumed.slots.model import SlotMeta, format_time
+from anklumed.stick import SlotName
+
+if TYPE_CHECKING:
+    from anklumed.service.app import Daemon
+
+MANAGER_IFACE = f"{BUS_NAME}.Manager"
+SLOT_IFACE = f"{BUS_NAME}.Slot"
+
+
+def slot_path(slot: SlotName) -> str:
+    return f"{ROOT_PATH}/slot/{slot.value}"
+
+
+def parse_slot_arg(value: str) -> SlotName:
+    if value.strip().upper() not in ("A", "B"):
+        raise InvalidArgument(f"{value[:20]!r} is not a slot; a slot is A or B")
+    return SlotName(value.strip().upper())
+
+
+def _tri(value: bool | None) -> str:
+    return "unknown" if value is None else ("yes" if value else "no")
+
+
+class ManagerInterface(StateInterface):
+    def __init__(self, daemon: "Daemon") -> None:
+        self.daemon = daemon
+        super().__init__(MANAGER_IFACE)
+
+    def snapshot(self) -> dict[str, Any]:
+        d = self.daemon
+        a = d.slots.assessment
+        st = d.slots.state
+        rollback = st.last_rollback if st else None
+        return {
+            "Version": d.version,
+            "BootedSlot": a.booted.value if a.booted else "",
+            "PrimarySlot": a.primary.value if a.primary else "",
+            "FallbackSlot": a.fallback.value if a.fallback else "",
+            "BootCount": st.boot_count if st else 0,
+            "BootAttempts": st.boot_attempts if st else 0,
+            "BootState": a.state.value,
+            "MarkedGood": a.marked_good,
+            "StateReasons": list(a.reasons),
+            "Problems": d.problems(),
+            "LastRollback": {k.lower(): v for k, v in rollback.to_kv().items()} if rollback else {},
+            "HandoffSource": d.handoff.source,
+            "Toram": _tri(d.handoff.toram),
+            "RootInRam": _tri(d.root.in_ram),
+            "BootDisk": str(d.stick.disk) if d.stick else "",
+            "BootMediaPresent": d.media_present(),
+            "SafeToRemove": d.safe_to_remove(),
+            "Partitions": d.partitions(),
+            "MemoryEncryption": d.memory_encryption.value,
+            "RamCryptRequested": bool(d.handoff.ram_crypt_requested),
+            "BootDeadline": d.deadline_remaining(),
+        }
+
+    Version = ro_property("Version", "s")
+    BootedSlot = ro_property("BootedSlot", "s")
+    PrimarySlot = ro_property("PrimarySlot", "s")
+    FallbackSlot = ro_property("FallbackSlot", "s")
+    BootCount = ro_property("BootCount", "u")
+    BootAttempts = ro_property("BootAttempts", "u")
+    BootState = ro_property("BootState", "s")
+    MarkedGood = ro_property("MarkedGood", "b")
+    StateReasons = ro_property("StateReasons", "as")
+    Problems = ro_property("Problems", "as")
+    LastRollback = ro_property("LastRollback", "a{ss}")
+    HandoffSource = ro_property("HandoffSource", "s")
+    Toram = ro_property("Toram", "s")
+    RootInRam = ro_property("RootInRam", "s")
+    BootDisk = ro_property("BootDisk", "s")
+    BootMediaPresent = ro_property("BootMediaPresent", "b")
+    SafeToRemove = ro_property("SafeToRemove", "b")
+    Partitions = ro_property("Partitions", "a(suts)")
+    MemoryEncryption = ro_property("MemoryEncryption", "s")
+    RamCryptRequested = ro_property("RamCryptRequested", "b")
+    BootDeadline = ro_property("BootDeadline", "i")
+
+    @dbus_method()
+    async def MarkGood(self) -> None:
+        await self.daemon.authorize(ACTION_SWITCH_SLOT, current_caller())
+        await self.daemon.slots.mark_good()
+
+    @dbus_method(args=(("force", "b"),), returns="s")
+    async def Rollback(self, force: bool) -> str:
+        await self.daemon.authorize(ACTION_SWITCH_SLOT, current_caller())
+        return (await self.daemon.slots.rollback(force)).value
+
+    @dbus_method(args=(("slot", "s"), ("force", "b")))
+    async def SetPrimary(self, slot: str, force: bool) -> None:
+        target = parse_slot_arg(slot)
+        await self.daemon.authorize(ACTION_SWITCH_SLOT, current_caller())
+        await self.daemon.slots.set_primary(target, force)
+
+    @dbus_method(args=(("slot", "s"),))
+    async def MarkBad(self, slot: str) -> None:
+        target = parse_slot_arg(slot)
+        await self.daemon.authorize(ACTION_SWITCH_SLOT, current_caller())
+        await self.daemon.slots.mark_bad(target)
+
+
+def _time(value: Any) -> str:
+    return format_time(value) if value is not None else ""
+
+
+class SlotInterface(StateInterface):
+    def __init__(self, daemon: "Daemon", slot: SlotName) -> None:
+        self.daemon = daemon
+        self.slot = slot
+        super().__init__(SLOT_IFACE)
+
+    def snapshot(self) -> dict[str, Any]:
+        st = self.daemon.slots.state
+        meta = st.meta[self.slot] if st else SlotMeta()
+        a = self.daemon.slots.assessment
+        part = self.daemon.stick.partitions.get(self.slot.label) if self.daemon.stick else None
+        return {
+            "Name": self.slot.value,
+            "Status": meta.status.value if st else "unknown",
+            "Version": meta.version or "",
+            "Size": meta.size or 0,
+            "Sha256": meta.sha256 or "",
+            "RootHash": meta.root_hash or "",
+            "Salt": meta.salt or "",
+            "DataBlockSize": meta.data_block_size or 0,
+            "HashBlockSize": meta.hash_block_size or 0,
+            "HashAlg": meta.hash_alg or "",
+            "InstalledAt": _time(meta.installed_at),
+            "ActivatedAt": _time(meta.activated_at),
+            "LastGoodAt": _time(meta.last_good_at),
+            "Source": meta.source or "",
+            "Booted": a.booted is self.slot,
+            "Primary": a.primary is self.slot,
+            "Device": str(part.device) if part and part.device else "",
+            "PartitionSize": part.size if part else 0,
+        }
+
+    Name = ro_property("Name", "s")
+    Status = ro_property("Status", "s")
+    Version = ro_property("Version", "s")
+    Size = ro_property("Size", "t")
+    Sha256 = ro_property("Sha256", "s")
+    RootHash = ro_property("RootHash", "s")
+    Salt = ro_property("Salt", "s")
+    DataBlockSize = ro_property("DataBlockSize", "u")
+    HashBlockSize = ro_property("HashBlockSize", "u")
+    HashAlg = ro_property("HashAlg", "s")
+    InstalledAt = ro_property("InstalledAt", "s")
+    ActivatedAt = ro_property("ActivatedAt", "s")
+    LastGoodAt = ro_property("LastGoodAt", "s")
+    Source = ro_property("Source", "s")
+    Booted = ro_property("Booted", "b")
+    Primary = ro_property("Primary", "b")
+    Device = ro_property("Device", "s")
+    PartitionSize = ro_property("PartitionSize", "t")

@@ -1,0 +1,1 @@
+"""OS slots: their metadata, boot selection and assessment, manual control."""

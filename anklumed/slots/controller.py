@@ -1,0 +1,173 @@
+"""Manual and automatic control of the slots: mark good/bad, rollback, set primary.
+
+Each operation is one PERSIST transaction run in a worker thread (mount, read,
+check, write atomically, read back, unmount), serialised by a lock. The last
+state read is cached so status reads never wait for the stick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from anklumed.errors import AnklumeError, InvalidArgument, NotFound
+from anklumed.handoff import Handoff
+from anklumed.persist import PersistDir, PersistStore
+from anklumed.slots import model
+from anklumed.slots.assessment import Assessment, assess
+from anklumed.slots.model import Rollback, SlotsState, SlotStatus
+from anklumed.stick import SlotName
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def check_can_become_primary(state: SlotsState, slot: SlotName, force: bool) -> None:
+    """Refuse to point ab-state at a slot that cannot boot."""
+    status = state.meta[slot].status
+    if status is SlotStatus.EMPTY:
+        raise InvalidArgument(f"slot {slot} is empty: there is no system in it to boot")
+    if status is not SlotStatus.OK and not force:
+        raise InvalidArgument(
+            f"slot {slot} is {status.value}, not ok: it may not boot. "
+            "Use --force to make it primary anyway"
+        )
+
+
+class SlotController:
+    def __init__(
+        self,
+        store: PersistStore,
+        handoff: Handoff,
+        boot_time: datetime | None,
+        clock: Clock = _utcnow,
+    ) -> None:
+        self.store = store
+        self.handoff = handoff
+        self.boot_time = boot_time
+        self.clock = clock
+        self.state: SlotsState | None = None
+        self.error: str | None = None
+        self._lock = asyncio.Lock()
+        self.listeners: list[Callable[[], None]] = []
+
+    @property
+    def assessment(self) -> Assessment:
+        return assess(self.state, self.handoff, self.boot_time, self.error)
+
+    async def refresh(self) -> None:
+        await self._transaction(lambda pdir, state: None, quiet=True)
+
+    async def start(self) -> None:
+        """Read PERSIST once; tidy after a crash; record a rollback the initramfs did."""
+        await self._transaction(self._on_start, quiet=True)
+
+    def _on_start(self, pdir: PersistDir, state: SlotsState) -> None:
+        for name in pdir.clean_temporaries():
+            log.warning("removed %s left by an interrupted write", name)
+        source = self.handoff.rollback_from
+        if self.handoff.rollback and source and state.meta[source].status is SlotStatus.OK:
+            log.warning("slot %s failed to boot and was rolled back from; marking it failed",
+                        source)
+            meta = state.meta[source].model_copy(update={"status": SlotStatus.FAILED})
+            model.write_meta(pdir, source, meta)
+
+    async def mark_good(self) -> None:
+        booted = self.handoff.slot
+        if booted is None:
+            raise NotFound("the booted slot is unknown, so it cannot be marked good")
+
+        def change(pdir: PersistDir, state: SlotsState) -> None:
+            if booted is state.primary and state.boot_count != 0:
+                model.write_boot_count(pdir, 0)
+            meta = state.meta[booted].model_copy(
+                update={"status": SlotStatus.OK, "last_good_at": self.clock()}
+            )
+            model.write_meta(pdir, booted, meta)
+
+        await self._transaction(change)
+        log.info("slot %s marked good", booted)
+
+    async def rollback(self, force: bool) -> SlotName:
+        """Make the other slot primary with a fresh count; returns it."""
+        target: list[SlotName] = []
+
+        def change(pdir: PersistDir, state: SlotsState) -> None:
+            to = state.primary.other
+            check_can_become_primary(state, to, force)
+            model.write_primary(pdir, to, 0)
+            rollback = Rollback(from_slot=state.primary, to_slot=to, at=self.clock(),
+                                reason="manual")
+            model.write_rollback(pdir, rollback)
+            target.append(to)
+
+        await self._transaction(change)
+        log.info("manual rollback: slot %s is now primary", target[0])
+        return target[0]
+
+    async def set_primary(self, slot: SlotName, force: bool) -> None:
+        def change(pdir: PersistDir, state: SlotsState) -> None:
+            if slot is state.primary:
+                return
+            check_can_become_primary(state, slot, force)
+            model.write_primary(pdir, slot, 0)
+
+        await self._transaction(change)
+        log.info("slot %s set as primary", slot)
+
+    async def mark_bad(self, slot: SlotName) -> None:
+        def change(pdir: PersistDir, state: SlotsState) -> None:
+            meta = state.meta[slot]
+            if meta.status is SlotStatus.EMPTY:
+                raise InvalidArgument(f"slot {slot} is empty: there is nothing to mark bad")
+            model.write_meta(pdir, slot, meta.model_copy(update={"status": SlotStatus.FAILED}))
+            other = slot.other
+            if slot is state.primary and state.meta[other].status is SlotStatus.OK:
+                # Do not leave a slot marked bad as the next boot.
+                model.write_primary(pdir, other, 0)
+
+        await self._transaction(change)
+        log.info("slot %s marked bad", slot)
+
+    async def _transaction(
+        self, change: Callable[[PersistDir, SlotsState], None], quiet: bool = False
+    ) -> None:
+        async with self._lock:
+            try:
+                state = await asyncio.to_thread(self._run, change)
+            except AnklumeError as e:
+                if not quiet:
+                    await asyncio.to_thread(self._reload_quietly)
+                    raise
+                self.state, self.error = None, str(e)
+                log.error("%s", e)
+            else:
+                self.state, self.error = state, None
+            self._notify()
+
+    def _run(self, change: Callable[[PersistDir, SlotsState], None]) -> SlotsState:
+        with self.store.transaction() as pdir:
+            state = model.read_slots_state(pdir)
+            change(pdir, state)
+            return model.read_slots_state(pdir)
+
+    def _reload_quietly(self) -> None:
+        try:
+            with self.store.transaction() as pdir:
+                self.state, self.error = model.read_slots_state(pdir), None
+        except AnklumeError as e:
+            self.state, self.error = None, str(e)
+
+    def _notify(self) -> None:
+        for listener in self.listeners:
+            try:
+                listener()
+            except Exception:
+                log.exception("a state listener failed")

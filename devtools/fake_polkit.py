@@ -1,0 +1,70 @@
+"""FAKE polkit authority for the service test tier (the VM tier runs polkitd).
+
+Owns org.freedesktop.PolicyKit1 on a private bus and answers CheckAuthorization
+from a mode file the tests write: ``allow``, ``deny``, ``challenge`` (needs a
+password: authorized only when the caller allowed interaction, as if the person
+typed it) or ``absent`` (replies with ServiceUnknown-like errors). Every call is
+appended to a JSON-lines log so tests can see what was asked.
+"""
+
+
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+
+from dbus_next import DBusError, Variant
+from dbus_next.aio import MessageBus
+from dbus_next.service import ServiceInterface, method
+
+
+class FakeAuthority(ServiceInterface):  # type: ignore[misc]
+    def __init__(self, mode_file: Path, log_file: Path) -> None:
+        super().__init__("org.freedesktop.PolicyKit1.Authority")
+        self.mode_file = mode_file
+        self.log_file = log_file
+
+    @method()
+    def CheckAuthorization(  # noqa: N802
+        self, subject: "(sa{sv})", action_id: "s", details: "a{ss}", flags: "u",
+        cancellation_id: "s",
+    ) -> "(bba{ss})":
+        mode = self.mode_file.read_text().strip() if self.mode_file.exists() else "deny"
+        kind, props = subject
+        name = props["name"].value if isinstance(props.get("name"), Variant) else ""
+        with self.log_file.open("a") as f:
+            f.write(json.dumps({"subject": kind, "name": name, "action": action_id,
+                                "flags": flags}) + "\n")
+        if mode == "absent":
+            raise DBusError("org.freedesktop.DBus.Error.ServiceUnknown", "polkit is gone")
+        if mode == "allow":
+            return [True, False, {}]
+        if mode == "challenge":
+            return [bool(flags & 1), not (flags & 1), {}]
+        return [False, False, {}]
+
+    @method()
+    def CancelCheckAuthorization(self, cancellation_id: "s"):  # type: ignore[no-untyped-def]  # noqa: N802
+        return None
+
+
+async def serve(address: str, mode_file: Path, log_file: Path) -> None:
+    bus = await MessageBus(bus_address=address).connect()
+    bus.export("/org/freedesktop/PolicyKit1/Authority", FakeAuthority(mode_file, log_file))
+    await bus.request_name("org.freedesktop.PolicyKit1")
+    print("ready", flush=True)
+    await bus.wait_for_disconnect()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bus", required=True)
+    parser.add_argument("--mode-file", type=Path, required=True)
+    parser.add_argument("--log-file", type=Path, required=True)
+    args = parser.parse_args()
+    asyncio.run(serve(args.bus, args.mode_file, args.log_file))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""Run anklume Live on its embedded default: no hardware needed.
+
+A simulated boot stick (GPT image on a loop device, real ext4 PERSIST, slot A
+with a squashfs and its dm-verity tree), a private system-type bus, the FAKE
+polkit authority of devtools/fake_polkit.py, a boot hand-off as the initramfs
+would write it, and the real anklumed. Then ``anklumectl status``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from devtools import stickimg
+from devtools.privatebus import PrivateBus
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Simulation:
+    def __init__(self, workdir: Path, boot_env: str | None = None) -> None:
+        self.workdir = workdir
+        self.bus = PrivateBus(workdir / "bus")
+        self.stick: stickimg.Stick | None = None
+        self.polkit: subprocess.Popen[bytes] | None = None
+        self.daemon: subprocess.Popen[bytes] | None = None
+        self.boot_env = boot_env
+        self.mode_file = workdir / "polkit-mode"
+        self.polkit_log = workdir / "polkit-calls.jsonl"
+        self.daemon_log = workdir / "anklumed.log"
+        self.persist_mnt = workdir / "persist"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": self.bus.address}
+
+    def set_polkit(self, mode: str) -> None:
+        self.mode_file.write_text(mode + "\n")
+
+    def start(self) -> Simulation:
+        if self.workdir.exists():
+            shutil.rmtree(self.workdir)
+        self.workdir.mkdir(parents=True)
+        self.bus.start()
+        self.set_polkit("allow")
+        self.polkit = subprocess.Popen(
+            [sys.executable, "-m", "devtools.fake_polkit", "--bus", self.bus.address,
+             "--mode-file", self.mode_file, "--log-file", self.polkit_log],
+            cwd=REPO, stdout=subprocess.PIPE,
+        )
+        assert self.polkit.stdout is not None
+        if self.polkit.stdout.readline().strip() != b"ready":
+            raise RuntimeError("the fake polkit did not start")
+        self.stick = stickimg.build(self.workdir / "stick")
+        self.write_handoff(self.boot_env)
+        self.start_daemon()
+        return self
+
+    def write_handoff(self, text: str | None = None) -> None:
+        assert self.stick is not None
+        self.handoff = self.workdir / "boot.env"
+        self.handoff.write_text(text if text is not None else (
+            f"SLOT=A\nBOOT_COUNT=1\nROLLBACK=0\nTORAM=0\nVERITY=1\nBOOT_DISK={self.stick.loop}\n"))
+        (self.workdir / "cmdline").write_text("quiet anklume.toram=0\n")
+        (self.workdir / "anklumed.toml").write_text(
+            f'persist_mountpoint = "{self.persist_mnt}"\n'
+            f'handoff = "{self.handoff}"\n'
+            f'cmdline = "{self.workdir / "cmdline"}"\n'
+            'deadline_action = "log"\nfollow_systemd = false\n'
+        )
+
+    def start_daemon(self, extra_env: dict[str, str] | None = None) -> float:
+        """Start anklumed; return seconds until it owned its bus name."""
+        started = time.monotonic()
+        with self.daemon_log.open("ab") as log:
+            self.daemon = subprocess.Popen(
+                [sys.executable, "-m", "anklumed", "--config", self.workdir / "anklumed.toml",
+                 "--log-level", "debug"],
+                cwd=REPO, env={**self.env, **(extra_env or {})}, stdout=log, stderr=log,
+            )
+        while not self.name_owned():
+            if self.daemon.poll() is not None:
+                raise RuntimeError(f"anklumed exited: {self.daemon_log.read_text()[-2000:]}")
+            if time.monotonic() - started > 20:
+                raise RuntimeError("anklumed did not take its bus name in 20 s")
+            time.sleep(0.005)
+        return time.monotonic() - started
+
+    def name_owned(self) -> bool:
+        proc = subprocess.run(
+            ["dbus-send", f"--bus={self.bus.address}", "--print-reply",
+             "--dest=org.freedesktop.DBus", "/org/freedesktop/DBus",
+             "org.freedesktop.DBus.NameHasOwner", "string:org.anklume.Live1"],
+            capture_output=True, text=True, check=False,
+        )
+        return "boolean true" in proc.stdout
+
+    def stop_daemon(self) -> None:
+        if self.daemon and self.daemon.poll() is None:
+            self.daemon.terminate()
+            try:
+                self.daemon.wait(10)
+            except subprocess.TimeoutExpired:
+                self.daemon.kill()
+                self.daemon.wait()
+
+    def ctl(self, *args: str, user: str | None = None) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "anklumectl", *args]
+        return subprocess.run(argv, cwd=REPO, env=self.env, capture_output=True, text=True,
+                              user=user, check=False, stdin=subprocess.DEVNULL, timeout=60)
+
+    def stop(self) -> None:
+        self.stop_daemon()
+        if self.polkit and self.polkit.poll() is None:
+            self.polkit.terminate()
+            self.polkit.wait(10)
+        self.bus.stop()
+        if self.stick:
+            subprocess.run(["umount", self.persist_mnt], capture_output=True, check=False)
+            self.stick.detach()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/anklume-sim"))
+    parser.add_argument("--keep", action="store_true",
+                        help="keep running so you can try anklumectl; Ctrl-C stops")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("the simulation needs root (loop devices, mount)", file=sys.stderr)
+        return 1
+    sim = Simulation(args.workdir)
+    try:
+        sim.start()
+        print(f"anklumed owns org.anklume.Live1 on {sim.bus.address}")
+        status = subprocess.run([sys.executable, "-m", "anklumectl", "status"], cwd=REPO,
+                                env=sim.env, check=False)
+        if args.keep:
+            print(f"\nTry: DBUS_SYSTEM_BUS_ADDRESS={sim.bus.address} "
+                  f"{REPO}/.venv/bin/anklumectl slots\nCtrl-C stops the simulation.")
+            try:
+                while sim.daemon and sim.daemon.poll() is None:
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                pass
+        return status.returncode
+    finally:
+        sim.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Build a simulated anklume boot stick: a GPT image on a loop device.
+
+Real pieces throughout: sgdisk writes the GPT with the ANKLUME-* names, the
+loop device gets its partitions through ``partx -a`` (this kernel parses no
+partition table itself), PERSIST is a real ext4, OS-A holds a real squashfs and
+PERSIST its dm-verity tree made by ``veritysetup format``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+MiB = 1024 * 1024
+
+
+def sh(*argv: str | Path, input: bytes | None = None) -> str:
+    proc = subprocess.run([str(a) for a in argv], input=input, capture_output=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv[0]} failed: {proc.stderr.decode(errors='replace')[-500:]}")
+    return proc.stdout.decode()
+
+
+@dataclass
+class Stick:
+    image: Path
+    loop: Path
+
+    def part(self, number: int) -> Path:
+        return Path(f"{self.loop}p{number}")
+
+    @property
+    def persist(self) -> Path:
+        return self.part(4)
+
+    def detach(self) -> None:
+        subprocess.run(["partx", "-d", str(self.loop)], capture_output=True, check=False)
+        subprocess.run(["losetup", "-d", str(self.loop)], capture_output=True, check=False)
+
+
+def write_gpt(image: Path, slot_mib: int, persist_mib: int, efi_mib: int = 8) -> None:
+    size = efi_mib + 2 * slot_mib + persist_mib + 2
+    with image.open("wb") as f:
+        f.truncate(size * MiB)
+    sh("sgdisk", "--clear",
+       f"--new=1:0:+{efi_mib}M", "--typecode=1:ef00", "--change-name=1:ANKLUME-EFI",
+       f"--new=2:0:+{slot_mib}M", "--typecode=2:8300", "--change-name=2:ANKLUME-OS-A",
+       f"--new=3:0:+{slot_mib}M", "--typecode=3:8300", "--change-name=3:ANKLUME-OS-B",
+       f"--new=4:0:+{persist_mib}M", "--typecode=4:8300", "--change-name=4:ANKLUME-PERSIST",
+       image)
+
+
+def attach(image: Path) -> Stick:
+    loop = Path(sh("losetup", "--find", "--show", image).strip())
+    sh("partx", "-a", loop)
+    stick = Stick(image=image, loop=loop)
+    for _ in range(100):  # devtmpfs creates the nodes asynchronously
+        if stick.persist.exists():
+            break
+        time.sleep(0.02)
+    return stick
+
+
+def make_squashfs(dest: Path, version: str) -> Path:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "root"
+        (root / "etc").mkdir(parents=True)
+        (root / "etc" / "anklume-release").write_text(f"VERSION={version}\n")
+        sh("mksquashfs", root, dest, "-quiet", "-noappend", "-all-root")
+    return dest
+
+
+def verity_format(data: Path, tree: Path) -> dict[str, str]:
+    out = sh("veritysetup", "format", data, tree)
+    fields = dict(re.findall(r"^([A-Za-z ]+):\s*(\S+)$", out, re.M))
+    return {"ROOT_HASH": fields["Root hash"], "SALT": fields["Salt"],
+            "DATA_BLOCK_SIZE": fields["Data block size"],
+            "HASH_BLOCK_SIZE": fields["Hash block size"], "HASH_ALG": fields["Hash algorithm"]}
+
+
+def populate(stick: Stick, workdir: Path, version: str = "1.0.0") -> dict[str, str]:
+    """Format EFI and PERSIST, put a verified system in slot A; return A's meta."""
+    sh("mkfs.vfat", "-n", "ANKLUME-EFI", stick.part(1))
+    sh("mkfs.ext4", "-q", "-F", "-L", "ANKLUME-PERSIST", stick.persist)
+    squash = make_squashfs(workdir / "slot-a.squashfs", version)
+    tree = workdir / "slot-a.verity"
+    meta = verity_format(squash, tree)
+    data = squash.read_bytes()
+    with stick.part(2).open("r+b") as f:
+        f.write(data)
+    meta.update(STATUS="ok", VERSION=version, SIZE=str(len(data)),
+                SHA256=hashlib.sha256(data).hexdigest(), INSTALLED_AT="2026-11-01T10:00:00Z",
+                LAST_GOOD_AT="2026-11-01T10:05:00Z", SOURCE="image-builder")
+    mnt = workdir / "persist-mnt"
+    mnt.mkdir(exist_ok=True)
+    sh("mount", stick.persist, mnt)
+    try:
+        (mnt / "slots").mkdir()
+        (mnt / "ab-state").write_text("A\n")
+        (mnt / "boot-count").write_text("1\n")
+        (mnt / "slots" / "A.meta").write_text("".join(f"{k}={v}\n" for k, v in meta.items()))
+        (mnt / "slots" / "A.verity").write_bytes(tree.read_bytes())
+        (mnt / "slots" / "B.meta").write_text("STATUS=empty\n")
+    finally:
+        sh("umount", mnt)
+    return meta
+
+
+def build(workdir: Path, slot_mib: int = 32, persist_mib: int = 16) -> Stick:
+    workdir.mkdir(parents=True, exist_ok=True)
+    image = workdir / "stick.img"
+    write_gpt(image, slot_mib, persist_mib)
+    stick = attach(image)
+    try:
+        populate(stick, workdir)
+    except Exception:
+        stick.detach()
+        raise
+    return stick
