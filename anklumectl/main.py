@@ -112,6 +112,8 @@ def parser() -> argparse.ArgumentParser:
                    help="D-Bus address (default: the system bus)")
     p.add_argument("--no-ask-password", action="store_true",
                    help="never prompt for authentication")
+    p.add_argument("--ask-password", action="store_true",
+                   help="allow polkit to ask for a password even without a terminal")
     p.add_argument("--propagate", action="store_true",
                    help="raise errors with a traceback (for debugging and tests)")
     sub = p.add_subparsers(dest="command", required=True)
@@ -136,7 +138,7 @@ def parser() -> argparse.ArgumentParser:
 
 async def run(args: argparse.Namespace) -> int:
     out = Console()
-    interactive = not args.no_ask_password and sys.stdin.isatty()
+    interactive = not args.no_ask_password and (args.ask_password or sys.stdin.isatty())
     client = await Client.connect(args.bus, interactive)
     try:
         with polkit_agent(interactive):

@@ -110,9 +110,11 @@ class Simulation:
                 self.daemon.wait()
 
     def ctl(self, *args: str, user: str | None = None) -> subprocess.CompletedProcess[str]:
-        argv = [sys.executable, "-m", "anklumectl", *args]
-        return subprocess.run(argv, cwd=REPO, env=self.env, capture_output=True, text=True,
-                              user=user, check=False, stdin=subprocess.DEVNULL, timeout=60)
+        """Run anklumectl, as root or (through devtools.as_user) as ``user``."""
+        prefix = ["-m", "devtools.as_user", user] if user else ["-m", "anklumectl"]
+        return subprocess.run([sys.executable, *prefix, *args], cwd=REPO, env=self.env,
+                              capture_output=True, text=True, check=False,
+                              stdin=subprocess.DEVNULL, timeout=60)
 
     def stop(self) -> None:
         self.stop_daemon()

@@ -191,7 +191,12 @@ def parse_count(
     if text is None:
         return default, []
     value = text.strip()
-    if not (value.isascii() and value.isdigit()) or not low <= int(value) <= high:
+    if value.isdigit():
+        value = value.lstrip("0") or "0"
+    # Check the length before int(): a huge string must not cost time or raise.
+    if not (value.isascii() and value.isdigit() and len(value) <= len(str(high))) or not (
+        low <= int(value) <= high
+    ):
         return default, [f"{name} must be a whole number from {low} to {high}; {default} assumed"]
     return int(value), []
 
