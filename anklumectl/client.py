@@ -14,6 +14,8 @@ from typing import Any
 from dbus_next import BusType, Message, MessageFlag, MessageType, Variant
 from dbus_next.aio import MessageBus
 
+from anklumed.service import dbus_next_fixes as _dbus_next_fixes  # noqa: F401 - applies a fix
+
 BUS_NAME = "org.anklume.Live1"
 ROOT_PATH = "/org/anklume/Live1"
 MANAGER_IFACE = "org.anklume.Live1.Manager"
@@ -73,6 +75,11 @@ class Client:
             return cls(await asyncio.wait_for(bus.connect(), 10), interactive)
         except (OSError, TimeoutError) as e:
             raise ClientError("Unreachable", f"cannot reach the system bus: {e}") from None
+
+    async def close(self) -> None:
+        self.bus.disconnect()
+        with contextlib.suppress(Exception):  # the reader's EOF on our own hang-up
+            await self.bus.wait_for_disconnect()
 
     async def call(self, path: str, iface: str, member: str, signature: str = "",
                    body: list[Any] | None = None, mutating: bool = False) -> list[Any]:

@@ -145,7 +145,7 @@ async def run(args: argparse.Namespace) -> int:
             result: int = await args.func(client, args, out)
             return result
     finally:
-        client.bus.disconnect()
+        await client.close()
 
 
 def main(argv: list[str] | None = None) -> int:

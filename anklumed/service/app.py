@@ -77,7 +77,15 @@ class Daemon:
         return found
 
     def media_present(self) -> bool:
-        return bool(self.stick and self.stick.disk.exists())
+        """The stick is there: its PERSIST node exists and the disk has a size
+        (a detached loop device or an emptied card reader keeps its node)."""
+        if self.stick is None or self.store.device is None:
+            return False
+        size = Path("/sys/class/block") / self.stick.disk.name / "size"
+        try:
+            return self.store.device.exists() and int(size.read_text()) > 0
+        except (OSError, ValueError):
+            return False
 
     def safe_to_remove(self) -> bool:
         """The stick can be pulled: / does not read from it and PERSIST is idle."""

@@ -85,7 +85,8 @@ class SlotController:
             raise NotFound("the booted slot is unknown, so it cannot be marked good")
 
         def change(pdir: PersistDir, state: SlotsState) -> None:
-            if booted is state.primary and state.boot_count != 0:
+            if booted is state.primary:
+                # Written even when it reads 0: the file may hold garbage read as 0.
                 model.write_boot_count(pdir, 0)
             meta = state.meta[booted].model_copy(
                 update={"status": SlotStatus.OK, "last_good_at": self.clock()}
@@ -141,16 +142,17 @@ class SlotController:
     ) -> None:
         async with self._lock:
             try:
-                state = await asyncio.to_thread(self._run, change)
+                self.state = await asyncio.to_thread(self._run, change)
+                self.error = None
             except AnklumeError as e:
-                if not quiet:
-                    await asyncio.to_thread(self._reload_quietly)
+                # Show what is really on the stick now (or that it is gone).
+                await asyncio.to_thread(self._reload_quietly)
+                if quiet:
+                    log.error("%s", e)
+                else:
                     raise
-                self.state, self.error = None, str(e)
-                log.error("%s", e)
-            else:
-                self.state, self.error = state, None
-            self._notify()
+            finally:
+                self._notify()
 
     def _run(self, change: Callable[[PersistDir, SlotsState], None]) -> SlotsState:
         with self.store.transaction() as pdir:
