@@ -16,7 +16,6 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from rich.console import Console
 

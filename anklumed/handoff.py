@@ -91,7 +91,7 @@ def parse_handoff(env_text: str | None, cmdline_text: str) -> Handoff:
         source="boot.env",
         ram_crypt_requested=ram_crypt,
         problems=tuple(f"boot.env: {p}" for p in problems),
-        **fields,  # type: ignore[arg-type]
+        **fields,
     )
 
 

@@ -76,7 +76,9 @@ def _overlay_lower(options: str) -> list[str]:
     return []
 
 
-def backing_of(path: str, mounts: list[Mount], sysfs: Path = Path("/sys"), depth: int = 0) -> Backing:
+def backing_of(
+    path: str, mounts: list[Mount], sysfs: Path = Path("/sys"), depth: int = 0
+) -> Backing:
     """Follow overlay lower dirs, loop backing files and device-mapper slaves
     down to RAM or to whole disks."""
     mount = mount_of(path, mounts)
@@ -86,7 +88,8 @@ def backing_of(path: str, mounts: list[Mount], sysfs: Path = Path("/sys"), depth
         return Backing(in_ram=True)
     if mount.fstype == "overlay":
         # The upper dir is always a tmpfs on a live system; what matters is the lower.
-        return _combine(backing_of(p, mounts, sysfs, depth + 1) for p in _overlay_lower(mount.options))
+        lowers = _overlay_lower(mount.options)
+        return _combine(backing_of(p, mounts, sysfs, depth + 1) for p in lowers)
     return _block_backing(mount.devno, mounts, sysfs, depth)
 
 

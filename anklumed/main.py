@@ -52,7 +52,8 @@ async def _serve(config_path: Path | None, bus: str | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="anklumed", description="anklume Live daemon")
-    parser.add_argument("--config", type=Path, help="TOML settings (default /etc/anklume/anklumed.toml)")
+    parser.add_argument("--config", type=Path,
+                        help="TOML settings (default /etc/anklume/anklumed.toml)")
     parser.add_argument("--bus", help="D-Bus address to serve on (default: the system bus)")
     parser.add_argument("--log-level", default=os.environ.get("ANKLUMED_LOG", "info"))
     parser.add_argument("--version", action="version", version=__version__)

@@ -12,8 +12,8 @@ import sys
 
 def main() -> int:
     user = pwd.getpwnam(sys.argv[1])
-    from anklumectl import main as ctl  # noqa: PLC0415 - must load before dropping root
-    from anklumectl import render  # noqa: F401, PLC0415
+    from anklumectl import main as ctl
+    from anklumectl import render  # noqa: F401
 
     os.setgroups([])
     os.setresgid(user.pw_gid, user.pw_gid, user.pw_gid)

@@ -26,7 +26,7 @@ class FakeAuthority(ServiceInterface):  # type: ignore[misc]
         self.log_file = log_file
 
     @method()
-    def CheckAuthorization(  # noqa: N802
+    def CheckAuthorization(
         self, subject: "(sa{sv})", action_id: "s", details: "a{ss}", flags: "u",
         cancellation_id: "s",
     ) -> "(bba{ss})":
@@ -45,7 +45,7 @@ class FakeAuthority(ServiceInterface):  # type: ignore[misc]
         return [False, False, {}]
 
     @method()
-    def CancelCheckAuthorization(self, cancellation_id: "s"):  # type: ignore[no-untyped-def]  # noqa: N802
+    def CancelCheckAuthorization(self, cancellation_id: "s"):  # type: ignore[no-untyped-def]
         return None
 
 

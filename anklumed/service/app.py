@@ -111,13 +111,14 @@ class Daemon:
 
     # ---- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
-        self.bus = await asyncio.wait_for(self._connect(), 10)
-        self.bus.add_message_handler(capture_caller)
+        bus = await asyncio.wait_for(self._connect(), 10)
+        self.bus = bus
+        bus.add_message_handler(capture_caller)
         await self._find_stick()
         self.slots.listeners.append(self._on_slots_changed)
         await self.slots.start()
         self._export()
-        reply = await self.bus.request_name(BUS_NAME)
+        reply = await bus.request_name(BUS_NAME)
         if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
             raise AnklumeError(f"{BUS_NAME} is already owned by another process")
         self._watch_media()

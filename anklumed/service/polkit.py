@@ -35,9 +35,9 @@ ACTION_DATA_UNLOCK = "org.anklume.live1.data-unlock"
 ACTION_DATA_LOCK = "org.anklume.live1.data-lock"
 
 
-async def call(bus: MessageBus, msg: Message, timeout: float = BUS_TIMEOUT) -> Message:
+async def call(bus: MessageBus, msg: Message, limit: float = BUS_TIMEOUT) -> Message:
     """``bus.call`` has no timeout of its own."""
-    reply = await asyncio.wait_for(bus.call(msg), timeout)
+    reply = await asyncio.wait_for(bus.call(msg), limit)
     assert reply is not None  # a method call without NO_REPLY_EXPECTED always has one
     return reply
 

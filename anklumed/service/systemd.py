@@ -1,6 +1,7 @@
 """What anklumed asks of systemd (PID 1) over the system bus."""
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -62,10 +63,8 @@ class Systemd:
             while await self._active_state(path) != "active":
                 changed.clear()
                 # The timeout is a safety net in case a signal is missed.
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), 30)
-                except TimeoutError:
-                    pass
         finally:
             self.bus.remove_message_handler(on_signal)
         await action()

@@ -10,9 +10,9 @@ import pytest
 from dbus_next import DBusError, Message, MessageType
 from dbus_next.aio import MessageBus
 
+from anklumectl.client import Client
 from anklumed.persist import WRITE_STEPS, PersistDir
 from anklumed.service.boundary import StateInterface, dbus_method, ro_property
-from anklumectl.client import Client
 from devtools import stickimg
 from devtools.privatebus import PrivateBus
 from tests.service.conftest import Sim

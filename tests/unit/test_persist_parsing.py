@@ -27,9 +27,10 @@ def test_ab_state(text: str | None, expected: str, problem: bool) -> None:
 @pytest.mark.parametrize(
     ("text", "expected", "problem"),
     [
-        ("0", 0, False), ("0003", 3, False), ("2\n", 2, False), (" 3 ", 3, False), ("9999", 9999, False),
+        ("0", 0, False), ("0003", 3, False), ("2\n", 2, False), (" 3 ", 3, False),
+        ("9999", 9999, False),
         (None, 0, False), ("", 0, True), ("-1", 0, True), ("1.5", 0, True), ("x", 0, True),
-        ("10000", 0, True), ("9" * 5000, 0, True), ("١", 0, True), ("0x1", 0, True),
+        ("10000", 0, True), ("9" * 5000, 0, True), ("\u0661", 0, True), ("0x1", 0, True),
         ("1 2", 0, True),
     ],
 )

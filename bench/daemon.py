@@ -1,0 +1,78 @@
+"""Benchmarks of anklumed (prints figures; not a test).
+
+  .venv/bin/python -m bench.daemon [--runs 5]
+
+- start: daemon process start -> org.anklume.Live1 owned (includes discovering
+  the stick and one PERSIST mount/read/unmount), median of N runs;
+- idle RSS of the daemon after start;
+- status round trip (GetAll on the manager) with 100 concurrent clients, each
+  asking 20 times: p50 / p99.
+Targets (issue 2): start <= 300 ms, RSS <= 40 MB, p99 <= 5 ms.
+"""
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from dbus_next import Message
+from dbus_next.aio import MessageBus
+
+from anklumed.service import dbus_next_fixes  # noqa: F401
+from devtools.simulate import Simulation
+
+
+async def round_trips(address: str, clients: int, each: int) -> list[float]:
+    buses = [await MessageBus(bus_address=address).connect() for _ in range(clients)]
+    msg = dict(destination="org.anklume.Live1", path="/org/anklume/Live1",
+               interface="org.freedesktop.DBus.Properties", member="GetAll", signature="s",
+               body=["org.anklume.Live1.Manager"])
+    samples: list[float] = []
+
+    async def client(bus: MessageBus) -> None:
+        for _ in range(each):
+            t = time.perf_counter()
+            await bus.call(Message(**msg))
+            samples.append(time.perf_counter() - t)
+
+    await asyncio.gather(*(client(b) for b in buses))
+    for b in buses:
+        b.disconnect()
+    return samples
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        sim = Simulation(Path(tmp) / "sim").start()
+        try:
+            starts = []
+            for _ in range(args.runs):
+                sim.stop_daemon()
+                starts.append(sim.start_daemon())
+            time.sleep(1)
+            assert sim.daemon is not None
+            rss = rss_mb(sim.daemon.pid)
+            samples = sorted(asyncio.run(round_trips(sim.bus.address, 100, 20)))
+        finally:
+            sim.stop()
+    p = lambda q: samples[min(len(samples) - 1, int(q * len(samples)))] * 1000  # noqa: E731
+    print(f"start to bus name: median {statistics.median(starts) * 1000:.0f} ms "
+          f"(min {min(starts) * 1000:.0f}, max {max(starts) * 1000:.0f}, {args.runs} runs)")
+    print(f"idle RSS: {rss:.1f} MB")
+    print(f"status round trip, 100 clients x 20: p50 {p(0.5):.2f} ms, p99 {p(0.99):.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
