@@ -61,6 +61,9 @@ class Daemon:
         self.marked_good = asyncio.Event()
         self.deadline_at: float = 0.0
         self.bus: MessageBus | None = None
+        # One authority for the daemon's life: its counter makes polkit
+        # cancellation ids unique, so a timed-out check cancels only itself.
+        self.authority: Authority | None = None
         self.interfaces: list[Any] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._udev_monitor: pyudev.Monitor | None = None
@@ -106,13 +109,14 @@ class Daemon:
         return int(self.deadline_at)
 
     async def authorize(self, action: str, caller: Caller) -> None:
-        assert self.bus is not None
-        await Authority(self.bus).check(action, caller)
+        assert self.authority is not None
+        await self.authority.check(action, caller)
 
     # ---- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
         bus = await asyncio.wait_for(self._connect(), 10)
         self.bus = bus
+        self.authority = Authority(bus)
         bus.add_message_handler(capture_caller)
         await self._find_stick()
         self.slots.listeners.append(self._on_slots_changed)

@@ -13,6 +13,7 @@ from dbus_next.aio import MessageBus
 from anklumectl.client import Client
 from anklumed.persist import WRITE_STEPS, PersistDir
 from anklumed.service.boundary import StateInterface, dbus_method, ro_property
+from anklumed.stick import SlotName
 from devtools import stickimg
 from devtools.privatebus import PrivateBus
 from tests.service.conftest import Sim
@@ -52,7 +53,7 @@ def test_crash_at_every_step_of_a_persist_write_leaves_valid_files(tmp_path: Pat
         state = read_slots_state(PersistDir(root))
         assert state.problems == (), (k, state.problems)
         assert (state.primary.value, state.boot_count) in {("A", 2), ("A", 0), ("B", 0)}
-        assert state.meta[state.primary.A].version in ("1", "2")
+        assert state.meta[SlotName.A].version in ("1", "2")
         # The next writer removes what the crash left behind.
         PersistDir(root).clean_temporaries()
         assert not list(root.rglob("*.tmp"))
