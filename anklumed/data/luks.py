@@ -1,0 +1,72 @@
+"""LUKS2 through cryptsetup, the secret always on stdin.
+
+Passphrases and key files reach cryptsetup through a pipe (``--key-file=-``),
+never argv or the environment: both are readable by other processes. The bytes
+are used as they are, without a trailing newline, which is also what
+cryptsetup's own prompt and the systemd password agents hand over.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from anklumed.command import CommandError, run
+from anklumed.errors import Failed, IncorrectPassphrase
+
+MAPPER = Path("/dev/mapper")
+# cryptsetup's exit status for "No key available with this passphrase".
+_EXIT_NO_KEY = 2
+_MEMINFO = Path("/proc/meminfo")
+ARGON2_MAX_KIB = 1024 * 1024  # cryptsetup's own ceiling for the default
+
+
+def argon2_memory_kib(meminfo: Path = _MEMINFO) -> int:
+    """argon2id memory: a quarter of the available RAM, 64 MiB to 1 GiB.
+
+    Unlocking needs that much RAM at once: a laptop with little free memory
+    (or a toram boot that filled it) must still be able to open its disk.
+    """
+    available = ARGON2_MAX_KIB * 4
+    for line in meminfo.read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            available = int(line.split()[1])
+    return max(64 * 1024, min(ARGON2_MAX_KIB, available // 4))
+
+
+def format_luks2(device: Path, secret: bytes, *, label: str, iter_time_ms: int = 2000) -> str:
+    """Format ``device`` as LUKS2 with argon2id; return its UUID."""
+    run(["cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2",
+         "--pbkdf", "argon2id", "--pbkdf-memory", str(argon2_memory_kib()),
+         "--iter-time", str(iter_time_ms), "--label", label, "--key-file=-", device],
+        input=secret, timeout=600)
+    return luks_uuid(device)
+
+
+def luks_uuid(device: Path) -> str:
+    return run(["cryptsetup", "luksUUID", device]).stdout.decode().strip()
+
+
+def is_luks(device: Path) -> bool:
+    return run(["cryptsetup", "isLuks", device], check=False).returncode == 0
+
+
+def open_luks(device: Path, secret: bytes, name: str) -> Path:
+    """Open ``device`` as /dev/mapper/<name>; IncorrectPassphrase on a wrong secret."""
+    try:
+        run(["cryptsetup", "open", "--type", "luks2", "--key-file=-", device, name],
+            input=secret, timeout=600)
+    except CommandError as e:
+        if e.returncode == _EXIT_NO_KEY:
+            raise IncorrectPassphrase("the passphrase does not open this disk") from None
+        raise
+    return MAPPER / name
+
+
+def close_luks(name: str) -> None:
+    try:
+        run(["cryptsetup", "close", name], timeout=120)
+    except CommandError as e:
+        if re.search(r"busy|in use", e.stderr, re.I):
+            raise Failed(f"{name} is still in use: {e}") from None
+        raise

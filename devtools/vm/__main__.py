@@ -1,0 +1,5 @@
+import sys
+
+from devtools.vm.guest import main
+
+sys.exit(main())

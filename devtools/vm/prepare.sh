@@ -1,0 +1,47 @@
+#!/bin/sh
+# Runs inside the guest's new root (chroot) before the command or systemd.
+# The run directory's config.sh says where the kernel's modules and the
+# checkout are; both live on the host root, seen here read-only.
+set -eu
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mode=$1
+. /anklume-vm/config.sh
+
+# modprobe looks in /lib/modules/<running kernel>: point it at the extracted package.
+mkdir -p /lib/modules
+ln -sfn "$KERNEL_ROOT/lib/modules/$KERNEL_VERSION" "/lib/modules/$KERNEL_VERSION"
+echo anklume-vm > /etc/hostname
+
+if [ "$mode" = plain ]; then
+    # No udev here: load what it would have loaded for our devices.
+    modprobe -a loop dm_mod dm_crypt dm_verity virtio_blk virtio_console \
+        xhci_pci usb_storage sd_mod btrfs 2>&1 || true
+    exit 0
+fi
+
+# systemd mode: install anklume Live as a package would, plus the scenario unit.
+cd "$CHECKOUT"
+for bin in anklumed anklumectl; do ln -sfn "$CHECKOUT/.venv/bin/$bin" "/usr/bin/$bin"; done
+install -m 0644 units/*.service /etc/systemd/system/
+install -m 0644 dbus/org.anklume.Live1.conf /usr/share/dbus-1/system.d/
+install -m 0644 dbus/org.anklume.Live1.service /usr/share/dbus-1/system-services/
+install -m 0644 polkit/org.anklume.live1.policy /usr/share/polkit-1/actions/
+mkdir -p /etc/anklume
+[ -f /anklume-vm/anklumed.toml ] && install -m 0644 /anklume-vm/anklumed.toml /etc/anklume/
+cat > /etc/systemd/system/anklume-vm-scenario.service <<UNIT
+[Unit]
+Description=anklume VM test scenario
+# Not After=multi-user.target: a unit hanging the boot must not hide the result.
+After=basic.target dbus.service
+[Service]
+Type=oneshot
+ExecStart=/bin/sh /anklume-vm/stage.sh
+StandardOutput=journal+console
+StandardError=journal+console
+[Install]
+WantedBy=multi-user.target
+UNIT
+# The host's own services (databases and the like) have no business here.
+rm -f /etc/systemd/system/multi-user.target.wants/*
+systemctl enable anklumed.service anklume-boot-check.service anklume-vm-scenario.service
+systemctl mask serial-getty@ttyS0.service e2scrub_reap.service >/dev/null 2>&1 || true

@@ -1,0 +1,46 @@
+"""The guests the VM tier boots: what each mode has plugged in and set up.
+
+plain:   a busybox init that chroots into the overlay; tests plug their own
+         disks (guestctl) or use loop devices, which this kernel partitions.
+systemd: systemd as PID 1 with anklume Live's units, bus policy and polkit
+         policy installed (prepare.sh), and a simulated boot stick built here
+         plugged in as a USB disk, booted "from" slot A as the command line says.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
+
+from devtools import stickimg
+from devtools.vm.guest import RUN_PARENT, Disk, Guest, Result
+
+STICK_SERIAL = "anklume-stick"
+
+
+def build_stick_image(dest_dir: Path) -> Path:
+    """A populated stick image file (loop device detached again)."""
+    stick = stickimg.build(dest_dir)
+    stick.detach()
+    return stick.image
+
+
+def run(mode: str, command: Sequence[str], env: dict[str, str] | None = None,
+        timeout: float = 900.0, console: IO[str] | None = None) -> Result:
+    if mode == "plain":
+        return Guest(command, mode="plain", env=env or {}, timeout=timeout,
+                     console=console).run()
+    if mode != "systemd":
+        raise ValueError(f"no guest mode {mode!r}")
+    workdir = Path(tempfile.mkdtemp(prefix="anklume-vm-stick-", dir=RUN_PARENT))
+    try:
+        image = build_stick_image(workdir)
+        guest = Guest(command, mode="systemd", env=env or {}, timeout=timeout,
+                      console=console, disks=[Disk(STICK_SERIAL, image, "usb")],
+                      cmdline="anklume.slot=A")
+        return guest.run()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,168 @@
+"""The VM tier's pytest wiring (DESIGN.md §8).
+
+Tests marked ``vm`` need a real kernel (device-mapper, ZFS) or systemd as PID 1.
+On this machine they are stand-ins: with ``--vm`` (``./run-tests`` passes it)
+each one is replaced by a proxy, and the first proxy of a mode boots one guest
+that runs every selected test of that mode; each proxy then reports its own
+test's outcome, read from the results file the guest writes (never from the
+console). Without ``--vm`` they are skipped, saying how to run them.
+
+``@pytest.mark.vm`` runs in a plain guest (busybox init, then a chroot);
+``@pytest.mark.vm(mode="systemd")`` in a guest booted to systemd with
+anklume Live installed and a simulated boot stick plugged in;
+``@pytest.mark.vm(mode="host")`` runs here and boots guests itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+IN_GUEST = os.environ.get("ANKLUME_VM_GUEST") == "1"
+RESULTS_ENV = "ANKLUME_VM_RESULTS"
+MODES = ("plain", "systemd", "host")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("anklume VM tier")
+    group.addoption("--vm", action="store_true",
+                    help="run tests marked vm in QEMU guests (real kernel, systemd)")
+    group.addoption("--vm-timeout", type=float, default=900.0,
+                    help="seconds one guest may run (default 900)")
+
+
+def vm_mode(item: pytest.Item) -> str | None:
+    marker = item.get_closest_marker("vm")
+    if marker is None:
+        return None
+    mode = str(marker.kwargs.get("mode", "plain"))
+    if mode not in MODES:
+        raise pytest.UsageError(f"{item.nodeid}: vm mode must be one of {MODES}")
+    return mode
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if IN_GUEST:
+        return
+    if not config.getoption("--vm"):
+        skip = pytest.mark.skip(reason="VM tier: needs QEMU and a real kernel; "
+                                       "run with --vm (./run-tests does)")
+        for item in items:
+            if vm_mode(item) is not None:
+                item.add_marker(skip)
+        return
+    if os.geteuid() != 0:
+        raise pytest.UsageError("--vm needs root (it builds loop-backed stick images)")
+    runs = GuestRuns(config)
+    for index, item in enumerate(items):
+        mode = vm_mode(item)
+        if mode in ("plain", "systemd"):
+            items[index] = GuestTest.from_parent(item.parent, name=item.name, mode=mode,
+                                                 runs=runs, markers=list(item.iter_markers()))
+            runs.nodeids.setdefault(mode, []).append(item.nodeid)
+
+
+class GuestFailure(Exception):
+    pass
+
+
+class GuestTest(pytest.Item):
+    """Stands in on the host for a test that runs inside a guest."""
+
+    def __init__(self, *, mode: str, runs: GuestRuns, markers: Any, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.mode = mode
+        self.runs = runs
+        self.own_markers.extend(markers)  # so -m and -k select proxies as the tests
+
+    def runtest(self) -> None:
+        reports = self.runs.reports(self.mode).get(self.nodeid)
+        if not reports:
+            raise GuestFailure("the guest reported nothing for this test: "
+                               + self.runs.explain(self.mode))
+        for report in reports:
+            if report["outcome"] == "failed":
+                raise GuestFailure(f"[in the {self.mode} guest, {report['when']}]\n"
+                                   + report["text"])
+        for report in reports:
+            if report["outcome"] == "skipped":
+                pytest.skip(f"in the guest: {report['text']}")
+
+    def repr_failure(self, excinfo: Any, style: Any = None) -> str:
+        if isinstance(excinfo.value, GuestFailure):
+            return str(excinfo.value)
+        return str(super().repr_failure(excinfo))
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, f"{self.name} (in the {self.mode} guest)"
+
+
+class GuestRuns:
+    """One guest boot per mode, run lazily by its first test, results kept."""
+
+    def __init__(self, config: pytest.Config):
+        self.config = config
+        self.nodeids: dict[str, list[str]] = {}
+        self._reports: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        self._explain: dict[str, str] = {}
+
+    def reports(self, mode: str) -> dict[str, list[dict[str, Any]]]:
+        if mode not in self._reports:
+            self._reports[mode] = self._run(mode)
+        return self._reports[mode]
+
+    def explain(self, mode: str) -> str:
+        return self._explain.get(mode, "")
+
+    def _run(self, mode: str) -> dict[str, list[dict[str, Any]]]:
+        from devtools.vm import scenarios
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        nodeids = self.nodeids[mode]
+        if reporter is not None:
+            reporter.write_line(f"\nVM tier: booting a {mode} guest for {len(nodeids)} tests")
+        command = [".venv/bin/python", "-m", "pytest", "-p", "no:cacheprovider", "-q",
+                   "-rfEs", *nodeids]
+        env = {RESULTS_ENV: "/anklume-vm/results.jsonl"}
+        stream = sys.stdout if self.config.getoption("capture") == "no" else None
+        result = scenarios.run(mode, command, env=env,
+                               timeout=self.config.getoption("--vm-timeout"), console=stream)
+        self._explain[mode] = result.explain()
+        if reporter is not None:
+            reporter.write_line(f"VM tier: {mode} guest done in {result.seconds:.0f} s "
+                                f"(console: {result.rundir / 'console.log'})")
+        return _read_results(result.rundir / "results.jsonl")
+
+
+def _read_results(path: Path) -> dict[str, list[dict[str, Any]]]:
+    reports: dict[str, list[dict[str, Any]]] = {}
+    if not path.exists():
+        return reports
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # the guest died mid-line: that test reports nothing
+        reports.setdefault(record["nodeid"], []).append(record)
+    return reports
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """In the guest: append each phase's outcome to the results file."""
+    path = os.environ.get(RESULTS_ENV)
+    if not IN_GUEST or not path:
+        return
+    if report.when != "call" and report.outcome == "passed":
+        return
+    if report.skipped and isinstance(report.longrepr, tuple):
+        text = report.longrepr[2]
+    else:
+        text = report.longreprtext
+    record = {"nodeid": report.nodeid, "when": report.when, "outcome": report.outcome,
+              "text": text, "duration": report.duration}
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
