@@ -110,6 +110,17 @@ class Client:
                  for _path, ifaces in sorted(managed[0].items()) if SLOT_IFACE in ifaces}
         return {**props[0], "Slots": slots}
 
+    async def reboot(self) -> None:
+        """Through logind, which asks polkit as any desktop would."""
+        flags = MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION if self.interactive else \
+            MessageFlag.NONE
+        msg = Message(destination="org.freedesktop.login1", path="/org/freedesktop/login1",
+                      interface="org.freedesktop.login1.Manager", member="Reboot",
+                      signature="b", body=[self.interactive], flags=flags)
+        reply = await asyncio.wait_for(self.bus.call(msg), INTERACTIVE_TIMEOUT)
+        if reply is not None and reply.message_type == MessageType.ERROR:
+            raise ClientError(reply.error_name or "", str(reply.body[0] if reply.body else ""))
+
     async def manager(self, member: str, signature: str = "", *body: Any) -> list[Any]:
         return await self.call(ROOT_PATH, MANAGER_IFACE, member, signature, list(body),
                                mutating=True)

@@ -16,8 +16,19 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.prompt import Confirm
 
 from anklumectl.client import Client, ClientError, polkit_agent
 from anklumectl.render import slots_table, status_panel
@@ -104,6 +115,83 @@ async def cmd_boot_check(c: Client, a: argparse.Namespace, out: Console) -> int:
     return 0
 
 
+JOB_IFACE = "org.anklume.Live1.Job"
+
+
+async def job_props(c: Client, path: str) -> dict[str, Any]:
+    (props,) = await c.call(path, "org.freedesktop.DBus.Properties", "GetAll", "s",
+                            [JOB_IFACE])
+    result: dict[str, Any] = props
+    return result
+
+
+async def follow_job(c: Client, path: str, out: Console) -> int:
+    """Show a job's progress until it ends; Ctrl-C offers to cancel it."""
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+               TransferSpeedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=out, transient=True) as bar:
+        task = bar.add_task("starting", total=None)
+        while True:
+            try:
+                props = await job_props(c, path)
+                if props["State"] != "running":
+                    break
+                bar.update(task, description=props["Phase"],
+                           completed=props["BytesDone"], total=props["BytesTotal"] or None)
+                await asyncio.sleep(0.25)
+            except (KeyboardInterrupt, asyncio.CancelledError):
+                # Ctrl-C cancels our task; take it back and ask what was meant.
+                current = asyncio.current_task()
+                if current is not None:
+                    current.uncancel()
+                bar.stop()
+                if Confirm.ask("Cancel the update?", console=out, default=False):
+                    await c.call(path, JOB_IFACE, "Cancel", mutating=True)
+                bar.start()
+    if props["State"] == "succeeded":
+        out.print(props["Result"])
+        return 0
+    raise ClientError(ERROR_PREFIX + (props["ErrorName"] or "Failed"), props["Message"])
+
+
+def absolute_source(source: str) -> str:
+    """A local path made absolute: the daemon does not share our working directory."""
+    return source if "://" in source else str(Path(source).absolute())
+
+
+async def cmd_update(c: Client, a: argparse.Namespace, out: Console) -> int:
+    (path,) = await c.manager("Update", "ssb", absolute_source(a.source),
+                              a.verify_hash or "", a.allow_downgrade)
+    if a.no_wait:
+        out.print(f"Update started: {path} (follow it with: anklumectl wait)")
+        return 0
+    code = await follow_job(c, path, out)
+    if code == 0 and a.reboot:
+        out.print("Rebooting into the new system.")
+        await c.reboot()
+    return code
+
+
+async def cmd_jobs(c: Client, a: argparse.Namespace, out: Console) -> int:
+    status = await c.status()
+    for path in status["Jobs"]:
+        p = await job_props(c, path)
+        done = f"{p['BytesDone']}/{p['BytesTotal']} bytes" if p["BytesTotal"] else ""
+        out.print(f"{path}  {p['Kind']}  {p['State']}  {p['Phase']}  {done}  {p['Message']}")
+    return 0
+
+
+async def cmd_wait(c: Client, a: argparse.Namespace, out: Console) -> int:
+    path = a.job
+    if path is None:
+        jobs = (await c.status())["Jobs"]
+        if not jobs:
+            out.print("No job.")
+            return 0
+        path = jobs[-1]
+    return await follow_job(c, path, out)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="anklumectl", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -131,6 +219,14 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--force", action="store_true", help="even if it is not marked ok")
     add("mark-good", cmd_mark_good, "confirm that this boot works")
     add("mark-bad", cmd_mark_bad, "mark a slot as failed").add_argument("slot", help="A or B")
+    sp = add("update", cmd_update, "write a new system into the other slot")
+    sp.add_argument("source", help="a bundle: the path of its .manifest (or its image)")
+    sp.add_argument("--verify-hash", metavar="ROOTHASH", help="the dm-verity root hash to expect")
+    sp.add_argument("--allow-downgrade", action="store_true", help="even an older version")
+    sp.add_argument("--reboot", action="store_true", help="reboot into it when done")
+    sp.add_argument("--no-wait", action="store_true", help="start it and return")
+    add("jobs", cmd_jobs, "list running and last jobs")
+    add("wait", cmd_wait, "follow a job until it ends").add_argument("job", nargs="?")
     add("boot-check", cmd_boot_check, "exit non-zero if the boot is degraded (for systemd)")
     return p
 

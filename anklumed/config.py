@@ -33,6 +33,9 @@ class Config(BaseModel):
     deadline_action: DeadlineAction = DeadlineAction.REBOOT
     # Watch boot-complete.target through systemd and mark the boot good when reached.
     follow_systemd: bool = True
+    # Updates: only bundles made for this system, signatures checked against these keys.
+    compatible: str = "anklume-live-amd64"
+    keys_dir: Path = Path("/etc/anklume/keys.d")
 
 
 def load_config(path: Path | None) -> Config:

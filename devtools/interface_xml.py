@@ -1,7 +1,8 @@
 """Print the D-Bus interfaces anklumed exports, as introspection XML.
 
-``python -m devtools.interface_xml ADDRESS > dbus/org.anklume.Live1.xml`` with a
-running daemon; tests/service/test_interface_xml.py checks the file is current.
+``python -m devtools.interface_xml ADDRESS JOB_PATH > dbus/org.anklume.Live1.xml``
+with a running daemon that has run one job (job objects exist only then);
+tests/service/test_interface_xml.py checks the file is current.
 """
 
 import asyncio
@@ -19,10 +20,10 @@ HEADER = """<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspectio
 """
 
 
-async def exported(address: str) -> str:
+async def exported(address: str, job_path: str) -> str:
     bus = await MessageBus(bus_address=address).connect()
     node = ET.Element("node")
-    for path in PATHS:
+    for path in (*PATHS, job_path):
         reply = await bus.call(Message(destination="org.anklume.Live1", path=path,
                                        interface="org.freedesktop.DBus.Introspectable",
                                        member="Introspect"))
@@ -36,4 +37,4 @@ async def exported(address: str) -> str:
 
 
 if __name__ == "__main__":
-    sys.stdout.write(asyncio.run(exported(sys.argv[1])))
+    sys.stdout.write(asyncio.run(exported(sys.argv[1], sys.argv[2])))

@@ -72,6 +72,7 @@ class Simulation:
             f'handoff = "{self.handoff}"\n'
             f'cmdline = "{self.workdir / "cmdline"}"\n'
             'deadline_action = "log"\nfollow_systemd = false\n'
+            f'keys_dir = "{self.workdir / "keys"}"\n'
         )
 
     def start_daemon(self, extra_env: dict[str, str] | None = None) -> float:

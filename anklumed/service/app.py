@@ -19,12 +19,20 @@ from anklumed.errors import AnklumeError
 from anklumed.handoff import Handoff, read_handoff
 from anklumed.host import Backing, read_memory_encryption, root_backing
 from anklumed.host import boot_time as kernel_boot_time
+from anklumed.jobs import Job, JobManager
 from anklumed.persist import PersistStore
 from anklumed.service.boundary import BUS_NAME, ROOT_PATH, Caller, capture_caller
-from anklumed.service.objects import ManagerInterface, SlotInterface, slot_path
+from anklumed.service.objects import (
+    JobInterface,
+    ManagerInterface,
+    SlotInterface,
+    job_path,
+    slot_path,
+)
 from anklumed.service.polkit import Authority
 from anklumed.service.systemd import BOOT_COMPLETE, Systemd
 from anklumed.slots.controller import SlotController
+from anklumed.slots.update import Updater, UpdateRequest
 from anklumed.stick import BootStick, SlotName
 
 log = logging.getLogger(__name__)
@@ -65,6 +73,8 @@ class Daemon:
         # cancellation ids unique, so a timed-out check cancels only itself.
         self.authority: Authority | None = None
         self.interfaces: list[Any] = []
+        self.jobs = JobManager(self._on_job_change, self._on_job_finished)
+        self.job_interfaces: dict[str, JobInterface] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._udev_monitor: pyudev.Monitor | None = None
 
@@ -168,6 +178,40 @@ class Daemon:
             self.bus.export(slot_path(slot), iface)
             self.interfaces.append(iface)
 
+    # ---- jobs ------------------------------------------------------------------
+    def start_update(self, request: UpdateRequest) -> Job:
+        updater = Updater(self.slots, lambda: self.stick, self.handoff.slot,
+                          self.config.compatible, self.config.keys_dir,
+                          lambda: datetime.now(UTC))
+        # One job writes the slots at a time ("slots" group): a second is Busy.
+        job = self.jobs.start("update", "slots", lambda j: updater.run(j, request))
+        self._export_job(job)
+        return job
+
+    def _export_job(self, job: Job) -> None:
+        assert self.bus is not None
+        # The finished job of the same kind gives way: only the last one is kept.
+        for path, iface in list(self.job_interfaces.items()):
+            if iface.job.kind == job.kind and iface.job is not job:
+                self.bus.unexport(path)
+                del self.job_interfaces[path]
+        iface = JobInterface(self, job)
+        self.bus.export(job_path(job), iface)
+        self.job_interfaces[job_path(job)] = iface
+        self.publish()
+
+    def _on_job_change(self, job: Job) -> None:
+        iface = self.job_interfaces.get(job_path(job))
+        if iface is not None:
+            iface.publish()
+
+    def _on_job_finished(self, job: Job) -> None:
+        iface = self.job_interfaces.get(job_path(job))
+        if iface is not None:
+            iface.publish()
+            iface.Finished()
+        self.publish()
+
     def publish(self) -> None:
         for iface in self.interfaces:
             iface.publish()
@@ -197,6 +241,7 @@ class Daemon:
 
     async def stop(self) -> None:
         notify("STOPPING=1")
+        await self.jobs.stop()
         for task in list(self._tasks):
             task.cancel()
         if self._udev_monitor is not None:

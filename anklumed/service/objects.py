@@ -2,7 +2,10 @@
 
 from typing import TYPE_CHECKING, Any
 
-from anklumed.errors import InvalidArgument
+from dbus_next.service import signal
+
+from anklumed.errors import InvalidArgument, NotAuthorized
+from anklumed.jobs import Job
 from anklumed.service.boundary import (
     BUS_NAME,
     ROOT_PATH,
@@ -11,8 +14,9 @@ from anklumed.service.boundary import (
     dbus_method,
     ro_property,
 )
-from anklumed.service.polkit import ACTION_SWITCH_SLOT
+from anklumed.service.polkit import ACTION_SWITCH_SLOT, ACTION_UPDATE
 from anklumed.slots.model import SlotMeta, format_time
+from anklumed.slots.update import UpdateRequest
 from anklumed.stick import SlotName
 
 if TYPE_CHECKING:
@@ -20,6 +24,13 @@ if TYPE_CHECKING:
 
 MANAGER_IFACE = f"{BUS_NAME}.Manager"
 SLOT_IFACE = f"{BUS_NAME}.Slot"
+JOB_IFACE = f"{BUS_NAME}.Job"
+# The polkit action that guards cancelling a job of each kind.
+JOB_ACTIONS = {"update": ACTION_UPDATE}
+
+
+def job_path(job: Job) -> str:
+    return f"{ROOT_PATH}/job/{job.number}"
 
 
 def slot_path(slot: SlotName) -> str:
@@ -68,6 +79,8 @@ class ManagerInterface(StateInterface):
             "MemoryEncryption": d.memory_encryption.value,
             "RamCryptRequested": bool(d.handoff.ram_crypt_requested),
             "BootDeadline": d.deadline_remaining(),
+            "Jobs": [job_path(j) for j in d.jobs.last.values()],
+            "LastUpdate": _job_summary(d.jobs.last.get("update")),
         }
 
     Version = ro_property("Version", "s")
@@ -91,6 +104,17 @@ class ManagerInterface(StateInterface):
     MemoryEncryption = ro_property("MemoryEncryption", "s")
     RamCryptRequested = ro_property("RamCryptRequested", "b")
     BootDeadline = ro_property("BootDeadline", "i")
+    Jobs = ro_property("Jobs", "ao")
+    LastUpdate = ro_property("LastUpdate", "a{ss}")
+
+    @dbus_method(args=(("source", "s"), ("verify_hash", "s"), ("allow_downgrade", "b")),
+                 returns="o")
+    async def Update(self, source: str, verify_hash: str, allow_downgrade: bool) -> str:
+        """Start writing the bundle at ``source`` into the other slot; returns the job."""
+        await self.daemon.authorize(ACTION_UPDATE, current_caller())
+        request = UpdateRequest(source=source, verify_hash=verify_hash.strip() or None,
+                                allow_downgrade=allow_downgrade)
+        return job_path(self.daemon.start_update(request))
 
     @dbus_method()
     async def MarkGood(self) -> None:
@@ -169,3 +193,54 @@ class SlotInterface(StateInterface):
     Primary = ro_property("Primary", "b")
     Device = ro_property("Device", "s")
     PartitionSize = ro_property("PartitionSize", "t")
+
+
+def _job_summary(job: Job | None) -> dict[str, str]:
+    if job is None:
+        return {}
+    return {"job": job_path(job), "state": job.state.value, "result": job.result,
+            "error": job.error_name, "message": job.message}
+
+
+class JobInterface(StateInterface):
+    """/org/anklume/Live1/job/N: a long operation's progress, Cancel and Finished."""
+
+    def __init__(self, daemon: "Daemon", job: Job) -> None:
+        self.daemon = daemon
+        self.job = job
+        super().__init__(JOB_IFACE)
+
+    def snapshot(self) -> dict[str, Any]:
+        j = self.job
+        return {"Kind": j.kind, "State": j.state.value, "Phase": j.phase,
+                "BytesDone": j.done, "BytesTotal": j.total, "Rate": j.rate, "Eta": j.eta,
+                "Cancellable": j.cancellable, "Result": j.result, "ErrorName": j.error_name,
+                "Message": j.message}
+
+    Kind = ro_property("Kind", "s")
+    State = ro_property("State", "s")
+    Phase = ro_property("Phase", "s")
+    BytesDone = ro_property("BytesDone", "t")
+    BytesTotal = ro_property("BytesTotal", "t")
+    Rate = ro_property("Rate", "t")
+    Eta = ro_property("Eta", "i")
+    Cancellable = ro_property("Cancellable", "b")
+    Result = ro_property("Result", "s")
+    ErrorName = ro_property("ErrorName", "s")
+    Message = ro_property("Message", "s")
+
+    @dbus_method(returns="b")
+    async def Cancel(self) -> bool:
+        """Ask the job to stop; false when it is past the point of no return."""
+        caller = current_caller()
+        action = JOB_ACTIONS.get(self.job.kind)
+        if action is None:
+            raise NotAuthorized("this job cannot be cancelled")
+        await self.daemon.authorize(action, caller)
+        return self.job.cancel()
+
+    @signal()  # type: ignore[untyped-decorator]
+    def Finished(self) -> "sss":  # type: ignore[name-defined]  # noqa: F821 (a D-Bus signature)
+        j = self.job
+        error = f"{BUS_NAME}.Error.{j.error_name}" if j.error_name else ""
+        return [j.state.value, error, j.message]

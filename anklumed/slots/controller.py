@@ -137,6 +137,10 @@ class SlotController:
         await self._transaction(change)
         log.info("slot %s marked bad", slot)
 
+    async def transact(self, change: Callable[[PersistDir, SlotsState], None]) -> None:
+        """One PERSIST transaction for another component (the updater)."""
+        await self._transaction(change)
+
     async def _transaction(
         self, change: Callable[[PersistDir, SlotsState], None], quiet: bool = False
     ) -> None:

@@ -72,6 +72,7 @@ class Guest:
     console: IO[str] | None = None           # where to stream the guest's output
     kernel: Kernel | None = None
     cmdline: str = ""                        # added to the kernel command line
+    files: dict[str, str] = field(default_factory=dict)  # extra files in the run dir
 
     def run(self) -> Result:
         kernel = self.kernel or ensure_kernel()
@@ -105,6 +106,9 @@ class Guest:
             f"KERNEL_VERSION={shlex.quote(kernel.version)}\n"
             f"KERNEL_ROOT={shlex.quote(str(kernel.root))}\n"
             f"CHECKOUT={shlex.quote(str(CHECKOUT))}\n")
+        for name, text in self.files.items():
+            (rundir / name).parent.mkdir(parents=True, exist_ok=True)
+            (rundir / name).write_text(text)
         env = {"ANKLUME_VM_GUEST": "1", "ANKLUME_VM_MODE": self.mode,
                "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                "HOME": "/root", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}

@@ -90,6 +90,49 @@ def _extract(package: str, root: Path) -> None:
         tree.rename(root)
 
 
+CONTRIB_SOURCES = Path("/etc/apt/sources.list.d/anklume-contrib.sources")
+CONTRIB = """\
+# Added by anklume Live's VM tier: zfs-dkms and zfsutils-linux live in contrib.
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm bookworm-updates
+Components: contrib
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+"""
+
+
+def zfs_built(kernel: Kernel) -> bool:
+    return (kernel.modules / "updates" / ".zfs-complete").exists()
+
+
+def ensure_zfs(kernel: Kernel) -> None:
+    """Build the ZFS modules for the guest's kernel (zfs-dkms) and install zfsutils.
+
+    The userland runs in the guest from this machine's root; the modules are
+    built here against the same kernel's headers and copied into the cached
+    kernel tree. About four minutes on two cores, once per kernel version.
+    """
+    if zfs_built(kernel) and shutil.which("zpool"):
+        return
+    if not CONTRIB_SOURCES.exists():
+        CONTRIB_SOURCES.write_text(CONTRIB)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends",
+                    f"linux-headers-{kernel.version}", "zfs-dkms", "zfsutils-linux"],
+                   check=True, env=env, stdout=subprocess.DEVNULL)
+    built = Path("/lib/modules") / kernel.version / "updates" / "dkms"
+    if not list(built.glob("zfs.ko*")):
+        # zfs-dkms's postinst builds only for kernels whose headers it saw first.
+        subprocess.run(["dkms", "autoinstall", "-k", kernel.version], check=True)
+    target = kernel.modules / "updates"
+    target.mkdir(exist_ok=True)
+    for module in built.glob("*.ko*"):
+        shutil.copy2(module, target / module.name)
+    _run("depmod", "-b", kernel.root, kernel.version)
+    (target / ".zfs-complete").touch()
+
+
 def _initramfs_key() -> str:
     """Rebuild the initramfs whenever init.sh changes."""
     return hashlib.sha256((HERE / "init.sh").read_bytes()).hexdigest()[:12]
@@ -117,3 +160,20 @@ def _build_initramfs(modules: Path, dest: Path) -> None:
         partial.write_bytes(subprocess.run(["gzip", "-1"], input=cpio, capture_output=True,
                                            check=True).stdout)
         partial.rename(dest)
+
+
+def main() -> None:
+    """``python -m devtools.vm.kernel [--zfs]``: fetch and build what the VM tier needs."""
+    import argparse
+    parser = argparse.ArgumentParser(prog="python -m devtools.vm.kernel")
+    parser.add_argument("--zfs", action="store_true", help="also build the ZFS modules")
+    args = parser.parse_args()
+    kernel = ensure_kernel()
+    if args.zfs:
+        ensure_zfs(kernel)
+    print(f"kernel {kernel.version}: {kernel.vmlinuz}, {kernel.initramfs}"
+          + (", zfs built" if zfs_built(kernel) else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -8,7 +8,10 @@ mode=$1
 . /anklume-vm/config.sh
 
 # modprobe looks in /lib/modules/<running kernel>: point it at the extracted package.
+# This machine may have a directory of that name (headers, dkms builds): the
+# overlay hides it, the host keeps it.
 mkdir -p /lib/modules
+rm -rf "/lib/modules/$KERNEL_VERSION"
 ln -sfn "$KERNEL_ROOT/lib/modules/$KERNEL_VERSION" "/lib/modules/$KERNEL_VERSION"
 echo anklume-vm > /etc/hostname
 
@@ -34,14 +37,26 @@ Description=anklume VM test scenario
 # Not After=multi-user.target: a unit hanging the boot must not hide the result.
 After=basic.target dbus.service
 [Service]
-Type=oneshot
+# exec, not oneshot: multi-user.target would otherwise wait for the scenario.
+Type=exec
 ExecStart=/bin/sh /anklume-vm/stage.sh
 StandardOutput=journal+console
 StandardError=journal+console
 [Install]
 WantedBy=multi-user.target
 UNIT
+# Warnings and errors reach the serial console: the one record left when a
+# scenario ends with the guest rebooting (the boot-deadline test reads it).
+mkdir -p /etc/systemd/journald.conf.d
+printf '[Journal]\nForwardToConsole=yes\nTTYPath=/dev/ttyS0\nMaxLevelConsole=warning\n' \
+    > /etc/systemd/journald.conf.d/anklume-vm.conf
 # The host's own services (databases and the like) have no business here.
 rm -f /etc/systemd/system/multi-user.target.wants/*
+# A scenario's own units (units/*.service in the run directory), enabled.
+for unit in /anklume-vm/units/*.service; do
+    [ -e "$unit" ] || continue
+    install -m 0644 "$unit" /etc/systemd/system/
+    systemctl enable "$(basename "$unit")"
+done
 systemctl enable anklumed.service anklume-boot-check.service anklume-vm-scenario.service
 systemctl mask serial-getty@ttyS0.service e2scrub_reap.service >/dev/null 2>&1 || true

@@ -29,10 +29,17 @@ def build_stick_image(dest_dir: Path) -> Path:
 
 
 def run(mode: str, command: Sequence[str], env: dict[str, str] | None = None,
-        timeout: float = 900.0, console: IO[str] | None = None) -> Result:
+        timeout: float = 900.0, console: IO[str] | None = None,
+        files: dict[str, str] | None = None, keep_stick: Path | None = None) -> Result:
+    """Boot a guest of ``mode`` running ``command``.
+
+    ``files`` go to the run directory (``anklumed.toml`` and ``units/*.service``
+    are installed by prepare.sh); ``keep_stick`` receives the stick image
+    after the run, for a test to inspect what the guest left on it.
+    """
     if mode == "plain":
         return Guest(command, mode="plain", env=env or {}, timeout=timeout,
-                     console=console).run()
+                     console=console, files=files or {}).run()
     if mode != "systemd":
         raise ValueError(f"no guest mode {mode!r}")
     workdir = Path(tempfile.mkdtemp(prefix="anklume-vm-stick-", dir=RUN_PARENT))
@@ -40,7 +47,11 @@ def run(mode: str, command: Sequence[str], env: dict[str, str] | None = None,
         image = build_stick_image(workdir)
         guest = Guest(command, mode="systemd", env=env or {}, timeout=timeout,
                       console=console, disks=[Disk(STICK_SERIAL, image, "usb")],
-                      cmdline="anklume.slot=A")
-        return guest.run()
+                      cmdline="anklume.slot=A",
+                      files=files or {})
+        result = guest.run()
+        if keep_stick is not None:
+            shutil.move(image, keep_stick)
+        return result
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -1,5 +1,6 @@
 """Service tier: the real anklumed on a private system-type bus, real loop sticks."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -38,6 +39,17 @@ class Sim(Simulation):
         try:
             return {str(p.relative_to(mnt)): p.read_bytes().decode(errors="replace")
                     for p in sorted(mnt.rglob("*")) if p.is_file()}
+        finally:
+            subprocess.run(["umount", mnt], check=True)
+
+    @contextlib.contextmanager
+    def persist_mounted(self) -> Iterator[Path]:
+        assert self.stick is not None
+        mnt = self.workdir / "inspect"
+        mnt.mkdir(exist_ok=True)
+        subprocess.run(["mount", "-o", "ro", self.stick.persist, mnt], check=True)
+        try:
+            yield mnt
         finally:
             subprocess.run(["umount", mnt], check=True)
 

@@ -128,3 +128,30 @@ def test_the_host_plugs_and_pulls_disks() -> None:
     assert removable.read_text().strip() == "1"
     guestctl.unplug("anklume-test-usb")
     assert guestctl.find_disk("anklume-test-usb") is None
+
+
+def test_luks2_zfs_round_trip(loop_disk: Path, tmp_path: Path) -> None:
+    from anklumed.data import zfs
+    if run(["modprobe", "zfs"], check=False).returncode != 0:
+        pytest.skip("no ZFS module for this kernel: build it with "
+                    "`.venv/bin/python -m devtools.vm.kernel --zfs` (about 4 min)")
+    secret = b"another passphrase"
+    luks.format_luks2(loop_disk, secret, label="anklume-test", iter_time_ms=100)
+    device = luks.open_luks(loop_disk, secret, "anklume-data-ztest")
+    mountpoint = tmp_path / "pool"
+    try:
+        zfs.create_pool("ztest", device, mountpoint)
+        zfs.create_dataset("ztest", "incus")
+        (mountpoint / "incus" / "kept.txt").write_text("on zfs\n")
+        assert zfs.dataset_property("ztest", "compression") == "zstd"
+        assert zfs.pool_property("ztest", "ashift") == "12"
+        zfs.export_pool("ztest")
+    finally:
+        luks.close_luks("anklume-data-ztest")
+    device = luks.open_luks(loop_disk, secret, "anklume-data-ztest")
+    try:
+        zfs.import_pool("ztest", device.parent)
+        assert (mountpoint / "incus" / "kept.txt").read_text() == "on zfs\n"
+        zfs.export_pool("ztest")
+    finally:
+        luks.close_luks("anklume-data-ztest")

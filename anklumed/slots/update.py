@@ -1,0 +1,249 @@
+"""Writing a new OS into the slot that is not running (DESIGN.md §4).
+
+The order is the contract and is never changed:
+refuse the booted slot → check size and compatibility → mark the target
+pending → stream the image to the partition, hashing (sha256 and the
+dm-verity tree) in the same pass → fsync → read back and compare → compare
+the root hash with the pin and the manifest → write slots/T.verity and
+slots/T.meta (ok) → ab-state=T, boot-count=0.
+
+Until the last step the booted slot and ab-state are untouched, and the
+initramfs never boots a pending or failed slot: a failure, a cancel or a
+power cut at any instant leaves the stick booting what it booted before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import mmap
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from anklumed.errors import AnklumeError, InvalidArgument, NotFound, VerificationFailed
+from anklumed.jobs import Job
+from anklumed.persist import PersistDir
+from anklumed.slots import model
+from anklumed.slots.bundle import (
+    Manifest,
+    check_installable,
+    check_signature,
+    load_trusted_keys,
+    parse_manifest,
+)
+from anklumed.slots.controller import SlotController
+from anklumed.slots.model import SlotMeta, SlotsState, SlotStatus
+from anklumed.slots.verity_tree import VerityHasher, VerityResult
+from anklumed.stick import BootStick, SlotName
+
+log = logging.getLogger(__name__)
+CHUNK = 4 * 1024 * 1024  # large, block-aligned writes
+ALIGN = 4096
+
+
+@dataclass(frozen=True)
+class UpdateRequest:
+    source: str
+    verify_hash: str | None = None
+    allow_downgrade: bool = False
+
+
+@dataclass(frozen=True)
+class Bundle:
+    manifest: Manifest
+    image: Path
+    signed_by: str | None
+
+
+def open_bundle(source: str, keys_dir: Path) -> Bundle:
+    """A local bundle: the path of its manifest, or of its image beside one."""
+    path = Path(source)
+    if path.suffix != ".manifest":
+        path = path.with_suffix(".manifest")
+    if not path.is_file():
+        raise NotFound(f"no bundle manifest at {path}")
+    data = path.read_bytes()
+    manifest = parse_manifest(data)
+    signature = path.with_name(path.name + ".sig")
+    signed_by = None
+    if signature.exists():
+        signed_by = check_signature(data, signature.read_bytes(), load_trusted_keys(keys_dir))
+    image = path.with_name(manifest.image)
+    if not image.is_file():
+        raise NotFound(f"the bundle's image {image.name} is missing beside its manifest")
+    return Bundle(manifest, image, signed_by)
+
+
+def check_request(bundle: Bundle, request: UpdateRequest, state: SlotsState,
+                  target: SlotName, booted: SlotName | None, slot_size: int,
+                  compatible: str) -> None:
+    """Everything that can be refused before a single byte is written."""
+    m = bundle.manifest
+    if booted is None:
+        raise InvalidArgument("the running slot is unknown: refusing to write either slot")
+    if target is booted:
+        raise InvalidArgument(f"slot {target} is running: an update writes the other slot")
+    if state.primary is target and state.meta[target].status is SlotStatus.OK:
+        raise InvalidArgument(f"slot {target} is the next boot; make slot {booted} primary "
+                              "first (anklumectl set-primary)")
+    if m.padded_size > slot_size:
+        raise InvalidArgument(f"the image ({m.size} bytes) does not fit slot {target} "
+                              f"({slot_size} bytes)")
+    if request.verify_hash is not None and request.verify_hash.lower() != m.root_hash:
+        raise VerificationFailed("the bundle's root hash is not the one given with "
+                                 f"--verify-hash ({request.verify_hash[:16]}…)")
+    check_installable(m, compatible, state.meta[booted].version, request.allow_downgrade)
+
+
+def mark_pending(pdir: PersistDir, target: SlotName, manifest: Manifest, source: str) -> None:
+    meta = SlotMeta(status=SlotStatus.PENDING, version=manifest.version, size=manifest.size,
+                    sha256=manifest.sha256, source=source[:200])
+    model.write_meta(pdir, target, meta)
+
+
+def mark_failed(pdir: PersistDir, target: SlotName) -> None:
+    state = model.read_slots_state(pdir)
+    if state.meta[target].status is SlotStatus.PENDING:
+        meta = state.meta[target].model_copy(update={"status": SlotStatus.FAILED})
+        model.write_meta(pdir, target, meta)
+
+
+def activate(pdir: PersistDir, target: SlotName, manifest: Manifest, tree: bytes,
+             source: str, now: datetime) -> None:
+    """The last steps, in order: tree, meta (ok), then ab-state and boot-count."""
+    pdir.write_bytes(model.verity_file(target), tree)
+    meta = SlotMeta(status=SlotStatus.OK, version=manifest.version, size=manifest.size,
+                    sha256=manifest.sha256, root_hash=manifest.root_hash, salt=manifest.salt,
+                    data_block_size=manifest.data_block_size,
+                    hash_block_size=manifest.hash_block_size, hash_alg=manifest.hash_alg,
+                    installed_at=now, activated_at=now, source=source[:200])
+    model.write_meta(pdir, target, meta)
+    model.write_primary(pdir, target, 0)
+
+
+def write_slot(job: Job, bundle: Bundle, device: Path,
+               opener: Callable[[Path], BinaryIO] = lambda p: p.open("rb")) -> VerityResult:
+    """Stream the image to ``device``, then fsync and read it back.
+
+    Returns the tree computed in the same pass. Raises VerificationFailed for
+    a short or altered image, or when the device does not return what was
+    written. Cancel is honoured between chunks.
+    """
+    m = bundle.manifest
+    sha = hashlib.sha256()
+    hasher = VerityHasher(m.verity_params())
+    written = 0
+    # O_EXCL on a block device: refused while mounted or opened exclusively.
+    fd = os.open(device, os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC)
+    try:
+        with opener(bundle.image) as src:
+            while chunk := src.read(CHUNK):
+                job.check_cancelled()
+                if written + len(chunk) > m.size:
+                    raise VerificationFailed("the image is longer than its manifest says")
+                sha.update(chunk)
+                hasher.update(chunk)
+                _write_all(fd, chunk)
+                written += len(chunk)
+                job.progress("writing", written, m.size)
+        if written != m.size:
+            raise VerificationFailed(f"the image is truncated: {written} of {m.size} bytes")
+        if sha.hexdigest() != m.sha256:
+            raise VerificationFailed("the image's sha256 does not match its manifest")
+        padding = b"\0" * (m.padded_size - m.size)
+        hasher.update(padding)
+        _write_all(fd, padding)
+        job.progress("syncing", written, m.size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    job.check_cancelled()
+    read_back(job, device, m)
+    result = hasher.finish()
+    if result.root_hash != m.root_hash:
+        raise VerificationFailed("the image's dm-verity root hash does not match its manifest")
+    return result
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def read_back(job: Job, device: Path, m: Manifest) -> None:
+    """sha256 of what the device really holds (O_DIRECT: not the page cache)."""
+    sha = hashlib.sha256()
+    buffer = mmap.mmap(-1, CHUNK)
+    done = 0
+    fd = os.open(device, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+    try:
+        while done < m.size:
+            job.check_cancelled()
+            want = min(CHUNK, -(-(m.size - done) // ALIGN) * ALIGN)
+            got = os.preadv(fd, [memoryview(buffer)[:want]], done)
+            if got <= 0:
+                raise VerificationFailed(f"{device} ended at {done} bytes while reading back")
+            sha.update(memoryview(buffer)[:min(got, m.size - done)])
+            done += min(got, m.size - done)
+            job.progress("verifying", done, m.size)
+    finally:
+        os.close(fd)
+        buffer.close()
+    if sha.hexdigest() != m.sha256:
+        raise VerificationFailed(f"{device} does not hold what was written to it "
+                                 "(read-back mismatch): the stick may be failing")
+
+
+class Updater:
+    """Runs an update as a job: checks, pending, write, verify, activate."""
+
+    def __init__(self, slots: SlotController, stick: Callable[[], BootStick | None],
+                 booted: SlotName | None, compatible: str, keys_dir: Path,
+                 clock: Callable[[], datetime]) -> None:
+        self.slots = slots
+        self.stick = stick
+        self.booted = booted
+        self.compatible = compatible
+        self.keys_dir = keys_dir
+        self.clock = clock
+
+    async def run(self, job: Job, request: UpdateRequest) -> str:
+        job.progress("checking")
+        bundle = await asyncio.to_thread(open_bundle, request.source, self.keys_dir)
+        await self.slots.refresh()
+        stick, state = self.stick(), self.slots.state
+        if stick is None or state is None:
+            raise NotFound("the boot stick is not available: "
+                           f"{self.slots.error or 'it was not found'}")
+        target = (self.booted or SlotName.A).other
+        partition = stick.slot(target)
+        if partition.device is None:
+            raise NotFound(f"the kernel has no block device for {partition.label}")
+        check_request(bundle, request, state, target, self.booted, partition.size,
+                      self.compatible)
+        job.check_cancelled()
+        m = bundle.manifest
+        await self.slots.transact(lambda pdir, _st: mark_pending(pdir, target, m,
+                                                                 request.source))
+        try:
+            result = await asyncio.to_thread(write_slot, job, bundle, partition.device)
+            job.commit()
+            job.progress("activating")
+            now = self.clock()
+            await self.slots.transact(lambda pdir, _st: activate(
+                pdir, target, m, result.tree, request.source, now))
+        except BaseException:
+            if job.cancellable:  # failed before activation: the target is not bootable
+                with contextlib.suppress(AnklumeError):
+                    await self.slots.transact(lambda pdir, _st: mark_failed(pdir, target))
+            raise
+        signed = f", signed by {bundle.signed_by}" if bundle.signed_by else ", unsigned"
+        log.info("slot %s now holds %s%s; it boots next", target, m.version, signed)
+        return f"slot {target} holds {m.version}{signed}; it boots next"

@@ -1,0 +1,136 @@
+"""anklume Live's units under systemd as PID 1, with the real polkitd.
+
+The guest boots from a simulated stick plugged in as a USB disk (slot A, boot
+count 1, as the initramfs would leave it) with the units, bus policy and polkit
+policy installed as a package would install them (devtools/vm/prepare.sh).
+The tests share one boot and run in file order; the watchdog test comes last
+because it restarts the daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from devtools.vm import guestctl
+from devtools.vm.scenarios import STICK_SERIAL
+
+pytestmark = pytest.mark.vm(mode="systemd")
+NOT_AUTHORIZED = 3  # anklumectl's documented exit code
+
+
+def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{argv} failed ({proc.returncode}): {proc.stderr}")
+    return proc
+
+
+def unit_props(unit: str, *names: str) -> dict[str, str]:
+    out = sh("systemctl", "show", unit, "-p", ",".join(names)).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def wait_for(what: str, check: object, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def persist_file(name: str) -> str:
+    """Read a PERSIST file straight off the stick, without mounting it."""
+    stick = guestctl.find_disk(STICK_SERIAL)
+    assert stick is not None
+    return sh("debugfs", "-R", f"cat /{name}", f"{stick}4").stdout
+
+
+def status(user: str | None = None) -> dict[str, object]:
+    argv = ["anklumectl", "status", "--json"]
+    if user:
+        argv = ["runuser", "-u", user, "--", *argv]
+    result: dict[str, object] = json.loads(sh(*argv).stdout)
+    return result
+
+
+def test_anklumed_is_a_notify_service_that_owns_its_name() -> None:
+    wait_for("anklumed", lambda: unit_props("anklumed", "ActiveState")["ActiveState"]
+             in ("active", "failed"))
+    props = unit_props("anklumed", "Type", "ActiveState", "SubState", "StatusText",
+                       "WatchdogUSec", "MainPID", "BusName")
+    assert props["Type"] == "notify"
+    assert (props["ActiveState"], props["SubState"]) == ("active", "running")
+    assert "booted A" in props["StatusText"]  # sd_notify STATUS=
+    assert props["WatchdogUSec"] == "30s"
+    owner = sh("busctl", "--system", "status", "org.anklume.Live1").stdout
+    assert f"PID={props['MainPID']}" in owner
+
+
+def exposure(unit: str) -> float:
+    out = sh("systemd-analyze", "security", "--no-pager", unit).stdout
+    line = next(x for x in out.splitlines() if "Overall exposure level" in x)
+    return float(line.split(":", 1)[1].split()[0])
+
+
+def test_units_verify_clean_and_stay_hardened() -> None:
+    units = ["/etc/systemd/system/anklumed.service",
+             "/etc/systemd/system/anklume-boot-check.service"]
+    verify = sh("systemd-analyze", "verify", "--man=no", *units, check=False)
+    assert (verify.returncode, verify.stderr.strip()) == (0, "")
+    # The figures the README records; a change that weakens a unit fails here.
+    assert exposure("anklumed.service") <= 3.3
+    assert exposure("anklume-boot-check.service") <= 0.4
+
+
+def test_boot_check_marks_the_boot_good_after_boot_complete() -> None:
+    assert persist_file("boot-count").strip() in ("0", "1")
+    wait_for("boot-complete.target",
+             lambda: unit_props("boot-complete.target", "ActiveState")["ActiveState"]
+             == "active")
+    assert unit_props("anklume-boot-check.service", "Result")["Result"] == "success"
+    wait_for("the boot marked good", lambda: status()["BootState"] == "good", 30)
+    current = status()
+    assert current["BootedSlot"] == "A" and current["BootCount"] == 0
+    assert persist_file("boot-count").strip() == "0"
+    meta = persist_file("slots/A.meta")
+    assert "LAST_GOOD_AT=2026-11-01T10:05:00Z" not in meta  # refreshed by this boot
+    assert "LAST_GOOD_AT=" in meta
+
+
+def test_unprivileged_user_reads_status_and_is_refused_by_polkitd() -> None:
+    assert status(user="nobody")["BootedSlot"] == "A"
+    before = persist_file("ab-state"), persist_file("slots/B.meta")
+    refused = sh("runuser", "-u", "nobody", "--", "anklumectl", "--no-ask-password",
+                 "mark-bad", "B", check=False)
+    assert refused.returncode == NOT_AUTHORIZED, refused.stderr
+    assert "Traceback" not in refused.stderr
+    # It was the real polkitd that said no: it is running now, activated by the call.
+    assert unit_props("polkit.service", "ActiveState")["ActiveState"] == "active"
+    assert (persist_file("ab-state"), persist_file("slots/B.meta")) == before
+    # root skips polkit: the same call goes through (and is refused on its merits).
+    as_root = sh("anklumectl", "mark-bad", "B", check=False)
+    assert "slot B is empty" in as_root.stderr
+
+
+def test_watchdog_restarts_a_hung_daemon() -> None:
+    dropin = Path("/run/systemd/system/anklumed.service.d/watchdog.conf")
+    dropin.parent.mkdir(parents=True, exist_ok=True)
+    dropin.write_text("[Service]\nWatchdogSec=4s\nTimeoutAbortSec=3s\n")
+    sh("systemctl", "daemon-reload")
+    sh("systemctl", "restart", "anklumed")
+    first = unit_props("anklumed", "MainPID", "NRestarts")
+    time.sleep(10)  # more than two watchdog periods: the daemon keeps pinging
+    assert unit_props("anklumed", "MainPID", "NRestarts") == first
+    sh("kill", "-STOP", first["MainPID"])
+    wait_for("the watchdog restart",
+             lambda: unit_props("anklumed", "NRestarts")["NRestarts"]
+             != first["NRestarts"], 60)
+    wait_for("anklumed back", lambda: unit_props("anklumed", "ActiveState")["ActiveState"]
+             == "active", 60)
+    assert unit_props("anklumed", "MainPID")["MainPID"] != first["MainPID"]
