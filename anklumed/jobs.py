@@ -70,8 +70,9 @@ class Job:
 
     def commit(self) -> None:
         """From here on the job finishes: cancel is refused (see ``cancellable``)."""
-        self.check_cancelled()
-        self._committed = True
+        with self._lock:  # a Cancel either lands before this or is refused
+            self.check_cancelled()
+            self._committed = True
         self._loop.call_soon_threadsafe(self._on_change, self)
 
     # ---- read by the service ----
@@ -94,10 +95,11 @@ class Job:
         return int((self.total - self.done) / rate)
 
     def cancel(self) -> bool:
-        if not self.cancellable:
-            return False
-        self._cancel.set()
-        return True
+        with self._lock:
+            if not self.cancellable:
+                return False
+            self._cancel.set()
+            return True
 
 
 JobWork = Callable[[Job], Awaitable[str]]

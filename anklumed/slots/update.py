@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO
 
 from anklumed.errors import AnklumeError, InvalidArgument, NotFound, VerificationFailed
 from anklumed.jobs import Job
@@ -127,8 +126,7 @@ def activate(pdir: PersistDir, target: SlotName, manifest: Manifest, tree: bytes
     model.write_primary(pdir, target, 0)
 
 
-def write_slot(job: Job, bundle: Bundle, device: Path,
-               opener: Callable[[Path], BinaryIO] = lambda p: p.open("rb")) -> VerityResult:
+def write_slot(job: Job, bundle: Bundle, device: Path) -> VerityResult:
     """Stream the image to ``device``, then fsync and read it back.
 
     Returns the tree computed in the same pass. Raises VerificationFailed for
@@ -142,7 +140,7 @@ def write_slot(job: Job, bundle: Bundle, device: Path,
     # O_EXCL on a block device: refused while mounted or opened exclusively.
     fd = os.open(device, os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC)
     try:
-        with opener(bundle.image) as src:
+        with bundle.image.open("rb") as src:
             while chunk := src.read(CHUNK):
                 job.check_cancelled()
                 if written + len(chunk) > m.size:

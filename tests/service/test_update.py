@@ -119,7 +119,8 @@ def test_a_downgrade_goes_through_when_allowed(sim: Sim, tmp_path: Path) -> None
     assert sim.status()["Slots"]["B"]["Version"] == "0.9.0"
 
 
-def test_the_running_slot_is_never_written(sim: Sim, tmp_path: Path) -> None:
+def test_the_slot_that_boots_next_is_not_overwritten(sim: Sim, tmp_path: Path) -> None:
+    # (The running slot is never a target: the target is always the other one.)
     sim.write_handoff(sim.handoff.read_text().replace("SLOT=A", "SLOT=B"))
     sim.restart_daemon()
     manifest_path = make_bundle(sim, tmp_path)
