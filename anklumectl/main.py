@@ -192,6 +192,23 @@ async def cmd_wait(c: Client, a: argparse.Namespace, out: Console) -> int:
     return await follow_job(c, path, out)
 
 
+async def cmd_cancel(c: Client, a: argparse.Namespace, out: Console) -> int:
+    path = a.job
+    if path is None:
+        running = [job for job in (await c.status())["Jobs"]
+                   if (await job_props(c, job))["State"] == "running"]
+        if not running:
+            out.print("No job is running.")
+            return 0
+        path = running[-1]
+    (accepted,) = await c.call(path, JOB_IFACE, "Cancel", mutating=True)
+    if not accepted:
+        raise ClientError(ERROR_PREFIX + "InvalidArgument",
+                          "too late to cancel: the job has finished or is activating")
+    out.print(f"Cancelling {path}.")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="anklumectl", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -227,6 +244,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-wait", action="store_true", help="start it and return")
     add("jobs", cmd_jobs, "list running and last jobs")
     add("wait", cmd_wait, "follow a job until it ends").add_argument("job", nargs="?")
+    add("cancel", cmd_cancel, "cancel a running job (the last one by default)").add_argument(
+        "job", nargs="?")
     add("boot-check", cmd_boot_check, "exit non-zero if the boot is degraded (for systemd)")
     return p
 

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from anklumed.errors import InvalidArgument
 from anklumed.handoff import CMDLINE_PATH, HANDOFF_PATH
 from anklumed.persist import DEFAULT_MOUNTPOINT
+from anklumed.slots.source import HttpSettings
 
 DEFAULT_CONFIG = Path("/etc/anklume/anklumed.toml")
 
@@ -36,6 +37,15 @@ class Config(BaseModel):
     # Updates: only bundles made for this system, signatures checked against these keys.
     compatible: str = "anklume-live-amd64"
     keys_dir: Path = Path("/etc/anklume/keys.d")
+    # Downloads: a stall longer than the timeout reconnects (resuming with Range);
+    # this many failed attempts in a row, with doubling waits, give up.
+    download_timeout: float = Field(default=30.0, gt=0, le=600)
+    download_attempts: int = Field(default=6, ge=1, le=100)
+    download_backoff: float = Field(default=1.0, ge=0, le=60)
+
+    def http_settings(self) -> HttpSettings:
+        return HttpSettings(read_timeout=self.download_timeout,
+                            attempts=self.download_attempts, backoff=self.download_backoff)
 
 
 def load_config(path: Path | None) -> Config:

@@ -68,6 +68,11 @@ class Job:
         if self._cancel.is_set() and not self._committed:
             raise Cancelled(f"{self.kind} cancelled during {self.phase}")
 
+    def pause(self, seconds: float) -> None:
+        """Wait (between retries), waking at once when the job is cancelled."""
+        self._cancel.wait(seconds)
+        self.check_cancelled()
+
     def commit(self) -> None:
         """From here on the job finishes: cancel is refused (see ``cancellable``)."""
         with self._lock:  # a Cancel either lands before this or is refused

@@ -28,6 +28,9 @@ def _setup_logging(level: str) -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("anklumed: %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler])
+    # urllib3's debug lines carry whole request paths, query strings included
+    # (the tokens of signed URLs): anklumed logs downloads itself.
+    logging.getLogger("urllib3").setLevel(max(logging.INFO, logging.getLogger().level))
 
 
 async def _serve(config_path: Path | None, bus: str | None) -> int:

@@ -9,10 +9,13 @@ PERSIST its dm-verity tree made by ``veritysetup format``.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,11 +69,14 @@ def attach(image: Path) -> Stick:
     return stick
 
 
-def make_squashfs(dest: Path, version: str) -> Path:
+def make_squashfs(dest: Path, version: str, filler: int = 0) -> Path:
+    """A tiny OS image; ``filler`` bytes of random data make it as large as a test needs."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "root"
         (root / "etc").mkdir(parents=True)
         (root / "etc" / "anklume-release").write_text(f"VERSION={version}\n")
+        if filler:
+            (root / "filler").write_bytes(os.urandom(filler))
         sh("mksquashfs", root, dest, "-quiet", "-noappend", "-all-root")
     return dest
 
@@ -122,3 +128,21 @@ def build(workdir: Path, slot_mib: int = 32, persist_mib: int = 16) -> Stick:
         stick.detach()
         raise
     return stick
+
+
+@contextmanager
+def slot_mounted(slot: Path, tree: Path, root_hash: str, name: str,
+                 mnt: Path) -> Iterator[Path]:
+    """A slot opened through dm-verity (anklumed's own code) and its squashfs mounted."""
+    from anklumed.slots import verity
+
+    device = verity.open_device(slot, tree, root_hash, name)
+    try:
+        mnt.mkdir(exist_ok=True)
+        sh("mount", "-t", "squashfs", "-o", "ro", device, mnt)
+        try:
+            yield mnt
+        finally:
+            sh("umount", mnt)
+    finally:
+        verity.close_device(name)

@@ -182,7 +182,7 @@ class Daemon:
     def start_update(self, request: UpdateRequest) -> Job:
         updater = Updater(self.slots, lambda: self.stick, self.handoff.slot,
                           self.config.compatible, self.config.keys_dir,
-                          lambda: datetime.now(UTC))
+                          lambda: datetime.now(UTC), self.config.http_settings())
         # One job writes the slots at a time ("slots" group): a second is Busy.
         job = self.jobs.start("update", "slots", lambda j: updater.run(j, request))
         self._export_job(job)

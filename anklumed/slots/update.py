@@ -20,6 +20,8 @@ import hashlib
 import logging
 import mmap
 import os
+import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,15 +31,10 @@ from anklumed.errors import AnklumeError, InvalidArgument, NotFound, Verificatio
 from anklumed.jobs import Job
 from anklumed.persist import PersistDir
 from anklumed.slots import model
-from anklumed.slots.bundle import (
-    Manifest,
-    check_installable,
-    check_signature,
-    load_trusted_keys,
-    parse_manifest,
-)
+from anklumed.slots.bundle import Manifest, check_installable
 from anklumed.slots.controller import SlotController
 from anklumed.slots.model import SlotMeta, SlotsState, SlotStatus
+from anklumed.slots.source import Bundle, HttpSettings, open_bundle, shown
 from anklumed.slots.verity_tree import VerityHasher, VerityResult
 from anklumed.stick import BootStick, SlotName
 
@@ -51,32 +48,6 @@ class UpdateRequest:
     source: str
     verify_hash: str | None = None
     allow_downgrade: bool = False
-
-
-@dataclass(frozen=True)
-class Bundle:
-    manifest: Manifest
-    image: Path
-    signed_by: str | None
-
-
-def open_bundle(source: str, keys_dir: Path) -> Bundle:
-    """A local bundle: the path of its manifest, or of its image beside one."""
-    path = Path(source)
-    if path.suffix != ".manifest":
-        path = path.with_suffix(".manifest")
-    if not path.is_file():
-        raise NotFound(f"no bundle manifest at {path}")
-    data = path.read_bytes()
-    manifest = parse_manifest(data)
-    signature = path.with_name(path.name + ".sig")
-    signed_by = None
-    if signature.exists():
-        signed_by = check_signature(data, signature.read_bytes(), load_trusted_keys(keys_dir))
-    image = path.with_name(manifest.image)
-    if not image.is_file():
-        raise NotFound(f"the bundle's image {image.name} is missing beside its manifest")
-    return Bundle(manifest, image, signed_by)
 
 
 def check_request(bundle: Bundle, request: UpdateRequest, state: SlotsState,
@@ -97,19 +68,34 @@ def check_request(bundle: Bundle, request: UpdateRequest, state: SlotsState,
     if request.verify_hash is not None and request.verify_hash.lower() != m.root_hash:
         raise VerificationFailed("the bundle's root hash is not the one given with "
                                  f"--verify-hash ({request.verify_hash[:16]}…)")
+    if bundle.signed_by is None and request.verify_hash is None:
+        # Unsigned, the image is only trusted for a root hash the user vouches for.
+        raise VerificationFailed("the bundle is not signed: give its root hash with "
+                                 "--verify-hash to install it")
     check_installable(m, compatible, state.meta[booted].version, request.allow_downgrade)
+
+
+def _recorded(source: str) -> str:
+    """The source as stored in the meta: the initramfs sources these files with a
+    shell, so nothing but plain URL characters may reach it."""
+    return re.sub(r"[^A-Za-z0-9._~:/@%+=,-]", "_", shown(source))[:200]
 
 
 def mark_pending(pdir: PersistDir, target: SlotName, manifest: Manifest, source: str) -> None:
     meta = SlotMeta(status=SlotStatus.PENDING, version=manifest.version, size=manifest.size,
-                    sha256=manifest.sha256, source=source[:200])
+                    sha256=manifest.sha256, source=_recorded(source))
     model.write_meta(pdir, target, meta)
 
 
-def mark_failed(pdir: PersistDir, target: SlotName) -> None:
+def mark_failed(pdir: PersistDir, target: SlotName, previous: SlotMeta,
+                touched: bool) -> None:
+    """After a failure or a cancel before activation. Once a byte reached the
+    partition the slot is not bootable (failed); before that, it still holds
+    what it held and gets its old meta back: a cancel then changes nothing."""
     state = model.read_slots_state(pdir)
     if state.meta[target].status is SlotStatus.PENDING:
-        meta = state.meta[target].model_copy(update={"status": SlotStatus.FAILED})
+        meta = state.meta[target].model_copy(update={"status": SlotStatus.FAILED}) \
+            if touched else previous
         model.write_meta(pdir, target, meta)
 
 
@@ -121,46 +107,56 @@ def activate(pdir: PersistDir, target: SlotName, manifest: Manifest, tree: bytes
                     sha256=manifest.sha256, root_hash=manifest.root_hash, salt=manifest.salt,
                     data_block_size=manifest.data_block_size,
                     hash_block_size=manifest.hash_block_size, hash_alg=manifest.hash_alg,
-                    installed_at=now, activated_at=now, source=source[:200])
+                    installed_at=now, activated_at=now, source=_recorded(source))
     model.write_meta(pdir, target, meta)
     model.write_primary(pdir, target, 0)
 
 
-def write_slot(job: Job, bundle: Bundle, device: Path) -> VerityResult:
+def write_slot(job: Job, bundle: Bundle, device: Path,
+               touched: threading.Event | None = None) -> VerityResult:
     """Stream the image to ``device``, then fsync and read it back.
 
     Returns the tree computed in the same pass. Raises VerificationFailed for
     a short or altered image, or when the device does not return what was
-    written. Cancel is honoured between chunks.
+    written. Cancel is honoured between chunks. ``touched`` is set before
+    the first byte is written to the device.
     """
     m = bundle.manifest
     sha = hashlib.sha256()
     hasher = VerityHasher(m.verity_params())
     written = 0
-    # O_EXCL on a block device: refused while mounted or opened exclusively.
-    fd = os.open(device, os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC)
+    src = bundle.open_image(job.pause)
     try:
-        with bundle.image.open("rb") as src:
-            while chunk := src.read(CHUNK):
+        # O_EXCL on a block device: refused while mounted or opened exclusively.
+        fd = os.open(device, os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC)
+        try:
+            while True:
                 job.check_cancelled()
+                chunk = src.read(CHUNK)
+                if not chunk:
+                    break
                 if written + len(chunk) > m.size:
                     raise VerificationFailed("the image is longer than its manifest says")
                 sha.update(chunk)
                 hasher.update(chunk)
+                if touched is not None:
+                    touched.set()
                 _write_all(fd, chunk)
                 written += len(chunk)
                 job.progress("writing", written, m.size)
-        if written != m.size:
-            raise VerificationFailed(f"the image is truncated: {written} of {m.size} bytes")
-        if sha.hexdigest() != m.sha256:
-            raise VerificationFailed("the image's sha256 does not match its manifest")
-        padding = b"\0" * (m.padded_size - m.size)
-        hasher.update(padding)
-        _write_all(fd, padding)
-        job.progress("syncing", written, m.size)
-        os.fsync(fd)
+            if written != m.size:
+                raise VerificationFailed(f"the image is truncated: {written} of {m.size} bytes")
+            if sha.hexdigest() != m.sha256:
+                raise VerificationFailed("the image's sha256 does not match its manifest")
+            padding = b"\0" * (m.padded_size - m.size)
+            hasher.update(padding)
+            _write_all(fd, padding)
+            job.progress("syncing", written, m.size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     finally:
-        os.close(fd)
+        src.close()
     job.check_cancelled()
     read_back(job, device, m)
     result = hasher.finish()
@@ -204,17 +200,19 @@ class Updater:
 
     def __init__(self, slots: SlotController, stick: Callable[[], BootStick | None],
                  booted: SlotName | None, compatible: str, keys_dir: Path,
-                 clock: Callable[[], datetime]) -> None:
+                 clock: Callable[[], datetime], http: HttpSettings) -> None:
         self.slots = slots
         self.stick = stick
         self.booted = booted
         self.compatible = compatible
         self.keys_dir = keys_dir
         self.clock = clock
+        self.http = http
 
     async def run(self, job: Job, request: UpdateRequest) -> str:
         job.progress("checking")
-        bundle = await asyncio.to_thread(open_bundle, request.source, self.keys_dir)
+        bundle = await asyncio.to_thread(open_bundle, request.source, self.keys_dir,
+                                         self.http, job.pause)
         await self.slots.refresh()
         stick, state = self.stick(), self.slots.state
         if stick is None or state is None:
@@ -228,10 +226,13 @@ class Updater:
                       self.compatible)
         job.check_cancelled()
         m = bundle.manifest
+        previous = state.meta[target]
+        touched = threading.Event()
         await self.slots.transact(lambda pdir, _st: mark_pending(pdir, target, m,
                                                                  request.source))
         try:
-            result = await asyncio.to_thread(write_slot, job, bundle, partition.device)
+            result = await asyncio.to_thread(write_slot, job, bundle, partition.device,
+                                             touched)
             job.commit()
             job.progress("activating")
             now = self.clock()
@@ -240,7 +241,8 @@ class Updater:
         except BaseException:
             if job.cancellable:  # failed before activation: the target is not bootable
                 with contextlib.suppress(AnklumeError):
-                    await self.slots.transact(lambda pdir, _st: mark_failed(pdir, target))
+                    await self.slots.transact(lambda pdir, _st: mark_failed(
+                        pdir, target, previous, touched.is_set()))
             raise
         signed = f", signed by {bundle.signed_by}" if bundle.signed_by else ", unsigned"
         log.info("slot %s now holds %s%s; it boots next", target, m.version, signed)

@@ -46,6 +46,7 @@ class Result:
     console_tail: str
     timed_out: bool = False
     seconds: float = 0.0
+    power_cut: bool = False     # QEMU was killed on purpose (Guest.cut_power)
 
     @property
     def ok(self) -> bool:
@@ -73,6 +74,9 @@ class Guest:
     kernel: Kernel | None = None
     cmdline: str = ""                        # added to the kernel command line
     files: dict[str, str] = field(default_factory=dict)  # extra files in the run dir
+    # A power cut: when the console shows this text, QEMU is killed that many
+    # seconds later (what the guest had not written to its disks is lost).
+    cut_power: tuple[str, float] | None = None
 
     def run(self) -> Result:
         kernel = self.kernel or ensure_kernel()
@@ -81,7 +85,7 @@ class Guest:
         started = time.monotonic()
         proc = subprocess.Popen(self._qemu_argv(kernel, rundir), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        console = Console(proc, rundir / "console.log", self.console)
+        console = Console(proc, rundir / "console.log", self.console, self.cut_power)
         control = Control(rundir)
         timed_out = False
         try:
@@ -95,7 +99,8 @@ class Guest:
         status_file = rundir / "status"
         status = int(status_file.read_text()) if status_file.exists() else None
         return Result(status=status, rundir=rundir, console_tail=console.tail(),
-                      timed_out=timed_out, seconds=time.monotonic() - started)
+                      timed_out=timed_out, seconds=time.monotonic() - started,
+                      power_cut=console.cut.is_set())
 
     def _write_rundir(self, rundir: Path, kernel: Kernel) -> None:
         rundir.chmod(0o755)
@@ -170,10 +175,28 @@ def _device(node: str, bus: str) -> str:
 class Console:
     """Copies the guest's serial console to a log (and a stream), keeps a tail."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], log: Path, stream: IO[str] | None):
+    def __init__(self, proc: subprocess.Popen[bytes], log: Path, stream: IO[str] | None,
+                 cut_power: tuple[str, float] | None = None):
         self._lines: list[str] = []
+        self._cut_power = cut_power
+        self.cut = threading.Event()
         self._thread = threading.Thread(target=self._pump, args=(proc, log, stream), daemon=True)
         self._thread.start()
+
+    def _watch(self, proc: subprocess.Popen[bytes], line: str) -> None:
+        if self._cut_power is None or self._cut_power[0] not in line:
+            return
+        delay = self._cut_power[1]
+        self._cut_power = None
+
+        def cut() -> None:
+            if proc.poll() is None:
+                self.cut.set()
+                proc.kill()
+
+        timer = threading.Timer(delay, cut)
+        timer.daemon = True
+        timer.start()
 
     def _pump(self, proc: subprocess.Popen[bytes], log: Path, stream: IO[str] | None) -> None:
         assert proc.stdout is not None
@@ -182,6 +205,7 @@ class Console:
                 line = raw.decode(errors="replace").replace("\r", "")
                 out.write(line)
                 self._lines = [*self._lines[-59:], line]
+                self._watch(proc, line)
                 if stream is not None:
                     stream.write(line)
                     stream.flush()

@@ -10,6 +10,7 @@ systemd: systemd as PID 1 with anklume Live's units, bus policy and polkit
 from __future__ import annotations
 
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,9 +22,9 @@ from devtools.vm.guest import RUN_PARENT, Disk, Guest, Result
 STICK_SERIAL = "anklume-stick"
 
 
-def build_stick_image(dest_dir: Path) -> Path:
+def build_stick_image(dest_dir: Path, slot_mib: int = 32) -> Path:
     """A populated stick image file (loop device detached again)."""
-    stick = stickimg.build(dest_dir)
+    stick = stickimg.build(dest_dir, slot_mib=slot_mib)
     stick.detach()
     return stick.image
 
@@ -55,3 +56,16 @@ def run(mode: str, command: Sequence[str], env: dict[str, str] | None = None,
         return result
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def read_persist_file(image: Path, name: str) -> str:
+    """Read a file of the image's PERSIST partition with debugfs, without mounting."""
+    loop = subprocess.run(["losetup", "--find", "--show", "--read-only", str(image)],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        subprocess.run(["partx", "-a", loop], check=True)
+        return subprocess.run(["debugfs", "-R", f"cat /{name}", f"{loop}p4"],
+                              capture_output=True, text=True, check=True).stdout
+    finally:
+        subprocess.run(["partx", "-d", loop], check=False)
+        subprocess.run(["losetup", "-d", loop], check=False)

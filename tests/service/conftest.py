@@ -4,7 +4,7 @@ import contextlib
 import json
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +53,8 @@ class Sim(Simulation):
         finally:
             subprocess.run(["umount", mnt], check=True)
 
-    def edit_persist(self, files: dict[str, str]) -> None:
-        """Write PERSIST files by hand, as a person with echo would."""
+    def edit_persist(self, files: dict[str, str], remove: Iterable[str] = ()) -> None:
+        """Write (and remove) PERSIST files by hand, as a person with echo would."""
         assert self.stick is not None
         mnt = self.workdir / "inspect"
         mnt.mkdir(exist_ok=True)
@@ -62,6 +62,8 @@ class Sim(Simulation):
         try:
             for name, text in files.items():
                 (mnt / name).write_text(text)
+            for name in remove:
+                (mnt / name).unlink()
         finally:
             subprocess.run(["umount", mnt], check=True)
 

@@ -15,14 +15,15 @@ VERIFICATION_FAILED, INVALID_ARGUMENT = 8, 4
 
 
 def make_bundle(sim: Sim, tmp_path: Path, version: str = "2.0.0",
-                compatible: str = "anklume-live-amd64", trusted: bool = True) -> Path:
+                compatible: str = "anklume-live-amd64", trusted: bool = True,
+                filler: int = 0) -> Path:
     key = tmp_path / f"builder-{version}-{compatible}.pem"
     public = bundle.generate_key(key)
     if trusted:
         keys = sim.workdir / "keys"
         keys.mkdir(exist_ok=True)
         public.rename(keys / "builder.pem")
-    image = stickimg.make_squashfs(tmp_path / f"os-{version}.squashfs", version)
+    image = stickimg.make_squashfs(tmp_path / f"os-{version}.squashfs", version, filler)
     out = tmp_path / "bundle"
     m = bundle.create_bundle(image, out, version=version, compatible=compatible,
                              signing_key=key)

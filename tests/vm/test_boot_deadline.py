@@ -8,7 +8,6 @@ reboot at its deadline, and leave the boot count as it was (a failed attempt).
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -42,17 +41,4 @@ def test_a_boot_that_never_completes_is_rebooted_at_the_deadline(tmp_path: Path)
     assert "boot did not complete within 45 s" in console
     assert "reboot: Restarting system" in console
     # The attempt stays counted: boot-count was not reset to 0.
-    assert read_persist_file(stick, "boot-count").strip() == "1"
-
-
-def read_persist_file(image: Path, name: str) -> str:
-    """Read a file of the image's PERSIST partition with debugfs, without mounting."""
-    loop = subprocess.run(["losetup", "--find", "--show", "--read-only", str(image)],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    try:
-        subprocess.run(["partx", "-a", loop], check=True)
-        return subprocess.run(["debugfs", "-R", f"cat /{name}", f"{loop}p4"],
-                              capture_output=True, text=True, check=True).stdout
-    finally:
-        subprocess.run(["partx", "-d", loop], check=False)
-        subprocess.run(["losetup", "-d", loop], check=False)
+    assert scenarios.read_persist_file(stick, "boot-count").strip() == "1"

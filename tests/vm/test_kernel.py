@@ -35,17 +35,9 @@ def tree_and_hash(stick: stickimg.Stick, dest: Path) -> str:
 def test_slot_opens_with_the_tree_kept_in_persist(stick: stickimg.Stick, tmp_path: Path) -> None:
     tree = tmp_path / "A.verity"
     root_hash = tree_and_hash(stick, tree)
-    device = verity.open_device(stick.part(2), tree, root_hash, "anklume-test-a")
-    try:
-        mnt = tmp_path / "slot"
-        mnt.mkdir()
-        run(["mount", "-t", "squashfs", "-o", "ro", device, mnt])
-        try:
-            assert (mnt / "etc/anklume-release").read_text() == "VERSION=1.0.0\n"
-        finally:
-            run(["umount", mnt])
-    finally:
-        verity.close_device("anklume-test-a")
+    with stickimg.slot_mounted(stick.part(2), tree, root_hash, "anklume-test-a",
+                               tmp_path / "slot") as mnt:
+        assert (mnt / "etc/anklume-release").read_text() == "VERSION=1.0.0\n"
     verity.verify(stick.part(2), tree, root_hash)
 
 
