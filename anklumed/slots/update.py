@@ -23,6 +23,7 @@ import os
 import re
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -34,7 +35,7 @@ from anklumed.slots import model
 from anklumed.slots.bundle import Manifest, check_installable
 from anklumed.slots.controller import SlotController
 from anklumed.slots.model import SlotMeta, SlotsState, SlotStatus
-from anklumed.slots.source import Bundle, HttpSettings, open_bundle, shown
+from anklumed.slots.source import Bundle, HttpSettings, ImageStream, open_bundle, shown
 from anklumed.slots.verity_tree import VerityHasher, VerityResult
 from anklumed.stick import BootStick, SlotName
 
@@ -116,42 +117,22 @@ def write_slot(job: Job, bundle: Bundle, device: Path,
                touched: threading.Event | None = None) -> VerityResult:
     """Stream the image to ``device``, then fsync and read it back.
 
-    Returns the tree computed in the same pass. Raises VerificationFailed for
-    a short or altered image, or when the device does not return what was
-    written. Cancel is honoured between chunks. ``touched`` is set before
-    the first byte is written to the device.
+    One pass over the stream computes the dm-verity tree while a second
+    thread writes: the root hash (in the signed manifest) authenticates every
+    byte, so no separate checksum pass is needed there. The read-back then
+    proves the device returns the image's sha256. Returns the tree. Raises
+    VerificationFailed for a short or altered image, or a device that does
+    not return what was written. Cancel is honoured between chunks.
+    ``touched`` is set before the first byte is written to the device.
     """
     m = bundle.manifest
-    sha = hashlib.sha256()
-    hasher = VerityHasher(m.verity_params())
-    written = 0
     src = bundle.open_image(job.pause)
     try:
         # O_EXCL on a block device: refused while mounted or opened exclusively.
         fd = os.open(device, os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC)
         try:
-            while True:
-                job.check_cancelled()
-                chunk = src.read(CHUNK)
-                if not chunk:
-                    break
-                if written + len(chunk) > m.size:
-                    raise VerificationFailed("the image is longer than its manifest says")
-                sha.update(chunk)
-                hasher.update(chunk)
-                if touched is not None:
-                    touched.set()
-                _write_all(fd, chunk)
-                written += len(chunk)
-                job.progress("writing", written, m.size)
-            if written != m.size:
-                raise VerificationFailed(f"the image is truncated: {written} of {m.size} bytes")
-            if sha.hexdigest() != m.sha256:
-                raise VerificationFailed("the image's sha256 does not match its manifest")
-            padding = b"\0" * (m.padded_size - m.size)
-            hasher.update(padding)
-            _write_all(fd, padding)
-            job.progress("syncing", written, m.size)
+            result = _stream(job, src, fd, m, touched)
+            job.progress("syncing", m.size, m.size)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -159,9 +140,42 @@ def write_slot(job: Job, bundle: Bundle, device: Path,
         src.close()
     job.check_cancelled()
     read_back(job, device, m)
+    return result
+
+
+def _stream(job: Job, src: ImageStream, fd: int, m: Manifest,
+            touched: threading.Event | None) -> VerityResult:
+    """Write the image and its zero padding; hash each chunk while it is written."""
+    hasher = VerityHasher(m.verity_params())
+    written = 0
+    with ThreadPoolExecutor(1, thread_name_prefix="slot-writer") as writer:
+        in_flight: Future[None] | None = None
+        while True:
+            job.check_cancelled()
+            chunk = src.read(CHUNK)
+            if not chunk:
+                break
+            if written + len(chunk) > m.size:
+                raise VerificationFailed("the image is longer than its manifest says")
+            if in_flight is not None:
+                in_flight.result()  # one write at a time, in order
+            if touched is not None:
+                touched.set()
+            in_flight = writer.submit(_write_all, fd, chunk)
+            hasher.update(chunk)
+            written += len(chunk)
+            job.progress("writing", written, m.size)
+        if in_flight is not None:
+            in_flight.result()
+    if written != m.size:
+        raise VerificationFailed(f"the image is truncated: {written} of {m.size} bytes")
+    padding = b"\0" * (m.padded_size - m.size)
+    hasher.update(padding)
+    _write_all(fd, padding)
     result = hasher.finish()
     if result.root_hash != m.root_hash:
-        raise VerificationFailed("the image's dm-verity root hash does not match its manifest")
+        raise VerificationFailed("the image does not match its manifest "
+                                 "(dm-verity root hash differs)")
     return result
 
 
@@ -172,24 +186,38 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def read_back(job: Job, device: Path, m: Manifest) -> None:
-    """sha256 of what the device really holds (O_DIRECT: not the page cache)."""
+    """sha256 of what the device really holds (O_DIRECT: not the page cache).
+
+    Two aligned buffers: the next chunk is read while this one is hashed.
+    """
     sha = hashlib.sha256()
-    buffer = mmap.mmap(-1, CHUNK)
-    done = 0
+    buffers = [mmap.mmap(-1, CHUNK), mmap.mmap(-1, CHUNK)]
     fd = os.open(device, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+
+    def read(index: int, offset: int) -> int:
+        want = min(CHUNK, -(-(m.size - offset) // ALIGN) * ALIGN)
+        return os.preadv(fd, [memoryview(buffers[index])[:want]], offset)
+
     try:
-        while done < m.size:
-            job.check_cancelled()
-            want = min(CHUNK, -(-(m.size - done) // ALIGN) * ALIGN)
-            got = os.preadv(fd, [memoryview(buffer)[:want]], done)
-            if got <= 0:
-                raise VerificationFailed(f"{device} ended at {done} bytes while reading back")
-            sha.update(memoryview(buffer)[:min(got, m.size - done)])
-            done += min(got, m.size - done)
-            job.progress("verifying", done, m.size)
+        with ThreadPoolExecutor(1, thread_name_prefix="slot-reader") as reader:
+            done, index = 0, 0
+            pending = reader.submit(read, index, 0)
+            while done < m.size:
+                job.check_cancelled()
+                got = pending.result()
+                if got <= 0:
+                    raise VerificationFailed(f"{device} ended at {done} bytes while reading back")
+                useful = min(got, m.size - done)
+                if done + useful < m.size:
+                    pending = reader.submit(read, 1 - index, done + useful)
+                sha.update(memoryview(buffers[index])[:useful])
+                done += useful
+                index = 1 - index
+                job.progress("verifying", done, m.size)
     finally:
         os.close(fd)
-        buffer.close()
+        for buffer in buffers:
+            buffer.close()
     if sha.hexdigest() != m.sha256:
         raise VerificationFailed(f"{device} does not hold what was written to it "
                                  "(read-back mismatch): the stick may be failing")
