@@ -17,20 +17,12 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.prompt import Confirm
 
+from anklumectl import data
 from anklumectl.client import Client, ClientError, polkit_agent
+from anklumectl.jobs import JOB_IFACE, follow_job, job_props
 from anklumectl.render import slots_table, status_panel
 
 ERROR_PREFIX = "org.anklume.Live1.Error."
@@ -113,45 +105,6 @@ async def cmd_boot_check(c: Client, a: argparse.Namespace, out: Console) -> int:
         return BOOT_CHECK_FAILED
     out.print(f"boot check passed: slot {status['BootedSlot'] or '?'}, {status['BootState']}")
     return 0
-
-
-JOB_IFACE = "org.anklume.Live1.Job"
-
-
-async def job_props(c: Client, path: str) -> dict[str, Any]:
-    (props,) = await c.call(path, "org.freedesktop.DBus.Properties", "GetAll", "s",
-                            [JOB_IFACE])
-    result: dict[str, Any] = props
-    return result
-
-
-async def follow_job(c: Client, path: str, out: Console) -> int:
-    """Show a job's progress until it ends; Ctrl-C offers to cancel it."""
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-               TransferSpeedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=out, transient=True) as bar:
-        task = bar.add_task("starting", total=None)
-        while True:
-            try:
-                props = await job_props(c, path)
-                if props["State"] != "running":
-                    break
-                bar.update(task, description=props["Phase"],
-                           completed=props["BytesDone"], total=props["BytesTotal"] or None)
-                await asyncio.sleep(0.25)
-            except (KeyboardInterrupt, asyncio.CancelledError):
-                # Ctrl-C cancels our task; take it back and ask what was meant.
-                current = asyncio.current_task()
-                if current is not None:
-                    current.uncancel()
-                bar.stop()
-                if Confirm.ask("Cancel the update?", console=out, default=False):
-                    await c.call(path, JOB_IFACE, "Cancel", mutating=True)
-                bar.start()
-    if props["State"] == "succeeded":
-        out.print(props["Result"])
-        return 0
-    raise ClientError(ERROR_PREFIX + (props["ErrorName"] or "Failed"), props["Message"])
 
 
 def absolute_source(source: str) -> str:
@@ -247,6 +200,7 @@ def parser() -> argparse.ArgumentParser:
     add("cancel", cmd_cancel, "cancel a running job (the last one by default)").add_argument(
         "job", nargs="?")
     add("boot-check", cmd_boot_check, "exit non-zero if the boot is degraded (for systemd)")
+    data.add_commands(sub, add)
     return p
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from anklumed.data.manager import DataPaths
 from anklumed.errors import InvalidArgument
 from anklumed.handoff import CMDLINE_PATH, HANDOFF_PATH
 from anklumed.persist import DEFAULT_MOUNTPOINT
@@ -42,6 +43,20 @@ class Config(BaseModel):
     download_timeout: float = Field(default=30.0, gt=0, le=600)
     download_attempts: int = Field(default=6, ge=1, le=100)
     download_backoff: float = Field(default=1.0, ge=0, le=60)
+    # The data disk: where it is mounted, where Incus keeps its state (bound
+    # from the data disk before incus.service), Incus's API socket.
+    data_mountpoint: Path = Path("/mnt/anklume-data")
+    incus_state_dir: Path = Path("/var/lib/incus")
+    incus_socket: Path = Path("/var/lib/incus/unix.socket")
+    # Offer loop devices as data disks (simulation and tests only).
+    allow_loop_disks: bool = False
+    # Time the LUKS2 key derivation (argon2id) should take on this machine when
+    # the disk is set up: the cost of each guess for a thief, and of each unlock.
+    luks_unlock_ms: int = Field(default=2000, ge=50, le=30000)
+
+    def data_paths(self) -> DataPaths:
+        return DataPaths(self.data_mountpoint, self.incus_state_dir, self.incus_socket,
+                         self.luks_unlock_ms)
 
     def http_settings(self) -> HttpSettings:
         return HttpSettings(read_timeout=self.download_timeout,

@@ -20,6 +20,7 @@ from devtools import stickimg
 from devtools.privatebus import PrivateBus
 
 REPO = Path(__file__).resolve().parent.parent
+DATA_DISK_MIB = 512
 
 
 class Simulation:
@@ -27,6 +28,7 @@ class Simulation:
         self.workdir = workdir
         self.bus = PrivateBus(workdir / "bus")
         self.stick: stickimg.Stick | None = None
+        self.data_disk: Path | None = None  # a loop device: the simulated data disk
         self.polkit: subprocess.Popen[bytes] | None = None
         self.daemon: subprocess.Popen[bytes] | None = None
         self.boot_env = boot_env
@@ -57,6 +59,7 @@ class Simulation:
         if self.polkit.stdout.readline().strip() != b"ready":
             raise RuntimeError("the fake polkit did not start")
         self.stick = stickimg.build(self.workdir / "stick")
+        self.data_disk = stickimg.blank_disk(self.workdir / "data-disk.img", DATA_DISK_MIB)
         self.write_handoff(self.boot_env)
         self.start_daemon()
         return self
@@ -73,6 +76,11 @@ class Simulation:
             f'cmdline = "{self.workdir / "cmdline"}"\n'
             'deadline_action = "log"\nfollow_systemd = false\n'
             f'keys_dir = "{self.workdir / "keys"}"\n'
+            f'data_mountpoint = "{self.workdir / "data"}"\n'
+            f'incus_state_dir = "{self.workdir / "incus-state"}"\n'
+            f'incus_socket = "{self.workdir / "incus.socket"}"\n'
+            "allow_loop_disks = true\n"
+            "luks_unlock_ms = 200\n"  # a simulation: keep each unlock short
         )
 
     def start_daemon(self, extra_env: dict[str, str] | None = None) -> float:
@@ -118,6 +126,10 @@ class Simulation:
                               stdin=subprocess.DEVNULL, timeout=60)
 
     def stop(self) -> None:
+        if self.data_disk and self.daemon and self.daemon.poll() is None and (
+                os.path.ismount(self.workdir / "data")
+                or list(Path("/dev/mapper").glob("anklume-data-*"))):
+            self.ctl("data", "lock", "--stop-incus")  # unmount, export, close LUKS
         self.stop_daemon()
         if self.polkit and self.polkit.poll() is None:
             self.polkit.terminate()
@@ -126,6 +138,10 @@ class Simulation:
         if self.stick:
             subprocess.run(["umount", self.persist_mnt], capture_output=True, check=False)
             self.stick.detach()
+        if self.data_disk:
+            for mnt in (self.workdir / "incus-state", self.workdir / "data"):
+                subprocess.run(["umount", mnt], capture_output=True, check=False)
+            subprocess.run(["losetup", "-d", self.data_disk], capture_output=True, check=False)
 
 
 def main() -> int:

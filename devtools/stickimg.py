@@ -69,6 +69,13 @@ def attach(image: Path) -> Stick:
     return stick
 
 
+def blank_disk(image: Path, mib: int) -> Path:
+    """A blank sparse disk image on a loop device (the simulated data disk)."""
+    with image.open("wb") as f:
+        f.truncate(mib * 1024 * 1024)
+    return Path(sh("losetup", "--find", "--show", image).strip())
+
+
 def make_squashfs(dest: Path, version: str, filler: int = 0) -> Path:
     """A tiny OS image; ``filler`` bytes of random data make it as large as a test needs."""
     with tempfile.TemporaryDirectory() as tmp:

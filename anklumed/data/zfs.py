@@ -17,7 +17,7 @@ def create_pool(name: str, device: Path, mountpoint: Path) -> None:
         timeout=300)
 
 
-def create_dataset(pool: str, name: str, mountpoint: Path | None = None) -> None:
+def create_dataset(pool: str, name: str, mountpoint: Path | str | None = None) -> None:
     argv = ["zfs", "create", "-p"]
     if mountpoint is not None:
         argv += ["-o", f"mountpoint={mountpoint}"]

@@ -5,6 +5,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,9 @@ from dbus_next.aio import MessageBus
 
 from anklumed import __version__, stick
 from anklumed.config import Config, DeadlineAction
+from anklumed.data.disks import Disk
+from anklumed.data.manager import DataDisk, SetupRequest
+from anklumed.data.poolconf import Backend, Encryption
 from anklumed.errors import AnklumeError
 from anklumed.handoff import Handoff, read_handoff
 from anklumed.host import Backing, read_memory_encryption, root_backing
@@ -22,11 +26,13 @@ from anklumed.host import boot_time as kernel_boot_time
 from anklumed.jobs import Job, JobManager
 from anklumed.persist import PersistStore
 from anklumed.service.boundary import BUS_NAME, ROOT_PATH, Caller, capture_caller
+from anklumed.service.data_objects import DATA_PATH, DataDiskInterface
 from anklumed.service.objects import (
     JobInterface,
     ManagerInterface,
     SlotInterface,
     job_path,
+    job_summary,
     slot_path,
 )
 from anklumed.service.polkit import Authority
@@ -77,6 +83,10 @@ class Daemon:
         self.job_interfaces: dict[str, JobInterface] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._udev_monitor: pyudev.Monitor | None = None
+        self.data = DataDisk(self.store, config.data_paths(), self.boot_disks,
+                             config.allow_loop_disks)
+        self.data_candidates: list[Disk] = []
+        self._data_refresh: asyncio.Task[None] | None = None
 
     # ---- facts the interfaces publish --------------------------------------
     def problems(self) -> list[str]:
@@ -131,11 +141,13 @@ class Daemon:
         await self._find_stick()
         self.slots.listeners.append(self._on_slots_changed)
         await self.slots.start()
+        await self.refresh_data(reload=True, disks=False)
         self._export()
         reply = await bus.request_name(BUS_NAME)
         if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
             raise AnklumeError(f"{BUS_NAME} is already owned by another process")
         self._watch_media()
+        self._spawn(self.refresh_data())
         self._spawn(self._boot_deadline())
         if self.config.follow_systemd:
             self._spawn(self._follow_boot_complete())
@@ -177,6 +189,50 @@ class Daemon:
             iface = SlotInterface(self, slot)
             self.bus.export(slot_path(slot), iface)
             self.interfaces.append(iface)
+        data = DataDiskInterface(self)
+        self.bus.export(DATA_PATH, data)
+        self.interfaces.append(data)
+
+    # ---- the data disk -----------------------------------------------------------
+    def boot_disks(self) -> set[str]:
+        """Disks the system runs from: never offered as the data disk."""
+        names = set(self.root.disks)
+        if self.stick is not None:
+            names.add(self.stick.disk.name)
+        return names
+
+    async def refresh_data(self, reload: bool = False, disks: bool = True) -> None:
+        self.data.snapshot = await asyncio.to_thread(self.data.read, reload)
+        if disks:  # probing every disk takes a while: not before the name is taken
+            self.data_candidates = await asyncio.to_thread(self.data.candidates)
+        self.publish()
+
+    def last_data_job(self) -> dict[str, str]:
+        jobs = [j for kind, j in self.jobs.last.items() if kind.startswith("data-")]
+        return job_summary(max(jobs, key=lambda j: j.number) if jobs else None)
+
+    def _start_data_job(self, kind: str, work: Callable[[Job], str]) -> Job:
+        async def run(job: Job) -> str:
+            try:
+                return await asyncio.to_thread(work, job)
+            finally:
+                await self.refresh_data(reload=True)
+
+        # One data-disk operation at a time ("data" group): a second is Busy.
+        job = self.jobs.start(kind, "data", run)
+        self._export_job(job)
+        return job
+
+    def start_data_setup(self, disk: str, pool: str, backend: Backend,
+                         encryption: Encryption, secret: bytes) -> Job:
+        request = SetupRequest(disk, pool, backend, encryption, secret)
+        return self._start_data_job("data-setup", lambda j: self.data.setup(j, request))
+
+    def start_data_unlock(self, secret: bytes) -> Job:
+        return self._start_data_job("data-unlock", lambda j: self.data.unlock(j, secret))
+
+    def start_data_lock(self, stop_incus: bool) -> Job:
+        return self._start_data_job("data-lock", lambda j: self.data.lock(j, stop_incus))
 
     # ---- jobs ------------------------------------------------------------------
     def start_update(self, request: UpdateRequest) -> Job:
@@ -323,3 +379,13 @@ class Daemon:
         while (device := self._udev_monitor.poll(timeout=0)) is not None:
             log.debug("uevent %s %s", device.action, device.sys_name)
         self.publish()
+        # A disk plugged or pulled: look again, once for a burst of events.
+        if self._data_refresh is None or self._data_refresh.done():
+            self._data_refresh = asyncio.get_running_loop().create_task(self._refresh_soon())
+
+    async def _refresh_soon(self) -> None:
+        await asyncio.sleep(0.5)
+        try:
+            await self.refresh_data()
+        except Exception:
+            log.exception("cannot look at the disks again")

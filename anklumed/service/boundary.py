@@ -159,6 +159,16 @@ class StateInterface(ServiceInterface):  # type: ignore[misc]
             self.emit_properties_changed(changed)
 
 
+class DaemonInterface(StateInterface):
+    """A state interface whose snapshot is read from the daemon."""
+
+    IFACE = ""
+
+    def __init__(self, daemon: Any) -> None:
+        self.daemon = daemon
+        super().__init__(self.IFACE)
+
+
 def _empty(signature: str) -> Any:
     if signature.startswith("a{"):
         return {}

@@ -9,12 +9,19 @@ from anklumed.jobs import Job
 from anklumed.service.boundary import (
     BUS_NAME,
     ROOT_PATH,
+    DaemonInterface,
     StateInterface,
     current_caller,
     dbus_method,
     ro_property,
 )
-from anklumed.service.polkit import ACTION_SWITCH_SLOT, ACTION_UPDATE
+from anklumed.service.polkit import (
+    ACTION_DATA_LOCK,
+    ACTION_DATA_SETUP,
+    ACTION_DATA_UNLOCK,
+    ACTION_SWITCH_SLOT,
+    ACTION_UPDATE,
+)
 from anklumed.slots.model import SlotMeta, format_time
 from anklumed.slots.update import UpdateRequest
 from anklumed.stick import SlotName
@@ -26,7 +33,8 @@ MANAGER_IFACE = f"{BUS_NAME}.Manager"
 SLOT_IFACE = f"{BUS_NAME}.Slot"
 JOB_IFACE = f"{BUS_NAME}.Job"
 # The polkit action that guards cancelling a job of each kind.
-JOB_ACTIONS = {"update": ACTION_UPDATE}
+JOB_ACTIONS = {"update": ACTION_UPDATE, "data-setup": ACTION_DATA_SETUP,
+               "data-unlock": ACTION_DATA_UNLOCK, "data-lock": ACTION_DATA_LOCK}
 
 
 def job_path(job: Job) -> str:
@@ -47,10 +55,9 @@ def _tri(value: bool | None) -> str:
     return "unknown" if value is None else ("yes" if value else "no")
 
 
-class ManagerInterface(StateInterface):
-    def __init__(self, daemon: "Daemon") -> None:
-        self.daemon = daemon
-        super().__init__(MANAGER_IFACE)
+class ManagerInterface(DaemonInterface):
+    IFACE = MANAGER_IFACE
+    daemon: "Daemon"
 
     def snapshot(self) -> dict[str, Any]:
         d = self.daemon
@@ -80,7 +87,7 @@ class ManagerInterface(StateInterface):
             "RamCryptRequested": bool(d.handoff.ram_crypt_requested),
             "BootDeadline": d.deadline_remaining(),
             "Jobs": [job_path(j) for j in d.jobs.last.values()],
-            "LastUpdate": _job_summary(d.jobs.last.get("update")),
+            "LastUpdate": job_summary(d.jobs.last.get("update")),
         }
 
     Version = ro_property("Version", "s")
@@ -195,7 +202,7 @@ class SlotInterface(StateInterface):
     PartitionSize = ro_property("PartitionSize", "t")
 
 
-def _job_summary(job: Job | None) -> dict[str, str]:
+def job_summary(job: Job | None) -> dict[str, str]:
     if job is None:
         return {}
     return {"job": job_path(job), "state": job.state.value, "result": job.result,

@@ -18,16 +18,20 @@ import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from anklumed.errors import InvalidArgument, VerificationFailed
 from anklumed.persist import format_kv, parse_kv
 from anklumed.slots.verity_tree import VerityHasher, VerityParams
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+# cryptography is imported where a key is used: it costs ~8 MB of the
+# daemon's resident memory, and most of the daemon's life has no update.
 
 FORMAT = 1
 KEYS_DIR = Path("/etc/anklume/keys.d")
@@ -131,6 +135,9 @@ def parse_manifest(data: bytes) -> Manifest:
 
 
 def load_trusted_keys(keys_dir: Path = KEYS_DIR) -> dict[str, Ed25519PublicKey]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     keys: dict[str, Ed25519PublicKey] = {}
     if not keys_dir.is_dir():
         return keys
@@ -147,6 +154,8 @@ def load_trusted_keys(keys_dir: Path = KEYS_DIR) -> dict[str, Ed25519PublicKey]:
 def check_signature(manifest: bytes, signature: bytes,
                     keys: dict[str, Ed25519PublicKey]) -> str:
     """Return the name of the trusted key that signed ``manifest``."""
+    from cryptography.exceptions import InvalidSignature
+
     if not keys:
         raise VerificationFailed("the bundle is signed but no trusted key is installed "
                                  f"in {KEYS_DIR}")
@@ -183,6 +192,9 @@ def check_installable(manifest: Manifest, compatible: str, current_version: str 
 
 def generate_key(private_path: Path) -> Path:
     """Write a new Ed25519 private key (0600) and its public key next to it."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
@@ -198,6 +210,9 @@ def generate_key(private_path: Path) -> Path:
 def create_bundle(image: Path, out_dir: Path, *, version: str, compatible: str,
                   signing_key: Path | None = None, build_id: str | None = None) -> Manifest:
     """Hash ``image`` and write NAME.squashfs, NAME.manifest (and .sig) to ``out_dir``."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     salt = os.urandom(32)
     params = VerityParams(salt=salt)
     sha = hashlib.sha256()

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from devtools import stickimg
+from tests.service.conftest import sim  # noqa: F401 (the simulation, as a fixture here too)
 
 
 @pytest.fixture

@@ -1,0 +1,222 @@
+"""anklumectl data status|setup|unlock|lock, and first-boot.
+
+Passphrases are read from a terminal (twice for a new one), a file, a
+systemd credential or the systemd password agents -- and sent to anklumed
+as bytes (D-Bus ``ay``), never on a command line or in the environment.
+A passphrase file's one trailing newline is dropped (``echo pw > file``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.prompt import Prompt
+from rich.table import Table
+
+from anklumectl.client import Client, ClientError
+from anklumectl.jobs import follow_job
+from anklumectl.render import human_size
+
+DATA_PATH = "/org/anklume/Live1/data"
+DATA_IFACE = "org.anklume.Live1.DataDisk"
+ERROR_PREFIX = "org.anklume.Live1.Error."
+CREDENTIAL = "anklume-data-passphrase"
+WEAK_BELOW = 12
+ASK_ATTEMPTS = 3
+
+
+async def data_props(c: Client) -> dict[str, Any]:
+    (props,) = await c.call(DATA_PATH, "org.freedesktop.DBus.Properties", "GetAll", "s",
+                            [DATA_IFACE])
+    result: dict[str, Any] = props
+    return result
+
+
+def candidates_table(props: dict[str, Any]) -> Table:
+    table = Table(title="Disks")
+    for column in ("disk", "size", "model", "bus", "holds now", "usable"):
+        table.add_column(column)
+    for _name, device, model, size, bus, _serial, contents, refused in props["Candidates"]:
+        table.add_row(device, human_size(size), model or "?", bus or "?", contents or "empty",
+                      f"[red]no: {refused}[/red]" if refused else "[green]yes[/green]")
+    return table
+
+
+async def cmd_data_status(c: Client, a: argparse.Namespace, out: Console) -> int:
+    props = await data_props(c)
+    if a.json:
+        print(json.dumps(props, indent=2, sort_keys=True))
+        return 0
+    state = props["State"]
+    if props["Pool"]:
+        out.print(f"Data disk: pool [bold]{props['Pool']}[/bold] ({props['Backend']}, "
+                  f"{props['Encryption']}): [bold]{state}[/bold]")
+    else:
+        out.print(f"Data disk: [bold]{state}[/bold] (set one up with: anklumectl first-boot)")
+    for what, where in sorted(props["Mounts"].items()):
+        out.print(f"  {what} mounted at {where}")
+    if props["Message"]:
+        out.print(f"  [red]{props['Message']}[/red]")
+    out.print(candidates_table(props))
+    return 0
+
+
+def read_secret_file(path: str) -> bytes:
+    data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    return data[:-1] if data.endswith(b"\n") else data
+
+
+def ask_new_passphrase(out: Console) -> bytes:
+    while True:
+        first = getpass.getpass("New passphrase for the data disk: ")
+        if len(first) < WEAK_BELOW:
+            out.print(f"[yellow]Warning: under {WEAK_BELOW} characters, this passphrase "
+                      "can be guessed by someone who steals the disk.[/yellow]")
+        if getpass.getpass("The same passphrase again: ") == first and first:
+            return first.encode()
+        out.print("[red]The two passphrases differ (or are empty); again.[/red]")
+
+
+async def pick_disk(c: Client, out: Console) -> str:
+    props = await data_props(c)
+    out.print(candidates_table(props))
+    usable = [row[1] for row in props["Candidates"] if not row[7]]
+    if not usable:
+        raise ClientError(ERROR_PREFIX + "NotFound", "no disk can hold the data "
+                          "(plug one in; the table says why each disk is refused)")
+    return Prompt.ask("Disk to erase and use for the data", choices=usable, console=out)
+
+
+async def cmd_data_setup(c: Client, a: argparse.Namespace, out: Console) -> int:
+    disk = a.disk or await pick_disk(c, out)
+    if not a.yes:
+        out.print(f"[bold red]Everything on {disk} will be erased.[/bold red]")
+        if Prompt.ask(f"Type {disk} to confirm", console=out) != disk:
+            out.print("Not confirmed; nothing was changed.")
+            return 1
+    secret = b""
+    if a.encryption == "luks2":
+        secret = read_secret_file(a.passphrase_file) if a.passphrase_file \
+            else ask_new_passphrase(out)
+    elif not a.yes:
+        out.print("[yellow]Without encryption, anyone who takes the disk reads your "
+                  "data.[/yellow]")
+    (path,) = await c.call(DATA_PATH, DATA_IFACE, "Setup", "ssssay",
+                           [disk, a.pool_name, a.fs, a.encryption, secret], mutating=True)
+    if a.no_wait:
+        out.print(f"Setup started: {path}")
+        return 0
+    return await follow_job(c, path, out)
+
+
+def boot_secrets() -> list[bytes]:
+    """At boot: a systemd credential, else up to three answers of the agents."""
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if credentials and (Path(credentials) / CREDENTIAL).exists():
+        return [read_secret_file(str(Path(credentials) / CREDENTIAL))]
+    return []
+
+
+def ask_agent(pool: str) -> bytes | None:
+    """The systemd password agent protocol: console and graphical agents answer."""
+    proc = subprocess.run(
+        ["systemd-ask-password", "--id=anklume-data", "--timeout=0",
+         f"Passphrase for the anklume data disk ({pool}):"],
+        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, check=False)
+    if proc.returncode != 0:
+        return None
+    return proc.stdout[:-1] if proc.stdout.endswith(b"\n") else proc.stdout
+
+
+async def cmd_data_unlock(c: Client, a: argparse.Namespace, out: Console) -> int:
+    props = await data_props(c)
+    if props["State"] == "absent":
+        out.print("No data disk is set up: nothing to unlock.")
+        return 0
+    if props["State"] == "mounted":
+        out.print("The data disk is already mounted.")
+        return 0
+    if a.passphrase_file:
+        secrets: list[bytes] | None = [read_secret_file(a.passphrase_file)]
+    elif a.boot:
+        secrets = boot_secrets() or None
+    elif props["Encryption"] == "luks2" and sys.stdin.isatty():
+        secrets = None
+    else:
+        secrets = [b""]  # no encryption, or pool.conf's KEY_FILE
+    attempt = 0
+    while True:
+        attempt += 1
+        if secrets is not None:
+            secret = secrets.pop(0)
+        elif a.boot:
+            secret = ask_agent(props["Pool"]) or b""
+        else:
+            secret = getpass.getpass(f"Passphrase for the data disk ({props['Pool']}): ").encode()
+        (path,) = await c.call(DATA_PATH, DATA_IFACE, "Unlock", "ay", [secret], mutating=True)
+        try:
+            return await follow_job(c, path, out)
+        except ClientError as e:
+            again = secrets is None or bool(secrets)
+            if e.name != ERROR_PREFIX + "IncorrectPassphrase" or not again \
+                    or attempt >= ASK_ATTEMPTS:
+                raise
+            out.print(f"[red]{e.message}[/red]")
+
+
+async def cmd_data_lock(c: Client, a: argparse.Namespace, out: Console) -> int:
+    (path,) = await c.call(DATA_PATH, DATA_IFACE, "Lock", "b", [a.stop_incus], mutating=True)
+    return await follow_job(c, path, out)
+
+
+async def cmd_first_boot(c: Client, a: argparse.Namespace, out: Console) -> int:
+    props = await data_props(c)
+    if props["State"] != "absent":
+        out.print(f"The data disk is already set up (pool {props['Pool']}).")
+        return 0
+    if not a.disk and not sys.stdin.isatty():
+        out.print("No data disk is set up; run anklumectl first-boot in a terminal.")
+        return 0
+    out.print("[bold]First boot:[/bold] choose the disk that will hold your data. "
+              "It will be erased and encrypted.")
+    return await cmd_data_setup(c, a, out)
+
+
+def add_setup_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--disk", help="the disk to erase (/dev/sdX or a /dev/disk/by-id name)")
+    parser.add_argument("--pool-name", default="anklume", help="default: anklume")
+    parser.add_argument("--fs", choices=("zfs", "btrfs"), default="btrfs")
+    parser.add_argument("--encryption", choices=("luks2", "none"), default="luks2")
+    parser.add_argument("--passphrase-file", metavar="FILE", help="- reads standard input")
+    parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    parser.add_argument("--no-wait", action="store_true", help="start it and return")
+
+
+def add_commands(sub: Any, add: Any) -> None:
+    data = sub.add_parser("data", help="the encrypted data disk")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+
+    def add_data(name: str, fn: Any, help: str) -> argparse.ArgumentParser:
+        sp: argparse.ArgumentParser = data_sub.add_parser(name, help=help)
+        sp.set_defaults(func=fn)
+        return sp
+
+    add_data("status", cmd_data_status, "the data disk and the disks that could be it") \
+        .add_argument("--json", action="store_true")
+    add_setup_flags(add_data("setup", cmd_data_setup, "erase a disk and make it the data disk"))
+    sp = add_data("unlock", cmd_data_unlock, "open and mount the data disk")
+    sp.add_argument("--passphrase-file", metavar="FILE", help="- reads standard input")
+    sp.add_argument("--boot", action="store_true",
+                    help="at boot: a systemd credential, else the password agents")
+    add_data("lock", cmd_data_lock, "unmount and close the data disk").add_argument(
+        "--stop-incus", action="store_true", help="stop Incus first")
+    add_setup_flags(add("first-boot", cmd_first_boot,
+                        "set up the data disk if none is (interactive without flags)"))

@@ -1,0 +1,69 @@
+"""Incus, through its REST API on the local unix socket (no CLI parsing).
+
+Only what the data disk needs: a storage pool on the data disk, and stopping
+the service before the disk is locked. Everything is skipped, and said so,
+when Incus is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+from anklumed.command import CommandError, run
+from anklumed.errors import Failed
+
+TIMEOUT = 60.0
+
+
+def request(socket_path: Path, method: str, path: str,
+            body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One REST call; Incus answers {"type": "sync"|"error", "metadata": ...}."""
+    # Imported here: http.client loads ssl, megabytes of resident memory
+    # the daemon would otherwise carry all day for a call made at setup.
+    import http.client
+
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(TIMEOUT)
+            sock.connect(str(socket_path))
+            self.sock = sock
+
+    connection = UnixConnection("incus", timeout=TIMEOUT)
+    try:
+        payload = json.dumps(body).encode() if body is not None else None
+        connection.request(method, path, body=payload,
+                           headers={"Content-Type": "application/json"})
+        answer = json.loads(connection.getresponse().read() or b"{}")
+    except (OSError, http.client.HTTPException, ValueError) as e:
+        raise Failed(f"Incus did not answer on {socket_path}: {e}") from None
+    finally:
+        connection.close()
+    if not isinstance(answer, dict):
+        raise Failed("Incus sent an unexpected answer")
+    if answer.get("type") == "error":
+        raise Failed(f"Incus refused {method} {path}: {answer.get('error', 'no reason')}")
+    return answer
+
+
+def create_storage_pool(socket_path: Path, name: str, driver: str, source: str) -> None:
+    existing = request(socket_path, "GET", "/1.0/storage-pools").get("metadata") or []
+    if f"/1.0/storage-pools/{name}" in existing:
+        return  # a retried setup: already there
+    request(socket_path, "POST", "/1.0/storage-pools",
+            {"name": name, "driver": driver, "config": {"source": source},
+             "description": "anklume Live data disk"})
+
+
+def stop_service() -> None:
+    """Stop Incus (service and socket) so nothing holds the data disk."""
+    if not Path("/run/systemd/system").is_dir():
+        return  # not booted with systemd: no Incus service to stop
+    try:
+        run(["systemctl", "stop", "incus.service", "incus.socket"], timeout=120)
+    except CommandError as e:
+        if e.returncode not in (5, 127):  # 5: no such unit; 127: no systemctl
+            raise

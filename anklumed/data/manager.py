@@ -1,0 +1,385 @@
+"""The data disk's lifecycle: setup, unlock and mount, lock (DESIGN.md §6).
+
+Each operation runs as a job in worker threads and reports its phases. The
+order is chosen for power cuts and mistakes: setup writes pool.conf last, so
+a half-made disk is never taken for a data disk (the next setup formats it
+again); unlock tries the passphrase before anything is mounted; lock unmounts
+nothing unless everything can be unmounted, and names what holds the disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+
+from anklumed.command import CommandError, run
+from anklumed.data import btrfs, disks, incus, luks, zfs
+from anklumed.data.poolconf import (
+    Backend,
+    Encryption,
+    PoolConf,
+    check_pool_name,
+    read_pool_conf,
+    write_pool_conf,
+)
+from anklumed.errors import (
+    AnklumeError,
+    Busy,
+    IncorrectPassphrase,
+    InvalidArgument,
+    NotFound,
+)
+from anklumed.jobs import Job
+from anklumed.persist import PersistStore
+
+log = logging.getLogger(__name__)
+MAX_ATTEMPTS = 3
+LOCKOUT_SECONDS = 30.0  # after MAX_ATTEMPTS wrong passphrases in a row
+STATE_SUBVOLUME = "incus-state"  # bound to /var/lib/incus
+INCUS_SUBVOLUME = "incus"  # the Incus storage pool's source
+
+
+class DataState(StrEnum):
+    ABSENT = "absent"  # no data disk is set up (no pool.conf)
+    LOCKED = "locked"  # set up; closed (or not plugged in)
+    UNLOCKED = "unlocked"  # LUKS open, nothing mounted
+    MOUNTED = "mounted"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class DataPaths:
+    mountpoint: Path = Path("/mnt/anklume-data")
+    incus_state: Path = Path("/var/lib/incus")
+    incus_socket: Path = Path("/var/lib/incus/unix.socket")
+    luks_unlock_ms: int = 2000
+
+
+@dataclass(frozen=True)
+class SetupRequest:
+    disk: str
+    pool_name: str
+    backend: Backend
+    encryption: Encryption
+    secret: bytes = field(default=b"", repr=False)
+
+
+@dataclass
+class Snapshot:
+    """What the DataDisk object publishes."""
+
+    state: DataState = DataState.ABSENT
+    conf: PoolConf | None = None
+    device: str = ""
+    message: str = ""
+    mounts: dict[str, str] = field(default_factory=dict)
+
+
+def _mounted_at(path: Path) -> bool:
+    return os.path.ismount(path)
+
+
+def holders(path: Path) -> list[str]:
+    """Processes using files under ``path``: "pid (command)", for a person to act on."""
+    found = []
+    prefix = str(path).rstrip("/") + "/"
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        links = [proc / "cwd", proc / "root", proc / "exe"]
+        with contextlib.suppress(OSError):
+            links += list((proc / "fd").iterdir())
+        for link in links:
+            try:
+                target = str(link.readlink())
+            except OSError:
+                continue
+            if target == str(path) or target.startswith(prefix):
+                try:
+                    command = (proc / "comm").read_text().strip()
+                except OSError:
+                    command = "?"
+                found.append(f"{proc.name} ({command})")
+                break
+    return found
+
+
+class DataDisk:
+    def __init__(self, store: PersistStore, paths: DataPaths,
+                 boot_disks: Callable[[], set[str]], allow_loop: bool = False) -> None:
+        self.store = store
+        self.paths = paths
+        self.boot_disks = boot_disks
+        self.allow_loop = allow_loop
+        self.snapshot = Snapshot()
+        self.failures = 0
+        self.locked_out_until = 0.0
+        self._lock = threading.Lock()  # one lifecycle step at a time, across threads
+
+    @property
+    def attempts_left(self) -> int:
+        return 0 if self.locked_out_until > time.monotonic() else MAX_ATTEMPTS - self.failures
+
+    # ---- reading the state (worker thread) ----
+    def read(self, reload: bool = True) -> Snapshot:
+        """The state now. pool.conf is read from PERSIST only when ``reload``
+        (start, after a job): a hot-plug event must not mount the stick."""
+        if reload or self.snapshot.state is DataState.ERROR:
+            try:
+                with self.store.transaction() as pdir:
+                    conf = read_pool_conf(pdir)
+            except AnklumeError as e:
+                return Snapshot(DataState.ERROR, message=str(e))
+        else:
+            conf = self.snapshot.conf
+        if conf is None:
+            return Snapshot(DataState.ABSENT)
+        snap = Snapshot(DataState.LOCKED, conf)
+        mapper = luks.MAPPER / conf.mapper_name
+        if conf.encryption is Encryption.LUKS2 and mapper.exists():
+            snap.state, snap.device = DataState.UNLOCKED, str(mapper)
+        if self._is_mounted(conf):
+            snap.state = DataState.MOUNTED
+            snap.mounts = self._mounts(conf)
+        return snap
+
+    def _is_mounted(self, conf: PoolConf) -> bool:
+        if conf.pool_type is Backend.ZFS:
+            return run(["zpool", "list", "-H", conf.pool_name], check=False).returncode == 0 \
+                if _have("zpool") else False
+        return _mounted_at(self.paths.mountpoint)
+
+    def _mounts(self, conf: PoolConf) -> dict[str, str]:
+        mounts = {"data": str(self.paths.mountpoint)}
+        if _mounted_at(self.paths.incus_state):
+            mounts["incus-state"] = str(self.paths.incus_state)
+        return mounts
+
+    def candidates(self) -> list[disks.Disk]:
+        return disks.list_disks(self.boot_disks(), self.allow_loop)
+
+    # ---- setup ----
+    def setup(self, job: Job, request: SetupRequest) -> str:
+        with self._lock:
+            return self._setup(job, request)
+
+    def _setup(self, job: Job, request: SetupRequest) -> str:
+        job.progress("checking")
+        check_pool_name(request.pool_name)
+        if request.encryption is Encryption.LUKS2 and not request.secret:
+            raise InvalidArgument("a passphrase is needed to encrypt the data disk")
+        with self.store.transaction() as pdir:
+            existing = read_pool_conf(pdir)
+        if existing is not None:
+            raise InvalidArgument(f"a data disk is already set up (pool {existing.pool_name}); "
+                                  "remove pool.conf from PERSIST to set up another")
+        disk = disks.choose(request.disk, self.boot_disks(), self.allow_loop)
+        if request.backend is Backend.ZFS and not _have("zpool"):
+            raise NotFound("ZFS is not installed on this system: choose btrfs")
+        job.check_cancelled()
+        job.commit()  # from here the disk is being overwritten: no half-way stop
+        made = _Made()
+        try:
+            conf = self._format(job, request, disk, made)
+            notes = self._incus_pool(job, conf)
+            job.progress("saving")
+            with self.store.transaction() as pdir:
+                write_pool_conf(pdir, conf)  # last: the disk now counts as set up
+        except BaseException:
+            made.undo()
+            raise
+        log.info("data disk %s set up: pool %s (%s, %s)", disk.device, conf.pool_name,
+                 conf.pool_type, conf.encryption)
+        return f"data disk {disk.device} set up as pool {conf.pool_name}" + notes
+
+    def _format(self, job: Job, request: SetupRequest, disk: disks.Disk,
+                made: _Made) -> PoolConf:
+        job.progress("formatting")
+        run(["wipefs", "--all", "--quiet", disk.device], timeout=120)
+        target, luks_uuid = disk.device, None
+        name = f"anklume-data-{request.pool_name}"
+        if request.encryption is Encryption.LUKS2:
+            luks_uuid = luks.format_luks2(disk.device, request.secret, label=name,
+                                          iter_time_ms=self.paths.luks_unlock_ms)
+            job.progress("opening")
+            target = luks.open_luks(disk.device, request.secret, name)
+            made.add(lambda: luks.close_luks(name))
+        job.progress("creating")
+        mnt = self.paths.mountpoint
+        if request.backend is Backend.ZFS:
+            zfs.create_pool(request.pool_name, target, mnt)
+            made.add(lambda: zfs.export_pool(request.pool_name))
+            zfs.create_dataset(request.pool_name, STATE_SUBVOLUME, mnt / STATE_SUBVOLUME)
+            zfs.create_dataset(request.pool_name, INCUS_SUBVOLUME, "none")  # Incus mounts it
+            fs_uuid = zfs.pool_property(request.pool_name, "guid")
+        else:
+            btrfs.make_filesystem(target, name)
+            btrfs.mount(target, mnt)
+            made.add(lambda: btrfs.unmount(mnt))
+            btrfs.create_subvolume(mnt, STATE_SUBVOLUME)
+            btrfs.create_subvolume(mnt, INCUS_SUBVOLUME)
+            fs_uuid = _blkid(target, "UUID")
+        return PoolConf(pool_name=request.pool_name, pool_type=request.backend,
+                        encryption=request.encryption, luks_uuid=luks_uuid,
+                        fs_uuid=fs_uuid or None, disk_id=disk.by_id or str(disk.device),
+                        incus_pool=request.pool_name, created_at=datetime.now(UTC))
+
+    def _incus_pool(self, job: Job, conf: PoolConf) -> str:
+        job.progress("incus")
+        if not self.paths.incus_socket.exists():
+            # Incus has not started yet (first boot): its state goes to the disk now.
+            self._bind_incus_state()
+            return "; Incus is not running: no Incus storage pool was created"
+        source = f"{conf.pool_name}/{INCUS_SUBVOLUME}" if conf.pool_type is Backend.ZFS \
+            else str(self.paths.mountpoint / INCUS_SUBVOLUME)
+        incus.create_storage_pool(self.paths.incus_socket, conf.pool_name,
+                                  conf.pool_type.value, source)
+        return f"; Incus storage pool {conf.pool_name} created"
+
+    # ---- unlock ----
+    def unlock(self, job: Job, secret: bytes) -> str:
+        with self._lock:
+            return self._unlock(job, secret)
+
+    def _unlock(self, job: Job, secret: bytes) -> str:
+        job.progress("checking")
+        wait = self.locked_out_until - time.monotonic()
+        if wait > 0:
+            raise Busy(f"{MAX_ATTEMPTS} wrong passphrases: try again in {int(wait) + 1} s")
+        snap = self.read()
+        conf = snap.conf
+        if conf is None:
+            raise NotFound(snap.message or "no data disk is set up (run anklumectl first-boot)")
+        if snap.state is DataState.MOUNTED:
+            return f"the data disk is already mounted at {self.paths.mountpoint}"
+        if conf.encryption is Encryption.LUKS2 and snap.state is DataState.LOCKED:
+            device = self.find(conf)
+            job.progress("unlocking")
+            self._open(conf, device, secret)
+        job.check_cancelled()
+        job.commit()
+        job.progress("mounting")
+        self._mount(conf)
+        self._bind_incus_state()
+        mounts = self._mounts(conf)
+        log.info("data disk mounted: %s", mounts)
+        return "data disk mounted: " + ", ".join(f"{k} at {v}" for k, v in mounts.items())
+
+    def find(self, conf: PoolConf) -> Path:
+        """The disk of this pool: by UUID (from any stick), whatever its name today."""
+        uuid = conf.luks_uuid if conf.encryption is Encryption.LUKS2 else conf.fs_uuid
+        by_uuid = Path("/dev/disk/by-uuid") / (uuid or "-")
+        if uuid and by_uuid.exists():
+            return by_uuid.resolve()
+        for disk in disks.list_disks(self.boot_disks(), allow_loop=True):
+            if uuid and _blkid(disk.device, "UUID") == uuid:
+                return disk.device
+        raise NotFound(f"the data disk of pool {conf.pool_name} is not plugged in "
+                       f"(looking for {'LUKS' if conf.luks_uuid else 'filesystem'} UUID {uuid})")
+
+    def _open(self, conf: PoolConf, device: Path, secret: bytes) -> None:
+        key = secret
+        if not key and conf.key_file:
+            key = Path(conf.key_file).read_bytes()
+        try:
+            luks.open_luks(device, key, conf.mapper_name)
+        except IncorrectPassphrase:
+            self.failures += 1
+            left = MAX_ATTEMPTS - self.failures
+            if left <= 0:
+                self.failures = 0
+                self.locked_out_until = time.monotonic() + LOCKOUT_SECONDS
+                raise IncorrectPassphrase(
+                    f"wrong passphrase, {MAX_ATTEMPTS} times: unlocking is paused for "
+                    f"{int(LOCKOUT_SECONDS)} s") from None
+            raise IncorrectPassphrase(f"wrong passphrase for the data disk; {left} "
+                                      f"attempt{'s' if left > 1 else ''} left") from None
+        self.failures = 0
+
+    def _mount(self, conf: PoolConf) -> None:
+        mnt = self.paths.mountpoint
+        if conf.pool_type is Backend.ZFS:
+            search = luks.MAPPER if conf.encryption is Encryption.LUKS2 else Path("/dev")
+            zfs.import_pool(conf.pool_name, search)
+        else:
+            device = luks.MAPPER / conf.mapper_name if conf.encryption is Encryption.LUKS2 \
+                else self.find(conf)
+            btrfs.mount(device, mnt)
+
+    def _bind_incus_state(self) -> None:
+        state = self.paths.mountpoint / STATE_SUBVOLUME
+        if _mounted_at(self.paths.incus_state) or not state.is_dir():
+            return
+        self.paths.incus_state.mkdir(parents=True, exist_ok=True)
+        run(["mount", "--bind", state, self.paths.incus_state])
+
+    # ---- lock ----
+    def lock(self, job: Job, stop_incus: bool) -> str:
+        with self._lock:
+            return self._lock_disk(job, stop_incus)
+
+    def _lock_disk(self, job: Job, stop_incus: bool) -> str:
+        job.progress("checking")
+        snap = self.read()
+        conf = snap.conf
+        if conf is None:
+            raise NotFound(snap.message or "no data disk is set up")
+        if stop_incus:
+            job.progress("stopping incus")
+            incus.stop_service()
+        busy = [h for path in (self.paths.incus_state, self.paths.mountpoint)
+                if _mounted_at(path) for h in holders(path)]
+        if busy:
+            raise Busy("the data disk is in use by " + ", ".join(sorted(set(busy))) +
+                       "; nothing was unmounted")
+        job.check_cancelled()
+        job.commit()
+        job.progress("unmounting")
+        if _mounted_at(self.paths.incus_state):
+            run(["umount", self.paths.incus_state])
+        try:
+            if conf.pool_type is Backend.ZFS and snap.state is DataState.MOUNTED:
+                zfs.export_pool(conf.pool_name)
+            elif _mounted_at(self.paths.mountpoint):
+                btrfs.unmount(self.paths.mountpoint)
+        except CommandError as e:
+            raise Busy(f"the data disk could not be unmounted: {e}") from None
+        if conf.encryption is Encryption.LUKS2 and (luks.MAPPER / conf.mapper_name).exists():
+            job.progress("closing")
+            luks.close_luks(conf.mapper_name)
+        return f"data disk {conf.pool_name} locked"
+
+
+class _Made:
+    """What a setup made so far, undone in reverse if it fails."""
+
+    def __init__(self) -> None:
+        self._undo: list[Callable[[], None]] = []
+
+    def add(self, undo: Callable[[], None]) -> None:
+        self._undo.append(undo)
+
+    def undo(self) -> None:
+        for step in reversed(self._undo):
+            try:
+                step()
+            except (AnklumeError, OSError) as e:
+                log.error("undoing a failed setup: %s", e)
+
+
+def _have(tool: str) -> bool:
+    return any((Path(d) / tool).exists() for d in ("/usr/sbin", "/usr/bin", "/sbin", "/bin"))
+
+
+def _blkid(device: Path, tag: str) -> str:
+    out = run(["blkid", "-p", "-o", "value", "-s", tag, device], check=False, timeout=15)
+    return out.stdout.decode().strip()
+

@@ -1,0 +1,105 @@
+"""/org/anklume/Live1/data: the data disk (org.anklume.Live1.DataDisk).
+
+Secrets arrive as ``ay`` (DESIGN.md §5: never ``s``), are handed to the job
+and never logged; a bytearray copy is wiped when the job ends.
+"""
+
+from typing import TYPE_CHECKING, Any
+
+from anklumed.data.poolconf import Backend, Encryption
+from anklumed.errors import InvalidArgument
+from anklumed.service.boundary import (
+    BUS_NAME,
+    ROOT_PATH,
+    DaemonInterface,
+    current_caller,
+    dbus_method,
+    ro_property,
+)
+from anklumed.service.objects import job_path
+from anklumed.service.polkit import ACTION_DATA_LOCK, ACTION_DATA_SETUP, ACTION_DATA_UNLOCK
+
+if TYPE_CHECKING:
+    from anklumed.service.app import Daemon
+
+DATA_IFACE = f"{BUS_NAME}.DataDisk"
+DATA_PATH = f"{ROOT_PATH}/data"
+MAX_SECRET = 4096
+
+
+def _secret(value: bytes) -> bytes:
+    if len(value) > MAX_SECRET:
+        raise InvalidArgument(f"a passphrase or key file is at most {MAX_SECRET} bytes")
+    return bytes(value)
+
+
+def _choice(enum: type[Backend] | type[Encryption], value: str, what: str) -> Any:
+    try:
+        return enum(value.strip().lower())
+    except ValueError:
+        options = ", ".join(e.value for e in enum)
+        raise InvalidArgument(f"{value[:20]!r} is not a {what} ({options})") from None
+
+
+class DataDiskInterface(DaemonInterface):
+    IFACE = DATA_IFACE
+    daemon: "Daemon"
+
+    def snapshot(self) -> dict[str, Any]:
+        d = self.daemon
+        snap = d.data.snapshot
+        conf = snap.conf
+        return {
+            "State": snap.state.value,
+            "Pool": conf.pool_name if conf else "",
+            "Backend": conf.pool_type.value if conf else "",
+            "Encryption": conf.encryption.value if conf else "",
+            "LuksUuid": (conf.luks_uuid or "") if conf else "",
+            "Device": snap.device,
+            "Mounts": dict(snap.mounts),
+            "Message": snap.message,
+            "AttemptsLeft": d.data.attempts_left,
+            "Candidates": [[c.name, str(c.device), c.model, c.size, c.bus, c.serial,
+                            "; ".join(c.contents), c.refused] for c in d.data_candidates],
+            "LastJob": d.last_data_job(),
+        }
+
+    State = ro_property("State", "s")
+    Pool = ro_property("Pool", "s")
+    Backend = ro_property("Backend", "s")
+    Encryption = ro_property("Encryption", "s")
+    LuksUuid = ro_property("LuksUuid", "s")
+    Device = ro_property("Device", "s")
+    Mounts = ro_property("Mounts", "a{ss}")
+    Message = ro_property("Message", "s")
+    AttemptsLeft = ro_property("AttemptsLeft", "u")
+    Candidates = ro_property("Candidates", "a(ssstssss)")
+    LastJob = ro_property("LastJob", "a{ss}")
+
+    @dbus_method(args=(("disk", "s"), ("pool", "s"), ("backend", "s"), ("encryption", "s"),
+                       ("passphrase", "ay")), returns="o")
+    async def Setup(self, disk: str, pool: str, backend: str, encryption: str,
+                    passphrase: bytes) -> str:
+        """Erase ``disk`` and make it the data disk; returns the job."""
+        await self.daemon.authorize(ACTION_DATA_SETUP, current_caller())
+        job = self.daemon.start_data_setup(disk, pool, _choice(Backend, backend, "backend"),
+                                           _choice(Encryption, encryption, "encryption"),
+                                           _secret(passphrase))
+        return job_path(job)
+
+    @dbus_method(args=(("passphrase", "ay"),), returns="o")
+    async def Unlock(self, passphrase: bytes) -> str:
+        """Open and mount the data disk (an empty passphrase uses pool.conf's KEY_FILE)."""
+        await self.daemon.authorize(ACTION_DATA_UNLOCK, current_caller())
+        return job_path(self.daemon.start_data_unlock(_secret(passphrase)))
+
+    @dbus_method(args=(("stop_incus", "b"),), returns="o")
+    async def Lock(self, stop_incus: bool) -> str:
+        """Unmount and close the data disk; Busy (naming who) when it is in use."""
+        await self.daemon.authorize(ACTION_DATA_LOCK, current_caller())
+        return job_path(self.daemon.start_data_lock(stop_incus))
+
+    @dbus_method()
+    async def Refresh(self) -> None:
+        """Look at the disks again (hot-plug is also noticed on its own)."""
+        await self.daemon.refresh_data()

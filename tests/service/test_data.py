@@ -1,0 +1,124 @@
+"""The data disk through the daemon, where this kernel suffices: BTRFS without
+encryption on a loop device. LUKS2 and ZFS need the VM tier (tests/vm/test_data_vm.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+from tests.service.conftest import Sim
+
+NOT_AUTHORIZED, BUSY, REFUSED = 3, 6, 10
+
+
+def setup_plain(sim: Sim, *extra: str) -> subprocess.CompletedProcess[str]:
+    return sim.ctl("data", "setup", "--disk", str(sim.data_disk), "--fs", "btrfs",
+                   "--encryption", "none", "--pool-name", "vault", "--yes", *extra)
+
+
+def data_status(sim: Sim) -> dict:  # type: ignore[type-arg]
+    import json
+
+    done = sim.ctl("data", "status", "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def test_setup_lock_unlock_keeps_the_data(sim: Sim) -> None:
+    assert data_status(sim)["State"] == "absent"
+    done = setup_plain(sim)
+    assert done.returncode == 0, done.stderr
+    status = data_status(sim)
+    assert (status["State"], status["Pool"], status["Backend"]) == ("mounted", "vault", "btrfs")
+    data = Path(status["Mounts"]["data"])
+    (data / "incus-state" / "note.txt").write_text("kept\n")
+    conf = sim.persist_files()["pool.conf"]
+    assert "POOL_NAME=vault" in conf and "POOL_TYPE=btrfs" in conf and "ENCRYPTION=none" in conf
+    assert "FS_UUID=" in conf and "CREATED_AT=" in conf
+
+    locked = sim.ctl("data", "lock")
+    assert locked.returncode == 0, locked.stderr
+    assert data_status(sim)["State"] == "locked"
+    assert not (data / "incus-state" / "note.txt").exists()
+
+    sim.restart_daemon()  # as after a reboot: found again from pool.conf
+    unlocked = sim.ctl("data", "unlock")
+    assert unlocked.returncode == 0, unlocked.stderr
+    status = data_status(sim)
+    assert status["State"] == "mounted"
+    # The Incus state directory is bound from the data disk.
+    incus_state = Path(status["Mounts"]["incus-state"])
+    assert (incus_state / "note.txt").read_text() == "kept\n"
+
+
+def test_the_boot_stick_is_refused_and_left_alone(sim: Sim) -> None:
+    assert sim.stick is not None
+    before = sim.persist_files()
+    refused = sim.ctl("data", "setup", "--disk", str(sim.stick.loop), "--fs", "btrfs",
+                      "--encryption", "none", "--yes")
+    assert refused.returncode == REFUSED, refused.stderr
+    assert "boot stick" in refused.stderr
+    assert sim.persist_files() == before
+    rows = {row[1]: row[7] for row in data_status(sim)["Candidates"]}
+    assert "boot stick" in rows[str(sim.stick.loop)]
+    assert rows[str(sim.data_disk)] == ""
+
+
+def test_a_busy_disk_is_not_locked_and_the_holder_is_named(sim: Sim) -> None:
+    assert setup_plain(sim).returncode == 0
+    data = Path(data_status(sim)["Mounts"]["data"])
+    holder = subprocess.Popen(["sleep", "60"], cwd=data)
+    try:
+        refused = sim.ctl("data", "lock")
+        assert refused.returncode == BUSY, refused.stderr
+        assert f"{holder.pid} (sleep)" in refused.stderr
+        assert data_status(sim)["State"] == "mounted"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sim.ctl("data", "lock").returncode == 0
+
+
+def test_setup_needs_authorization_and_erases_nothing_without_it(sim: Sim) -> None:
+    sim.set_polkit("deny")
+    subprocess.run(["mkfs.ext4", "-q", "-L", "precious", str(sim.data_disk)], check=True)
+    refused = sim.ctl("data", "setup", "--disk", str(sim.data_disk), "--fs", "btrfs",
+                      "--encryption", "none", "--yes", user="nobody")
+    assert refused.returncode == NOT_AUTHORIZED, refused.stderr
+    label = subprocess.run(["blkid", "-p", "-o", "value", "-s", "LABEL", str(sim.data_disk)],
+                           capture_output=True, text=True, check=False).stdout.strip()
+    assert label == "precious"
+
+
+def test_a_second_setup_is_refused(sim: Sim) -> None:
+    assert setup_plain(sim).returncode == 0
+    again = setup_plain(sim)
+    assert again.returncode == 4, again.stderr
+    assert "already set up" in again.stderr
+
+
+def test_a_damaged_pool_conf_is_reported_not_trusted(sim: Sim) -> None:
+    sim.edit_persist({"pool.conf": "POOL_NAME=../../etc\nPOOL_TYPE=ext4\n"})
+    sim.restart_daemon()
+    status = data_status(sim)
+    assert status["State"] == "error"
+    assert "pool.conf is damaged" in status["Message"]
+
+
+def test_a_disk_plugged_in_later_is_noticed(sim: Sim) -> None:
+    image = sim.workdir / "late.img"
+    with image.open("wb") as f:
+        f.truncate(300 << 20)
+    loop = subprocess.run(["losetup", "--find", "--show", str(image)], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if loop in {row[1] for row in data_status(sim)["Candidates"]}:
+                break
+            time.sleep(0.3)
+        else:
+            raise AssertionError(f"{loop} never appeared among the candidates")
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=False)
