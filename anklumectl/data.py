@@ -190,6 +190,11 @@ async def cmd_first_boot(c: Client, a: argparse.Namespace, out: Console) -> int:
     return await cmd_data_setup(c, a, out)
 
 
+async def cmd_data_needs_setup(c: Client, a: argparse.Namespace, out: Console) -> int:
+    """Exit 0 while no data disk is set up (the first-boot unit's ExecCondition)."""
+    return 0 if (await data_props(c))["State"] == "absent" else 1
+
+
 def add_setup_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--disk", help="the disk to erase (/dev/sdX or a /dev/disk/by-id name)")
     parser.add_argument("--pool-name", default="anklume", help="default: anklume")
@@ -216,6 +221,8 @@ def add_commands(sub: Any, add: Any) -> None:
     sp.add_argument("--passphrase-file", metavar="FILE", help="- reads standard input")
     sp.add_argument("--boot", action="store_true",
                     help="at boot: a systemd credential, else the password agents")
+    add_data("needs-setup", cmd_data_needs_setup,
+             "exit 0 if no data disk is set up yet (for the first-boot unit)")
     add_data("lock", cmd_data_lock, "unmount and close the data disk").add_argument(
         "--stop-incus", action="store_true", help="stop Incus first")
     add_setup_flags(add("first-boot", cmd_first_boot,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from anklumed.command import run
+from anklumed.hostns import for_system
 
 MOUNT_OPTIONS = "compress=zstd,noatime"
 
@@ -16,11 +17,11 @@ def make_filesystem(device: Path, label: str) -> None:
 def mount(device: Path, target: Path, subvolume: str | None = None) -> None:
     options = MOUNT_OPTIONS + (f",subvol={subvolume}" if subvolume else "")
     target.mkdir(parents=True, exist_ok=True)
-    run(["mount", "-t", "btrfs", "-o", options, device, target], timeout=120)
+    run(for_system(["mount", "-t", "btrfs", "-o", options, device, target]), timeout=120)
 
 
 def unmount(target: Path) -> None:
-    run(["umount", target], timeout=120)
+    run(for_system(["umount", target]), timeout=120)
 
 
 def create_subvolume(top: Path, name: str) -> Path:

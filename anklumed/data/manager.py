@@ -37,6 +37,7 @@ from anklumed.errors import (
     InvalidArgument,
     NotFound,
 )
+from anklumed.hostns import for_system
 from anklumed.jobs import Job
 from anklumed.persist import PersistStore
 
@@ -319,7 +320,7 @@ class DataDisk:
         if _mounted_at(self.paths.incus_state) or not state.is_dir():
             return
         self.paths.incus_state.mkdir(parents=True, exist_ok=True)
-        run(["mount", "--bind", state, self.paths.incus_state])
+        run(for_system(["mount", "--bind", state, self.paths.incus_state]))
 
     # ---- lock ----
     def lock(self, job: Job, stop_incus: bool) -> str:
@@ -344,7 +345,7 @@ class DataDisk:
         job.commit()
         job.progress("unmounting")
         if _mounted_at(self.paths.incus_state):
-            run(["umount", self.paths.incus_state])
+            run(for_system(["umount", self.paths.incus_state]))
         try:
             if conf.pool_type is Backend.ZFS and snap.state is DataState.MOUNTED:
                 zfs.export_pool(conf.pool_name)

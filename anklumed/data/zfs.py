@@ -1,19 +1,23 @@
-"""ZFS on the opened data disk: one pool, zstd compression, one dataset per use."""
+"""ZFS on the opened data disk: one pool, zstd compression, one dataset per use.
+
+Commands that mount (create, import, export) run for the system's mount
+namespace (anklumed/hostns.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from anklumed.command import run
+from anklumed.hostns import for_system
 
 # 4 KiB sectors: right for SSDs and USB disks that claim 512-byte sectors.
 ASHIFT = 12
 
 
 def create_pool(name: str, device: Path, mountpoint: Path) -> None:
-    run(["zpool", "create", "-f", "-o", f"ashift={ASHIFT}", "-o", "autotrim=on",
+    run(for_system(["zpool", "create", "-f", "-o", f"ashift={ASHIFT}", "-o", "autotrim=on",
          "-O", "compression=zstd", "-O", "atime=off", "-O", "xattr=sa",
-         "-O", "acltype=posixacl", "-O", f"mountpoint={mountpoint}", name, device],
+         "-O", "acltype=posixacl", "-O", f"mountpoint={mountpoint}", name, device]),
         timeout=300)
 
 
@@ -21,16 +25,16 @@ def create_dataset(pool: str, name: str, mountpoint: Path | str | None = None) -
     argv = ["zfs", "create", "-p"]
     if mountpoint is not None:
         argv += ["-o", f"mountpoint={mountpoint}"]
-    run([*argv, f"{pool}/{name}"])
+    run(for_system([*argv, f"{pool}/{name}"]))
 
 
 def import_pool(name: str, search_dir: Path) -> None:
     """Import ``name`` looking only at ``search_dir`` (/dev/mapper: the opened disk)."""
-    run(["zpool", "import", "-d", search_dir, name], timeout=300)
+    run(for_system(["zpool", "import", "-d", search_dir, name]), timeout=300)
 
 
 def export_pool(name: str) -> None:
-    run(["zpool", "export", name], timeout=300)
+    run(for_system(["zpool", "export", name]), timeout=300)
 
 
 def pool_property(name: str, prop: str) -> str:

@@ -23,6 +23,10 @@ if [ "$mode" = plain ]; then
 fi
 
 # systemd mode: install anklume Live as a package would, plus the scenario unit.
+# This machine may be a container: its marker would make systemd believe the
+# guest is one too, and skip what it does on real machines (such as making /
+# a shared mount, without which no service's mounts reach the system).
+rm -f /.dockerenv /run/.containerenv
 cd "$CHECKOUT"
 for bin in anklumed anklumectl; do ln -sfn "$CHECKOUT/.venv/bin/$bin" "/usr/bin/$bin"; done
 install -m 0644 units/*.service /etc/systemd/system/
