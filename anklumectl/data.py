@@ -190,6 +190,34 @@ async def cmd_first_boot(c: Client, a: argparse.Namespace, out: Console) -> int:
     return await cmd_data_setup(c, a, out)
 
 
+def current_secret(a: argparse.Namespace, pool: str) -> bytes:
+    if a.passphrase_file:
+        return read_secret_file(a.passphrase_file)
+    return getpass.getpass(f"Current passphrase of the data disk ({pool}): ").encode()
+
+
+async def cmd_data_passphrase(c: Client, a: argparse.Namespace, out: Console) -> int:
+    props = await data_props(c)
+    current = current_secret(a, props["Pool"])
+    new = read_secret_file(a.new_passphrase_file) if a.new_passphrase_file \
+        else ask_new_passphrase(out)
+    await c.call(DATA_PATH, DATA_IFACE, "ChangePassphrase", "ayay", [current, new],
+                 mutating=True)
+    out.print("The passphrase is changed (a recovery key, if any, still works).")
+    return 0
+
+
+async def cmd_data_recovery_key(c: Client, a: argparse.Namespace, out: Console) -> int:
+    props = await data_props(c)
+    current = current_secret(a, props["Pool"])
+    (key,) = await c.call(DATA_PATH, DATA_IFACE, "AddRecoveryKey", "ay", [current],
+                          mutating=True)
+    out.print("Recovery key (it opens the data disk like the passphrase; it is shown "
+              "this once and kept nowhere -- write it down, keep it away from the laptop):")
+    print(bytes(key).decode())
+    return 0
+
+
 async def cmd_data_needs_setup(c: Client, a: argparse.Namespace, out: Console) -> int:
     """Exit 0 while no data disk is set up (the first-boot unit's ExecCondition)."""
     return 0 if (await data_props(c))["State"] == "absent" else 1
@@ -221,6 +249,12 @@ def add_commands(sub: Any, add: Any) -> None:
     sp.add_argument("--passphrase-file", metavar="FILE", help="- reads standard input")
     sp.add_argument("--boot", action="store_true",
                     help="at boot: a systemd credential, else the password agents")
+    sp = add_data("passphrase", cmd_data_passphrase, "change the data disk's passphrase")
+    sp.add_argument("--passphrase-file", metavar="FILE", help="the current one (- for stdin)")
+    sp.add_argument("--new-passphrase-file", metavar="FILE", help="the new one")
+    add_data("recovery-key", cmd_data_recovery_key,
+             "add a recovery key (a second way to open the disk)").add_argument(
+        "--passphrase-file", metavar="FILE", help="the current passphrase (- for stdin)")
     add_data("needs-setup", cmd_data_needs_setup,
              "exit 0 if no data disk is set up yet (for the first-boot unit)")
     add_data("lock", cmd_data_lock, "unmount and close the data disk").add_argument(

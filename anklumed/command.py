@@ -44,6 +44,7 @@ def run(
     input: bytes | None = None,
     check: bool = True,
     env: dict[str, str] | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> subprocess.CompletedProcess[bytes]:
     """Run ``argv`` and return its completed process; raise CommandError on failure."""
     args = [os.fspath(a) for a in argv]
@@ -60,6 +61,7 @@ def run(
             env=environment,
             timeout=timeout,
             check=False,
+            pass_fds=tuple(pass_fds),
         )
     except subprocess.TimeoutExpired as e:
         stderr = (e.stderr or b"").decode(errors="replace")

@@ -8,6 +8,7 @@ cryptsetup's own prompt and the systemd password agents hand over.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -41,6 +42,45 @@ def format_luks2(device: Path, secret: bytes, *, label: str, iter_time_ms: int =
          "--iter-time", str(iter_time_ms), "--label", label, "--key-file=-", device],
         input=secret, timeout=600)
     return luks_uuid(device)
+
+
+def _pipe_holding(secret: bytes) -> int:
+    """A pipe's read end holding ``secret`` (a second secret for cryptsetup,
+    read from /proc/self/fd/N: stdin carries the first)."""
+    if len(secret) > 60 * 1024:
+        raise ValueError("a key longer than a pipe's buffer")
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, secret)
+    finally:
+        os.close(write_end)
+    return read_end
+
+
+def _with_second_secret(argv: list[str | Path], current: bytes, second: bytes) -> None:
+    fd = _pipe_holding(second)
+    try:
+        run([*argv, f"/proc/self/fd/{fd}"], input=current, pass_fds=(fd,), timeout=600)
+    except CommandError as e:
+        if e.returncode == _EXIT_NO_KEY:
+            raise IncorrectPassphrase("the passphrase does not open this disk") from None
+        raise
+    finally:
+        os.close(fd)
+
+
+def add_key(device: Path, current: bytes, new: bytes, iter_time_ms: int = 2000) -> None:
+    """Add ``new`` in a free keyslot (a recovery key); ``current`` proves the right."""
+    _with_second_secret(["cryptsetup", "luksAddKey", "--batch-mode", "--pbkdf", "argon2id",
+                         "--pbkdf-memory", str(argon2_memory_kib()), "--iter-time",
+                         str(iter_time_ms), "--key-file=-", device], current, new)
+
+
+def change_key(device: Path, current: bytes, new: bytes, iter_time_ms: int = 2000) -> None:
+    """Replace the keyslot ``current`` opens with ``new`` (the others stay)."""
+    _with_second_secret(["cryptsetup", "luksChangeKey", "--batch-mode", "--pbkdf", "argon2id",
+                         "--pbkdf-memory", str(argon2_memory_kib()), "--iter-time",
+                         str(iter_time_ms), "--key-file=-", device], current, new)
 
 
 def luks_uuid(device: Path) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -322,6 +323,26 @@ class DataDisk:
         self.paths.incus_state.mkdir(parents=True, exist_ok=True)
         run(for_system(["mount", "--bind", state, self.paths.incus_state]))
 
+    # ---- keys ----
+    def change_passphrase(self, current: bytes, new: bytes) -> None:
+        with self._lock:
+            luks.change_key(self._luks_device(), current, new, self.paths.luks_unlock_ms)
+        log.info("data disk passphrase changed")
+
+    def add_recovery_key(self, current: bytes) -> bytes:
+        """A new random key in a second keyslot, returned once, stored nowhere."""
+        key = recovery_key()
+        with self._lock:
+            luks.add_key(self._luks_device(), current, key, self.paths.luks_unlock_ms)
+        log.info("data disk recovery key added")
+        return key
+
+    def _luks_device(self) -> Path:
+        conf = self.read().conf
+        if conf is None or conf.encryption is not Encryption.LUKS2:
+            raise InvalidArgument("the data disk is not encrypted: it has no passphrase")
+        return self.find(conf)
+
     # ---- lock ----
     def lock(self, job: Job, stop_incus: bool) -> str:
         with self._lock:
@@ -374,6 +395,15 @@ class _Made:
                 step()
             except (AnklumeError, OSError) as e:
                 log.error("undoing a failed setup: %s", e)
+
+
+RECOVERY_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford: no I, L, O, U
+
+
+def recovery_key() -> bytes:
+    """40 characters in 8 groups (200 bits), easy to copy by hand from paper."""
+    chars = "".join(secrets.choice(RECOVERY_ALPHABET) for _ in range(40))
+    return "-".join(chars[i:i + 5] for i in range(0, 40, 5)).encode()
 
 
 def _have(tool: str) -> bool:

@@ -4,6 +4,7 @@ Secrets arrive as ``ay`` (DESIGN.md §5: never ``s``), are handed to the job
 and never logged; a bytearray copy is wiped when the job ends.
 """
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from anklumed.data.poolconf import Backend, Encryption
@@ -98,6 +99,21 @@ class DataDiskInterface(DaemonInterface):
         """Unmount and close the data disk; Busy (naming who) when it is in use."""
         await self.daemon.authorize(ACTION_DATA_LOCK, current_caller())
         return job_path(self.daemon.start_data_lock(stop_incus))
+
+    @dbus_method(args=(("current", "ay"), ("new", "ay")))
+    async def ChangePassphrase(self, current: bytes, new: bytes) -> None:
+        """Replace the passphrase (the keyslot ``current`` opens); others are kept."""
+        await self.daemon.authorize(ACTION_DATA_SETUP, current_caller())
+        if not new:
+            raise InvalidArgument("the new passphrase is empty")
+        await asyncio.to_thread(self.daemon.data.change_passphrase, _secret(current),
+                                _secret(new))
+
+    @dbus_method(args=(("current", "ay"),), returns="ay")
+    async def AddRecoveryKey(self, current: bytes) -> bytes:
+        """Add a random recovery key in a second keyslot; returned once, kept nowhere."""
+        await self.daemon.authorize(ACTION_DATA_SETUP, current_caller())
+        return await asyncio.to_thread(self.daemon.data.add_recovery_key, _secret(current))
 
     @dbus_method()
     async def Refresh(self) -> None:

@@ -72,3 +72,26 @@ def test_luks2_data_disk_full_cycle(sim: Sim, tmp_path: Path, fs: str) -> None:
     assert (Path(st["Mounts"]["incus-state"]) / "kept.txt").read_text() == "survives\n"
     # The passphrase went through pipes only.
     assert PASSPHRASE not in sim.daemon_log.read_text()
+
+
+def test_a_recovery_key_and_a_new_passphrase_open_the_disk(sim: Sim, tmp_path: Path) -> None:
+    good = secret_file(tmp_path, PASSPHRASE)
+    assert sim.ctl("data", "setup", "--disk", str(sim.data_disk), "--fs", "btrfs",
+                   "--pool-name", "vault", "--passphrase-file", good, "--yes").returncode == 0
+    added = sim.ctl("data", "recovery-key", "--passphrase-file", good)
+    assert added.returncode == 0, added.stderr
+    recovery = added.stdout.strip().splitlines()[-1]
+    assert len(recovery) == 47 and recovery.count("-") == 7
+    new = secret_file(tmp_path, "a brand new passphrase")
+    changed = sim.ctl("data", "passphrase", "--passphrase-file", good,
+                      "--new-passphrase-file", new)
+    assert changed.returncode == 0, changed.stderr
+    assert sim.ctl("data", "lock").returncode == 0
+    # The old passphrase no longer opens it; the recovery key and the new one do.
+    old = sim.ctl("data", "unlock", "--passphrase-file", good)
+    assert old.returncode == INCORRECT_PASSPHRASE, old.stderr
+    by_key = sim.ctl("data", "unlock", "--passphrase-file", secret_file(tmp_path, recovery))
+    assert by_key.returncode == 0, by_key.stderr
+    assert sim.ctl("data", "lock").returncode == 0
+    assert sim.ctl("data", "unlock", "--passphrase-file", new).returncode == 0
+    assert recovery not in sim.daemon_log.read_text()
