@@ -58,6 +58,10 @@ def write_gpt(image: Path, slot_mib: int, persist_mib: int, efi_mib: int = 8) ->
        image)
 
 
+def partuuid(device: Path) -> str:
+    return sh("blkid", "-p", "-o", "value", "-s", "PART_ENTRY_UUID", device).strip().lower()
+
+
 def attach(image: Path) -> Stick:
     loop = Path(sh("losetup", "--find", "--show", image).strip())
     sh("partx", "-a", loop)

@@ -386,6 +386,19 @@ class Daemon:
     async def _refresh_soon(self) -> None:
         await asyncio.sleep(0.5)
         try:
+            if not self.media_present() and not self.jobs.running.get("slots"):
+                await self._rediscover_stick()
             await self.refresh_data()
         except Exception:
             log.exception("cannot look at the disks again")
+
+    async def _rediscover_stick(self) -> None:
+        """The stick came back (or another port gave it a new name): find it again."""
+        before = self.stick.disk if self.stick else None
+        await self._find_stick()
+        if self.stick is None or not self.media_present():
+            return
+        if self.stick.disk != before:
+            log.info("boot stick found again at %s", self.stick.disk)
+        await self.slots.refresh()
+        self.publish()

@@ -4,6 +4,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,25 @@ def test_stick_pulled(sim: Sim) -> None:
     assert "boot stick" in result.stderr
     s = sim.status()
     assert s["BootMediaPresent"] is False and s["BootState"] == "degraded"
+
+
+def test_a_stick_plugged_back_is_found_again(sim: Sim) -> None:
+    assert sim.stick is not None
+    sim.stick.detach()
+    deadline = time.monotonic() + 15
+    while sim.status()["BootMediaPresent"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert sim.status()["BootMediaPresent"] is False
+    # Back in, maybe on another port: another name, the same PERSIST.
+    sim.stick = stickimg.attach(sim.stick.image)
+    while time.monotonic() < deadline:
+        s = sim.status()
+        if s["BootMediaPresent"]:
+            break
+        time.sleep(0.2)
+    assert (s["BootMediaPresent"], s["BootDisk"]) == (True, str(sim.stick.loop)), s
+    assert sim.ctl("mark-good").returncode == 0
+    assert sim.status()["BootState"] == "good"
 
 
 def test_two_sticks_without_a_hint_are_refused(sim: Sim, tmp_path: Path) -> None:
