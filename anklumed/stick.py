@@ -8,6 +8,7 @@ are then mapped to block devices through sysfs with pyudev, which needs no udevd
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from enum import StrEnum
 from pathlib import Path
@@ -76,21 +77,27 @@ class AmbiguousStick(Failed):
 
 def read_gpt(disk: Path) -> tuple[int, list[tuple[int, str, int]]] | None:
     """Return (disk size, [(number, name, size)]) of a GPT disk, or None if not GPT."""
+    device = None
     try:
         device = parted.getDevice(str(disk))
         table = parted.newDisk(device)
+        if table.type != "gpt":
+            return None
+        size = device.length * device.sectorSize
+        return size, [(p.number, p.name or "", p.geometry.length * device.sectorSize)
+                      for p in table.partitions]
     except (parted.DiskException, parted.IOException, parted.DeviceException):
         return None
     except Exception as e:  # pyparted raises a zoo of _ped errors for unreadable media
         log.debug("cannot read a partition table on %s: %s", disk, e)
         return None
-    if table.type != "gpt":
-        return None
-    size = device.length * device.sectorSize
-    parts = [
-        (p.number, p.name or "", p.geometry.length * device.sectorSize) for p in table.partitions
-    ]
-    return size, parts
+    finally:
+        # libparted caches the device with its file descriptor open: a probe
+        # must not keep a disk open (it would pin a loop device, or a stick
+        # the user pulls).
+        if device is not None:
+            with contextlib.suppress(Exception):
+                device.removeFromCache()
 
 
 def _partition_devices(context: pyudev.Context, disk: Path) -> dict[int, Path]:

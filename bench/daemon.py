@@ -6,7 +6,9 @@
   the stick and one PERSIST mount/read/unmount), median of N runs;
 - idle RSS of the daemon after start;
 - status round trip (GetAll on the manager) with 100 concurrent clients, each
-  asking 20 times: p50 / p99.
+  asking 20 times: p50 / p99;
+- status round trip of one client while an update writes a 28 MiB image
+  (hashing runs in worker threads: the bus must stay responsive).
 Targets (issue 2): start <= 300 ms, RSS <= 40 MB, p99 <= 5 ms.
 """
 
@@ -43,6 +45,39 @@ async def round_trips(address: str, clients: int, each: int) -> list[float]:
     return samples
 
 
+def start_update(sim: Simulation, work: Path) -> None:
+    from anklumed.slots import bundle
+    from devtools import stickimg
+
+    keys = work / "keys"
+    keys.mkdir(exist_ok=True)
+    bundle.generate_key(work / "builder.pem").rename(keys / "builder.pem")
+    image = stickimg.make_squashfs(work / "os.squashfs", "2.0.0", 28 << 20)  # the 32 MiB slot
+    m = bundle.create_bundle(image, work / "bundle", version="2.0.0",
+                             compatible="anklume-live-amd64", signing_key=work / "builder.pem")
+    manifest = work / "bundle" / m.image.replace(".squashfs", ".manifest")
+    started = sim.ctl("update", str(manifest), "--no-wait")
+    assert started.returncode == 0, started.stderr
+
+
+async def during_update(sim: Simulation) -> list[float]:
+    """One client asking for the status, back to back, while the update runs."""
+    bus = await MessageBus(bus_address=sim.bus.address).connect()
+    msg = dict(destination="org.anklume.Live1", path="/org/anklume/Live1",
+               interface="org.freedesktop.DBus.Properties", member="GetAll", signature="s",
+               body=["org.anklume.Live1.Manager"])
+    samples: list[float] = []
+    while True:
+        t = time.perf_counter()
+        reply = await bus.call(Message(**msg))
+        samples.append(time.perf_counter() - t)
+        last = reply.body[0]["LastUpdate"].value
+        if last.get("state") not in (None, "running"):
+            break
+    bus.disconnect()
+    return samples
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -65,6 +100,8 @@ def main() -> None:
             assert sim.daemon is not None
             rss = rss_mb(sim.daemon.pid)
             samples = sorted(asyncio.run(round_trips(sim.bus.address, 100, 20)))
+            start_update(sim, Path(tmp))
+            busy = sorted(asyncio.run(during_update(sim)))
         finally:
             sim.stop()
     p = lambda q: samples[min(len(samples) - 1, int(q * len(samples)))] * 1000  # noqa: E731
@@ -72,6 +109,9 @@ def main() -> None:
           f"(min {min(starts) * 1000:.0f}, max {max(starts) * 1000:.0f}, {args.runs} runs)")
     print(f"idle RSS: {rss:.1f} MB")
     print(f"status round trip, 100 clients x 20: p50 {p(0.5):.2f} ms, p99 {p(0.99):.2f} ms")
+    q = lambda x: busy[min(len(busy) - 1, int(x * len(busy)))] * 1000  # noqa: E731
+    print(f"status round trip during an update ({len(busy)} asked): p50 {q(0.5):.2f} ms, "
+          f"p99 {q(0.99):.2f} ms, max {busy[-1] * 1000:.2f} ms")
 
 
 if __name__ == "__main__":

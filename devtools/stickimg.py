@@ -64,7 +64,12 @@ def partuuid(device: Path) -> str:
 
 def attach(image: Path) -> Stick:
     loop = Path(sh("losetup", "--find", "--show", image).strip())
-    sh("partx", "-a", loop)
+    try:
+        sh("partx", "-a", loop)
+    except RuntimeError:
+        # A reused loop number can keep stale partitions from its last life
+        # (seen here after a detach raced a late opener): update them instead.
+        sh("partx", "-u", loop)
     stick = Stick(image=image, loop=loop)
     for _ in range(100):  # devtmpfs creates the nodes asynchronously
         if stick.persist.exists():

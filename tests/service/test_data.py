@@ -3,6 +3,7 @@ encryption on a loop device. LUKS2 and ZFS need the VM tier (tests/vm/test_data_
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -120,5 +121,9 @@ def test_a_disk_plugged_in_later_is_noticed(sim: Sim) -> None:
             time.sleep(0.3)
         else:
             raise AssertionError(f"{loop} never appeared among the candidates")
+        # Probing it left nothing open: a disk the user pulls is not pinned.
+        assert sim.daemon is not None
+        fds = Path(f"/proc/{sim.daemon.pid}/fd")
+        assert loop not in {os.readlink(fd) for fd in fds.iterdir()}
     finally:
         subprocess.run(["losetup", "-d", loop], check=False)
