@@ -7,7 +7,7 @@
 - idle RSS of the daemon after start;
 - status round trip (GetAll on the manager) with 100 concurrent clients, each
   asking 20 times: p50 / p99;
-- status round trip of one client while an update writes a 28 MiB image
+- status round trip of one client while an update writes a 400 MiB image
   (hashing runs in worker threads: the bus must stay responsive).
 Targets (issue 2): start <= 300 ms, RSS <= 40 MB, p99 <= 5 ms.
 """
@@ -49,10 +49,10 @@ def start_update(sim: Simulation, work: Path) -> None:
     from anklumed.slots import bundle
     from devtools import stickimg
 
-    keys = work / "keys"
+    keys = sim.workdir / "keys"  # the simulation's keys_dir
     keys.mkdir(exist_ok=True)
     bundle.generate_key(work / "builder.pem").rename(keys / "builder.pem")
-    image = stickimg.make_squashfs(work / "os.squashfs", "2.0.0", 28 << 20)  # the 32 MiB slot
+    image = stickimg.make_squashfs(work / "os.squashfs", "2.0.0", 400 << 20)
     m = bundle.create_bundle(image, work / "bundle", version="2.0.0",
                              compatible="anklume-live-amd64", signing_key=work / "builder.pem")
     manifest = work / "bundle" / m.image.replace(".squashfs", ".manifest")
@@ -73,6 +73,7 @@ async def during_update(sim: Simulation) -> list[float]:
         samples.append(time.perf_counter() - t)
         last = reply.body[0]["LastUpdate"].value
         if last.get("state") not in (None, "running"):
+            assert last["state"] == "succeeded", last
             break
     bus.disconnect()
     return samples
@@ -89,8 +90,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        sim = Simulation(Path(tmp) / "sim").start()
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
+        sim = Simulation(Path(tmp) / "sim", slot_mib=448).start()
         try:
             starts = []
             for _ in range(args.runs):

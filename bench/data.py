@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -46,7 +47,7 @@ def unlock_and_mount(work: Path, runs: int) -> tuple[list[float], list[float]]:
     sim = Simulation(work / "sim").start()
 
     def ctl(*args: str) -> None:
-        subprocess.run([str(Path(".venv/bin/python").resolve()), "-m", "anklumectl", *args],
+        subprocess.run([sys.executable, "-m", "anklumectl", *args],
                        env=sim.env, check=True, capture_output=True)
 
     totals, mounts = [], []

@@ -24,8 +24,9 @@ DATA_DISK_MIB = 512
 
 
 class Simulation:
-    def __init__(self, workdir: Path, boot_env: str | None = None) -> None:
+    def __init__(self, workdir: Path, boot_env: str | None = None, slot_mib: int = 32) -> None:
         self.workdir = workdir
+        self.slot_mib = slot_mib
         self.bus = PrivateBus(workdir / "bus")
         self.stick: stickimg.Stick | None = None
         self.data_disk: Path | None = None  # a loop device: the simulated data disk
@@ -58,7 +59,7 @@ class Simulation:
         assert self.polkit.stdout is not None
         if self.polkit.stdout.readline().strip() != b"ready":
             raise RuntimeError("the fake polkit did not start")
-        self.stick = stickimg.build(self.workdir / "stick")
+        self.stick = stickimg.build(self.workdir / "stick", slot_mib=self.slot_mib)
         self.data_disk = stickimg.blank_disk(self.workdir / "data-disk.img", DATA_DISK_MIB)
         self.write_handoff(self.boot_env)
         self.start_daemon()
