@@ -117,6 +117,27 @@ async def cmd_data_setup(c: Client, a: argparse.Namespace, out: Console) -> int:
     return await follow_job(c, path, out)
 
 
+async def cmd_data_adopt(c: Client, a: argparse.Namespace, out: Console) -> int:
+    """A data disk set up from another stick: open it and make it this stick's."""
+    found = (await data_props(c))["Adoptable"]
+    if a.disk:
+        found = [row for row in found if row[0] == a.disk]
+    if not found:
+        raise ClientError(ERROR_PREFIX + "NotFound", "no data disk from another stick "
+                          "was found (is it plugged in? does this stick have one already?)")
+    device, pool, _uuid = found[0]
+    out.print(f"Found the data disk of pool [bold]{pool}[/bold] on {device}, set up from "
+              "another stick. It is opened as it is: nothing is erased.")
+    if not a.yes and Prompt.ask("Use it as this stick's data disk?", choices=["yes", "no"],
+                                console=out) != "yes":
+        return 1
+    secret = read_secret_file(a.passphrase_file) if a.passphrase_file \
+        else getpass.getpass(f"Passphrase of the data disk ({pool}): ").encode()
+    (path,) = await c.call(DATA_PATH, DATA_IFACE, "Adopt", "say", [device, secret],
+                           mutating=True)
+    return await follow_job(c, path, out)
+
+
 def boot_secrets() -> list[bytes]:
     """At boot: a systemd credential, else up to three answers of the agents."""
     credentials = os.environ.get("CREDENTIALS_DIRECTORY")
@@ -182,6 +203,10 @@ async def cmd_first_boot(c: Client, a: argparse.Namespace, out: Console) -> int:
     if props["State"] != "absent":
         out.print(f"The data disk is already set up (pool {props['Pool']}).")
         return 0
+    if props["Adoptable"]:
+        device, pool = props["Adoptable"][0][:2]
+        out.print(f"A data disk set up from another stick is plugged in ({device}, pool "
+                  f"{pool}): keep it with `anklumectl data adopt`, or erase another disk.")
     if not a.disk and not sys.stdin.isatty():
         out.print("No data disk is set up; run anklumectl first-boot in a terminal.")
         return 0
@@ -257,6 +282,10 @@ def add_commands(sub: Any, add: Any) -> None:
         "--passphrase-file", metavar="FILE", help="the current passphrase (- for stdin)")
     add_data("needs-setup", cmd_data_needs_setup,
              "exit 0 if no data disk is set up yet (for the first-boot unit)")
+    sp = add_data("adopt", cmd_data_adopt, "keep a data disk set up from another stick")
+    sp.add_argument("--disk", help="which one, when several are found")
+    sp.add_argument("--passphrase-file", metavar="FILE", help="- reads standard input")
+    sp.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     add_data("lock", cmd_data_lock, "unmount and close the data disk").add_argument(
         "--stop-incus", action="store_true", help="stop Incus first")
     add_setup_flags(add("first-boot", cmd_first_boot,

@@ -37,6 +37,8 @@ class Disk:
     bus: str = ""  # usb, ata, nvme, virtio, scsi, loop...
     by_id: str = ""  # a stable /dev/disk/by-id/ name when udev made one
     contents: list[str] = field(default_factory=list)  # what blkid saw, for people
+    fstype: str = ""  # on the whole disk: crypto_LUKS, btrfs, zfs_member...
+    label: str = ""
     refused: str = ""  # why it may not be used; empty if it may
 
     @property
@@ -100,15 +102,20 @@ def _mounted_devices() -> set[str]:
     return names
 
 
-def probe(device: Path) -> list[str]:
-    """What is on a disk and its partitions, as blkid reads it (never mounting)."""
-    found = []
+def blkid(device: Path) -> dict[str, str]:
+    """blkid's low-level probe of ``device`` (never mounting), as KEY: value."""
     try:
         out = run(["blkid", "-p", "-o", "export", device], timeout=15, check=False)
     except CommandError:
-        return ["unreadable"]
-    values = dict(line.split("=", 1) for line in out.stdout.decode(errors="replace")
-                  .splitlines() if "=" in line)
+        return {}
+    return dict(line.split("=", 1) for line in out.stdout.decode(errors="replace")
+                .splitlines() if "=" in line)
+
+
+def probe(device: Path, values: dict[str, str] | None = None) -> list[str]:
+    """What is on a disk or partition, in words for people."""
+    values = blkid(device) if values is None else values
+    found = []
     if values.get("PTTYPE"):
         found.append(f"{values['PTTYPE']} partition table")
     if values.get("TYPE"):
@@ -132,7 +139,9 @@ def _describe(device: pyudev.Device, mounted: set[str], boot_disks: set[str],
                 serial=_serial(device), bus=_bus(device), by_id=_by_id(device))
     partitions = [child for child in device.children
                   if child.subsystem == "block" and child.device_type == "partition"]
-    disk.contents = probe(disk.device)
+    values = blkid(disk.device)
+    disk.contents = probe(disk.device, values)
+    disk.fstype, disk.label = values.get("TYPE", ""), values.get("LABEL", "")
     for part in partitions:
         disk.contents += [f"{part.sys_name}: {what}" for what in probe(Path(part.device_node))]
     disk.refused = _refusal(device, disk, partitions, mounted, boot_disks)

@@ -43,6 +43,7 @@ from anklumed.jobs import Job
 from anklumed.persist import PersistStore
 
 log = logging.getLogger(__name__)
+LABEL_PREFIX = "anklume-data-"  # LUKS2 and filesystem labels: <prefix><pool>
 MAX_ATTEMPTS = 3
 LOCKOUT_SECONDS = 30.0  # after MAX_ATTEMPTS wrong passphrases in a row
 STATE_SUBVOLUME = "incus-state"  # bound to /var/lib/incus
@@ -83,6 +84,26 @@ class Snapshot:
     device: str = ""
     message: str = ""
     mounts: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Adoptable:
+    """A data disk set up from another stick: found by its LUKS label."""
+
+    device: Path
+    pool: str
+    luks_uuid: str
+
+
+def adoptable(candidates: list[disks.Disk]) -> list[Adoptable]:
+    found = []
+    for disk in candidates:
+        if disk.usable and disk.fstype == "crypto_LUKS" and disk.label.startswith(LABEL_PREFIX):
+            pool = disk.label[len(LABEL_PREFIX):]
+            uuid = _blkid(disk.device, "UUID")
+            with contextlib.suppress(InvalidArgument):
+                found.append(Adoptable(disk.device, check_pool_name(pool), uuid))
+    return found
 
 
 def _mounted_at(path: Path) -> bool:
@@ -207,7 +228,7 @@ class DataDisk:
         job.progress("formatting")
         run(["wipefs", "--all", "--quiet", disk.device], timeout=120)
         target, luks_uuid = disk.device, None
-        name = f"anklume-data-{request.pool_name}"
+        name = f"{LABEL_PREFIX}{request.pool_name}"
         if request.encryption is Encryption.LUKS2:
             luks_uuid = luks.format_luks2(disk.device, request.secret, label=name,
                                           iter_time_ms=self.paths.luks_unlock_ms)
@@ -322,6 +343,45 @@ class DataDisk:
             return
         self.paths.incus_state.mkdir(parents=True, exist_ok=True)
         run(for_system(["mount", "--bind", state, self.paths.incus_state]))
+
+    # ---- adopt ----
+    def adopt(self, job: Job, device: str, secret: bytes) -> str:
+        with self._lock:
+            return self._adopt(job, device, secret)
+
+    def _adopt(self, job: Job, device: str, secret: bytes) -> str:
+        """Take on a data disk another stick set up: open it, recognise what is
+        on it, write this stick's pool.conf, mount it. Nothing is formatted."""
+        job.progress("checking")
+        if self.read().conf is not None:
+            raise InvalidArgument("this stick already has a data disk (pool.conf exists)")
+        found = [a for a in adoptable(self.candidates())
+                 if str(a.device) == str(Path(device).resolve())]
+        if not found:
+            raise NotFound(f"{device} is not an anklume data disk that can be adopted")
+        disk = found[0]
+        conf = PoolConf(pool_name=disk.pool, pool_type=Backend.BTRFS,
+                        encryption=Encryption.LUKS2, luks_uuid=disk.luks_uuid)
+        job.progress("unlocking")
+        self._open(conf, disk.device, secret)
+        job.commit()
+        mapper = luks.MAPPER / conf.mapper_name
+        fstype = _blkid(mapper, "TYPE")
+        if fstype not in ("btrfs", "zfs_member"):
+            luks.close_luks(conf.mapper_name)
+            raise InvalidArgument(f"{device} opens, but holds {fstype or 'nothing known'}")
+        backend = Backend.ZFS if fstype == "zfs_member" else Backend.BTRFS
+        conf = conf.model_copy(update={
+            "pool_type": backend, "disk_id": str(disk.device), "incus_pool": disk.pool,
+            "fs_uuid": _blkid(mapper, "UUID") or None, "created_at": datetime.now(UTC)})
+        job.progress("mounting")
+        self._mount(conf)
+        self._bind_incus_state()
+        job.progress("saving")
+        with self.store.transaction() as pdir:
+            write_pool_conf(pdir, conf)
+        log.info("data disk %s adopted: pool %s (%s)", disk.device, conf.pool_name, backend)
+        return f"data disk {disk.device} adopted: pool {conf.pool_name} ({backend}), mounted"
 
     # ---- keys ----
     def change_passphrase(self, current: bytes, new: bytes) -> None:

@@ -231,6 +231,9 @@ class Daemon:
     def start_data_unlock(self, secret: bytes) -> Job:
         return self._start_data_job("data-unlock", lambda j: self.data.unlock(j, secret))
 
+    def start_data_adopt(self, disk: str, secret: bytes) -> Job:
+        return self._start_data_job("data-adopt", lambda j: self.data.adopt(j, disk, secret))
+
     def start_data_lock(self, stop_incus: bool) -> Job:
         return self._start_data_job("data-lock", lambda j: self.data.lock(j, stop_incus))
 

@@ -7,6 +7,7 @@ and never logged; a bytearray copy is wiped when the job ends.
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from anklumed.data.manager import adoptable
 from anklumed.data.poolconf import Backend, Encryption
 from anklumed.errors import InvalidArgument
 from anklumed.service.boundary import (
@@ -63,6 +64,8 @@ class DataDiskInterface(DaemonInterface):
             "Candidates": [[c.name, str(c.device), c.model, c.size, c.bus, c.serial,
                             "; ".join(c.contents), c.refused] for c in d.data_candidates],
             "LastJob": d.last_data_job(),
+            "Adoptable": [[str(a.device), a.pool, a.luks_uuid]
+                          for a in adoptable(d.data_candidates)] if snap.conf is None else [],
         }
 
     State = ro_property("State", "s")
@@ -76,6 +79,7 @@ class DataDiskInterface(DaemonInterface):
     AttemptsLeft = ro_property("AttemptsLeft", "u")
     Candidates = ro_property("Candidates", "a(ssstssss)")
     LastJob = ro_property("LastJob", "a{ss}")
+    Adoptable = ro_property("Adoptable", "a(sss)")
 
     @dbus_method(args=(("disk", "s"), ("pool", "s"), ("backend", "s"), ("encryption", "s"),
                        ("passphrase", "ay")), returns="o")
@@ -87,6 +91,12 @@ class DataDiskInterface(DaemonInterface):
                                            _choice(Encryption, encryption, "encryption"),
                                            _secret(passphrase))
         return job_path(job)
+
+    @dbus_method(args=(("disk", "s"), ("passphrase", "ay")), returns="o")
+    async def Adopt(self, disk: str, passphrase: bytes) -> str:
+        """Take on a data disk set up from another stick (see Adoptable)."""
+        await self.daemon.authorize(ACTION_DATA_SETUP, current_caller())
+        return job_path(self.daemon.start_data_adopt(disk, _secret(passphrase)))
 
     @dbus_method(args=(("passphrase", "ay"),), returns="o")
     async def Unlock(self, passphrase: bytes) -> str:

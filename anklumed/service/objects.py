@@ -34,7 +34,8 @@ SLOT_IFACE = f"{BUS_NAME}.Slot"
 JOB_IFACE = f"{BUS_NAME}.Job"
 # The polkit action that guards cancelling a job of each kind.
 JOB_ACTIONS = {"update": ACTION_UPDATE, "data-setup": ACTION_DATA_SETUP,
-               "data-unlock": ACTION_DATA_UNLOCK, "data-lock": ACTION_DATA_LOCK}
+               "data-unlock": ACTION_DATA_UNLOCK, "data-lock": ACTION_DATA_LOCK,
+               "data-adopt": ACTION_DATA_SETUP}
 
 
 def job_path(job: Job) -> str:

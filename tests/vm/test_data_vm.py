@@ -95,3 +95,24 @@ def test_a_recovery_key_and_a_new_passphrase_open_the_disk(sim: Sim, tmp_path: P
     assert sim.ctl("data", "lock").returncode == 0
     assert sim.ctl("data", "unlock", "--passphrase-file", new).returncode == 0
     assert recovery not in sim.daemon_log.read_text()
+
+
+def test_a_data_disk_from_another_stick_is_adopted(sim: Sim, tmp_path: Path) -> None:
+    good = secret_file(tmp_path, PASSPHRASE)
+    assert sim.ctl("data", "setup", "--disk", str(sim.data_disk), "--fs", "btrfs",
+                   "--pool-name", "vault", "--passphrase-file", good, "--yes").returncode == 0
+    (Path(status(sim)["Mounts"]["data"]) / "incus-state" / "kept.txt").write_text("mine\n")
+    uuid = status(sim)["LuksUuid"]
+    assert sim.ctl("data", "lock").returncode == 0
+    # Another stick: the same disk, but no pool.conf on this PERSIST.
+    sim.edit_persist({}, remove=["pool.conf"])
+    sim.restart_daemon()
+    st = status(sim)
+    assert st["State"] == "absent"
+    assert st["Adoptable"] == [[str(sim.data_disk), "vault", uuid]]
+    adopted = sim.ctl("data", "adopt", "--passphrase-file", good, "--yes")
+    assert adopted.returncode == 0, adopted.stderr
+    st = status(sim)
+    assert (st["State"], st["Pool"], st["LuksUuid"]) == ("mounted", "vault", uuid)
+    assert (Path(st["Mounts"]["incus-state"]) / "kept.txt").read_text() == "mine\n"
+    assert f"LUKS_UUID={uuid}" in sim.persist_files()["pool.conf"]
