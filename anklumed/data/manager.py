@@ -375,7 +375,11 @@ class DataDisk:
             "pool_type": backend, "disk_id": str(disk.device), "incus_pool": disk.pool,
             "fs_uuid": _blkid(mapper, "UUID") or None, "created_at": datetime.now(UTC)})
         job.progress("mounting")
-        self._mount(conf)
+        try:
+            self._mount(conf)
+        except BaseException:
+            luks.close_luks(conf.mapper_name)  # as it was: a retry starts clean
+            raise
         self._bind_incus_state()
         job.progress("saving")
         with self.store.transaction() as pdir:
@@ -425,19 +429,34 @@ class DataDisk:
         job.check_cancelled()
         job.commit()
         job.progress("unmounting")
-        if _mounted_at(self.paths.incus_state):
-            run(for_system(["umount", self.paths.incus_state]))
-        try:
-            if conf.pool_type is Backend.ZFS and snap.state is DataState.MOUNTED:
-                zfs.export_pool(conf.pool_name)
-            elif _mounted_at(self.paths.mountpoint):
-                btrfs.unmount(self.paths.mountpoint)
-        except CommandError as e:
-            raise Busy(f"the data disk could not be unmounted: {e}") from None
+        self._unmount_all(conf, snap.state)
         if conf.encryption is Encryption.LUKS2 and (luks.MAPPER / conf.mapper_name).exists():
             job.progress("closing")
             luks.close_luks(conf.mapper_name)
         return f"data disk {conf.pool_name} locked"
+
+
+    def _unmount_all(self, conf: PoolConf, state: DataState) -> None:
+        """The Incus state bind, then the data; all or nothing. Something may
+        open a file between the holders check and here: then the bind is put
+        back, and the caller hears Busy with everything still mounted."""
+        bound = _mounted_at(self.paths.incus_state)
+        try:
+            if bound:
+                run(for_system(["umount", self.paths.incus_state]))
+        except CommandError as e:
+            raise Busy(f"the Incus state on the data disk could not be unmounted: {e}; "
+                       "nothing was unmounted") from None
+        try:
+            if conf.pool_type is Backend.ZFS and state is DataState.MOUNTED:
+                zfs.export_pool(conf.pool_name)
+            elif _mounted_at(self.paths.mountpoint):
+                btrfs.unmount(self.paths.mountpoint)
+        except CommandError as e:
+            if bound:
+                self._bind_incus_state()
+            raise Busy(f"the data disk could not be unmounted: {e}; it stays mounted") \
+                from None
 
 
 class _Made:
@@ -471,6 +490,5 @@ def _have(tool: str) -> bool:
 
 
 def _blkid(device: Path, tag: str) -> str:
-    out = run(["blkid", "-p", "-o", "value", "-s", tag, device], check=False, timeout=15)
-    return out.stdout.decode().strip()
+    return disks.blkid(device).get(tag, "")
 

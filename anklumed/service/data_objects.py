@@ -1,7 +1,8 @@
 """/org/anklume/Live1/data: the data disk (org.anklume.Live1.DataDisk).
 
 Secrets arrive as ``ay`` (DESIGN.md §5: never ``s``), are handed to the job
-and never logged; a bytearray copy is wiped when the job ends.
+and reach cryptsetup only on stdin or a pipe; they are never logged or put
+in an error message. (Python cannot reliably wipe them from memory.)
 """
 
 import asyncio

@@ -127,3 +127,23 @@ def test_a_disk_plugged_in_later_is_noticed(sim: Sim) -> None:
         assert loop not in {os.readlink(fd) for fd in fds.iterdir()}
     finally:
         subprocess.run(["losetup", "-d", loop], check=False)
+
+
+def test_a_lock_that_cannot_unmount_leaves_everything_mounted(sim: Sim) -> None:
+    assert setup_plain(sim).returncode == 0
+    mounts = data_status(sim)["Mounts"]
+    data, incus_state = Path(mounts["data"]), Path(mounts["incus-state"])
+    # A mount inside the data disk holds it, though no process does.
+    inner = data / "inner"
+    inner.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(inner)], check=True)
+    try:
+        refused = sim.ctl("data", "lock")
+        assert refused.returncode == BUSY, refused.stderr
+        assert "stays mounted" in refused.stderr
+        assert os.path.ismount(data) and os.path.ismount(incus_state)
+        assert data_status(sim)["State"] == "mounted"
+    finally:
+        subprocess.run(["umount", str(inner)], check=True)
+    assert sim.ctl("data", "lock").returncode == 0
+    assert not os.path.ismount(incus_state)
