@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from anklumed import __version__
+from anklumed import __version__, memory
 from anklumed.config import load_config
 from anklumed.errors import AnklumeError
 
@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=__version__)
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)
+    memory.limit_arenas()
     try:
         return asyncio.run(_serve(args.config, args.bus))
     except AnklumeError as e:

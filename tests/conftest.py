@@ -26,6 +26,7 @@ import pytest
 IN_GUEST = os.environ.get("ANKLUME_VM_GUEST") == "1"
 RESULTS_ENV = "ANKLUME_VM_RESULTS"
 MODES = ("plain", "systemd", "host")
+RUNS_KEY = pytest.StashKey["GuestRuns"]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -59,12 +60,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if os.geteuid() != 0:
         raise pytest.UsageError("--vm needs root (it builds loop-backed stick images)")
     runs = GuestRuns(config)
+    config.stash[RUNS_KEY] = runs
     for index, item in enumerate(items):
         mode = vm_mode(item)
         if mode in ("plain", "systemd"):
             items[index] = GuestTest.from_parent(item.parent, name=item.name, mode=mode,
                                                  runs=runs, markers=list(item.iter_markers()))
             runs.nodeids.setdefault(mode, []).append(item.nodeid)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Only what -k/-m left selected is run in the guests."""
+    runs = session.config.stash.get(RUNS_KEY, None)
+    if runs is not None:
+        runs.selected = {item.nodeid for item in session.items}
 
 
 class GuestFailure(Exception):
@@ -110,6 +119,7 @@ class GuestRuns:
         self.nodeids: dict[str, list[str]] = {}
         self._reports: dict[str, dict[str, list[dict[str, Any]]]] = {}
         self._explain: dict[str, str] = {}
+        self.selected: set[str] | None = None
 
     def reports(self, mode: str) -> dict[str, list[dict[str, Any]]]:
         if mode not in self._reports:
@@ -122,7 +132,7 @@ class GuestRuns:
     def _run(self, mode: str) -> dict[str, list[dict[str, Any]]]:
         from devtools.vm import scenarios
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        nodeids = self.nodeids[mode]
+        nodeids = [n for n in self.nodeids[mode] if self.selected is None or n in self.selected]
         if reporter is not None:
             reporter.write_line(f"\nVM tier: booting a {mode} guest for {len(nodeids)} tests")
         command = [".venv/bin/python", "-m", "pytest", "-p", "no:cacheprovider", "-q",

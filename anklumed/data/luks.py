@@ -91,10 +91,12 @@ def is_luks(device: Path) -> bool:
     return run(["cryptsetup", "isLuks", device], check=False).returncode == 0
 
 
-def open_luks(device: Path, secret: bytes, name: str) -> Path:
-    """Open ``device`` as /dev/mapper/<name>; IncorrectPassphrase on a wrong secret."""
+def open_luks(device: Path, secret: bytes, name: str, keyring: bool = True) -> Path:
+    """Open ``device`` as /dev/mapper/<name>; IncorrectPassphrase on a wrong secret.
+    Without ``keyring`` the volume key is in the dm table itself (anklumed/data/dm.py)."""
+    extra = [] if keyring else ["--disable-keyring"]
     try:
-        run(["cryptsetup", "open", "--type", "luks2", "--key-file=-", device, name],
+        run(["cryptsetup", "open", "--type", "luks2", *extra, "--key-file=-", device, name],
             input=secret, timeout=600)
     except CommandError as e:
         if e.returncode == _EXIT_NO_KEY:

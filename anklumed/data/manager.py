@@ -22,7 +22,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from anklumed.command import CommandError, run
-from anklumed.data import btrfs, disks, incus, luks, zfs
+from anklumed.data import btrfs, disks, dm, incus, luks, zfs
 from anklumed.data.poolconf import (
     Backend,
     Encryption,
@@ -34,6 +34,7 @@ from anklumed.data.poolconf import (
 from anklumed.errors import (
     AnklumeError,
     Busy,
+    Failed,
     IncorrectPassphrase,
     InvalidArgument,
     NotFound,
@@ -84,6 +85,15 @@ class Snapshot:
     device: str = ""
     message: str = ""
     mounts: dict[str, str] = field(default_factory=dict)
+    pulled: bool = False  # the disk was pulled out while open (state error)
+    held: bool = False  # ... and its I/O is held, waiting for it to come back
+
+
+PULLED_HELD = ("the data disk was pulled out while in use; its writes are held. Plug it "
+               "back in and unlock it to carry on where it stopped, or lock it to give up "
+               "what was not written yet")
+PULLED = ("the data disk was pulled out while in use. Plug it back in and unlock it, or "
+          "lock it to let it go")
 
 
 @dataclass(frozen=True)
@@ -166,9 +176,14 @@ class DataDisk:
         if conf is None:
             return Snapshot(DataState.ABSENT)
         snap = Snapshot(DataState.LOCKED, conf)
-        mapper = luks.MAPPER / conf.mapper_name
-        if conf.encryption is Encryption.LUKS2 and mapper.exists():
-            snap.state, snap.device = DataState.UNLOCKED, str(mapper)
+        name = conf.mapper_name
+        if conf.encryption is Encryption.LUKS2 and dm.exists(name):
+            snap.state, snap.device = DataState.UNLOCKED, str(luks.MAPPER / name)
+            if dm.backing_gone(name) or dm.given_up(name):
+                snap.pulled, snap.held = True, dm.is_held(name)
+                snap.state, snap.message = DataState.ERROR, PULLED_HELD if snap.held else PULLED
+                snap.mounts = self._mounts(conf) if self._is_mounted(conf) else {}
+                return snap
         if self._is_mounted(conf):
             snap.state = DataState.MOUNTED
             snap.mounts = self._mounts(conf)
@@ -185,6 +200,23 @@ class DataDisk:
         if _mounted_at(self.paths.incus_state):
             mounts["incus-state"] = str(self.paths.incus_state)
         return mounts
+
+    def hold_if_pulled(self) -> bool:
+        """Hold the I/O of a data disk just pulled out, so that nothing written
+        is lost if it comes back; True if it was held now. Skipped while a job
+        runs: the job reads the state again when it ends."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            snap = self.read(reload=False)
+            if snap.conf is None or snap.held or not dm.backing_gone(snap.conf.mapper_name):
+                return False  # not pulled, already held, or given up
+            dm.hold(snap.conf.mapper_name)
+            log.warning("the data disk (pool %s) was pulled out while in use: its I/O is "
+                        "held until it comes back", snap.conf.pool_name)
+            return True
+        finally:
+            self._lock.release()
 
     def candidates(self) -> list[disks.Disk]:
         return disks.list_disks(self.boot_disks(), self.allow_loop)
@@ -281,6 +313,8 @@ class DataDisk:
         conf = snap.conf
         if conf is None:
             raise NotFound(snap.message or "no data disk is set up (run anklumectl first-boot)")
+        if snap.pulled:
+            return self._resume(job, conf, secret)
         if snap.state is DataState.MOUNTED:
             return f"the data disk is already mounted at {self.paths.mountpoint}"
         if conf.encryption is Encryption.LUKS2 and snap.state is DataState.LOCKED:
@@ -296,6 +330,29 @@ class DataDisk:
         log.info("data disk mounted: %s", mounts)
         return "data disk mounted: " + ", ".join(f"{k} at {v}" for k, v in mounts.items())
 
+    def _resume(self, job: Job, conf: PoolConf, secret: bytes) -> str:
+        """The pulled disk is back: its held mapping goes on on it (anklumed/data/dm.py)."""
+        device = self.find(conf)
+        spare = f"{conf.mapper_name}-back"
+        if dm.exists(spare):  # left by an attempt that stopped half-way
+            dm.remove_deferred(spare)
+        job.progress("unlocking")
+        self._open(conf, device, secret, name=spare)
+        job.commit()
+        job.progress("resuming")
+        dm.move_table(spare, conf.mapper_name)
+        if conf.pool_type is Backend.ZFS:
+            zfs.clear_errors(conf.pool_name)  # the suspended pool goes on
+        elif _read_only_after_error(self.paths.mountpoint):
+            # BTRFS stopped on a write error before the I/O was held: mount it afresh.
+            job.progress("mounting")
+            self._unmount_all(conf, DataState.MOUNTED)
+        if not self._is_mounted(conf):
+            self._mount(conf)
+        self._bind_incus_state()
+        log.info("data disk (pool %s) back at %s: resumed", conf.pool_name, device)
+        return f"data disk back at {device}: it carries on where it stopped"
+
     def find(self, conf: PoolConf) -> Path:
         """The disk of this pool: by UUID (from any stick), whatever its name today."""
         uuid = conf.luks_uuid if conf.encryption is Encryption.LUKS2 else conf.fs_uuid
@@ -308,12 +365,14 @@ class DataDisk:
         raise NotFound(f"the data disk of pool {conf.pool_name} is not plugged in "
                        f"(looking for {'LUKS' if conf.luks_uuid else 'filesystem'} UUID {uuid})")
 
-    def _open(self, conf: PoolConf, device: Path, secret: bytes) -> None:
+    def _open(self, conf: PoolConf, device: Path, secret: bytes, name: str = "") -> None:
         key = secret
         if not key and conf.key_file:
             key = Path(conf.key_file).read_bytes()
         try:
-            luks.open_luks(device, key, conf.mapper_name)
+            # A spare mapping lends its table to a held one: its key must be in
+            # the table, not in cryptsetup's (short-lived) keyring.
+            luks.open_luks(device, key, name or conf.mapper_name, keyring=not name)
         except IncorrectPassphrase:
             self.failures += 1
             left = MAX_ATTEMPTS - self.failures
@@ -418,6 +477,8 @@ class DataDisk:
         conf = snap.conf
         if conf is None:
             raise NotFound(snap.message or "no data disk is set up")
+        if snap.pulled:
+            return self._let_go(job, conf)
         if stop_incus:
             job.progress("stopping incus")
             incus.stop_service()
@@ -430,11 +491,29 @@ class DataDisk:
         job.commit()
         job.progress("unmounting")
         self._unmount_all(conf, snap.state)
-        if conf.encryption is Encryption.LUKS2 and (luks.MAPPER / conf.mapper_name).exists():
+        if conf.encryption is Encryption.LUKS2 and dm.exists(conf.mapper_name):
             job.progress("closing")
             luks.close_luks(conf.mapper_name)
         return f"data disk {conf.pool_name} locked"
 
+
+    def _let_go(self, job: Job, conf: PoolConf) -> str:
+        """Give up a pulled disk: what waits to be written fails, the mounts are
+        detached (lazily: programs may still hold files), the mapping goes when
+        its last user does."""
+        if conf.pool_type is Backend.ZFS and self._is_mounted(conf):
+            raise Failed("ZFS cannot let go of a pool whose disk is gone (openzfs/zfs#11082): "
+                         "plug the disk back in and unlock it, or restart the computer "
+                         "(what was not written is then lost)")
+        job.commit()
+        job.progress("unmounting")
+        dm.give_up(conf.mapper_name)
+        for path in (self.paths.incus_state, self.paths.mountpoint):
+            if _mounted_at(path):
+                run(for_system(["umount", "--lazy", path]), timeout=60)
+        dm.remove_deferred(conf.mapper_name)
+        log.warning("the pulled data disk (pool %s) was let go", conf.pool_name)
+        return f"data disk {conf.pool_name} let go; plug it in and unlock it to use it again"
 
     def _unmount_all(self, conf: PoolConf, state: DataState) -> None:
         """The Incus state bind, then the data; all or nothing. Something may
@@ -483,6 +562,15 @@ def recovery_key() -> bytes:
     """40 characters in 8 groups (200 bits), easy to copy by hand from paper."""
     chars = "".join(secrets.choice(RECOVERY_ALPHABET) for _ in range(40))
     return "-".join(chars[i:i + 5] for i in range(0, 40, 5)).encode()
+
+
+def _read_only_after_error(mountpoint: Path) -> bool:
+    """A mount the kernel turned read-only (BTRFS does so on a write error)."""
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 3 and fields[1] == str(mountpoint):
+            return "ro" in fields[3].split(",")
+    return False
 
 
 def _have(tool: str) -> bool:

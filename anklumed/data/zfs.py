@@ -37,6 +37,11 @@ def export_pool(name: str) -> None:
     run(for_system(["zpool", "export", name]), timeout=300)
 
 
+def clear_errors(name: str) -> None:
+    """`zpool clear`: a pool suspended by a lost disk resumes once the disk is back."""
+    run(["zpool", "clear", name], timeout=120)
+
+
 def pool_property(name: str, prop: str) -> str:
     return run(["zpool", "get", "-H", "-o", "value", prop, name]).stdout.decode().strip()
 

@@ -14,7 +14,7 @@ import pyudev
 from dbus_next import BusType, RequestNameReply
 from dbus_next.aio import MessageBus
 
-from anklumed import __version__, stick
+from anklumed import __version__, memory, stick
 from anklumed.config import Config, DeadlineAction
 from anklumed.data.disks import Disk
 from anklumed.data.manager import DataDisk, SetupRequest
@@ -147,7 +147,7 @@ class Daemon:
         if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
             raise AnklumeError(f"{BUS_NAME} is already owned by another process")
         self._watch_media()
-        self._spawn(self.refresh_data())
+        self._spawn(self._first_disk_scan())
         self._spawn(self._boot_deadline())
         if self.config.follow_systemd:
             self._spawn(self._follow_boot_complete())
@@ -200,6 +200,10 @@ class Daemon:
         if self.stick is not None:
             names.add(self.stick.disk.name)
         return names
+
+    async def _first_disk_scan(self) -> None:
+        await self.refresh_data()
+        memory.give_back()  # start-up's peak is over: the rest is idle time
 
     async def refresh_data(self, reload: bool = False, disks: bool = True) -> None:
         self.data.snapshot = await asyncio.to_thread(self.data.read, reload)
@@ -379,12 +383,20 @@ class Daemon:
 
     def _on_uevent(self) -> None:
         assert self._udev_monitor is not None
+        removed = False
         while (device := self._udev_monitor.poll(timeout=0)) is not None:
             log.debug("uevent %s %s", device.action, device.sys_name)
+            removed = removed or device.action == "remove"
+        if removed:  # the data disk may be gone: hold its writes at once, not in 0.5 s
+            self._spawn(self._hold_data_if_pulled())
         self.publish()
         # A disk plugged or pulled: look again, once for a burst of events.
         if self._data_refresh is None or self._data_refresh.done():
             self._data_refresh = asyncio.get_running_loop().create_task(self._refresh_soon())
+
+    async def _hold_data_if_pulled(self) -> None:
+        if await asyncio.to_thread(self.data.hold_if_pulled):
+            await self.refresh_data(disks=False)
 
     async def _refresh_soon(self) -> None:
         await asyncio.sleep(0.5)

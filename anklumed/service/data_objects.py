@@ -61,6 +61,7 @@ class DataDiskInterface(DaemonInterface):
             "Device": snap.device,
             "Mounts": dict(snap.mounts),
             "Message": snap.message,
+            "Pulled": snap.pulled,
             "AttemptsLeft": d.data.attempts_left,
             "Candidates": [[c.name, str(c.device), c.model, c.size, c.bus, c.serial,
                             "; ".join(c.contents), c.refused] for c in d.data_candidates],
@@ -77,6 +78,7 @@ class DataDiskInterface(DaemonInterface):
     Device = ro_property("Device", "s")
     Mounts = ro_property("Mounts", "a{ss}")
     Message = ro_property("Message", "s")
+    Pulled = ro_property("Pulled", "b")
     AttemptsLeft = ro_property("AttemptsLeft", "u")
     Candidates = ro_property("Candidates", "a(ssstssss)")
     LastJob = ro_property("LastJob", "a{ss}")

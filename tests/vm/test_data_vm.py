@@ -6,12 +6,16 @@ the fake polkit, a stick and a data disk on loop devices."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from anklumed.command import run
+from devtools.vm import guestctl
 from tests.service.conftest import Sim
 
 pytestmark = pytest.mark.vm
@@ -116,3 +120,77 @@ def test_a_data_disk_from_another_stick_is_adopted(sim: Sim, tmp_path: Path) -> 
     assert (st["State"], st["Pool"], st["LuksUuid"]) == ("mounted", "vault", uuid)
     assert (Path(st["Mounts"]["incus-state"]) / "kept.txt").read_text() == "mine\n"
     assert f"LUKS_UUID={uuid}" in sim.persist_files()["pool.conf"]
+
+
+def _wait_state(sim: Sim, check: Any, timeout: float = 15.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        st = status(sim)
+        if check(st) or time.monotonic() > deadline:
+            return st
+        time.sleep(0.2)
+
+
+def _usb_data_disk(sim: Sim, tmp_path: Path, fs: str, serial: str) -> tuple[str, Path]:
+    """A USB disk (one that can really be pulled), set up and mounted."""
+    disk = guestctl.plug(serial, "usb", size=512 << 20)
+    good = secret_file(tmp_path, PASSPHRASE)
+    setup = sim.ctl("data", "setup", "--disk", str(disk), "--fs", fs, "--pool-name", "vault",
+                    "--passphrase-file", good, "--yes")
+    assert setup.returncode == 0, setup.stderr
+    data = Path(status(sim)["Mounts"]["data"]) / "incus-state"
+    (data / "kept.txt").write_text("before\n")
+    os.sync()
+    return good, data
+
+
+@pytest.mark.parametrize("fs", ["btrfs", "zfs"])
+def test_a_disk_pulled_while_writing_carries_on_when_plugged_back(
+        sim: Sim, tmp_path: Path, fs: str) -> None:
+    if fs == "zfs" and run(["modprobe", "zfs"], check=False).returncode != 0:
+        pytest.skip("no ZFS module for this kernel")
+    serial = f"pulled-{fs}"
+    good, data = _usb_data_disk(sim, tmp_path, fs, serial)
+    guestctl.unplug(serial)
+    st = _wait_state(sim, lambda s: s["Pulled"] and "held" in s["Message"])
+    assert (st["State"], st["Pulled"]) == ("error", True), st
+    assert "plug it back in" in st["Message"].lower()
+    # A program writing meanwhile waits: nothing fails, nothing is lost yet.
+    writer = subprocess.Popen(["dd", "if=/dev/urandom", f"of={data / 'during.bin'}",
+                               "bs=1M", "count=4", "conv=fsync", "status=none"])
+    time.sleep(2)
+    assert writer.poll() is None, "the write should wait for the disk"
+    early = sim.ctl("data", "unlock", "--passphrase-file", good)
+    assert early.returncode == 5 and "not plugged in" in early.stderr, early.stderr
+
+    guestctl.plug(serial, "usb", image=guestctl.RUNDIR / "disks" / f"{serial}.img")
+    back = sim.ctl("data", "unlock", "--passphrase-file", good)
+    assert back.returncode == 0, back.stderr
+    assert writer.wait(timeout=30) == 0
+    st = status(sim)
+    assert (st["State"], st["Pulled"]) == ("mounted", False), st
+    # It really reached the disk: locked, opened again, read back.
+    assert sim.ctl("data", "lock").returncode == 0
+    assert sim.ctl("data", "unlock", "--passphrase-file", good).returncode == 0
+    assert (data / "kept.txt").read_text() == "before\n"
+    assert (data / "during.bin").stat().st_size == 4 << 20
+
+
+def test_a_pulled_disk_can_be_let_go_and_used_again(sim: Sim, tmp_path: Path) -> None:
+    serial = "pulled-let-go"
+    good, data = _usb_data_disk(sim, tmp_path, "btrfs", serial)
+    # Closed once, so that what follows checks what is on the disk itself.
+    assert sim.ctl("data", "lock").returncode == 0
+    assert sim.ctl("data", "unlock", "--passphrase-file", good).returncode == 0
+    guestctl.unplug(serial)
+    _wait_state(sim, lambda s: s["Pulled"])
+    let_go = sim.ctl("data", "lock")
+    assert let_go.returncode == 0, let_go.stderr
+    st = _wait_state(sim, lambda s: s["State"] == "locked")
+    assert (st["State"], st["Pulled"], st["Mounts"]) == ("locked", False, {}), st
+    gone = run(["dmsetup", "info", "anklume-data-vault"], check=False)
+    assert gone.returncode != 0, "the mapping should be removed"
+    guestctl.plug(serial, "usb", image=guestctl.RUNDIR / "disks" / f"{serial}.img")
+    again = sim.ctl("data", "unlock", "--passphrase-file", good)
+    assert again.returncode == 0, again.stderr
+    assert (data / "kept.txt").read_text() == "before\n"
