@@ -183,7 +183,8 @@ def test_a_pulled_disk_can_be_let_go_and_used_again(sim: Sim, tmp_path: Path) ->
     assert sim.ctl("data", "lock").returncode == 0
     assert sim.ctl("data", "unlock", "--passphrase-file", good).returncode == 0
     guestctl.unplug(serial)
-    _wait_state(sim, lambda s: s["Pulled"])
+    st = _wait_state(sim, lambda s: s["Pulled"])
+    assert (st["State"], st["Pulled"]) == ("error", True), st
     let_go = sim.ctl("data", "lock")
     assert let_go.returncode == 0, let_go.stderr
     st = _wait_state(sim, lambda s: s["State"] == "locked")
