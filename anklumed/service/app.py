@@ -25,7 +25,13 @@ from anklumed.host import Backing, read_memory_encryption, root_backing
 from anklumed.host import boot_time as kernel_boot_time
 from anklumed.jobs import Job, JobManager
 from anklumed.persist import PersistStore
-from anklumed.service.boundary import BUS_NAME, ROOT_PATH, Caller, capture_caller
+from anklumed.service.boundary import (
+    BUS_NAME,
+    ROOT_PATH,
+    Caller,
+    GetAllFromSnapshot,
+    capture_caller,
+)
 from anklumed.service.data_objects import DATA_PATH, DataDiskInterface
 from anklumed.service.objects import (
     JobInterface,
@@ -138,6 +144,7 @@ class Daemon:
         self.bus = bus
         self.authority = Authority(bus)
         bus.add_message_handler(capture_caller)
+        bus.add_message_handler(GetAllFromSnapshot(bus))
         await self._find_stick()
         self.slots.listeners.append(self._on_slots_changed)
         await self.slots.start()

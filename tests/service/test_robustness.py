@@ -8,12 +8,18 @@ import time
 from pathlib import Path
 
 import pytest
-from dbus_next import DBusError, Message, MessageType
+from dbus_next import DBusError, Message, MessageType, Variant
 from dbus_next.aio import MessageBus
 
 from anklumectl.client import Client
 from anklumed.persist import WRITE_STEPS, PersistDir
-from anklumed.service.boundary import StateInterface, dbus_method, ro_property
+from anklumed.service.boundary import (
+    GetAllFromSnapshot,
+    PremarshalledReply,
+    StateInterface,
+    dbus_method,
+    ro_property,
+)
 from anklumed.stick import SlotName
 from devtools import stickimg
 from devtools.privatebus import PrivateBus
@@ -185,6 +191,78 @@ async def test_quirk_no_traceback_reaches_the_caller(tmp_path: Path) -> None:
         assert error.error_name == "org.anklume.Live1.Error.Failed"
         assert "Traceback" not in error.body[0] and "shadow" not in error.body[0]
         assert prop.message_type == MessageType.METHOD_RETURN and prop.body[0].value == ""
+    finally:
+        bus.stop()
+
+
+class Changing(StateInterface):
+    """One property of each kind the daemon publishes."""
+
+    def __init__(self) -> None:
+        self.now: dict[str, object] = {"Name": "first", "Count": 1, "Big": 1 << 40,
+                                       "Flag": True, "List": ["a"], "Map": {"k": "v"},
+                                       "Parts": [["p", 1, 2, "x"]], "Paths": ["/a"]}
+        super().__init__("org.anklume.Live1.Test")
+
+    def snapshot(self) -> dict[str, object]:
+        return dict(self.now)
+
+    Name = ro_property("Name", "s")
+    Count = ro_property("Count", "u")
+    Big = ro_property("Big", "t")
+    Flag = ro_property("Flag", "b")
+    List = ro_property("List", "as")
+    Map = ro_property("Map", "a{ss}")
+    Parts = ro_property("Parts", "a(suts)")
+    Paths = ro_property("Paths", "ao")
+
+
+def test_quirk_premarshalled_reply_is_the_same_bytes() -> None:
+    iface = Changing()
+    call = Message(destination="org.anklume.Live1", path="/t", member="GetAll",
+                   interface="org.freedesktop.DBus.Properties", signature="s",
+                   body=["org.anklume.Live1.Test"], serial=7, sender=":1.42")
+    variants = {k: Variant(iface.signatures[k], v) for k, v in iface.values.items()}
+    plain = Message.new_method_return(call, "a{sv}", [variants])
+    fast = PremarshalledReply(call, "a{sv}", iface.marshalled_values())
+    plain.serial = fast.serial = 99
+    assert fast._marshall() == plain._marshall()
+
+
+async def test_quirk_get_all_from_the_snapshot_follows_every_change(tmp_path: Path) -> None:
+    bus = PrivateBus(tmp_path / "bus").start()
+    try:
+        server = await MessageBus(bus_address=bus.address).connect()
+        iface = Changing()
+        server.export("/t", iface)
+        server.add_message_handler(GetAllFromSnapshot(server))
+        await server.request_name("org.anklume.Live1")
+        client = await MessageBus(bus_address=bus.address).connect()
+
+        async def call(member: str, *body: str) -> Message:
+            return await client.call(Message(
+                destination="org.anklume.Live1", path="/t", member=member,
+                interface="org.freedesktop.DBus.Properties", signature="s" * len(body),
+                body=list(body)))
+
+        async def get_all() -> dict[str, object]:
+            reply = await call("GetAll", "org.anklume.Live1.Test")
+            assert reply.message_type == MessageType.METHOD_RETURN, reply.body
+            return {k: v.value for k, v in reply.body[0].items()}
+
+        async def each() -> dict[str, object]:
+            values = {}
+            for name in iface.signatures:
+                reply = await call("Get", "org.anklume.Live1.Test", name)
+                values[name] = reply.body[0].value
+            return values
+
+        assert await get_all() == await each() == iface.now
+        iface.now.update(Name="second", Count=2, Flag=False, Map={}, Parts=[])
+        iface.publish()
+        assert await get_all() == await each() == iface.now
+        unknown = await call("GetAll", "org.anklume.Live1.Nothing")
+        assert unknown.message_type == MessageType.ERROR  # dbus-next's own answer
     finally:
         bus.stop()
 
