@@ -213,7 +213,7 @@ class GetAllFromSnapshot:
 class PremarshalledReply(Message):  # type: ignore[misc]
     """A method return whose body is already marshalled: only the header,
     which names the caller and its call, is marshalled for each reply. The
-    same bytes as ``Message._marshall`` (tests/unit/test_boundary.py)."""
+    same bytes as ``Message._marshall`` (tests/service/test_robustness.py)."""
 
     def __init__(self, call: Message, signature: str, body: bytes) -> None:
         super().__init__(message_type=MessageType.METHOD_RETURN, reply_serial=call.serial,
