@@ -5,6 +5,7 @@ the fake polkit, a stick and a data disk on loop devices."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -14,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from anklumectl.client import Client
+from anklumectl.data import data_props
 from anklumed.command import run
 from devtools.vm import guestctl
 from tests.service.conftest import Sim
@@ -24,6 +27,19 @@ PASSPHRASE = "correct horse battery staple"
 
 
 def status(sim: Sim) -> dict[str, Any]:
+    """The DataDisk properties, read the way `anklumectl data status --json`
+    reads them but in this process: an anklumectl start costs about 3 s under
+    TCG, and the pull tests poll."""
+    async def read() -> dict[str, Any]:
+        client = await Client.connect(sim.bus.address, interactive=False)
+        try:
+            return await data_props(client)
+        finally:
+            await client.close()
+    return asyncio.run(read())
+
+
+def cli_status(sim: Sim) -> dict[str, Any]:
     done = sim.ctl("data", "status", "--json")
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = json.loads(done.stdout)
@@ -46,7 +62,8 @@ def test_luks2_data_disk_full_cycle(sim: Sim, tmp_path: Path, fs: str) -> None:
                     "--encryption", "luks2", "--pool-name", "vault", "--passphrase-file", good,
                     "--yes")
     assert setup.returncode == 0, setup.stderr
-    st = status(sim)
+    st = cli_status(sim)
+    assert st == status(sim)
     assert (st["State"], st["Backend"], st["Encryption"]) == ("mounted", fs, "luks2")
     assert Path("/dev/mapper/anklume-data-vault").exists()
     assert run(["cryptsetup", "luksUUID", str(sim.data_disk)]).stdout.decode().strip() \
@@ -111,7 +128,7 @@ def test_a_data_disk_from_another_stick_is_adopted(sim: Sim, tmp_path: Path) -> 
     # Another stick: the same disk, but no pool.conf on this PERSIST.
     sim.edit_persist({}, remove=["pool.conf"])
     sim.restart_daemon()
-    st = status(sim)
+    st = _wait_state(sim, lambda s: s["Adoptable"])  # the disks are probed after start
     assert st["State"] == "absent"
     assert st["Adoptable"] == [[str(sim.data_disk), "vault", uuid]]
     adopted = sim.ctl("data", "adopt", "--passphrase-file", good, "--yes")
