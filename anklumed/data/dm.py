@@ -47,7 +47,10 @@ def _slaves(name: str) -> list[Path] | None:
     sysfs = _sysfs(name)
     if sysfs is None:
         return None
-    return list((sysfs / "slaves").iterdir()) if (sysfs / "slaves").is_dir() else []
+    try:
+        return list((sysfs / "slaves").iterdir())  # (empty for a wiped table)
+    except OSError:
+        return None  # the mapping was removed meanwhile
 
 
 def backing_gone(name: str) -> bool:

@@ -39,6 +39,7 @@ from anklumed.errors import (
     InvalidArgument,
     NotFound,
 )
+from anklumed.host import parse_mountinfo
 from anklumed.hostns import for_system
 from anklumed.jobs import Job
 from anklumed.persist import PersistStore
@@ -565,12 +566,11 @@ def recovery_key() -> bytes:
 
 
 def _read_only_after_error(mountpoint: Path) -> bool:
-    """A mount the kernel turned read-only (BTRFS does so on a write error)."""
-    for line in Path("/proc/self/mounts").read_text().splitlines():
-        fields = line.split()
-        if len(fields) > 3 and fields[1] == str(mountpoint):
-            return "ro" in fields[3].split(",")
-    return False
+    """A filesystem the kernel turned read-only (BTRFS does so on a write
+    error): "ro" in its superblock options, the last mount at ``mountpoint``."""
+    mounts = [m for m in parse_mountinfo(Path("/proc/self/mountinfo").read_text())
+              if m.mountpoint == str(mountpoint)]
+    return bool(mounts) and "ro" in mounts[-1].options.split(",")
 
 
 def _have(tool: str) -> bool:
