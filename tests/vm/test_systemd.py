@@ -10,6 +10,7 @@ because it restarts the daemon.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -44,11 +45,47 @@ def wait_for(what: str, check: object, timeout: float = 120.0) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def mounted_anywhere(dev: Path) -> bool:
+    """Whether any process's mount namespace has ``dev`` mounted.
+
+    anklumed mounts PERSIST in its own namespace, so the test's
+    /proc/self/mountinfo does not show it; every process's does.
+    """
+    rdev = dev.stat().st_rdev
+    wanted = f"{os.major(rdev)}:{os.minor(rdev)}"
+    for mountinfo in Path("/proc").glob("[0-9]*/mountinfo"):
+        try:
+            lines = mountinfo.read_text().splitlines()
+        except OSError:  # the process has exited
+            continue
+        if any(line.split()[2] == wanted for line in lines):
+            return True
+    return False
+
+
 def persist_file(name: str) -> str:
-    """Read a PERSIST file straight off the stick, without mounting it."""
+    """Read a PERSIST file straight off the stick, without mounting it.
+
+    debugfs reads the device as it is, without replaying the journal: while
+    anklumed holds PERSIST mounted, a rename it has committed may be in the
+    journal only, and the file reads torn (CI once saw an empty boot-count).
+    Unmounting checkpoints the journal, so read between transactions only,
+    twice, with nothing mounted before, between and after.
+    """
     stick = guestctl.find_disk(STICK_SERIAL)
     assert stick is not None
-    return sh("debugfs", "-R", f"cat /{name}", f"{stick}4").stdout
+    part = Path(f"{stick}4")
+    reads: list[str] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if mounted_anywhere(part):
+            reads.clear()
+            time.sleep(0.2)
+            continue
+        reads.append(sh("debugfs", "-R", f"cat /{name}", str(part)).stdout)
+        if len(reads) >= 2 and reads[-1] == reads[-2] and not mounted_anywhere(part):
+            return reads[-1]
+    raise AssertionError(f"ANKLUME-PERSIST never stayed unmounted to read {name}")
 
 
 def status(user: str | None = None) -> dict[str, object]:
