@@ -63,6 +63,11 @@ class Result:
             why = f"the guest's command exited with status {self.status}"
         return f"{why}; run directory {self.rundir}; console tail:\n{self.console_tail}"
 
+    def discard(self) -> None:
+        """Remove the run directory: for a caller that has checked the run and
+        found it good. A failed run keeps it (console log, journal, results)."""
+        shutil.rmtree(self.rundir, ignore_errors=True)
+
 
 @dataclass
 class Guest:

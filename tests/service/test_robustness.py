@@ -169,15 +169,30 @@ class Exploding(StateInterface):
         raise RuntimeError("secret-looking internals /etc/shadow")
 
 
+async def connect(bus: PrivateBus, connections: list[MessageBus]) -> tuple[MessageBus, MessageBus]:
+    """A server and a client connection, listed in ``connections`` for disconnect()."""
+    for _ in range(2):
+        connections.append(await MessageBus(bus_address=bus.address).connect())
+    return connections[0], connections[1]
+
+
+async def disconnect(connections: list[MessageBus]) -> None:
+    """Close our side before the bus goes: a connection the bus drops leaves
+    dbus-next an EOFError that nobody awaits, reported when it is collected."""
+    for connection in connections:
+        connection.disconnect()
+        await connection.wait_for_disconnect()
+
+
 async def test_quirk_no_traceback_reaches_the_caller(tmp_path: Path) -> None:
     """dbus-next would send the traceback of an unexpected exception, or of a
     property value that does not fit its signature; the boundary prevents both."""
     bus = PrivateBus(tmp_path / "bus").start()
+    connections: list[MessageBus] = []
     try:
-        server = await MessageBus(bus_address=bus.address).connect()
+        server, client = await connect(bus, connections)
         server.export("/t", Exploding())
         await server.request_name("org.anklume.Live1")  # the bus policy lets anyone call it
-        client = await MessageBus(bus_address=bus.address).connect()
         replies = []
         for member, iface, sig, body in (
             ("Explode", "org.anklume.Live1.Test", "", []),
@@ -192,6 +207,7 @@ async def test_quirk_no_traceback_reaches_the_caller(tmp_path: Path) -> None:
         assert "Traceback" not in error.body[0] and "shadow" not in error.body[0]
         assert prop.message_type == MessageType.METHOD_RETURN and prop.body[0].value == ""
     finally:
+        await disconnect(connections)
         bus.stop()
 
 
@@ -231,13 +247,13 @@ def test_quirk_premarshalled_reply_is_the_same_bytes() -> None:
 
 async def test_quirk_get_all_from_the_snapshot_follows_every_change(tmp_path: Path) -> None:
     bus = PrivateBus(tmp_path / "bus").start()
+    connections: list[MessageBus] = []
     try:
-        server = await MessageBus(bus_address=bus.address).connect()
+        server, client = await connect(bus, connections)
         iface = Changing()
         server.export("/t", iface)
         server.add_message_handler(GetAllFromSnapshot(server))
         await server.request_name("org.anklume.Live1")
-        client = await MessageBus(bus_address=bus.address).connect()
 
         async def call(member: str, *body: str) -> Message:
             return await client.call(Message(
@@ -264,6 +280,7 @@ async def test_quirk_get_all_from_the_snapshot_follows_every_change(tmp_path: Pa
         unknown = await call("GetAll", "org.anklume.Live1.Nothing")
         assert unknown.message_type == MessageType.ERROR  # dbus-next's own answer
     finally:
+        await disconnect(connections)
         bus.stop()
 
 

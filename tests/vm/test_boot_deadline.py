@@ -42,3 +42,4 @@ def test_a_boot_that_never_completes_is_rebooted_at_the_deadline(tmp_path: Path)
     assert "reboot: Restarting system" in console
     # The attempt stays counted: boot-count was not reset to 0.
     assert scenarios.read_persist_file(stick, "boot-count").strip() == "1"
+    result.discard()
