@@ -4,7 +4,9 @@ O_DIRECT from two buffers taking turns, the zero padding, the read-back."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
+import mmap
 import os
 import subprocess
 from collections.abc import Iterator
@@ -22,12 +24,14 @@ from anklumed.slots.verity_tree import VerityHasher, VerityParams
 pytestmark = pytest.mark.root
 
 
-@pytest.fixture
-def target(tmp_path: Path) -> Iterator[Path]:
+@pytest.fixture(params=[512, 4096], ids=["512-byte-sectors", "4k-sectors"])
+def target(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A slot on a loop device with 512-byte or 4096-byte logical sectors (USB
+    sticks and disks come with either)."""
     backing = tmp_path / "slot.img"
     backing.write_bytes(b"\xff" * (12 << 20))  # not zeros: the padding must be written
-    dev = subprocess.run(["losetup", "-f", "--show", backing], check=True,
-                         capture_output=True, text=True).stdout.strip()
+    dev = subprocess.run(["losetup", "-f", "--show", "--sector-size", str(request.param),
+                          backing], check=True, capture_output=True, text=True).stdout.strip()
     try:
         yield Path(dev)
     finally:
@@ -70,6 +74,25 @@ def test_the_device_holds_the_image_then_zeros(tmp_path: Path, target: Path,
     assert held[:size] == image
     assert held[size:padded] == bytes(padded - size)
     assert held[padded:] == b"\xff" * 4096  # nothing written past the tree's data
+
+
+def test_a_4k_sector_device_refuses_the_direct_write_the_fallback_avoids(
+        target: Path) -> None:
+    """Why write_slot drops O_DIRECT for a last write not 4096-aligned: with
+    512-byte verity blocks the image may end inside a 4096-byte sector."""
+    sector = int(Path(f"/sys/block/{target.name}/queue/logical_block_size").read_text())
+    fd = os.open(target, os.O_WRONLY | os.O_DIRECT)
+    buf = mmap.mmap(-1, 4096)
+    try:
+        if sector == 4096:
+            with pytest.raises(OSError) as refused:
+                os.pwrite(fd, memoryview(buf)[:1024], 4096)
+            assert refused.value.errno == errno.EINVAL
+        else:
+            assert os.pwrite(fd, memoryview(buf)[:1024], 4096) == 1024
+    finally:
+        os.close(fd)
+        buf.close()
 
 
 def test_an_image_longer_than_its_manifest_is_refused(tmp_path: Path, target: Path) -> None:
