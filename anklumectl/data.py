@@ -9,11 +9,13 @@ A passphrase file's one trailing newline is dropped (``echo pw > file``).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import getpass
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ ERROR_PREFIX = "org.anklume.Live1.Error."
 CREDENTIAL = "anklume-data-passphrase"
 WEAK_BELOW = 12
 ASK_ATTEMPTS = 3
+PROBE_WAIT = 30.0  # seconds; probing every disk takes about a second
 
 
 async def data_props(c: Client) -> dict[str, Any]:
@@ -38,6 +41,18 @@ async def data_props(c: Client) -> dict[str, Any]:
                             [DATA_IFACE])
     result: dict[str, Any] = props
     return result
+
+
+async def probed_props(c: Client) -> dict[str, Any]:
+    """The DataDisk properties once anklumed has probed the disks. Right after
+    it starts (the first-boot unit runs then) it knows none yet, and an empty
+    list must not read as "no disk can hold the data" or "none to adopt"."""
+    deadline = time.monotonic() + PROBE_WAIT
+    props = await data_props(c)
+    while not props["DisksProbed"] and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        props = await data_props(c)
+    return props
 
 
 def candidates_table(props: dict[str, Any]) -> Table:
@@ -51,7 +66,7 @@ def candidates_table(props: dict[str, Any]) -> Table:
 
 
 async def cmd_data_status(c: Client, a: argparse.Namespace, out: Console) -> int:
-    props = await data_props(c)
+    props = await probed_props(c)
     if a.json:
         print(json.dumps(props, indent=2, sort_keys=True))
         return 0
@@ -86,7 +101,7 @@ def ask_new_passphrase(out: Console) -> bytes:
 
 
 async def pick_disk(c: Client, out: Console) -> str:
-    props = await data_props(c)
+    props = await probed_props(c)
     out.print(candidates_table(props))
     usable = [row[1] for row in props["Candidates"] if not row[7]]
     if not usable:
@@ -119,7 +134,7 @@ async def cmd_data_setup(c: Client, a: argparse.Namespace, out: Console) -> int:
 
 async def cmd_data_adopt(c: Client, a: argparse.Namespace, out: Console) -> int:
     """A data disk set up from another stick: open it and make it this stick's."""
-    found = (await data_props(c))["Adoptable"]
+    found = (await probed_props(c))["Adoptable"]
     if a.disk:
         found = [row for row in found if row[0] == a.disk]
     if not found:
@@ -199,7 +214,7 @@ async def cmd_data_lock(c: Client, a: argparse.Namespace, out: Console) -> int:
 
 
 async def cmd_first_boot(c: Client, a: argparse.Namespace, out: Console) -> int:
-    props = await data_props(c)
+    props = await probed_props(c)
     if props["State"] != "absent":
         out.print(f"The data disk is already set up (pool {props['Pool']}).")
         return 0

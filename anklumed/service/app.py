@@ -92,6 +92,9 @@ class Daemon:
         self.data = DataDisk(self.store, config.data_paths(), self.boot_disks,
                              config.allow_loop_disks)
         self.data_candidates: list[Disk] = []
+        # False until the first probe of every disk: until then no candidate
+        # and no adoptable disk is known, which clients must not read as none.
+        self.disks_probed = False
         self._data_refresh: asyncio.Task[None] | None = None
 
     # ---- facts the interfaces publish --------------------------------------
@@ -216,6 +219,7 @@ class Daemon:
         self.data.snapshot = await asyncio.to_thread(self.data.read, reload)
         if disks:  # probing every disk takes a while: not before the name is taken
             self.data_candidates = await asyncio.to_thread(self.data.candidates)
+            self.disks_probed = True
         self.publish()
 
     def last_data_job(self) -> dict[str, str]:

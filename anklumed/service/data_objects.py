@@ -68,6 +68,7 @@ class DataDiskInterface(DaemonInterface):
             "LastJob": d.last_data_job(),
             "Adoptable": [[str(a.device), a.pool, a.luks_uuid]
                           for a in adoptable(d.data_candidates)] if snap.conf is None else [],
+            "DisksProbed": d.disks_probed,
         }
 
     State = ro_property("State", "s")
@@ -83,6 +84,7 @@ class DataDiskInterface(DaemonInterface):
     Candidates = ro_property("Candidates", "a(ssstssss)")
     LastJob = ro_property("LastJob", "a{ss}")
     Adoptable = ro_property("Adoptable", "a(sss)")
+    DisksProbed = ro_property("DisksProbed", "b")  # Candidates and Adoptable are known
 
     @dbus_method(args=(("disk", "s"), ("pool", "s"), ("backend", "s"), ("encryption", "s"),
                        ("passphrase", "ay")), returns="o")

@@ -1,0 +1,116 @@
+"""anklumectl first-boot and data setup at a terminal (a pty, as a person
+would run them): the disk picked from the table and confirmed by typing its
+name, the passphrase asked twice and never echoed, a warning under 12
+characters. BTRFS without encryption, as this kernel allows (no dm-crypt);
+the passphrase prompts are checked up to the Setup call, which polkit then
+refuses, so nothing needs LUKS here."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import pexpect
+
+from devtools.simulate import REPO
+from tests.service.conftest import Sim
+
+NOT_AUTHORIZED = 3  # anklumectl's documented exit code
+
+
+def at_terminal(sim: Sim, *argv: str) -> pexpect.spawn:
+    """anklumectl (or, with "as_user" first, devtools.as_user) on a pty wide
+    enough for the disk table to stay one line per disk."""
+    module = ["-m", "anklumectl"] if argv[0] != "as_user" else ["-m", "devtools.as_user"]
+    args = list(argv[1:]) if argv[0] == "as_user" else list(argv)
+    # TERM=dumb: rich then prints no colour codes inside the words matched here.
+    child = pexpect.spawn(sys.executable, [*module, *args], cwd=str(REPO),
+                          env={**sim.env, "TERM": "dumb"}, encoding="utf-8", timeout=60,
+                          dimensions=(60, 220))
+    child.logfile_read = io.StringIO()  # everything the terminal showed
+    return child
+
+
+def finish(child: pexpect.spawn) -> tuple[int, str]:
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus is not None, child.signalstatus
+    return child.exitstatus, child.before
+
+
+def data_state(sim: Sim) -> dict:  # type: ignore[type-arg]
+    done = sim.ctl("data", "status", "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def blank(device: object) -> bool:
+    """Nothing blkid recognises: no filesystem, LUKS header or partition table."""
+    return subprocess.run(["blkid", "-p", str(device)], capture_output=True,
+                          check=False).returncode == 2
+
+
+def test_first_boot_sets_up_the_disk_picked_from_the_table_and_confirmed(sim: Sim) -> None:
+    disk = str(sim.data_disk)
+    child = at_terminal(sim, "first-boot", "--encryption", "none", "--pool-name", "vault")
+    child.expect("Disk to erase and use for the data")
+    table = child.before
+    # The table lists the data disk as usable and the boot stick as refused.
+    row = next(line for line in table.splitlines() if disk + " " in line)
+    assert "yes" in row
+    stick_row = next(line for line in table.splitlines() if str(sim.stick.loop) + " " in line)
+    assert "no:" in stick_row
+    child.sendline(disk)
+    child.expect(f"Everything on {disk} will be erased")
+    child.expect(f"Type {disk} to confirm")
+    child.sendline(disk)
+    child.expect("anyone who takes the disk reads your data")  # the seed's warning
+    status, _out = finish(child)
+    assert status == 0
+    st = data_state(sim)
+    assert (st["State"], st["Pool"], st["Backend"], st["Encryption"]) == (
+        "mounted", "vault", "btrfs", "none")
+    assert "ENCRYPTION=none" in sim.persist_files()["pool.conf"]
+
+
+def test_a_wrong_confirmation_erases_nothing(sim: Sim) -> None:
+    disk = str(sim.data_disk)
+    child = at_terminal(sim, "data", "setup", "--disk", disk, "--encryption", "none")
+    child.expect(f"Type {disk} to confirm")
+    child.sendline("yes")  # not the disk's name
+    status, out = finish(child)
+    assert status == 1 and "Not confirmed; nothing was changed." in out
+    assert data_state(sim)["State"] == "absent"
+    assert blank(disk)
+    assert "pool.conf" not in sim.persist_files()
+
+
+def test_the_passphrase_is_asked_twice_never_echoed_and_a_short_one_warned(
+        sim: Sim) -> None:
+    disk = str(sim.data_disk)
+    sim.set_polkit("deny")  # the prompts run before the (refused) Setup call
+    child = at_terminal(sim, "as_user", "nobody", "data", "setup", "--disk", disk,
+                        "--pool-name", "vault")
+    child.expect(f"Type {disk} to confirm")
+    child.sendline(disk)
+    child.expect("New passphrase for the data disk: ")
+    child.sendline("short-pw")
+    child.expect("under 12 characters")
+    child.expect("The same passphrase again: ")
+    child.sendline("short-pw-typo")
+    child.expect("The two passphrases differ")
+    child.expect("New passphrase for the data disk: ")
+    child.sendline("a long enough passphrase")
+    child.expect("The same passphrase again: ")
+    assert "under 12 characters" not in child.before  # a strong one is not warned
+    child.sendline("a long enough passphrase")
+    status, out = finish(child)
+    assert status == NOT_AUTHORIZED, out
+    shown = child.logfile_read.getvalue()
+    assert shown.count("under 12 characters") == 1
+    for secret in ("short-pw", "a long enough passphrase"):
+        assert secret not in shown  # typed, never echoed
+    assert data_state(sim)["State"] == "absent"
+    assert blank(disk)
