@@ -48,6 +48,23 @@ class FakeAuthority(ServiceInterface):  # type: ignore[misc]
     def CancelCheckAuthorization(self, cancellation_id: "s"):  # type: ignore[no-untyped-def]
         return None
 
+    # anklumectl starts pkttyagent when run at a terminal; it registers here.
+    # Accepted and ignored: "challenge" stands for the password it would ask.
+    @method()
+    def RegisterAuthenticationAgentWithOptions(  # type: ignore[no-untyped-def]
+            self, subject: "(sa{sv})", locale: "s", object_path: "s", options: "a{sv}"):
+        return None
+
+    @method()
+    def RegisterAuthenticationAgent(  # type: ignore[no-untyped-def]
+            self, subject: "(sa{sv})", locale: "s", object_path: "s"):
+        return None
+
+    @method()
+    def UnregisterAuthenticationAgent(  # type: ignore[no-untyped-def]
+            self, subject: "(sa{sv})", object_path: "s"):
+        return None
+
 
 async def serve(address: str, mode_file: Path, log_file: Path) -> None:
     bus = await MessageBus(bus_address=address).connect()

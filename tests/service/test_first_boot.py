@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 
@@ -18,19 +19,28 @@ from devtools.simulate import REPO
 from tests.service.conftest import Sim
 
 NOT_AUTHORIZED = 3  # anklumectl's documented exit code
+STYLE = re.compile(r"(?:\x1b\[[0-9;]*m)*")  # colours and bold, between any two characters
 
 
 def at_terminal(sim: Sim, *argv: str) -> pexpect.spawn:
-    """anklumectl (or, with "as_user" first, devtools.as_user) on a pty wide
-    enough for the disk table to stay one line per disk."""
+    """anklumectl (or, with "as_user" first, devtools.as_user) on a colour
+    terminal wide enough for the disk table to keep one line per disk."""
     module = ["-m", "anklumectl"] if argv[0] != "as_user" else ["-m", "devtools.as_user"]
     args = list(argv[1:]) if argv[0] == "as_user" else list(argv)
-    # TERM=dumb: rich then prints no colour codes inside the words matched here.
     child = pexpect.spawn(sys.executable, [*module, *args], cwd=str(REPO),
-                          env={**sim.env, "TERM": "dumb"}, encoding="utf-8", timeout=60,
-                          dimensions=(60, 220))
+                          env={**sim.env, "TERM": "xterm-256color"}, encoding="utf-8",
+                          timeout=60, dimensions=(60, 220))
     child.logfile_read = io.StringIO()  # everything the terminal showed
     return child
+
+
+def shown(text: str) -> re.Pattern[str]:
+    """``text`` as the terminal shows it: rich may colour any word of it."""
+    return re.compile(STYLE.pattern.join(re.escape(char) for char in text))
+
+
+def plain(text: str) -> str:
+    return STYLE.sub("", text)
 
 
 def finish(child: pexpect.spawn) -> tuple[int, str]:
@@ -52,21 +62,28 @@ def blank(device: object) -> bool:
                           check=False).returncode == 2
 
 
+def test_the_daemon_says_when_it_has_probed_the_disks(sim: Sim) -> None:
+    st = data_state(sim)  # `data status` waits for the probe (30 s at most)
+    assert st["DisksProbed"] is True
+    usable = [row[1] for row in st["Candidates"] if not row[7]]
+    assert str(sim.data_disk) in usable and str(sim.stick.loop) not in usable
+
+
 def test_first_boot_sets_up_the_disk_picked_from_the_table_and_confirmed(sim: Sim) -> None:
     disk = str(sim.data_disk)
     child = at_terminal(sim, "first-boot", "--encryption", "none", "--pool-name", "vault")
-    child.expect("Disk to erase and use for the data")
-    table = child.before
+    child.expect(shown("Disk to erase and use for the data"))
+    table = plain(child.before)
     # The table lists the data disk as usable and the boot stick as refused.
     row = next(line for line in table.splitlines() if disk + " " in line)
     assert "yes" in row
     stick_row = next(line for line in table.splitlines() if str(sim.stick.loop) + " " in line)
     assert "no:" in stick_row
     child.sendline(disk)
-    child.expect(f"Everything on {disk} will be erased")
-    child.expect(f"Type {disk} to confirm")
+    child.expect(shown(f"Everything on {disk} will be erased"))
+    child.expect(shown(f"Type {disk} to confirm"))
     child.sendline(disk)
-    child.expect("anyone who takes the disk reads your data")  # the seed's warning
+    child.expect(shown("anyone who takes the disk reads your data"))  # the seed's warning
     status, _out = finish(child)
     assert status == 0
     st = data_state(sim)
@@ -78,10 +95,10 @@ def test_first_boot_sets_up_the_disk_picked_from_the_table_and_confirmed(sim: Si
 def test_a_wrong_confirmation_erases_nothing(sim: Sim) -> None:
     disk = str(sim.data_disk)
     child = at_terminal(sim, "data", "setup", "--disk", disk, "--encryption", "none")
-    child.expect(f"Type {disk} to confirm")
+    child.expect(shown(f"Type {disk} to confirm"))
     child.sendline("yes")  # not the disk's name
     status, out = finish(child)
-    assert status == 1 and "Not confirmed; nothing was changed." in out
+    assert status == 1 and "Not confirmed; nothing was changed." in plain(out)
     assert data_state(sim)["State"] == "absent"
     assert blank(disk)
     assert "pool.conf" not in sim.persist_files()
@@ -93,24 +110,24 @@ def test_the_passphrase_is_asked_twice_never_echoed_and_a_short_one_warned(
     sim.set_polkit("deny")  # the prompts run before the (refused) Setup call
     child = at_terminal(sim, "as_user", "nobody", "data", "setup", "--disk", disk,
                         "--pool-name", "vault")
-    child.expect(f"Type {disk} to confirm")
+    child.expect(shown(f"Type {disk} to confirm"))
     child.sendline(disk)
-    child.expect("New passphrase for the data disk: ")
+    child.expect(shown("New passphrase for the data disk: "))
     child.sendline("short-pw")
-    child.expect("under 12 characters")
-    child.expect("The same passphrase again: ")
+    child.expect(shown("under 12 characters"))
+    child.expect(shown("The same passphrase again: "))
     child.sendline("short-pw-typo")
-    child.expect("The two passphrases differ")
-    child.expect("New passphrase for the data disk: ")
+    child.expect(shown("The two passphrases differ"))
+    child.expect(shown("New passphrase for the data disk: "))
     child.sendline("a long enough passphrase")
-    child.expect("The same passphrase again: ")
-    assert "under 12 characters" not in child.before  # a strong one is not warned
+    child.expect(shown("The same passphrase again: "))
+    assert "under 12 characters" not in plain(child.before)  # a strong one: no warning
     child.sendline("a long enough passphrase")
     status, out = finish(child)
     assert status == NOT_AUTHORIZED, out
-    shown = child.logfile_read.getvalue()
-    assert shown.count("under 12 characters") == 1
+    screen = plain(child.logfile_read.getvalue())
+    assert screen.count("under 12 characters") == 1
     for secret in ("short-pw", "a long enough passphrase"):
-        assert secret not in shown  # typed, never echoed
+        assert secret not in screen  # typed, never echoed
     assert data_state(sim)["State"] == "absent"
     assert blank(disk)
