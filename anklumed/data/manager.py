@@ -440,12 +440,32 @@ class DataDisk:
         except BaseException:
             luks.close_luks(conf.mapper_name)  # as it was: a retry starts clean
             raise
+        try:
+            self._check_layout(conf, device)
+        except BaseException:
+            self._unmount_all(conf, DataState.MOUNTED)
+            luks.close_luks(conf.mapper_name)  # as it was: nothing kept open
+            raise
         self._bind_incus_state()
         job.progress("saving")
         with self.store.transaction() as pdir:
             write_pool_conf(pdir, conf)
         log.info("data disk %s adopted: pool %s (%s)", disk.device, conf.pool_name, backend)
         return f"data disk {disk.device} adopted: pool {conf.pool_name} ({backend}), mounted"
+
+    def _check_layout(self, conf: PoolConf, device: str) -> None:
+        """A disk whose setup was cut short (a power cut between the LUKS
+        format and pool.conf) has the label of a data disk but not all that
+        setup makes: adopting it would take a half-made disk for a good one."""
+        if conf.pool_type is Backend.ZFS:
+            present = set(zfs.datasets(conf.pool_name))
+        else:
+            present = set(btrfs.subvolumes(self.paths.mountpoint))
+        missing = [name for name in (STATE_SUBVOLUME, INCUS_SUBVOLUME) if name not in present]
+        if missing:
+            raise InvalidArgument(
+                f"{device} opens, but its setup never finished (no {' or '.join(missing)}); "
+                "nothing was changed: set it up again with anklumectl data setup (it erases it)")
 
     # ---- keys ----
     def change_passphrase(self, current: bytes, new: bytes) -> None:

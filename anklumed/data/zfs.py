@@ -48,3 +48,9 @@ def pool_property(name: str, prop: str) -> str:
 
 def dataset_property(dataset: str, prop: str) -> str:
     return run(["zfs", "get", "-H", "-o", "value", prop, dataset]).stdout.decode().strip()
+
+
+def datasets(pool: str) -> list[str]:
+    """The pool's datasets, by name below the pool ("incus-state", ...)."""
+    out = run(["zfs", "list", "-H", "-o", "name", "-r", pool]).stdout.decode()
+    return [name.split("/", 1)[1] for name in out.splitlines() if "/" in name]

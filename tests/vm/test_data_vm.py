@@ -18,11 +18,13 @@ import pytest
 from anklumectl.client import Client
 from anklumectl.data import data_props
 from anklumed.command import run
+from anklumed.data import btrfs, luks
+from anklumed.data.manager import LABEL_PREFIX
 from devtools.vm import guestctl
 from tests.service.conftest import Sim
 
 pytestmark = pytest.mark.vm
-INCORRECT_PASSPHRASE = 9
+INVALID_ARGUMENT, INCORRECT_PASSPHRASE = 4, 9  # anklumectl's exit codes
 PASSPHRASE = "correct horse battery staple"
 
 
@@ -137,6 +139,32 @@ def test_a_data_disk_from_another_stick_is_adopted(sim: Sim, tmp_path: Path) -> 
     assert (st["State"], st["Pool"], st["LuksUuid"]) == ("mounted", "vault", uuid)
     assert (Path(st["Mounts"]["incus-state"]) / "kept.txt").read_text() == "mine\n"
     assert f"LUKS_UUID={uuid}" in sim.persist_files()["pool.conf"]
+
+
+def test_a_disk_whose_setup_was_cut_short_is_not_adopted(sim: Sim, tmp_path: Path) -> None:
+    # What a power cut during setup leaves after the format and before the
+    # subvolumes: a labelled LUKS2 disk holding an empty BTRFS, and no pool.conf
+    # (made with the very steps setup takes).
+    secret, label = PASSPHRASE.encode(), f"{LABEL_PREFIX}vault"
+    luks.format_luks2(sim.data_disk, secret, label=label, iter_time_ms=200)
+    btrfs.make_filesystem(luks.open_luks(sim.data_disk, secret, "anklume-half"), label)
+    luks.close_luks("anklume-half")
+    sim.restart_daemon()
+    st = _wait_state(sim, lambda s: s["Adoptable"])
+    assert [row[:2] for row in st["Adoptable"]] == [[str(sim.data_disk), "vault"]]
+    good = secret_file(tmp_path, PASSPHRASE)
+    refused = sim.ctl("data", "adopt", "--passphrase-file", good, "--yes")
+    assert refused.returncode == INVALID_ARGUMENT, refused.stderr
+    assert "setup never finished (no incus-state or incus)" in refused.stderr
+    st = status(sim)
+    assert (st["State"], st["Mounts"]) == ("absent", {})
+    assert not Path("/dev/mapper/anklume-data-vault").exists()
+    assert "pool.conf" not in sim.persist_files()
+    # What the message says to do works: set up again, erasing it.
+    again = sim.ctl("data", "setup", "--disk", str(sim.data_disk), "--fs", "btrfs",
+                    "--pool-name", "vault", "--passphrase-file", good, "--yes")
+    assert again.returncode == 0, again.stderr
+    assert status(sim)["State"] == "mounted"
 
 
 def _wait_state(sim: Sim, check: Any, timeout: float = 15.0) -> dict[str, Any]:
