@@ -22,12 +22,11 @@ NOT_AUTHORIZED = 3  # anklumectl's documented exit code
 STYLE = re.compile(r"(?:\x1b\[[0-9;]*m)*")  # colours and bold, between any two characters
 
 
-def at_terminal(sim: Sim, *argv: str) -> pexpect.spawn:
-    """anklumectl (or, with "as_user" first, devtools.as_user) on a colour
-    terminal wide enough for the disk table to keep one line per disk."""
-    module = ["-m", "anklumectl"] if argv[0] != "as_user" else ["-m", "devtools.as_user"]
-    args = list(argv[1:]) if argv[0] == "as_user" else list(argv)
-    child = pexpect.spawn(sys.executable, [*module, *args], cwd=str(REPO),
+def at_terminal(sim: Sim, *argv: str, user: str | None = None) -> pexpect.spawn:
+    """anklumectl, as root or as ``user`` (devtools.as_user, as Sim.ctl does), on
+    a colour terminal wide enough for the disk table to keep one line per disk."""
+    prefix = ["-m", "devtools.as_user", user] if user else ["-m", "anklumectl"]
+    child = pexpect.spawn(sys.executable, [*prefix, *argv], cwd=str(REPO),
                           env={**sim.env, "TERM": "xterm-256color"}, encoding="utf-8",
                           timeout=60, dimensions=(60, 220))
     child.logfile_read = io.StringIO()  # everything the terminal showed
@@ -108,8 +107,8 @@ def test_the_passphrase_is_asked_twice_never_echoed_and_a_short_one_warned(
         sim: Sim) -> None:
     disk = str(sim.data_disk)
     sim.set_polkit("deny")  # the prompts run before the (refused) Setup call
-    child = at_terminal(sim, "as_user", "nobody", "data", "setup", "--disk", disk,
-                        "--pool-name", "vault")
+    child = at_terminal(sim, "data", "setup", "--disk", disk, "--pool-name", "vault",
+                        user="nobody")
     child.expect(shown(f"Type {disk} to confirm"))
     child.sendline(disk)
     child.expect(shown("New passphrase for the data disk: "))
