@@ -55,6 +55,13 @@ async def probed_props(c: Client) -> dict[str, Any]:
     return props
 
 
+def require_probed(props: dict[str, Any]) -> None:
+    """Before saying that no disk fits: make sure the disks were looked at."""
+    if not props["DisksProbed"]:
+        raise ClientError(ERROR_PREFIX + "Busy", "anklumed has not finished looking at "
+                          "the disks yet; try again in a moment")
+
+
 def candidates_table(props: dict[str, Any]) -> Table:
     table = Table(title="Disks")
     for column in ("disk", "size", "model", "bus", "holds now", "usable"):
@@ -81,6 +88,8 @@ async def cmd_data_status(c: Client, a: argparse.Namespace, out: Console) -> int
     if props["Message"]:
         out.print(f"  [red]{props['Message']}[/red]")
     out.print(candidates_table(props))
+    if not props["DisksProbed"]:
+        out.print("  (anklumed has not finished looking at the disks yet)")
     return 0
 
 
@@ -105,6 +114,7 @@ async def pick_disk(c: Client, out: Console) -> str:
     out.print(candidates_table(props))
     usable = [row[1] for row in props["Candidates"] if not row[7]]
     if not usable:
+        require_probed(props)
         raise ClientError(ERROR_PREFIX + "NotFound", "no disk can hold the data "
                           "(plug one in; the table says why each disk is refused)")
     return Prompt.ask("Disk to erase and use for the data", choices=usable, console=out)
@@ -134,10 +144,12 @@ async def cmd_data_setup(c: Client, a: argparse.Namespace, out: Console) -> int:
 
 async def cmd_data_adopt(c: Client, a: argparse.Namespace, out: Console) -> int:
     """A data disk set up from another stick: open it and make it this stick's."""
-    found = (await probed_props(c))["Adoptable"]
+    props = await probed_props(c)
+    found = props["Adoptable"]
     if a.disk:
         found = [row for row in found if row[0] == a.disk]
     if not found:
+        require_probed(props)
         raise ClientError(ERROR_PREFIX + "NotFound", "no data disk from another stick "
                           "was found (is it plugged in? does this stick have one already?)")
     device, pool, _uuid = found[0]

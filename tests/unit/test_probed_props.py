@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from anklumectl import data
+from anklumectl.client import ClientError
 
 
 class FakeDaemon:
@@ -42,3 +43,10 @@ def test_a_daemon_that_never_finishes_probing_is_not_waited_for_forever(
     props = asyncio.run(data.probed_props(daemon))  # type: ignore[arg-type]
     assert not props["DisksProbed"] and props["Candidates"] == []
     assert 2 <= daemon.reads <= 5
+
+
+def test_no_disk_is_not_claimed_before_the_disks_were_looked_at() -> None:
+    with pytest.raises(ClientError) as busy:
+        data.require_probed({"DisksProbed": False})
+    assert busy.value.name.endswith(".Busy") and "try again" in busy.value.message
+    data.require_probed({"DisksProbed": True})  # probed: nothing to say
