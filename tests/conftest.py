@@ -169,7 +169,11 @@ def _read_results(path: Path) -> dict[str, list[dict[str, Any]]]:
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    """In the guest: append each phase's outcome to the results file."""
+    """In the guest: append each phase's outcome to the results file. Here:
+    remember skips, which CI counts as failures."""
+    if report.skipped and not IN_GUEST:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else ""
+        CI_SKIPS.append(f"{report.nodeid}: {reason}")
     path = os.environ.get(RESULTS_ENV)
     if not IN_GUEST or not path:
         return
@@ -183,3 +187,29 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
               "text": text, "duration": report.duration}
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+# In CI (``CI=true``) a skipped test of a tier that was asked to run is a
+# failure: a failed ZFS build or a missing tool must not end in a green run.
+# Tests deselected on the command line (-k, -m, another directory) are not
+# skips; VM tests skipped for want of ``--vm`` are (so CI passes ``--vm``).
+CI_SKIPS: list[str] = []
+
+
+def _ci_strict() -> bool:
+    return os.environ.get("CI") == "true" and not IN_GUEST
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _ci_strict() and CI_SKIPS and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _ci_strict() or not CI_SKIPS:
+        return
+    terminalreporter.write_line(
+        f"CI=true: {len(CI_SKIPS)} skipped test(s) count as failures:", red=True)
+    for line in CI_SKIPS:
+        terminalreporter.write_line(f"  {line}", red=True)
