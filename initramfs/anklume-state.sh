@@ -1,0 +1,416 @@
+#!/bin/sh
+# anklume-state.sh: the boot decision and the boot's writes to PERSIST
+# (DESIGN.md §2-3, docs/boot.md). Pure logic and PERSIST writes: it mounts
+# nothing and opens no device. Runs under busybox sh (and dash), as a
+# program: nothing read from PERSIST is ever sourced or eval'ed, every file
+# is parsed, every value validated, and garbage means the documented default.
+#
+#   anklume-state.sh decide      PERSIST_DIR [CMDLINE_FILE]
+#   anklume-state.sh record      PERSIST_DIR [CMDLINE_FILE]
+#   anklume-state.sh fallthrough PERSIST_DIR FAILED_SLOT REASON
+#   anklume-state.sh slot-info   PERSIST_DIR SLOT
+#
+# The rule is the same as anklumed/slots/selection.py's; both are checked
+# against the raw cases in spec/boot-cases/ (tests/unit/test_boot_cases.py).
+set -u
+set -f  # no globbing: words from the command line file are data
+LC_ALL=C  # bytes, not characters: garbage must not confuse sed or awk
+export LC_ALL
+umask 022
+
+MAX_FILE_BYTES=65536  # anklumed.persist.MAX_FILE_BYTES: a larger file reads as empty
+MAX_BOOT_COUNT=9999
+DEFAULT_ATTEMPTS=3
+MAX_ATTEMPTS=100
+
+# The reasons a slot is left for the other one (docs/boot.md has the table).
+FALLTHROUGH_REASONS="signature root-hash verity missing-tree missing-manifest missing-signature short-slot bad-meta mount"
+
+# --- reading: the same bytes-to-text rules as anklumed's reader -------------
+#
+# anklumed decodes UTF-8 (bad bytes become U+FFFD), splits lines with
+# str.splitlines() and trims with str.strip(). Here: NUL becomes '?' (the
+# shell cannot hold NUL; both are just "not valid" everywhere), the UTF-8
+# forms of Unicode line breaks become newlines and those of Unicode spaces
+# become spaces, so a value is valid here exactly when it is there.
+u() { printf "$1"; }
+LB=$(u '\034')  # a line break, turned into \n by tr below
+SED_NORM="s/$(u '\302\205')/$LB/g
+s/$(u '\342\200\250')/$LB/g
+s/$(u '\342\200\251')/$LB/g
+s/$(u '\302\240')/ /g
+s/$(u '\341\232\200')/ /g
+s/$(u '\342\200')[$(u '\200\201\202\203\204\205\206\207\210\211\212\257')]/ /g
+s/$(u '\342\201\237')/ /g
+s/$(u '\343\200\200')/ /g"
+KELVIN=$(u '\342\204\252')  # lowercases to "k" in Python: "O<KELVIN>" is "ok" there
+
+# norm FILE: the file's text, normalised; nothing for a missing, oversized or
+# non-regular file (anklumed reports those and uses the default too).
+norm() {
+	[ -f "$1" ] || return 0
+	size=$(trim "$(wc -c < "$1" 2>/dev/null)")
+	[ "${size:-0}" -le "$MAX_FILE_BYTES" ] 2>/dev/null || return 0
+	tr '\000' '?' < "$1" | sed -e "$SED_NORM" |
+		tr '\011\013\014\015\034\035\036\037' ' \n\n\n\n\n\n '
+}
+
+trim() {
+	t=$1
+	t=${t#"${t%%[! ]*}"}
+	t=${t%"${t##*[! ]}"}
+	printf '%s' "$t"
+}
+
+# value FILE: a one-value file (ab-state, boot-count) as one trimmed line.
+value() {
+	trim "$(norm "$1" | tr '\n' ' ')"
+}
+
+# kv FILE KEY: the value of KEY in a KEY=value file (the last one wins, keys
+# are case-insensitive, one pair of quotes is dropped); status 1 when absent.
+# kv FILE: prints the number of valid KEY=value lines.
+kv() {
+	norm "$1" | awk -v want="${2:-}" '
+	{
+		line = $0; sub(/^ +/, "", line); sub(/ +$/, "", line)
+		if (line == "" || substr(line, 1, 1) == "#") next
+		i = index(line, "="); if (!i) next
+		k = substr(line, 1, i - 1); v = substr(line, i + 1)
+		sub(/ +$/, "", k); sub(/^ +/, "", v)
+		if (k !~ /^[A-Za-z0-9_]+$/ || k !~ /[A-Za-z0-9]/) next
+		q = substr(v, 1, 1)
+		if (length(v) >= 2 && (q == "\"" || q == "\047") && substr(v, length(v), 1) == q)
+			v = substr(v, 2, length(v) - 2)
+		n++; k = toupper(k)
+		if (k == toupper(want)) { found = 1; val = v }
+	}
+	END {
+		if (want == "") { print n + 0; exit 0 }
+		if (found) { print val; exit 0 }
+		exit 1
+	}'
+}
+
+# count TEXT DEFAULT LOW HIGH: a whole number (decimal: "010" is 10, never
+# octal) within bounds, else DEFAULT.
+count() {
+	c=$1
+	case $c in '' | *[!0-9]*) echo "$2"; return 1 ;; esac
+	while [ "${c#0}" != "$c" ]; do c=${c#0}; done
+	c=${c:-0}
+	# Length first: a huge number must not overflow the shell's arithmetic.
+	if [ "${#c}" -gt "${#4}" ] || [ "$c" -lt "$3" ] || [ "$c" -gt "$4" ]; then
+		echo "$2"; return 1
+	fi
+	echo "$c"
+}
+
+slot_name() {
+	case $1 in a | A) echo A ;; b | B) echo B ;; *) return 1 ;; esac
+}
+
+other() { if [ "$1" = A ]; then echo B; else echo A; fi; }
+
+nl='
+'
+problem() { PROBLEMS="${PROBLEMS}PROBLEM=$1$nl"; }
+
+# status SLOT: sets ST to ok, pending, failed or empty. A meta whose STATUS
+# is missing or invalid is "failed" (never a rollback target), "empty" when
+# it holds no valid line at all.
+status() {
+	m=$PERSIST/slots/$1.meta
+	if ST=$(kv "$m" STATUS); then
+		ST=$(printf '%s' "$ST" | tr 'A-Z' 'a-z')
+		[ "$ST" = "o$KELVIN" ] && ST=ok
+		case $ST in ok | pending | failed | empty) return ;; esac
+	fi
+	if [ "$(kv "$m")" -gt 0 ]; then
+		problem "slots/$1.meta: STATUS is missing or invalid; treated as failed"
+		ST=failed
+	else
+		ST=empty
+	fi
+}
+
+# stamp TEXT: TEXT if it is a UTC time as anklumed writes it
+# (YYYY-MM-DDTHH:MM:SSZ, fields in range), else nothing. Valid stamps
+# compare as strings in time order.
+stamp() {
+	case $1 in
+	[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9]Z) ;;
+	*) return 0 ;;
+	esac
+	r=${1#?????}
+	case ${r%%-*} in 0[1-9] | 1[0-2]) ;; *) return 0 ;; esac
+	r=${r#???}
+	case ${r%%T*} in 0[1-9] | [12][0-9] | 3[01]) ;; *) return 0 ;; esac
+	r=${r#???}
+	case ${r%%:*} in [01][0-9] | 2[0-3]) ;; *) return 0 ;; esac
+	r=${r#???}
+	case ${r%%:*} in [0-5][0-9]) ;; *) return 0 ;; esac
+	r=${r#???}
+	case ${r%Z} in [0-5][0-9]) ;; *) return 0 ;; esac
+	printf '%s' "$1"
+}
+
+good_at() {
+	stamp "$(kv "$PERSIST/slots/$1.meta" LAST_GOOD_AT)"
+}
+
+# --- the state and the rule (anklumed/slots/selection.py) -------------------
+
+read_state() {
+	PROBLEMS=
+	if [ -e "$PERSIST/ab-state" ]; then
+		PRIMARY=$(slot_name "$(value "$PERSIST/ab-state")") ||
+			{ PRIMARY=A; problem "ab-state must be A or B; slot A assumed"; }
+	else
+		PRIMARY=A; problem "ab-state is missing; slot A assumed"
+	fi
+	N_COUNT=$(count "$(value "$PERSIST/boot-count")" 0 0 $MAX_BOOT_COUNT) ||
+		[ ! -e "$PERSIST/boot-count" ] || problem "boot-count is invalid; 0 assumed"
+	ATTEMPTS=$(count "$(value "$PERSIST/boot-attempts")" $DEFAULT_ATTEMPTS 1 $MAX_ATTEMPTS) ||
+		[ ! -e "$PERSIST/boot-attempts" ] || problem "boot-attempts is invalid; 3 assumed"
+	OTHER=$(other "$PRIMARY")
+	status "$PRIMARY"; ST_P=$ST
+	status "$OTHER"; ST_O=$ST
+	GOOD_P=$(good_at "$PRIMARY")
+	GOOD_O=$(good_at "$OTHER")
+	# The slot last marked good: the newer valid LAST_GOOD_AT (a tie keeps the
+	# primary); none when neither slot has one.
+	LAST_GOOD=
+	[ -n "$GOOD_P" ] && LAST_GOOD=$PRIMARY
+	if [ -n "$GOOD_O" ] && { [ -z "$GOOD_P" ] || [ "$GOOD_O" \> "$GOOD_P" ]; }; then
+		LAST_GOOD=$OTHER
+	fi
+	# The other slot was already given up for the primary (by a rollback or a
+	# fall-through) and the primary has not been marked good since: its
+	# LAST_GOOD_AT is still the one the rollback recorded. Rolling back again
+	# would be the A<->B ping-pong; the boot stays on the last good slot.
+	OTHER_TRIED=0
+	rb=$PERSIST/last-rollback
+	if [ "$(slot_name "$(kv "$rb" FROM)")" = "$OTHER" ] &&
+		[ "$(slot_name "$(kv "$rb" TO)")" = "$PRIMARY" ] &&
+		marker=$(kv "$rb" TO_LAST_GOOD_AT) &&
+		[ "$marker" = "${GOOD_P:-none}" ]; then
+		OTHER_TRIED=1
+	fi
+}
+
+# decide_from_state [FORCED]: sets BOOT AB_STATE BOOT_COUNT ROLLBACK_REASON DEGRADED.
+decide_from_state() {
+	forced=${1:-}
+	ROLLBACK_REASON=
+	DEGRADED=0
+	AB_STATE=$PRIMARY
+	if [ -n "$forced" ] && [ "$forced" != "$PRIMARY" ]; then
+		# A boot-menu choice of the other slot: boot it and leave the
+		# primary's state alone (none of its attempts is spent).
+		BOOT=$forced; BOOT_COUNT=$N_COUNT
+		[ "$ST_O" = ok ] || DEGRADED=1
+		return
+	fi
+	if [ -z "$forced" ] && [ "$ST_O" = ok ]; then
+		if [ "$ST_P" != ok ]; then
+			rollback "slot-$ST_P"; return
+		fi
+		if [ "$N_COUNT" -ge "$ATTEMPTS" ] && [ "$OTHER_TRIED" = 0 ]; then
+			rollback boot-count; return
+		fi
+	fi
+	BOOT_COUNT=$((N_COUNT + 1))
+	[ "$BOOT_COUNT" -le $MAX_BOOT_COUNT ] || BOOT_COUNT=$MAX_BOOT_COUNT
+	BOOT=$PRIMARY
+	if [ "$N_COUNT" -lt "$ATTEMPTS" ] && [ "$ST_P" = ok ]; then
+		return
+	fi
+	DEGRADED=1
+	if [ -z "$forced" ] && [ "$LAST_GOOD" = "$OTHER" ] && [ "$ST_O" = ok ]; then
+		BOOT=$OTHER
+	fi
+}
+
+rollback() {
+	BOOT=$OTHER; AB_STATE=$OTHER; BOOT_COUNT=1; ROLLBACK_REASON=$1
+}
+
+# forced CMDLINE_FILE: the slot named by the last anklume.slot= word, if any
+# and valid.
+forced_slot() {
+	[ -n "${1:-}" ] && [ -f "$1" ] || return 0
+	last=
+	for word in $(tr '\000' '?' < "$1"); do
+		case $word in anklume.slot=*) last=${word#anklume.slot=} ;; esac
+	done
+	slot_name "$last" || true
+}
+
+print_decision() {
+	printf 'BOOT=%s\nAB_STATE=%s\nBOOT_COUNT=%s\nROLLBACK_REASON=%s\nDEGRADED=%s\nLAST_GOOD=%s\n' \
+		"$BOOT" "$AB_STATE" "$BOOT_COUNT" "$ROLLBACK_REASON" "$DEGRADED" "$LAST_GOOD"
+	printf '%s' "$PROBLEMS"
+}
+
+# --- writing ----------------------------------------------------------------
+#
+# Each file is replaced atomically, as anklumed.persist does:
+#   1. write NAME.tmp   (shell redirection: open O_CREAT|O_TRUNC, write)
+#   2. fsync NAME.tmp   (`sync FILE`: busybox 1.35 in Debian 12 and 1.37 in
+#                        Debian 13 have no fsync applet, but their `sync`
+#                        takes FILEs and calls fsync(2) on each; coreutils'
+#                        sync does the same)
+#   3. rename over NAME (`mv -f`: rename(2) on the same filesystem)
+#   4. fsync the directory (`sync DIR`: fsync(2) on the directory's fd makes
+#                        the rename itself durable)
+# A power cut leaves NAME old or new, never half-written; a NAME.tmp left
+# behind is ignored here and removed by anklumed.
+put() {
+	f=$PERSIST/$1
+	# mv onto a directory would move the file into it: refuse instead.
+	[ ! -d "$f" ] &&
+		printf '%s\n' "$2" > "$f.tmp" 2>/dev/null &&
+		sync "$f.tmp" 2>/dev/null &&
+		mv -f "$f.tmp" "$f" 2>/dev/null &&
+		sync "$PERSIST" 2>/dev/null && return 0
+	rm -f "$f.tmp" 2>/dev/null
+	echo "anklume-state: could not write $1 on PERSIST ($PERSIST); the boot goes on but this attempt may not be counted." >&2
+	return 1
+}
+
+# write_decision FROM: writes what the decision changed, in the order that
+# leaves a valid state after a power cut between any two steps:
+#   1. last-rollback: alone, it changes no decision (it only matters once
+#      ab-state names its TO slot), so a cut here redoes the rollback;
+#   2. boot-count (1 on a rollback): a cut here boots the old primary again
+#      with a fresh count, never the new one with the old one's attempts
+#      (the order of anklumed.slots.model.write_primary);
+#   3. ab-state.
+write_decision() {
+	if [ -n "$ROLLBACK_REASON" ] && [ "$AB_STATE" != "$1" ]; then
+		put last-rollback "FROM=$1
+TO=$AB_STATE
+AT=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+REASON=$ROLLBACK_REASON
+TO_LAST_GOOD_AT=${GOOD_O:-none}" || return 1
+	fi
+	if [ "$BOOT_COUNT" != "$N_COUNT" ] || [ ! -f "$PERSIST/boot-count" ]; then
+		put boot-count "$BOOT_COUNT" || return 1
+	fi
+	if [ "$AB_STATE" != "$1" ] || [ "$(value "$PERSIST/ab-state")" != "$AB_STATE" ]; then
+		put ab-state "$AB_STATE" || return 1
+	fi
+	return 0
+}
+
+# --- subcommands --------------------------------------------------------------
+
+cmd_decide() {
+	read_state
+	decide_from_state "$(forced_slot "${1:-}")"
+	print_decision
+}
+
+cmd_record() {
+	read_state
+	decide_from_state "$(forced_slot "${1:-}")"
+	rc=0
+	if [ -n "$(forced_slot "${1:-}")" ] && [ "$BOOT" != "$PRIMARY" ]; then
+		:  # a menu choice of the other slot changes nothing on PERSIST
+	else
+		write_decision "$PRIMARY" || rc=1
+	fi
+	print_decision
+	return $rc
+}
+
+# The slot about to boot failed a check. The other slot boots when it is ok.
+# Only a failure of the primary moves ab-state: when the failed slot was not
+# the primary (a boot-menu choice with anklume.slot=, or a degraded boot of
+# the last good slot), the primary boots and nothing is written.
+cmd_fallthrough() {
+	failed=$(slot_name "${1:-}") || { echo "anklume-state: fallthrough needs the slot that failed (A or B)." >&2; return 2; }
+	reason=${2:-}
+	read_state
+	case " $FALLTHROUGH_REASONS " in
+	*" $reason "*) ;;
+	*) problem "unknown fall-through reason '$reason'"; reason=check-failed ;;
+	esac
+	ROLLBACK_REASON=$reason
+	BOOT_COUNT=$N_COUNT
+	AB_STATE=$PRIMARY
+	target=$(other "$failed")
+	if [ "$target" = "$PRIMARY" ]; then ST=$ST_P; else ST=$ST_O; fi
+	if [ "$ST" != ok ]; then
+		BOOT=; DEGRADED=1; print_decision; return 0
+	fi
+	if [ "$failed" != "$PRIMARY" ]; then
+		BOOT=$target; DEGRADED=1; print_decision; return 0
+	fi
+	if [ "$OTHER_TRIED" = 1 ]; then
+		# The other slot was given up for this one and it has not booted
+		# well since: nothing is left to try.
+		BOOT=; DEGRADED=1; print_decision; return 0
+	fi
+	BOOT=$target; AB_STATE=$target; BOOT_COUNT=1; DEGRADED=0
+	rc=0
+	write_decision "$PRIMARY" || rc=1
+	print_decision
+	return $rc
+}
+
+# The meta's fields the boot needs, validated; an invalid or missing one is
+# printed empty, so the boot script never parses a meta itself.
+cmd_slot_info() {
+	slot=$(slot_name "${1:-}") || { echo "anklume-state: slot-info needs a slot (A or B)." >&2; return 2; }
+	PROBLEMS=
+	m=$PERSIST/slots/$slot.meta
+	status "$slot"
+	echo "STATUS=$ST"
+	echo "VERSION=$(token "$(kv "$m" VERSION)")"
+	echo "SIZE=$(count "$(kv "$m" SIZE)" '' 0 999999999999999)"
+	echo "ROOT_HASH=$(hex "$(kv "$m" ROOT_HASH)")"
+	s=$(kv "$m" SALT)
+	if [ "$s" = - ]; then echo "SALT=-"; else echo "SALT=$(hex "$s")"; fi
+	echo "DATA_BLOCK_SIZE=$(block "$(kv "$m" DATA_BLOCK_SIZE)")"
+	echo "HASH_BLOCK_SIZE=$(block "$(kv "$m" HASH_BLOCK_SIZE)")"
+	echo "HASH_ALG=$(token "$(kv "$m" HASH_ALG)")"
+}
+
+hex() {
+	h=$(printf '%s' "$1" | tr 'A-F' 'a-f')
+	case $h in '' | *[!0-9a-f]*) return 0 ;; esac
+	[ "${#h}" -le 512 ] && printf '%s' "$h"
+}
+
+token() {
+	case $1 in '' | *[!A-Za-z0-9._:+~/@-]*) return 0 ;; esac
+	[ "${#1}" -le 200 ] && printf '%s' "$1"
+}
+
+# A dm-verity block size: a power of two from 512 to 1 MiB.
+block() {
+	b=$(count "$1" '' 512 1048576) || return 0
+	while [ "$b" -gt 1 ] && [ $((b % 2)) -eq 0 ]; do b=$((b / 2)); done
+	[ "$b" = 1 ] && count "$1" '' 512 1048576
+}
+
+main() {
+	cmd=${1:-}
+	PERSIST=${2:-}
+	if [ -z "$PERSIST" ]; then
+		echo "usage: anklume-state.sh decide|record PERSIST_DIR [CMDLINE_FILE] | fallthrough PERSIST_DIR SLOT REASON | slot-info PERSIST_DIR SLOT" >&2
+		return 2
+	fi
+	shift 2
+	case $cmd in
+	decide) cmd_decide "$@" ;;
+	record) cmd_record "$@" ;;
+	fallthrough) cmd_fallthrough "$@" ;;
+	slot-info) cmd_slot_info "$@" ;;
+	*) echo "anklume-state: unknown command '$cmd' (decide, record, fallthrough, slot-info)." >&2; return 2 ;;
+	esac
+}
+
+main "$@"
