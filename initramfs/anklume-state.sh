@@ -55,23 +55,28 @@ norm() {
 		tr '\011\013\014\015\034\035\036\037' ' \n\n\n\n\n\n '
 }
 
+nl='
+'
+
+# trim TEXT: without the spaces and newlines around it.
 trim() {
 	t=$1
-	t=${t#"${t%%[! ]*}"}
-	t=${t%"${t##*[! ]}"}
+	t=${t#"${t%%[! $nl]*}"}
+	t=${t%"${t##*[! $nl]}"}
 	printf '%s' "$t"
 }
 
-# value FILE: a one-value file (ab-state, boot-count) as one trimmed line.
+# value FILE: a one-value file (ab-state, boot-count), trimmed. A newline
+# left inside makes it invalid, as in anklumed.
 value() {
-	trim "$(norm "$1" | tr '\n' ' ')"
+	trim "$(norm "$1")"
 }
 
-# kv FILE KEY: the value of KEY in a KEY=value file (the last one wins, keys
-# are case-insensitive, one pair of quotes is dropped); status 1 when absent.
-# kv FILE: prints the number of valid KEY=value lines.
-kv() {
-	norm "$1" | awk -v want="${2:-}" '
+# kv_load FILE: KV gets the file's valid KEY=value pairs, one a line, the
+# last of each key (keys are case-insensitive: upper-cased here), one pair
+# of quotes dropped from a value; KV_N the number of valid lines.
+kv_load() {
+	KV=$(norm "$1" | awk '
 	{
 		line = $0; sub(/^ +/, "", line); sub(/ +$/, "", line)
 		if (line == "" || substr(line, 1, 1) == "#") next
@@ -82,14 +87,20 @@ kv() {
 		q = substr(v, 1, 1)
 		if (length(v) >= 2 && (q == "\"" || q == "\047") && substr(v, length(v), 1) == q)
 			v = substr(v, 2, length(v) - 2)
-		n++; k = toupper(k)
-		if (k == toupper(want)) { found = 1; val = v }
+		n++; val[toupper(k)] = v
 	}
-	END {
-		if (want == "") { print n + 0; exit 0 }
-		if (found) { print val; exit 0 }
-		exit 1
-	}'
+	END { print n + 0; for (k in val) print k "=" val[k] }')
+	KV_N=${KV%%"$nl"*}
+}
+
+# kv KEY: the value of KEY in the file last loaded; status 1 when absent.
+kv() {
+	while IFS= read -r line; do
+		case $line in "$1="*) printf '%s' "${line#*=}"; return 0 ;; esac
+	done <<EOF
+$KV
+EOF
+	return 1
 }
 
 # count TEXT DEFAULT LOW HIGH: a whole number (decimal: "010" is 10, never
@@ -112,21 +123,19 @@ slot_name() {
 
 other() { if [ "$1" = A ]; then echo B; else echo A; fi; }
 
-nl='
-'
 problem() { PROBLEMS="${PROBLEMS}PROBLEM=$1$nl"; }
 
 # status SLOT: sets ST to ok, pending, failed or empty. A meta whose STATUS
 # is missing or invalid is "failed" (never a rollback target), "empty" when
 # it holds no valid line at all.
 status() {
-	m=$PERSIST/slots/$1.meta
-	if ST=$(kv "$m" STATUS); then
+	kv_load "$PERSIST/slots/$1.meta"
+	if ST=$(kv STATUS); then
 		ST=$(printf '%s' "$ST" | tr 'A-Z' 'a-z')
 		[ "$ST" = "o$KELVIN" ] && ST=ok
 		case $ST in ok | pending | failed | empty) return ;; esac
 	fi
-	if [ "$(kv "$m")" -gt 0 ]; then
+	if [ "$KV_N" -gt 0 ]; then
 		problem "slots/$1.meta: STATUS is missing or invalid; treated as failed"
 		ST=failed
 	else
@@ -155,8 +164,10 @@ stamp() {
 	printf '%s' "$1"
 }
 
-good_at() {
-	stamp "$(kv "$PERSIST/slots/$1.meta" LAST_GOOD_AT)"
+# meta SLOT: ST and GOOD (the valid LAST_GOOD_AT, or nothing) of a slot.
+meta() {
+	status "$1"
+	GOOD=$(stamp "$(kv LAST_GOOD_AT)")
 }
 
 # --- the state and the rule (anklumed/slots/selection.py) -------------------
@@ -174,10 +185,8 @@ read_state() {
 	ATTEMPTS=$(count "$(value "$PERSIST/boot-attempts")" $DEFAULT_ATTEMPTS 1 $MAX_ATTEMPTS) ||
 		[ ! -e "$PERSIST/boot-attempts" ] || problem "boot-attempts is invalid; 3 assumed"
 	OTHER=$(other "$PRIMARY")
-	status "$PRIMARY"; ST_P=$ST
-	status "$OTHER"; ST_O=$ST
-	GOOD_P=$(good_at "$PRIMARY")
-	GOOD_O=$(good_at "$OTHER")
+	meta "$PRIMARY"; ST_P=$ST; GOOD_P=$GOOD
+	meta "$OTHER"; ST_O=$ST; GOOD_O=$GOOD
 	# The slot last marked good: the newer valid LAST_GOOD_AT (a tie keeps the
 	# primary); none when neither slot has one.
 	LAST_GOOD=
@@ -190,10 +199,10 @@ read_state() {
 	# LAST_GOOD_AT is still the one the rollback recorded. Rolling back again
 	# would be the A<->B ping-pong; the boot stays on the last good slot.
 	OTHER_TRIED=0
-	rb=$PERSIST/last-rollback
-	if [ "$(slot_name "$(kv "$rb" FROM)")" = "$OTHER" ] &&
-		[ "$(slot_name "$(kv "$rb" TO)")" = "$PRIMARY" ] &&
-		marker=$(kv "$rb" TO_LAST_GOOD_AT) &&
+	kv_load "$PERSIST/last-rollback"
+	if [ "$(slot_name "$(kv FROM)")" = "$OTHER" ] &&
+		[ "$(slot_name "$(kv TO)")" = "$PRIMARY" ] &&
+		marker=$(kv TO_LAST_GOOD_AT) &&
 		[ "$marker" = "${GOOD_P:-none}" ]; then
 		OTHER_TRIED=1
 	fi
@@ -314,9 +323,10 @@ cmd_decide() {
 
 cmd_record() {
 	read_state
-	decide_from_state "$(forced_slot "${1:-}")"
+	forced=$(forced_slot "${1:-}")
+	decide_from_state "$forced"
 	rc=0
-	if [ -n "$(forced_slot "${1:-}")" ] && [ "$BOOT" != "$PRIMARY" ]; then
+	if [ -n "$forced" ] && [ "$BOOT" != "$PRIMARY" ]; then
 		:  # a menu choice of the other slot changes nothing on PERSIST
 	else
 		write_decision "$PRIMARY" || rc=1
@@ -365,17 +375,16 @@ cmd_fallthrough() {
 cmd_slot_info() {
 	slot=$(slot_name "${1:-}") || { echo "anklume-state: slot-info needs a slot (A or B)." >&2; return 2; }
 	PROBLEMS=
-	m=$PERSIST/slots/$slot.meta
 	status "$slot"
 	echo "STATUS=$ST"
-	echo "VERSION=$(token "$(kv "$m" VERSION)")"
-	echo "SIZE=$(count "$(kv "$m" SIZE)" '' 0 999999999999999)"
-	echo "ROOT_HASH=$(hex "$(kv "$m" ROOT_HASH)")"
-	s=$(kv "$m" SALT)
+	echo "VERSION=$(token "$(kv VERSION)")"
+	echo "SIZE=$(count "$(kv SIZE)" '' 0 999999999999999)"
+	echo "ROOT_HASH=$(hex "$(kv ROOT_HASH)")"
+	s=$(kv SALT)
 	if [ "$s" = - ]; then echo "SALT=-"; else echo "SALT=$(hex "$s")"; fi
-	echo "DATA_BLOCK_SIZE=$(block "$(kv "$m" DATA_BLOCK_SIZE)")"
-	echo "HASH_BLOCK_SIZE=$(block "$(kv "$m" HASH_BLOCK_SIZE)")"
-	echo "HASH_ALG=$(token "$(kv "$m" HASH_ALG)")"
+	echo "DATA_BLOCK_SIZE=$(block "$(kv DATA_BLOCK_SIZE)")"
+	echo "HASH_BLOCK_SIZE=$(block "$(kv HASH_BLOCK_SIZE)")"
+	echo "HASH_ALG=$(token "$(kv HASH_ALG)")"
 }
 
 hex() {
