@@ -34,6 +34,15 @@ def verity_file(slot: SlotName) -> str:
     return f"slots/{slot.value}.verity"
 
 
+def manifest_file(slot: SlotName) -> str:
+    """The installed bundle's manifest, kept so the initramfs can check the meta."""
+    return f"slots/{slot.value}.manifest"
+
+
+def signature_file(slot: SlotName) -> str:
+    return f"slots/{slot.value}.manifest.sig"
+
+
 class SlotStatus(StrEnum):
     OK = "ok"
     PENDING = "pending"

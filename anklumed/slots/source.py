@@ -47,6 +47,10 @@ class Bundle:
     signed_by: str | None
     location: str  # where the image is, for messages and the slot's meta
     open_image: Callable[[Sleeper], ImageStream]
+    # The manifest and signature exactly as read: kept on PERSIST at
+    # activation so the initramfs can verify the meta against them.
+    manifest_bytes: bytes = b""
+    signature: bytes | None = None
 
 
 def shown(source: str) -> str:
@@ -93,10 +97,10 @@ def _open_local(path: Path, keys_dir: Path) -> Bundle:
         raise NotFound(f"no bundle manifest at {path}")
     if path.stat().st_size > MANIFEST_MAX:
         raise InvalidArgument(f"{path} is too large to be a manifest")
-    signature = path.with_name(path.name + ".sig")
-    manifest, signed_by = checked(path.read_bytes(),
-                                   signature.read_bytes() if signature.exists() else None,
-                                   keys_dir)
+    signature_path = path.with_name(path.name + ".sig")
+    data = path.read_bytes()
+    signature = signature_path.read_bytes() if signature_path.exists() else None
+    manifest, signed_by = checked(data, signature, keys_dir)
     image = path.with_name(manifest.image)
     if not image.is_file():
         raise NotFound(f"the bundle's image {image.name} is missing beside its manifest")
@@ -105,4 +109,4 @@ def _open_local(path: Path, keys_dir: Path) -> Bundle:
         stream: BinaryIO = image.open("rb")
         return stream
 
-    return Bundle(manifest, signed_by, str(image), open_image)
+    return Bundle(manifest, signed_by, str(image), open_image, data, signature)

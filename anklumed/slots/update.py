@@ -4,8 +4,8 @@ The order is the contract and is never changed:
 refuse the booted slot → check size and compatibility → mark the target
 pending → stream the image to the partition, hashing (sha256 and the
 dm-verity tree) in the same pass → fsync → read back and compare → compare
-the root hash with the pin and the manifest → write slots/T.verity and
-slots/T.meta (ok) → ab-state=T, boot-count=0.
+the root hash with the pin and the manifest → write slots/T.verity,
+slots/T.manifest (+ .sig) and slots/T.meta (ok) → ab-state=T, boot-count=0.
 
 Until the last step the booted slot and ab-state are untouched, and the
 initramfs never boots a pending or failed slot: a failure, a cancel or a
@@ -99,12 +99,25 @@ def mark_failed(pdir: PersistDir, target: SlotName, previous: SlotMeta,
         meta = state.meta[target].model_copy(update={"status": SlotStatus.FAILED}) \
             if touched else previous
         model.write_meta(pdir, target, meta)
+        if touched:
+            # The slot's old content is gone: its manifest describes nothing.
+            # Kept while untouched, since the old meta comes back with it.
+            pdir.remove(model.signature_file(target))
+            pdir.remove(model.manifest_file(target))
 
 
-def activate(pdir: PersistDir, target: SlotName, manifest: Manifest, tree: bytes,
+def activate(pdir: PersistDir, target: SlotName, bundle: Bundle, tree: bytes,
              source: str, now: datetime) -> None:
-    """The last steps, in order: tree, meta (ok), then ab-state and boot-count."""
+    """The last steps, in order: tree, manifest and signature, meta (ok), then
+    ab-state and boot-count. The meta is pending until its turn, so the
+    initramfs never pairs an ok meta with another bundle's manifest."""
+    manifest = bundle.manifest
     pdir.write_bytes(model.verity_file(target), tree)
+    pdir.write_bytes(model.manifest_file(target), bundle.manifest_bytes)
+    if bundle.signature is not None:
+        pdir.write_bytes(model.signature_file(target), bundle.signature)
+    else:  # an unsigned bundle: no older signature may stay beside its manifest
+        pdir.remove(model.signature_file(target))
     meta = SlotMeta(status=SlotStatus.OK, version=manifest.version, size=manifest.size,
                     sha256=manifest.sha256, root_hash=manifest.root_hash, salt=manifest.salt,
                     data_block_size=manifest.data_block_size,
@@ -293,7 +306,7 @@ class Updater:
             job.progress("activating")
             now = self.clock()
             await self.slots.transact(lambda pdir, _st: activate(
-                pdir, target, m, result.tree, request.source, now))
+                pdir, target, bundle, result.tree, request.source, now))
         except BaseException:
             if job.cancellable:  # failed before activation: the target is not bootable
                 with contextlib.suppress(AnklumeError):

@@ -136,3 +136,54 @@ def test_the_slot_that_boots_next_is_not_overwritten(sim: Sim, tmp_path: Path) -
     # Booted from B (empty, per PERSIST): A would be the target, and A is the next boot.
     assert refused.returncode == INVALID_ARGUMENT
     assert "next boot" in refused.stderr
+
+
+STATE_SCRIPT = Path(__file__).resolve().parents[2] / "initramfs" / "anklume-state.sh"
+
+
+def kept_bundle(sim: Sim) -> tuple[bytes | None, bytes | None]:
+    with sim.persist_mounted() as mnt:
+        manifest, signature = mnt / "slots" / "B.manifest", mnt / "slots" / "B.manifest.sig"
+        return (manifest.read_bytes() if manifest.exists() else None,
+                signature.read_bytes() if signature.exists() else None)
+
+
+def test_the_installed_manifest_and_signature_are_kept_on_persist(
+        sim: Sim, tmp_path: Path) -> None:
+    manifest_path = make_bundle(sim, tmp_path)
+    assert sim.ctl("update", str(manifest_path)).returncode == 0
+    manifest, signature = kept_bundle(sim)
+    # The exact bytes of the bundle's: the initramfs verifies them with its key.
+    assert manifest == manifest_path.read_bytes()
+    assert signature == manifest_path.with_name(manifest_path.name + ".sig").read_bytes()
+    assert bundle.check_signature(manifest, signature,
+                                  bundle.load_trusted_keys(sim.workdir / "keys")) == "builder"
+    # What the boot reads from the meta is what the verified manifest says.
+    m = bundle.parse_manifest(manifest)
+    with sim.persist_mounted() as mnt:
+        info = subprocess.run(["busybox", "sh", str(STATE_SCRIPT), "slot-info", str(mnt), "B"],
+                              capture_output=True, text=True, check=True).stdout
+    assert f"ROOT_HASH={m.root_hash}\n" in info and f"SALT={m.salt}\n" in info
+    assert f"SIZE={m.size}\n" in info and "STATUS=ok\n" in info
+
+
+def test_an_unsigned_update_leaves_no_older_signature(sim: Sim, tmp_path: Path) -> None:
+    assert sim.ctl("update", str(make_bundle(sim, tmp_path))).returncode == 0
+    assert sim.ctl("set-primary", "A").returncode == 0  # B may be written again
+    unsigned = make_bundle(sim, tmp_path, version="2.1.0")
+    unsigned.with_name(unsigned.name + ".sig").unlink()
+    m = bundle.parse_manifest(unsigned.read_bytes())
+    done = sim.ctl("update", str(unsigned), "--verify-hash", m.root_hash)
+    assert done.returncode == 0, done.stderr
+    assert kept_bundle(sim) == (unsigned.read_bytes(), None)
+
+
+def test_a_slot_written_over_loses_its_kept_manifest(sim: Sim, tmp_path: Path) -> None:
+    assert sim.ctl("update", str(make_bundle(sim, tmp_path))).returncode == 0
+    assert sim.ctl("set-primary", "A").returncode == 0  # B may be written again
+    broken = make_bundle(sim, tmp_path, version="2.1.0", filler=6 << 20)
+    image = broken.with_name(bundle.parse_manifest(broken.read_bytes()).image)
+    image.write_bytes(image.read_bytes()[:-100])
+    assert sim.ctl("update", str(broken)).returncode == VERIFICATION_FAILED
+    assert "STATUS=failed" in sim.persist_files()["slots/B.meta"]
+    assert kept_bundle(sim) == (None, None)
