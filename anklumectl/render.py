@@ -44,6 +44,15 @@ def slots_table(status: dict[str, Any]) -> Table:
     return table
 
 
+# The hand-off's VERITY (anklumed.handoff.VerityState), for a person.
+INTEGRITY_WORDS = {
+    "signed": "verified (signed)",
+    "unsigned": "verified, unsigned image",
+    "off": "not verified",
+    "unknown": "unknown",
+}
+
+
 def status_panel(s: dict[str, Any]) -> Panel:
     state = s["BootState"]
     head = Text(STATE_WORDS.get(state, state), style=STATE_STYLE.get(state, "bold"))
@@ -64,6 +73,7 @@ def status_panel(s: dict[str, Any]) -> Panel:
     media = "absent" if not s["BootMediaPresent"] else (
         "safe to remove" if s["SafeToRemove"] else "in use, do not remove")
     lines.add_row("Boot stick", f"{s['BootDisk'] or 'not found'} — {media}")
+    lines.add_row("OS integrity", INTEGRITY_WORDS.get(s.get("Verity", ""), "unknown"))
     lines.add_row("Memory encryption", s["MemoryEncryption"]
                   + (" (requested)" if s["RamCryptRequested"] else ""))
     parts: list[Any] = [head, lines, Text(""), slots_table(s)]

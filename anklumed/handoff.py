@@ -8,6 +8,7 @@ the fallback, and whatever neither says is reported as unknown (None).
 from __future__ import annotations
 
 import logging
+from enum import StrEnum
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -21,6 +22,26 @@ HANDOFF_PATH = Path("/run/anklume/boot.env")
 CMDLINE_PATH = Path("/proc/cmdline")
 
 
+class VerityState(StrEnum):
+    """How the running OS was checked by the initramfs (the hand-off's VERITY)."""
+
+    SIGNED = "signed"  # dm-verity, root hash from a manifest signed by a trusted key
+    UNSIGNED = "unsigned"  # dm-verity, but the image carries no keys to check a signature
+    OFF = "off"  # not opened with dm-verity
+    UNKNOWN = "unknown"  # no hand-off, or a value that is none of the above
+
+
+def _verity(value: str | None) -> tuple[VerityState, list[str]]:
+    if value is None:
+        return VerityState.UNKNOWN, []
+    value = value.strip().lower()
+    # DESIGN.md's first form was 0/1: 1 says dm-verity, nothing about a signature.
+    word = {"1": "unsigned", "0": "off"}.get(value, value)
+    if word in ("signed", "unsigned", "off"):
+        return VerityState(word), []
+    return VerityState.UNKNOWN, ["VERITY must be signed, unsigned or off"]
+
+
 class Handoff(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -30,7 +51,7 @@ class Handoff(BaseModel):
     rollback: bool | None = None
     rollback_from: SlotName | None = None
     toram: bool | None = None
-    verity: bool | None = None
+    verity: VerityState = VerityState.UNKNOWN
     root_hash: str | None = None
     persist_partuuid: str | None = None
     boot_disk: Path | None = None
@@ -72,6 +93,8 @@ def parse_handoff(env_text: str | None, cmdline_text: str) -> Handoff:
             ram_crypt_requested=ram_crypt,
         )
     values, problems = parse_kv(env_text)
+    verity, verity_problems = _verity(values.get("VERITY"))
+    problems += verity_problems
     count = values.get("BOOT_COUNT", "")
     fields = {
         "slot": _slot(values.get("SLOT")),
@@ -79,7 +102,7 @@ def parse_handoff(env_text: str | None, cmdline_text: str) -> Handoff:
         "rollback": _flag(values.get("ROLLBACK")),
         "rollback_from": _slot(values.get("ROLLBACK_FROM")),
         "toram": _flag(values.get("TORAM")),
-        "verity": _flag(values.get("VERITY")),
+        "verity": verity,
         "root_hash": values.get("ROOT_HASH") or None,
         "persist_partuuid": (values.get("PERSIST_PARTUUID") or "").lower() or None,
         "boot_disk": Path(values["BOOT_DISK"]) if values.get("BOOT_DISK", "").startswith("/dev/")

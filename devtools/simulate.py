@@ -69,7 +69,7 @@ class Simulation:
         assert self.stick is not None
         self.handoff = self.workdir / "boot.env"
         self.handoff.write_text(text if text is not None else (
-            f"SLOT=A\nBOOT_COUNT=1\nROLLBACK=0\nTORAM=0\nVERITY=1\nBOOT_DISK={self.stick.loop}\n"
+            f"SLOT=A\nBOOT_COUNT=1\nROLLBACK=0\nTORAM=0\nVERITY=unsigned\nBOOT_DISK={self.stick.loop}\n"
             f"PERSIST_PARTUUID={stickimg.partuuid(self.stick.persist)}\n"))
         (self.workdir / "cmdline").write_text("quiet anklume.toram=0\n")
         (self.workdir / "anklumed.toml").write_text(

@@ -79,6 +79,7 @@ class ManagerInterface(DaemonInterface):
             "LastRollback": {k.lower(): v for k, v in rollback.to_kv().items()} if rollback else {},
             "HandoffSource": d.handoff.source,
             "Toram": _tri(d.handoff.toram),
+            "Verity": d.handoff.verity.value,
             "RootInRam": _tri(d.root.in_ram),
             "BootDisk": str(d.stick.disk) if d.stick else "",
             "BootMediaPresent": d.media_present(),
@@ -104,6 +105,7 @@ class ManagerInterface(DaemonInterface):
     LastRollback = ro_property("LastRollback", "a{ss}")
     HandoffSource = ro_property("HandoffSource", "s")
     Toram = ro_property("Toram", "s")
+    Verity = ro_property("Verity", "s")
     RootInRam = ro_property("RootInRam", "s")
     BootDisk = ro_property("BootDisk", "s")
     BootMediaPresent = ro_property("BootMediaPresent", "b")

@@ -127,3 +127,12 @@ def test_allowed_unprivileged_caller(sim: Sim) -> None:
     sim.set_polkit("allow")
     assert sim.ctl("mark-good", user=NOBODY).returncode == 0
     assert sim.status()["BootState"] == "good"
+
+
+def test_os_integrity_from_the_handoff(sim: Sim) -> None:
+    assert sim.status()["Verity"] == "unsigned"  # the simulator's slot has no signature
+    assert "verified, unsigned image" in sim.ctl("status").stdout
+    sim.write_handoff(sim.handoff.read_text().replace("VERITY=unsigned", "VERITY=signed"))
+    sim.restart_daemon()
+    assert sim.status()["Verity"] == "signed"
+    assert "verified (signed)" in sim.ctl("status").stdout

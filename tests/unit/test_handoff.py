@@ -1,0 +1,26 @@
+"""The hand-off's VERITY: how the initramfs checked the running OS."""
+
+import pytest
+
+from anklumed.handoff import VerityState, parse_handoff
+
+
+@pytest.mark.parametrize(("value", "expected", "problem"), [
+    ("signed", VerityState.SIGNED, False),
+    (" Unsigned\r", VerityState.UNSIGNED, False),
+    ("off", VerityState.OFF, False),
+    ("1", VerityState.UNSIGNED, False),  # DESIGN.md's first 0/1 form
+    ("0", VerityState.OFF, False),
+    ("yes", VerityState.UNKNOWN, True),
+    ("", VerityState.UNKNOWN, True),
+    (None, VerityState.UNKNOWN, False),
+])
+def test_verity(value: str | None, expected: VerityState, problem: bool) -> None:
+    env = "SLOT=A\n" + (f"VERITY={value}\n" if value is not None else "")
+    handoff = parse_handoff(env, "")
+    assert handoff.verity is expected
+    assert any("VERITY" in p for p in handoff.problems) is problem
+
+
+def test_verity_unknown_without_a_handoff() -> None:
+    assert parse_handoff(None, "anklume.slot=B").verity is VerityState.UNKNOWN
