@@ -8,6 +8,7 @@ nothing, and ``record`` (or ``fallthrough``) must leave exactly ``after/``.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -141,3 +142,22 @@ def test_shell_record(name: str, shell: str, tmp_path: Path) -> None:
         assert AT_LINE.search(got.get("last-rollback", b"")), got.get("last-rollback")
         got["last-rollback"] = AT_LINE.sub(AT_PLACEHOLDER, got["last-rollback"])
     assert got == want
+
+
+@pytest.mark.parametrize("shell", sorted(SHELLS))
+def test_shell_decide_never_blocks_or_fails(shell: str, tmp_path: Path) -> None:
+    """Inodes a raw case cannot hold: a FIFO, a device, a symlink loop, no PERSIST."""
+    persist = tmp_path / "persist"
+    (persist / "slots").mkdir(parents=True)
+    os.mkfifo(persist / "ab-state")
+    (persist / "boot-count").symlink_to("/dev/zero")
+    (persist / "slots" / "A.meta").symlink_to("A.meta")
+    os.mkfifo(persist / "slots" / "B.meta")
+    cmdline = tmp_path / "cmdline"
+    cmdline.mkdir()
+    for target in (persist, tmp_path / "absent"):
+        result = run_state(shell, "decide", target, cmdline)
+        assert result.returncode == 0, result.stderr
+        assert lines(result.stdout) == {"BOOT": "A", "AB_STATE": "A", "BOOT_COUNT": "1",
+                                        "ROLLBACK_REASON": "", "DEGRADED": "1",
+                                        "LAST_GOOD": ""}
