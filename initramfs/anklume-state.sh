@@ -34,6 +34,8 @@ FALLTHROUGH_REASONS="signature root-hash verity missing-tree missing-manifest mi
 # forms of Unicode line breaks become newlines and those of Unicode spaces
 # become spaces, so a value is valid here exactly when it is there.
 u() { printf "$1"; }
+nl='
+'
 LB=$(u '\034')  # a line break, turned into \n by tr below
 SED_NORM="s/$(u '\302\205')/$LB/g
 s/$(u '\342\200\250')/$LB/g
@@ -49,14 +51,18 @@ KELVIN=$(u '\342\204\252')  # lowercases to "k" in Python: "O<KELVIN>" is "ok" t
 # non-regular file (anklumed reports those and uses the default too).
 norm() {
 	[ -f "$1" ] || return 0
-	size=$(trim "$(wc -c < "$1" 2>/dev/null)")
-	[ "${size:-0}" -le "$MAX_FILE_BYTES" ] 2>/dev/null || return 0
-	tr '\000' '?' < "$1" | sed -e "$SED_NORM" |
-		tr '\011\013\014\015\034\035\036\037' ' \n\n\n\n\n\n '
+	# One byte more than the limit tells an oversized file; the "." keeps
+	# trailing newlines from $(...), so the length is the file's.
+	raw=$(head -c $((MAX_FILE_BYTES + 1)) < "$1" 2>/dev/null | tr '\000' '?'; echo .)
+	raw=${raw%.}
+	[ "${#raw}" -le "$MAX_FILE_BYTES" ] || return 0
+	case $raw in
+	*[!\ -~$nl]*)  # control or non-ASCII bytes: the full translation
+		printf '%s' "$raw" | sed -e "$SED_NORM" |
+			tr '\011\013\014\015\034\035\036\037' ' \n\n\n\n\n\n ' ;;
+	*) printf '%s' "$raw" ;;  # the usual file: printable ASCII lines
+	esac
 }
-
-nl='
-'
 
 # trim TEXT: without the spaces and newlines around it.
 trim() {
@@ -131,9 +137,12 @@ problem() { PROBLEMS="${PROBLEMS}PROBLEM=$1$nl"; }
 status() {
 	kv_load "$PERSIST/slots/$1.meta"
 	if ST=$(kv STATUS); then
-		ST=$(printf '%s' "$ST" | tr 'A-Z' 'a-z')
-		[ "$ST" = "o$KELVIN" ] && ST=ok
-		case $ST in ok | pending | failed | empty) return ;; esac
+		case $ST in  # case-insensitive, as anklumed's value.lower()
+		[oO][kK] | [oO]"$KELVIN") ST=ok; return ;;
+		[pP][eE][nN][dD][iI][nN][gG]) ST=pending; return ;;
+		[fF][aA][iI][lL][eE][dD]) ST=failed; return ;;
+		[eE][mM][pP][tT][yY]) ST=empty; return ;;
+		esac
 	fi
 	if [ "$KV_N" -gt 0 ]; then
 		problem "slots/$1.meta: STATUS is missing or invalid; treated as failed"
