@@ -52,6 +52,7 @@ class Handoff(BaseModel):
     rollback_from: SlotName | None = None
     toram: bool | None = None
     verity: VerityState = VerityState.UNKNOWN
+    degraded: bool | None = None  # the initramfs's decision said DEGRADED=1
     root_hash: str | None = None
     persist_partuuid: str | None = None
     boot_disk: Path | None = None
@@ -103,6 +104,7 @@ def parse_handoff(env_text: str | None, cmdline_text: str) -> Handoff:
         "rollback_from": _slot(values.get("ROLLBACK_FROM")),
         "toram": _flag(values.get("TORAM")),
         "verity": verity,
+        "degraded": _flag(values.get("DEGRADED")),
         "root_hash": values.get("ROOT_HASH") or None,
         "persist_partuuid": (values.get("PERSIST_PARTUUID") or "").lower() or None,
         "boot_disk": Path(values["BOOT_DISK"]) if values.get("BOOT_DISK", "").startswith("/dev/")

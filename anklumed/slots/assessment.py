@@ -68,6 +68,10 @@ def assess(
             f"slot {booted} used {slots.boot_count} attempts of {slots.boot_attempts} "
             "and no other slot is usable"
         )
+    elif handoff.degraded and not good:
+        # Both slots exhausted (docs/boot.md): the initramfs booted the last
+        # good slot, which need not be the primary.
+        reasons.append(f"no slot has attempts left; slot {booted} was booted as the last good one")
     if handoff.rollback:
         source = handoff.rollback_from or (slots.last_rollback and slots.last_rollback.from_slot)
         reasons.insert(0, f"rolled back from slot {source or '?'}")

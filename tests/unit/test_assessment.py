@@ -67,3 +67,12 @@ def test_handoff_garbage() -> None:
     h = parse_handoff("SLOT=Q\nBOOT_COUNT=x\nTORAM=maybe\nBOOT_DISK=../etc\n\x00\x01", "")
     assert h.slot is None and h.boot_count is None and h.toram is None and h.boot_disk is None
     assert h.problems
+
+
+def test_a_degraded_boot_of_the_last_good_slot_is_degraded() -> None:
+    # Both slots exhausted: the initramfs booted B (last good) while A is primary.
+    h = parse_handoff("SLOT=B\nDEGRADED=1\n", "")
+    a = assess(state(primary=A, count=4), h, BOOT)
+    assert a.state is BootState.DEGRADED and "last good" in a.reasons[0]
+    assert assess(state(primary=A, count=4), parse_handoff("SLOT=B\n", ""), BOOT).state \
+        is BootState.PENDING
