@@ -275,10 +275,13 @@ print_decision() {
 #
 # Each file is replaced atomically, as anklumed.persist does:
 #   1. write NAME.tmp   (shell redirection: open O_CREAT|O_TRUNC, write)
-#   2. fsync NAME.tmp   (`sync FILE`: busybox 1.35 in Debian 12 and 1.37 in
-#                        Debian 13 have no fsync applet, but their `sync`
-#                        takes FILEs and calls fsync(2) on each; coreutils'
-#                        sync does the same)
+#   2. fsync NAME.tmp   (`sync FILE`: Debian 12's busybox 1.35 has no fsync
+#                        applet, but its `sync [-df] FILE...` calls fsync(2)
+#                        on each FILE (strace: tests/unit/test_boot_power_cut.py);
+#                        coreutils' sync does the same. A busybox built
+#                        without FEATURE_SYNC_FANCY ignores FILE and calls
+#                        sync(2), which flushes everything: slower, as durable.
+#                        Debian 13's busybox 1.37 is not checked here.)
 #   3. rename over NAME (`mv -f`: rename(2) on the same filesystem)
 #   4. fsync the directory (`sync DIR`: fsync(2) on the directory's fd makes
 #                        the rename itself durable)
