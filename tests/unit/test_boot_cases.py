@@ -58,6 +58,13 @@ def persist_copy(case: Path, tmp_path: Path) -> Path:
     return target
 
 
+def prepared(name: str, tmp_path: Path) -> tuple[Path, Path, dict[str, bytes]]:
+    """The case, a copy of its PERSIST to work on, and that copy's files."""
+    case = CASES / name
+    persist = persist_copy(case, tmp_path)
+    return case, persist, snapshot(persist)
+
+
 def run_state(shell: str, *args: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*SHELLS[shell], str(SCRIPT), *map(str, args)],
@@ -99,9 +106,7 @@ def test_cases_are_complete() -> None:
 
 @pytest.mark.parametrize("name", case_names())
 def test_python_side(name: str, tmp_path: Path) -> None:
-    case = CASES / name
-    persist = persist_copy(case, tmp_path)
-    before = snapshot(persist)
+    case, persist, before = prepared(name, tmp_path)
     assert python_lines(case, persist) == expected(case)
     assert snapshot(persist) == before
 
@@ -109,9 +114,7 @@ def test_python_side(name: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("shell", sorted(SHELLS))
 @pytest.mark.parametrize("name", case_names())
 def test_shell_decide(name: str, shell: str, tmp_path: Path) -> None:
-    case = CASES / name
-    persist = persist_copy(case, tmp_path)
-    before = snapshot(persist)
+    case, persist, before = prepared(name, tmp_path)
     if case.joinpath("fallthrough").exists():
         pytest.skip("a fall-through case: see test_shell_record")
     result = run_state(shell, *shell_args(case, persist, "decide"))
@@ -123,9 +126,7 @@ def test_shell_decide(name: str, shell: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("shell", sorted(SHELLS))
 @pytest.mark.parametrize("name", case_names())
 def test_shell_record(name: str, shell: str, tmp_path: Path) -> None:
-    case = CASES / name
-    persist = persist_copy(case, tmp_path)
-    before = snapshot(persist)
+    case, persist, before = prepared(name, tmp_path)
     result = run_state(shell, *shell_args(case, persist, "record"))
     assert lines(result.stdout) == expected(case)
     if case.joinpath("record-fails").exists():
