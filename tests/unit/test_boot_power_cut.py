@@ -10,7 +10,6 @@ write truncates) and the next boot runs.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -78,7 +77,6 @@ def test_no_cut(tmp_path: Path, shell: str) -> None:
     assert "FROM=A\nTO=B\n" in persist.joinpath("last-rollback").read_text()
 
 
-@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
 def test_each_write_is_tmp_fsync_rename_fsync_dir(tmp_path: Path) -> None:
     """The system calls busybox makes for record's writes, in order."""
     persist = exhausted_a(tmp_path)
