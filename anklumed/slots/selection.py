@@ -42,7 +42,9 @@ class Decision(BaseModel):
     boot: SlotName
     ab_state: SlotName  # to write (unchanged when equal to the current one)
     boot_count: int  # to write
-    rollback_reason: str | None = None  # set when ab-state switches automatically
+    # Why the slot booted is not the primary as it was: a rollback (ab-state
+    # switches) or a fall-through from a slot that failed its checks.
+    rollback_reason: str | None = None
     degraded: bool = False
 
 
