@@ -35,6 +35,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="run tests marked vm in QEMU guests (real kernel, systemd)")
     group.addoption("--vm-timeout", type=float, default=900.0,
                     help="seconds one guest may run (default 900)")
+    group.addoption("--image", action="store_true",
+                    help="run the image tier (tests/image: builds the stick image; minutes)")
 
 
 def vm_mode(item: pytest.Item) -> str | None:
@@ -50,6 +52,12 @@ def vm_mode(item: pytest.Item) -> str | None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if IN_GUEST:
         return
+    if not config.getoption("--image"):
+        skip_image = pytest.mark.skip(reason="image tier: builds the stick image; "
+                                             "run with --image (.ci/run does)")
+        for item in items:
+            if item.get_closest_marker("image") is not None:
+                item.add_marker(skip_image)
     if not config.getoption("--vm"):
         skip = pytest.mark.skip(reason="VM tier: needs QEMU and a real kernel; "
                                        "run with --vm (./run-tests does)")

@@ -1,0 +1,5 @@
+import sys
+
+from anklume_image.cli import main
+
+sys.exit(main())

@@ -1,0 +1,97 @@
+"""The build: named stages over one configuration, and an output that is
+either whole (image and its .sha256) or absent.
+
+An interrupted build leaves its work directory, which the next build of the
+same output removes first: a rerun always starts clean. The image is written
+as OUT.part and renamed only after its checksum file is in place, so no image
+is ever seen without its .sha256.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import shutil
+import stat
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from anklume_image import esp, persist, rootfs, slot, stick
+from anklume_image.config import BuildConfig
+from anklume_image.errors import BuildError
+from anklume_image.signing import public_key_of
+
+log = logging.getLogger(__name__)
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def check_output(out: Path) -> None:
+    """A build writes a file; flashing it is a separate, deliberate step."""
+    if out.exists() and stat.S_ISBLK(out.stat().st_mode):
+        raise BuildError(f"{out} is a block device: build to a file, then write it to the "
+                         "stick with dd (a build never writes a disk)")
+    if out.is_dir():
+        raise BuildError(f"{out} is a directory: give the image's file name")
+    if not out.parent.is_dir():
+        raise BuildError(f"{out.parent} does not exist")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(4 * 1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def stage(name: str) -> Iterator[None]:
+    start = time.monotonic()
+    log.info("stage %s ...", name)
+    yield
+    log.info("stage %s done in %.1f s", name, time.monotonic() - start)
+
+
+def build(config: BuildConfig, checkout: Path = CHECKOUT) -> Path:
+    out = config.out.absolute()
+    check_output(out)
+    public_key = public_key_of(config.signing_key) if config.signing_key else None
+    work = config.work_dir
+    shutil.rmtree(work, ignore_errors=True)  # what an interrupted build left
+    checksum = out.with_name(out.name + ".sha256")
+    for stale in (out, checksum):
+        stale.unlink(missing_ok=True)
+    work.mkdir(parents=True)
+    persist_guid = str(uuid.uuid4())
+    with stage("rootfs"):
+        tarball = rootfs.build_rootfs(config, work, checkout, public_key)
+    with stage("slot"):
+        image = slot.build_squashfs(config, tarball, work)
+        manifest, bundle_dir = slot.build_bundle(config, image, work)
+        tree = slot.verity_tree(image, manifest)
+    with stage("persist"):
+        persist.stage_persist(config, manifest, tree, work / "persist-files")
+        persist_img = persist.make_persist(config, work / "persist-files", work / "persist.img")
+    with stage("esp"):
+        esp_img = esp.make_esp(config, work / "boot-files", persist_guid, work)
+    with stage("stick"):
+        part = out.with_name(out.name + ".part")
+        stick.write_stick(stick.layout(config, esp_img, image, persist_img, persist_guid), part)
+        pending = checksum.with_name(checksum.name + ".part")
+        pending.write_text(f"{sha256_file(part)}  {out.name}\n")
+        pending.replace(checksum)
+        part.replace(out)
+    _keep_bundle(bundle_dir, out)
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def _keep_bundle(bundle_dir: Path, out: Path) -> None:
+    """The bundle of the version built, beside the image: what a web server
+    holds for ``anklumectl update URL`` on sticks of an older version."""
+    target = out.with_name(out.name + ".bundle")
+    shutil.rmtree(target, ignore_errors=True)
+    bundle_dir.replace(target)

@@ -1,0 +1,83 @@
+"""``anklume-image build``: the seed's OUT / BASE / ARCH / DESKTOP as options.
+
+  anklume-image build --out anklume-live.img [--base debian] [--suite trixie]
+      [--arch amd64] [--desktop minimal|sway|labwc|kde|all] [--no-zfs]
+      [--signing-key KEY.pem] [--version V]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from anklume_image.build import build
+from anklume_image.config import Base, BuildConfig, Desktop
+from anklume_image.errors import BuildError
+from anklumed.errors import AnklumeError
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="anklume-image", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="build the stick image (and the bundle of its version)")
+    b.add_argument("--out", type=Path, required=True, help="the image file to write")
+    b.add_argument("--base", choices=[x.value for x in Base], default=Base.DEBIAN.value)
+    b.add_argument("--suite", default="trixie", help="Debian suite (default trixie, Debian 13)")
+    b.add_argument("--arch", default="amd64")
+    b.add_argument("--desktop", choices=[x.value for x in Desktop],
+                   default=Desktop.MINIMAL.value)
+    b.add_argument("--version", default="0.1.0", help="the OS version the slot carries")
+    b.add_argument("--no-zfs", action="store_true",
+                   help="leave ZFS out (no zfs-dkms build: minutes faster; BTRFS only)")
+    b.add_argument("--signing-key", type=Path, metavar="KEY",
+                   help="Ed25519 key (anklume-bundle keygen) that signs the slot manifest")
+    b.add_argument("--mirror", help="Debian mirror (default: the one this host's apt uses)")
+    b.add_argument("--efi-size", type=int, default=None, metavar="MIB")
+    b.add_argument("--slot-size", type=int, default=None, metavar="MIB")
+    b.add_argument("--persist-size", type=int, default=None, metavar="MIB")
+    b.add_argument("--compression-level", type=int, default=None, metavar="N")
+    b.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def config_from(args: argparse.Namespace) -> BuildConfig:
+    if args.base != Base.DEBIAN.value:
+        raise BuildError(f"--base {args.base} is not built yet; --base debian is")
+    options = {
+        "out": args.out, "base": args.base, "suite": args.suite, "arch": args.arch,
+        "desktop": args.desktop, "version": args.version, "zfs": not args.no_zfs,
+        "signing_key": args.signing_key, "mirror": args.mirror,
+        "efi_mib": args.efi_size, "slot_mib": args.slot_size,
+        "persist_mib": args.persist_size, "compression_level": args.compression_level,
+    }
+    return BuildConfig(**{k: v for k, v in options.items() if v is not None})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="anklume-image: %(message)s")
+    try:
+        config = config_from(args)
+        out = build(config)
+    except ValidationError as e:
+        first = e.errors()[0]
+        print(f"anklume-image: --{first['loc'][0]}: {first['msg']}", file=sys.stderr)
+        return 2
+    except (BuildError, AnklumeError, OSError) as e:
+        print(f"anklume-image: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("anklume-image: interrupted; the next build starts clean", file=sys.stderr)
+        return 130
+    print(f"{out} ({out.stat().st_size // 2**20} MiB) and {out.name}.sha256 written")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

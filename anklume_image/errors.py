@@ -1,0 +1,5 @@
+"""The one error a build reports: a sentence saying what went wrong and what to do."""
+
+
+class BuildError(Exception):
+    pass

@@ -1,0 +1,92 @@
+"""anklume Live's own files in the image, as mmdebstrap customize hooks.
+
+The daemon and the CLI run on the distribution's Python and python3-*
+packages: their source trees go to dist-packages (no pip, no virtualenv), with
+the three entry points as small scripts. Units, the bus policy and the polkit
+policy go where a Debian package would put them, and the units are enabled.
+The initramfs gets the boot half (initramfs/) through its initramfs-tools
+hook, with the public key that verifies slot manifests.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from anklume_image.config import BuildConfig
+
+DIST_PACKAGES = "/usr/lib/python3/dist-packages"
+ENTRY_POINTS = {
+    "anklumed": "anklumed.main",
+    "anklumectl": "anklumectl.main",
+    "anklume-bundle": "anklumed.bundle_tool",
+}
+UNITS = ("anklumed.service", "anklume-boot-check.service", "anklume-data-mount.service",
+         "anklume-first-boot.service")
+INITRAMFS_LIB = "/usr/lib/anklume/initramfs"
+PUBLIC_KEY_NAME = "anklume-image.pem"
+
+
+def _q(path: Path | str) -> str:
+    return shlex.quote(str(path))
+
+
+def _entry_point(name: str, module: str) -> str:
+    script = f"#!/usr/bin/python3\nimport sys\nfrom {module} import main\nsys.exit(main())\n"
+    return (f"printf %s {_q(script)} > \"$1\"/usr/bin/{name} && "
+            f"chmod 0755 \"$1\"/usr/bin/{name}")
+
+
+def python_hooks(checkout: Path) -> list[str]:
+    hooks = [f"copy-in {_q(checkout / 'anklumed')} {_q(checkout / 'anklumectl')} "
+             f"{DIST_PACKAGES}",
+             # What the checkout's editable install or tests left behind.
+             f"find \"$1\"{DIST_PACKAGES}/anklumed \"$1\"{DIST_PACKAGES}/anklumectl "
+             "-name __pycache__ -prune -exec rm -rf {} +"]
+    hooks += [_entry_point(name, module) for name, module in ENTRY_POINTS.items()]
+    hooks.append(f"chroot \"$1\" python3 -m compileall -q {DIST_PACKAGES}/anklumed "
+                 f"{DIST_PACKAGES}/anklumectl")
+    return hooks
+
+
+def system_hooks(checkout: Path) -> list[str]:
+    units = " ".join(_q(checkout / "units" / u) for u in UNITS)
+    return [
+        f"copy-in {units} /usr/lib/systemd/system",
+        f"copy-in {_q(checkout / 'dbus' / 'org.anklume.Live1.conf')} /usr/share/dbus-1/system.d",
+        f"copy-in {_q(checkout / 'dbus' / 'org.anklume.Live1.service')} "
+        "/usr/share/dbus-1/system-services",
+        f"copy-in {_q(checkout / 'polkit' / 'org.anklume.live1.policy')} "
+        "/usr/share/polkit-1/actions",
+        "chroot \"$1\" systemctl enable " + " ".join(UNITS),
+        # squashfs stores no POSIX ACLs, and journald's directory has some:
+        # made again plain; systemd-tmpfiles puts the ACLs back at each boot.
+        "rm -rf \"$1\"/var/log/journal && mkdir -m 2755 \"$1\"/var/log/journal",
+    ]
+
+
+def key_hooks(public_key: Path | None) -> list[str]:
+    hooks = ["mkdir -p \"$1\"/etc/anklume/keys.d"]
+    if public_key is not None:
+        hooks.append(f"upload {_q(public_key)} /etc/anklume/keys.d/{PUBLIC_KEY_NAME}")
+    return hooks
+
+
+def initramfs_hooks(checkout: Path) -> list[str]:
+    src = checkout / "initramfs"
+    scripts = " ".join(_q(p) for p in sorted(src.glob("anklume-*.sh")))
+    return [
+        f"mkdir -p \"$1\"{INITRAMFS_LIB}",
+        f"copy-in {scripts} {INITRAMFS_LIB}",
+        f"copy-in {_q(src / 'initramfs-tools' / 'hooks' / 'anklume')} "
+        "/usr/share/initramfs-tools/hooks",
+        f"copy-in {_q(src / 'initramfs-tools' / 'scripts' / 'anklume')} "
+        "/usr/share/initramfs-tools/scripts",
+        "chroot \"$1\" update-initramfs -u -k all",
+    ]
+
+
+def customize_hooks(config: BuildConfig, checkout: Path,
+                    public_key: Path | None = None) -> list[str]:
+    return [*python_hooks(checkout), *system_hooks(checkout), *key_hooks(public_key),
+            *initramfs_hooks(checkout)]

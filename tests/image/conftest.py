@@ -1,0 +1,52 @@
+"""Image tier: the stick image built once per session by the real builder.
+
+A small image (no ZFS, small partitions, fast compression) signed with a key
+made for the session; the package download is cached by its inputs under
+/var/cache/anklume-image, so only the first build on a machine fetches.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from anklume_image.build import build
+from anklume_image.config import BuildConfig
+from anklumed.slots import bundle
+
+pytestmark = pytest.mark.image
+WORK = Path(os.environ.get("ANKLUME_IMAGE_TEST_DIR", "/var/tmp/anklume-image-test"))
+
+
+@dataclass(frozen=True)
+class Built:
+    config: BuildConfig
+    image: Path
+    key: Path
+    public_key: Path
+
+
+def small_config(out: Path, **overrides: object) -> BuildConfig:
+    options: dict[str, object] = {"out": out, "zfs": False, "efi_mib": 128, "slot_mib": 700,
+                                  "persist_mib": 32, "compression_level": 1,
+                                  "version": "1.0.0", **overrides}
+    return BuildConfig.model_validate(options)
+
+
+@pytest.fixture(scope="session")
+def built() -> Iterator[Built]:
+    if os.geteuid() != 0:
+        pytest.skip("the image tier needs root (mmdebstrap, mke2fs -d as root)")
+    shutil.rmtree(WORK, ignore_errors=True)
+    WORK.mkdir(parents=True)
+    key = WORK / "signing.pem"
+    public_key = bundle.generate_key(key)
+    config = small_config(WORK / "anklume-live.img", signing_key=key)
+    image = build(config)
+    yield Built(config, image, key, public_key)
+    shutil.rmtree(WORK, ignore_errors=True)
