@@ -73,7 +73,7 @@ def build(config: BuildConfig, checkout: Path = CHECKOUT) -> Path:
         manifest, bundle_dir = slot.build_bundle(config, image, work)
         tree = slot.verity_tree(image, manifest)
     with stage("persist"):
-        persist.stage_persist(config, manifest, tree, work / "persist-files")
+        persist.stage_persist(config, manifest, bundle_dir, tree, work / "persist-files")
         persist_img = persist.make_persist(config, work / "persist-files", work / "persist.img")
     with stage("esp"):
         esp_img = esp.make_esp(config, work / "boot-files", persist_guid, work)

@@ -17,18 +17,30 @@ from anklumed.persist import PersistDir
 from anklumed.slots import model, update
 from anklumed.slots.bundle import Manifest
 from anklumed.slots.model import SlotMeta
+from anklumed.slots.source import Bundle, ImageStream, Sleeper
 from anklumed.stick import SlotName
 
 PERSIST_LABEL = "ANKLUME-PERSIST"
 
 
-def stage_persist(config: BuildConfig, manifest: Manifest, tree: bytes, staging: Path) -> None:
+def stage_persist(config: BuildConfig, manifest: Manifest, bundle_dir: Path, tree: bytes,
+                  staging: Path) -> None:
     staging.mkdir(parents=True, exist_ok=True)
     pdir = PersistDir(staging)
     when = (datetime.fromtimestamp(config.source_date_epoch, UTC)
             if config.source_date_epoch is not None else datetime.now(UTC))
-    update.activate(pdir, SlotName.A, manifest, tree, f"anklume-image {config.version}", when)
+    manifest_file = bundle_dir / manifest.image.replace(".squashfs", ".manifest")
+    signature = manifest_file.with_name(manifest_file.name + ".sig")
+    installed = Bundle(manifest=manifest, signed_by=None, location=str(bundle_dir),
+                       open_image=_written_already,
+                       manifest_bytes=manifest_file.read_bytes(),
+                       signature=signature.read_bytes() if signature.exists() else None)
+    update.activate(pdir, SlotName.A, installed, tree, f"anklume-image {config.version}", when)
     model.write_meta(pdir, SlotName.B, SlotMeta())
+
+
+def _written_already(_sleep: Sleeper) -> ImageStream:
+    raise AssertionError("the build writes slot A's image itself (stage stick)")
 
 
 def make_persist(config: BuildConfig, staging: Path, out: Path) -> Path:

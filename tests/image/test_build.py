@@ -79,6 +79,9 @@ def test_persist_holds_slot_a_installed_and_signed(built: Built, tmp_path: Path)
     signature = manifest_file.with_name(manifest_file.name + ".sig").read_bytes()
     keys = bundle.load_trusted_keys(built.public_key.parent)
     assert bundle.check_signature(manifest_file.read_bytes(), signature, keys)
+    # What the initramfs verifies the meta against: the bundle's exact bytes.
+    assert (files / "slots" / "A.manifest").read_bytes() == manifest_file.read_bytes()
+    assert (files / "slots" / "A.manifest.sig").read_bytes() == signature
 
 
 def test_slot_a_verifies_against_its_tree(built: Built, tmp_path: Path) -> None:
