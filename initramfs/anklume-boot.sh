@@ -25,7 +25,7 @@ FILES=$RUN/boot             # the slot's tree, meta, manifest and signature
 MAPPING=anklume-root
 MIB=1048576
 TORAM_MARGIN=$((256 * MIB)) # room left for the running system after a copy
-TORAM_CHUNK_MIB=64          # one progress line per chunk
+TORAM_CHUNK_MIB=64          # one dd and one progress line per chunk
 
 # What the boot found; written to the hand-off at the end.
 WAIT=30
@@ -350,21 +350,22 @@ toram_fits() {
 # tmpfs file of its own, in large chunks, with progress on the console.
 copy_to_ram() {
     bytes=$(padded_size)
+    mib=$(( (bytes + MIB - 1) / MIB ))
     mkdir -p "$RUN/ram"
-    mount -t tmpfs -o "size=$((bytes + MIB)),mode=0700" anklume-ram "$RUN/ram" || return 1
-    chunks=$(( (bytes + TORAM_CHUNK_MIB * MIB - 1) / (TORAM_CHUNK_MIB * MIB) ))
-    say "[INFO] Copying squashfs to RAM ($((bytes / MIB)) MiB)..."
-    i=0
-    while [ "$i" -lt "$chunks" ]; do
-        if ! dd if="$1" of="$RUN/ram/slot.img" bs=4M count=$((TORAM_CHUNK_MIB / 4)) \
-            skip=$((i * TORAM_CHUNK_MIB / 4)) seek=$((i * TORAM_CHUNK_MIB / 4)) \
-            conv=notrunc 2>/dev/null; then
+    mount -t tmpfs -o "size=$((mib + 1))m,mode=0700" anklume-ram "$RUN/ram" || return 1
+    say "[INFO] Copying squashfs to RAM ($mib MiB)..."
+    done_mib=0
+    while [ "$done_mib" -lt "$mib" ]; do
+        step=$TORAM_CHUNK_MIB
+        [ $((mib - done_mib)) -lt "$step" ] && step=$((mib - done_mib))
+        if ! dd if="$1" of="$RUN/ram/slot.img" bs=1M count="$step" skip="$done_mib" \
+            seek="$done_mib" conv=notrunc 2>/dev/null; then
             say "the copy to RAM failed (was the stick removed?); booting from the stick instead"
             release_ram_copy
             return 1
         fi
-        i=$((i + 1))
-        say "copied $(( (i * 100) / chunks ))%"
+        done_mib=$((done_mib + step))
+        say "copied $done_mib of $mib MiB ($((done_mib * 100 / mib))%)"
     done
     truncate -s "$bytes" "$RUN/ram/slot.img"
     [ "$(stat -c %s "$RUN/ram/slot.img")" = "$bytes" ] || { release_ram_copy; return 1; }

@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -92,8 +93,9 @@ def build_initramfs(kernel: Kernel, keys_dir: Path | None, cache: Path = CACHE) 
         (conf / "initramfs.conf").write_text(INITRAMFS_CONF)
         (conf / "modules").write_text("\n".join(TEST_MODULES) + "\n")
         partial = dest.with_suffix(".partial")
-        script = (f"set -e; mount -t tmpfs tmpfs /lib/modules; mkdir /lib/modules/{kernel.version}; "
-                  f"mount --bind {kernel.modules} /lib/modules/{kernel.version}; "
+        moddir = f"/lib/modules/{kernel.version}"
+        script = (f"set -e; mount -t tmpfs tmpfs /lib/modules; mkdir {moddir}; "
+                  f"mount --bind {kernel.modules} {moddir}; "
                   f"mount --bind {kernel.root / 'boot'} /boot; "
                   f"mkinitramfs -d {conf} -o {partial} {kernel.version}")
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
@@ -142,6 +144,7 @@ class SlotBundle:
 def make_bundle(work: Path, version: str, signing_key: Path | None,
                 filler: int = 1 << 20) -> SlotBundle:
     """A slot bundle of a tiny system, made by anklume-bundle's code."""
+    work.mkdir(parents=True, exist_ok=True)
     image = make_rootfs(work / f"os-{version}.squashfs", version, filler)
     out = work / f"bundle-{version}"
     m = bundle.create_bundle(image, out, version=version, compatible=COMPATIBLE,
@@ -181,12 +184,24 @@ def stickimg_part(stick: stickimg.Stick, slot: SlotName) -> Path:
     return stick.part(2 if slot is SlotName.A else 3)
 
 
+def attach(image: Path) -> stickimg.Stick:
+    """stickimg.attach, and every partition's node there (devtmpfs makes
+    them one by one, asynchronously)."""
+    stick = stickimg.attach(image)
+    for _ in range(250):
+        if all(stick.part(n).exists() for n in (1, 2, 3, 4)):
+            return stick
+        time.sleep(0.02)
+    stick.detach()
+    raise RuntimeError(f"the partitions of {image} did not appear on {stick.loop}")
+
+
 def build_stick(image: Path, slot_a: SlotBundle, slot_b: SlotBundle | None,
                 slot_mib: int = 16) -> Path:
     """A stick image: B installed first (if any), then A, so A is primary with
     boot-count 0, as after an update to A; the loop device is detached again."""
     stickimg.write_gpt(image, slot_mib, persist_mib=16)
-    stick = stickimg.attach(image)
+    stick = attach(image)
     mnt = Path(tempfile.mkdtemp(prefix="anklume-persist-"))
     try:
         stickimg.sh("mkfs.vfat", "-n", "ANKLUME-EFI", stick.part(1))
