@@ -77,7 +77,7 @@ initramfs_shutdown() {
     mount --move /dev "$new/dev"
     cd "$new" || return
     pivot_root . oldroot
-    exec chroot . /shutdown poweroff
+    exec /bin/busybox chroot . /shutdown poweroff
 }
 
 cat /run/anklume/boot.env >> "$REPORT" 2>/dev/null || note HANDOFF missing

@@ -216,3 +216,86 @@ def test_both_slots_exhausted_boot_the_last_good_one_degraded(kit: Kit) -> None:
     assert (report["SLOT"], report["BOOT_COUNT"], report["DEGRADED"]) == ("A", "4", "1")
     assert "degraded" in result.console
     shutil.rmtree(result.rundir)
+
+
+@pytest.mark.parametrize("missing", ["verity", "manifest"])
+def test_a_slot_missing_its_tree_or_manifest_falls_through(kit: Kit, missing: str) -> None:
+    image = kit.stick(f"missing-{missing}")
+    with persist_dir(image) as pdir:
+        pdir.remove(f"slots/A.{missing}")
+        # Garbage a person may have typed: the safe defaults apply (A, count 0).
+        pdir.write_text("ab-state", "Z\n")
+        pdir.write_text("boot-count", "x1")
+    result = kit.boot(image)
+    report = booted(result)
+    reason = "missing-tree" if missing == "verity" else "missing-manifest"
+    assert (report["SLOT"], report["BOOT_COUNT"]) == ("B", "1")
+    assert f"slot A refused ({reason}); trying slot B" in result.console
+    shutil.rmtree(result.rundir)
+
+
+def test_without_keys_the_boot_still_uses_verity_and_says_unsigned(kit: Kit) -> None:
+    image = kit.stick("unsigned")
+    result = kit.boot(image, initrd=bootimage.build_initramfs(kit.kernel, None))
+    report = booted(result)
+    assert (report["SLOT"], report["VERITY"], report["FILLER"]) == ("A", "unsigned", "ok")
+    assert "anklume-root" in report["MAPPINGS"]
+    shutil.rmtree(result.rundir)
+
+
+def test_the_shutdown_returns_to_the_initramfs_and_releases_the_root(kit: Kit) -> None:
+    image = kit.stick("shutdown")
+    result = kit.boot(image, cmdline="anklume.toram=1 anklume.test=shutdown")
+    report = booted(result)
+    assert report["TORAM"] == "1"
+    assert ("anklume shutdown: root released (0 mounts left, 0 anklume mappings left); "
+            "poweroff") in result.console, result.explain()
+    shutil.rmtree(result.rundir)
+
+
+def test_two_sticks_never_mix(kit: Kit) -> None:
+    first, second = kit.stick("two-1"), kit.stick("two-2")
+    uuids = sorted(stickimg_partuuid(s) for s in (first, second))
+    result = kit.boot(first, second)
+    report = booted(result)
+    assert report["PERSIST_PARTUUID"] == uuids[0]
+    assert f"2 anklume sticks are plugged in; booting the one whose PERSIST is " \
+           f"PARTUUID={uuids[0]}" in result.console
+    shutil.rmtree(result.rundir)
+    result = kit.boot(first, second, cmdline=f"anklume.persist=PARTUUID={uuids[1].upper()}")
+    report = booted(result)
+    assert report["PERSIST_PARTUUID"] == uuids[1]
+    assert "sticks are plugged in" not in result.console
+    counts = {stickimg_partuuid(s): persist(s, "boot-count").strip() for s in (first, second)}
+    assert counts == {uuids[0]: "1", uuids[1]: "1"}
+    shutil.rmtree(result.rundir)
+
+
+def stickimg_partuuid(image: Path) -> str:
+    stick = bootimage.attach(image)
+    try:
+        return stickimg.partuuid(stick.persist)
+    finally:
+        stick.detach()
+
+
+def test_no_stick_says_so_within_the_wait_and_never_hangs(kit: Kit) -> None:
+    result = kit.boot(cmdline="anklume.wait=5")
+    assert result.report is None and not result.timed_out, result.explain()
+    assert "waiting up to 5 s for the anklume stick" in result.console
+    assert "no stick with an ANKLUME-PERSIST partition appeared within 5 s" in result.console
+    shutil.rmtree(result.rundir)
+
+
+def test_no_verifiable_slot_says_what_failed_then_gives_a_shell(kit: Kit) -> None:
+    image = kit.stick("both-bad")
+    flip_byte(image, SlotName.A, 100)
+    flip_byte(image, SlotName.B, 100)
+    result = kit.boot(image)
+    assert result.report is None and not result.timed_out, result.explain()
+    assert "no anklume slot could be verified: slot A: verity; slot B: verity;" in result.console
+    assert "A shell follows" in result.console
+    # The state files are whole: B was made primary by the fall-through from A.
+    assert persist(image, "ab-state").strip() in ("A", "B")
+    assert persist(image, "boot-count").strip().isdigit()
+    shutil.rmtree(result.rundir)
