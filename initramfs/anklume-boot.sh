@@ -46,8 +46,12 @@ FAILURES=""
 REASON=""
 RAM_CRYPT=unknown
 
+# A line on the console, and in the kernel log (timestamped, kept for the
+# journal of the running system; <6> is info: the console shows it once).
 say() {
     echo "anklume: $*"
+    echo "<6>anklume: $*" > /dev/kmsg 2>/dev/null
+    return 0
 }
 
 # ---- the kernel command line -------------------------------------------------
@@ -181,6 +185,7 @@ take_decision() {
             BOOT_COUNT) BOOT_COUNT=$value ;;
             ROLLBACK_REASON) ROLLBACK_REASON=$value ;;
             DEGRADED) DEGRADED=$value ;;
+            PROBLEM) say "PERSIST: $value" ;;
         esac
     done <<EOF
 $1
@@ -189,6 +194,7 @@ EOF
 }
 
 record_attempt() {
+    say "counting the attempt on PERSIST (/dev/$PERSIST_DEV)"
     out=$(sh "$LIB/anklume-state.sh" record "$PERSIST_MNT" "$CMDLINE") \
         || say "could not write the boot count to PERSIST (the stick may be read-only or full); booting anyway"
     take_decision "$out"
@@ -258,11 +264,11 @@ copy_slot_files() {
     rm -rf "$FILES"
     mkdir -p "$FILES"
     cp "$PERSIST_MNT/slots/$1.verity" "$FILES/tree" 2>/dev/null || { REASON=missing-tree; return 1; }
-    if have_keys; then
-        cp "$PERSIST_MNT/slots/$1.manifest" "$FILES/manifest" 2>/dev/null \
-            && cp "$PERSIST_MNT/slots/$1.manifest.sig" "$FILES/manifest.sig" 2>/dev/null \
-            || { REASON=missing-manifest; return 1; }
-    fi
+    have_keys || return 0
+    cp "$PERSIST_MNT/slots/$1.manifest" "$FILES/manifest" 2>/dev/null \
+        || { REASON=missing-manifest; return 1; }
+    cp "$PERSIST_MNT/slots/$1.manifest.sig" "$FILES/manifest.sig" 2>/dev/null \
+        || { REASON=missing-signature; return 1; }
 }
 
 # A raw Ed25519 signature (base64, as anklume-bundle writes it) of the
@@ -313,7 +319,7 @@ partition_bytes() {
 open_slot() {
     slot=$1
     read_slot_info "$slot"
-    [ -n "$META_SIZE" ] && [ -n "$META_ROOT_HASH" ] || { REASON=root-hash; return 1; }
+    [ -n "$META_SIZE" ] && [ -n "$META_ROOT_HASH" ] || { REASON=bad-meta; return 1; }
     copy_slot_files "$slot" || return 1
     trusted_root_hash || return 1
     part=$(sibling_partition "$BOOT_DISK" "ANKLUME-OS-$slot") || { REASON=short-slot; return 1; }
@@ -327,12 +333,20 @@ open_slot() {
     veritysetup open "$data" "$MAPPING" "$FILES/tree" "$ROOT_HASH" >/dev/null 2>&1 \
         || { release_ram_copy; REASON=verity; return 1; }
     mkdir -p "$RUN/lower"
+    corrupted=$(corruption_reports)
     if ! mount -t squashfs -o ro "/dev/mapper/$MAPPING" "$RUN/lower" 2>/dev/null; then
+        # A block that fails its hash fails the mount: that is verity's doing.
+        REASON=mount
+        [ "$(corruption_reports)" -gt "$corrupted" ] && REASON=verity
         veritysetup close "$MAPPING" 2>/dev/null
         release_ram_copy
-        REASON=verity
         return 1
     fi
+}
+
+# How many blocks dm-verity has refused so far (its kernel messages).
+corruption_reports() {
+    dmesg 2>/dev/null | grep -c 'verity.*is corrupted'
 }
 
 # ---- toram -------------------------------------------------------------------------

@@ -25,7 +25,7 @@ unmount_oldroot() {
 
 release_devices() {
     if [ -x /sbin/dmsetup ] && /sbin/dmsetup info anklume-root >/dev/null 2>&1; then
-        /sbin/dmsetup remove --retry anklume-root >/dev/null 2>&1 \
+        /sbin/dmsetup remove --retry --noudevsync anklume-root >/dev/null 2>&1 \
             || say "the anklume-root mapping is still busy"
     fi
     losetup -D 2>/dev/null
@@ -35,8 +35,11 @@ sync
 unmount_oldroot
 release_devices
 left=$(awk '$2 ~ "^/oldroot" { n++ } END { print n + 0 }' /proc/mounts)
-maps=$( [ -x /sbin/dmsetup ] && /sbin/dmsetup ls 2>/dev/null | grep -c anklume-root )
-say "root released (${left} mounts left, ${maps:-0} anklume mappings left); $action"
+maps="an unknown number of"  # without dmsetup nothing can be said
+if [ -x /sbin/dmsetup ] && /sbin/dmsetup ls >/dev/null 2>&1; then
+    maps=$(/sbin/dmsetup ls 2>/dev/null | grep -c anklume-root)
+fi
+say "root released (${left} mounts left, ${maps} anklume mappings left); $action"
 sync
 case "$action" in
     reboot|kexec) reboot -f ;;

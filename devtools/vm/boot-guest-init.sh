@@ -9,6 +9,9 @@
 #   pull      ask the host to pull the stick (anklume.ctl port), then read
 #             every byte of /filler again from a cold cache
 #   shutdown  end through /run/initramfs/shutdown, as systemd-shutdown does
+#   bench     report when the initramfs started and ended (kernel log times)
+#             and time a plain dd of the slot into a tmpfs (bench/boot.py)
+read -r UPTIME_AT_INIT _ < /proc/uptime
 /bin/busybox mkdir -p /bin
 /bin/busybox --install -s /bin
 export PATH=/bin:/sbin
@@ -64,6 +67,33 @@ pull_stick() {
     note RELEASE_AFTER_PULL "$(cat /etc/anklume-release | tr -d '\n')"
 }
 
+# The kernel log's time of the first line matching $1 ("" when none).
+log_time() {
+    dmesg | grep -m 1 -- "$1" | sed -n 's/^\[ *\([0-9.]*\)\].*/\1/p'
+}
+
+log_time_last() {
+    dmesg | grep -- "$1" | tail -n 1 | sed -n 's/^\[ *\([0-9.]*\)\].*/\1/p'
+}
+
+bench() {
+    note INIT_UPTIME "$UPTIME_AT_INIT"
+    note RUN_INIT "$(log_time 'Run /init as init process')"
+    note COPY_START "$(log_time 'anklume: \[INFO\] Copying')"
+    note COPY_END "$(log_time_last 'anklume: copied ')"
+    mib=$(dmesg | sed -n 's/.*anklume: copied \([0-9]*\) of.*/\1/p' | tail -n 1)
+    [ -n "$mib" ] || return
+    mkdir -p /mnt/dd
+    mount -t tmpfs -o "size=$((mib + 4))m" ddtest /mnt/dd
+    echo 3 > /proc/sys/vm/drop_caches
+    read -r t0 _ < /proc/uptime
+    dd if=/dev/sda2 of=/mnt/dd/slot.img bs=4M count=$(( (mib + 3) / 4 )) 2>/dev/null
+    read -r t1 _ < /proc/uptime
+    note DD_START "$t0"
+    note DD_END "$t1"
+    note DD_MIB "$mib"
+}
+
 # initramfs-tools' shutdown side, as systemd-shutdown does it: bind
 # /run/initramfs on itself, move the API mounts in, pivot, run /shutdown.
 initramfs_shutdown() {
@@ -88,6 +118,7 @@ note MAPPINGS "$(ls /dev/mapper 2>/dev/null | tr '\n' ' ')"
 note PERSIST_MOUNTED "$(grep -c anklume-persist /proc/mounts)"
 test=$(sed -n 's/.*anklume\.test=\([a-z]*\).*/\1/p' /proc/cmdline)
 [ "$test" = pull ] && pull_stick
+[ "$test" = bench ] && bench
 write_report
 echo "boot-guest: report written"
 [ "$test" = shutdown ] && initramfs_shutdown

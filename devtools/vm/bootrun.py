@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,10 +53,29 @@ def parse_report(raw: bytes) -> dict[str, str] | None:
     return report
 
 
+class PullingConsole(Console):
+    """The console, and a hand that pulls a USB disk when a text appears on it."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], log: Path, control: Control,
+                 cut_power: tuple[str, float] | None, pull_on: tuple[str, str] | None):
+        self._control = control
+        self._pull_on = pull_on
+        super().__init__(proc, log, None, cut_power)
+
+    def _watch(self, proc: subprocess.Popen[bytes], line: str) -> None:
+        super()._watch(proc, line)
+        if self._pull_on is not None and self._pull_on[0] in line:
+            serial, self._pull_on = self._pull_on[1], None
+            threading.Thread(target=self._control.unplug, args=(serial,), daemon=True).start()
+
+
 def boot(kernel: Kernel, initrd: Path, sticks: list[tuple[str, Path]], cmdline: str = "",
          memory_mb: int = 512, timeout: float = 180.0,
-         cut_power: tuple[str, float] | None = None) -> BootResult:
-    """One boot of ``sticks`` (USB serial, image); returns what the system reported."""
+         cut_power: tuple[str, float] | None = None,
+         pull_on: tuple[str, str] | None = None) -> BootResult:
+    """One boot of ``sticks`` (USB serial, image); returns what the system reported.
+    ``cut_power`` (text, seconds) kills QEMU that long after the console shows
+    the text; ``pull_on`` (text, serial) pulls that disk when it shows it."""
     rundir = Path(tempfile.mkdtemp(prefix="anklume-boot-", dir=RUN_PARENT))
     rundir.chmod(0o755)
     results = rundir / "results.img"
@@ -77,8 +97,8 @@ def boot(kernel: Kernel, initrd: Path, sticks: list[tuple[str, Path]], cmdline: 
     started = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
-    console = Console(proc, rundir / "console.log", None, cut_power)
     control = Control(rundir)
+    console = PullingConsole(proc, rundir / "console.log", control, cut_power, pull_on)
     timed_out = False
     try:
         control.start()

@@ -23,7 +23,7 @@ from anklumed.persist import PersistDir
 from anklumed.slots import bundle, model
 from anklumed.stick import SlotName
 from devtools import stickimg
-from devtools.vm import bootimage, bootrun, scenarios
+from devtools.vm import bootimage, bootrun
 from devtools.vm.guest import RUN_PARENT
 from devtools.vm.kernel import Kernel, ensure_kernel
 
@@ -50,6 +50,16 @@ class Kit:
         return bootrun.boot(self.kernel, initrd or self.initrd, serials, cmdline=cmdline,
                             memory_mb=memory_mb, timeout=240)
 
+    def boot_cut(self, stick: Path, cut_power: tuple[str, float]) -> bootrun.BootResult:
+        """A boot whose power is cut that many seconds after the console shows the text."""
+        return bootrun.boot(self.kernel, self.initrd, [(STICK, stick)], timeout=240,
+                            cut_power=cut_power)
+
+    def boot_pulled(self, stick: Path, text: str, cmdline: str) -> bootrun.BootResult:
+        """A boot whose stick is pulled when the console shows ``text``."""
+        return bootrun.boot(self.kernel, self.initrd, [(STICK, stick)], cmdline=cmdline,
+                            timeout=240, pull_on=(text, STICK))
+
 
 @pytest.fixture(scope="module")
 def kit() -> Iterator[Kit]:
@@ -68,7 +78,10 @@ def kit() -> Iterator[Kit]:
 
 
 def persist(image: Path, name: str) -> str:
-    return scenarios.read_persist_file(image, name)
+    """A PERSIST file as the next boot reads it: mounted, its journal replayed
+    (debugfs would read the blocks as they are, before the replay)."""
+    with persist_dir(image) as pdir:
+        return pdir.read_text(name) or ""
 
 
 @contextmanager
@@ -298,4 +311,14 @@ def test_no_verifiable_slot_says_what_failed_then_gives_a_shell(kit: Kit) -> Non
     # The state files are whole: B was made primary by the fall-through from A.
     assert persist(image, "ab-state").strip() in ("A", "B")
     assert persist(image, "boot-count").strip().isdigit()
+    shutil.rmtree(result.rundir)
+
+
+def test_the_stick_pulled_during_the_toram_copy_is_said_and_never_hangs(kit: Kit) -> None:
+    big = bootimage.make_bundle(kit.work / "big", "1.1.0", kit.builder_key, filler=48 << 20)
+    image = bootimage.build_stick(kit.work / "pulled.img", big, kit.slot_b, slot_mib=56)
+    result = kit.boot_pulled(image, "[INFO] Copying squashfs to RAM", "anklume.toram=1")
+    assert result.report is None and not result.timed_out, result.explain()
+    assert "the copy to RAM failed (was the stick removed?)" in result.console, result.explain()
+    assert "no anklume slot could be verified" in result.console
     shutil.rmtree(result.rundir)
