@@ -309,6 +309,14 @@ class Control:
         driver = _device(node, bus).split(",")[0]
         self._qmp.command("device_add", driver=driver, **props)
 
+    def unplug(self, node: str) -> None:
+        """Pull a disk now (for the host's own scenarios, not the guest's)."""
+        for _ in range(100):
+            if self._qmp is not None:
+                break
+            time.sleep(0.05)
+        self._unplug(node)
+
     def _unplug(self, node: str) -> None:
         assert self._qmp is not None
         self._qmp.command("device_del", id=node)

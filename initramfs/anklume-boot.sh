@@ -1,0 +1,499 @@
+#!/bin/sh
+# anklume Live's boot, run by the initramfs (initramfs-tools or mkinitcpio):
+#
+#   sh anklume-boot.sh ROOTMNT
+#
+# Finds the stick's ANKLUME-PERSIST partition, counts the attempt
+# (anklume-state.sh record), opens the chosen slot through dm-verity with a
+# root hash taken from a signed manifest, optionally copies the slot to RAM
+# first (anklume.toram=1), and mounts squashfs + a tmpfs overlay at ROOTMNT.
+# It writes the hand-off /run/anklume/boot.env (moved with /run into the new
+# root) and prepares /run/initramfs for the shutdown. A slot that fails any
+# check falls through to the other one in the same boot.
+#
+# Exit status: 0 the root is mounted; 1 no slot could be verified (the
+# console says why and how to recover; the caller then opens a shell).
+# Every decision prints one line on the console, starting "anklume:".
+set -u
+
+LIB=${ANKLUME_LIB:-/lib/anklume}
+KEYS=${ANKLUME_KEYS:-/etc/anklume/keys.d}
+CMDLINE=${ANKLUME_CMDLINE:-/proc/cmdline}
+RUN=${ANKLUME_RUN:-/run/anklume}
+PERSIST_MNT=/run/anklume-persist
+FILES=$RUN/boot             # the slot's tree, meta, manifest and signature
+MAPPING=anklume-root
+MIB=1048576
+TORAM_MARGIN=$((256 * MIB)) # room left for the running system after a copy
+TORAM_CHUNK_MIB=64          # one dd and one progress line per chunk
+
+# What the boot found; written to the hand-off at the end.
+WAIT=30
+PERSIST_UUID=""
+TORAM_WANTED=0
+RAM_CRYPT_WANTED=0
+PERSIST_DEV=""
+BOOT_DISK=""
+BOOT=""
+BOOT_COUNT=""
+ROLLBACK_REASON=""
+DEGRADED=0
+VERITY=""
+ROOT_HASH=""
+TORAM=0
+TRIED=""
+FAILURES=""
+REASON=""
+RAM_CRYPT=unknown
+
+# A line on the console, and in the kernel log (timestamped, kept for the
+# journal of the running system; <6> is info: the console shows it once).
+say() {
+    echo "anklume: $*"
+    echo "<6>anklume: $*" > /dev/kmsg 2>/dev/null
+    return 0
+}
+
+# ---- the kernel command line -------------------------------------------------
+
+read_cmdline() {
+    set -f
+    # shellcheck disable=SC2046 # word splitting is the point
+    for arg in $(cat "$CMDLINE" 2>/dev/null); do
+        case "$arg" in
+            anklume.persist=PARTUUID=*) PERSIST_UUID=$(lower "${arg#anklume.persist=PARTUUID=}") ;;
+            anklume.persist=*) say "anklume.persist= takes PARTUUID=...; ignored" ;;
+            anklume.toram|anklume.toram=1|anklume.toram=yes) TORAM_WANTED=1 ;;
+            anklume.ram_crypt|anklume.ram_crypt=1|anklume.ram_crypt=yes) RAM_CRYPT_WANTED=1 ;;
+            anklume.wait=*) WAIT=$(number "${arg#anklume.wait=}" 30) ;;
+        esac
+    done
+    set +f
+}
+
+lower() {
+    echo "$1" | tr 'A-F' 'a-f'
+}
+
+# number TEXT DEFAULT: TEXT if it is a whole number, else DEFAULT.
+number() {
+    case "$1" in
+        ''|*[!0-9]*) echo "$2" ;;
+        *) echo "$1" ;;
+    esac
+}
+
+load_modules() {
+    for module in usb_storage uas sd_mod xhci_pci ehci_pci ohci_pci ext4 squashfs \
+        overlay loop dm_mod dm_verity; do
+        modprobe -q "$module" 2>/dev/null || true
+    done
+}
+
+# ---- finding the stick ---------------------------------------------------------
+
+# The GPT name of a partition, as the kernel read it (no udev needed).
+part_name() {
+    sed -n 's/^PARTNAME=//p' "/sys/class/block/$1/uevent" 2>/dev/null
+}
+
+part_uuid() {
+    blkid -p -o value -s PART_ENTRY_UUID "/dev/$1" 2>/dev/null | tr 'A-F' 'a-f'
+}
+
+# Lines "PARTUUID DEVICE" of every ANKLUME-PERSIST partition, sorted.
+persist_candidates() {
+    for sys in /sys/class/block/*; do
+        [ -e "$sys/partition" ] || continue
+        name=${sys##*/}
+        [ "$(part_name "$name")" = ANKLUME-PERSIST ] || continue
+        echo "$(part_uuid "$name") $name"
+    done | sort
+}
+
+# Sets PERSIST_DEV, or fails when none appears within WAIT seconds.
+find_persist() {
+    waited=0
+    while :; do
+        if pick_persist; then
+            return 0
+        fi
+        if [ "$waited" -eq 0 ]; then
+            say "waiting up to $WAIT s for the anklume stick (partition ANKLUME-PERSIST${PERSIST_UUID:+ PARTUUID=$PERSIST_UUID})"
+        fi
+        [ "$waited" -ge "$WAIT" ] && return 1
+        sleep 1
+        waited=$((waited + 1))
+    done
+}
+
+pick_persist() {
+    found=$(persist_candidates)
+    [ -n "$found" ] || return 1
+    if [ -n "$PERSIST_UUID" ]; then
+        dev=$(echo "$found" | while read -r uuid name; do
+            [ "$uuid" = "$PERSIST_UUID" ] && echo "$name"; done)
+        [ -n "$dev" ] || return 1
+        PERSIST_DEV=$dev
+        return 0
+    fi
+    count=$(echo "$found" | wc -l)
+    set -- $found
+    PERSIST_DEV=$2
+    PERSIST_UUID=$1
+    if [ "$count" -gt 1 ]; then
+        say "$count anklume sticks are plugged in; booting the one whose PERSIST is PARTUUID=$PERSIST_UUID (/dev/$PERSIST_DEV). Add anklume.persist=PARTUUID=... to the boot entry to choose"
+    fi
+    return 0
+}
+
+# The whole disk a partition belongs to (sdb for sdb4).
+parent_disk() {
+    parent=$(readlink -f "/sys/class/block/$1/..")
+    echo "${parent##*/}"
+}
+
+# The partition of DISK whose GPT name is NAME.
+sibling_partition() {
+    for sys in /sys/class/block/"$1"/"$1"*; do
+        [ -e "$sys/partition" ] || continue
+        [ "$(part_name "${sys##*/}")" = "$2" ] && { echo "${sys##*/}"; return 0; }
+    done
+    return 1
+}
+
+# ---- PERSIST and the decision ----------------------------------------------------
+
+mount_persist() {
+    mkdir -p "$PERSIST_MNT"
+    mount -t ext4 -o nodev,nosuid,noexec,noatime "/dev/$PERSIST_DEV" "$PERSIST_MNT"
+}
+
+unmount_persist() {
+    grep -q " $PERSIST_MNT " /proc/mounts || return 0
+    sync
+    umount "$PERSIST_MNT" || umount -l "$PERSIST_MNT"
+}
+
+# take_decision OUTPUT: sets BOOT, BOOT_COUNT, ROLLBACK_REASON, DEGRADED from
+# anklume-state.sh's KEY=value lines (read, never evaluated).
+take_decision() {
+    BOOT=""
+    while IFS== read -r key value; do
+        case "$key" in
+            BOOT) BOOT=$value ;;
+            BOOT_COUNT) BOOT_COUNT=$value ;;
+            ROLLBACK_REASON) ROLLBACK_REASON=$value ;;
+            DEGRADED) DEGRADED=$value ;;
+            PROBLEM) say "PERSIST: $value" ;;
+        esac
+    done <<EOF
+$1
+EOF
+    case "$BOOT" in A|B) ;; *) BOOT="" ;; esac
+}
+
+record_attempt() {
+    say "counting the attempt on PERSIST (/dev/$PERSIST_DEV)"
+    out=$(sh "$LIB/anklume-state.sh" record "$PERSIST_MNT" "$CMDLINE") \
+        || say "could not write the boot count to PERSIST (the stick may be read-only or full); booting anyway"
+    take_decision "$out"
+    say "slot $BOOT, attempt $BOOT_COUNT${ROLLBACK_REASON:+, rolled back ($ROLLBACK_REASON)}$( [ "$DEGRADED" = 1 ] && echo ', degraded: no other good slot')"
+}
+
+# fall_through SLOT REASON: the slot failed in this boot; the state script
+# makes the other slot primary if it can, and says which to try next.
+fall_through() {
+    FAILURES="$FAILURES slot $1: $2;"
+    out=$(sh "$LIB/anklume-state.sh" fallthrough "$PERSIST_MNT" "$1" "$2")
+    take_decision "$out"
+    if [ -n "$BOOT" ]; then
+        say "slot $1 refused ($2); trying slot $BOOT"
+    fi
+}
+
+# ---- one slot ---------------------------------------------------------------------
+
+# Values of the slot's validated meta (anklume-state.sh slot-info), as META_*.
+read_slot_info() {
+    META_STATUS="" META_SIZE="" META_ROOT_HASH="" META_SALT=""
+    META_DATA_BLOCK_SIZE="" META_HASH_BLOCK_SIZE="" META_HASH_ALG="" META_VERSION=""
+    out=$(sh "$LIB/anklume-state.sh" slot-info "$PERSIST_MNT" "$1")
+    while IFS== read -r key value; do
+        case "$key" in
+            STATUS) META_STATUS=$value ;;
+            SIZE) META_SIZE=$value ;;
+            ROOT_HASH) META_ROOT_HASH=$value ;;
+            SALT) META_SALT=$value ;;
+            DATA_BLOCK_SIZE) META_DATA_BLOCK_SIZE=$value ;;
+            HASH_BLOCK_SIZE) META_HASH_BLOCK_SIZE=$value ;;
+            HASH_ALG) META_HASH_ALG=$value ;;
+            VERSION) META_VERSION=$value ;;
+        esac
+    done <<EOF
+$out
+EOF
+}
+
+# The manifest's fields, as MAN_* (only the ones compared with the meta).
+read_manifest() {
+    MAN_SIZE="" MAN_ROOT_HASH="" MAN_SALT="" MAN_DATA_BLOCK_SIZE=4096
+    MAN_HASH_BLOCK_SIZE=4096 MAN_HASH_ALG=sha256
+    while IFS== read -r key value; do
+        case "$key" in
+            SIZE) MAN_SIZE=$value ;;
+            ROOT_HASH) MAN_ROOT_HASH=$value ;;
+            SALT) MAN_SALT=$value ;;
+            DATA_BLOCK_SIZE) MAN_DATA_BLOCK_SIZE=$value ;;
+            HASH_BLOCK_SIZE) MAN_HASH_BLOCK_SIZE=$value ;;
+            HASH_ALG) MAN_HASH_ALG=$value ;;
+        esac
+    done < "$1"
+}
+
+have_keys() {
+    for key in "$KEYS"/*.pem; do
+        [ -f "$key" ] && return 0
+    done
+    return 1
+}
+
+# copy_slot_files SLOT: the tree, manifest and signature go to RAM, so the
+# checks below and dm-verity read copies no one can change under them.
+copy_slot_files() {
+    rm -rf "$FILES"
+    mkdir -p "$FILES"
+    cp "$PERSIST_MNT/slots/$1.verity" "$FILES/tree" 2>/dev/null || { REASON=missing-tree; return 1; }
+    have_keys || return 0
+    cp "$PERSIST_MNT/slots/$1.manifest" "$FILES/manifest" 2>/dev/null \
+        || { REASON=missing-manifest; return 1; }
+    cp "$PERSIST_MNT/slots/$1.manifest.sig" "$FILES/manifest.sig" 2>/dev/null \
+        || { REASON=missing-signature; return 1; }
+}
+
+# A raw Ed25519 signature (base64, as anklume-bundle writes it) of the
+# manifest's exact bytes, by any key built into the initramfs.
+signature_valid() {
+    base64 -d < "$FILES/manifest.sig" > "$FILES/manifest.sig.bin" 2>/dev/null || return 1
+    for key in "$KEYS"/*.pem; do
+        openssl pkeyutl -verify -pubin -inkey "$key" -rawin -in "$FILES/manifest" \
+            -sigfile "$FILES/manifest.sig.bin" >/dev/null 2>&1 && return 0
+    done
+    return 1
+}
+
+manifest_matches_meta() {
+    [ "$MAN_ROOT_HASH" = "$META_ROOT_HASH" ] && [ "$MAN_SALT" = "$META_SALT" ] \
+        && [ "$MAN_SIZE" = "$META_SIZE" ] \
+        && [ "$MAN_DATA_BLOCK_SIZE" = "${META_DATA_BLOCK_SIZE:-4096}" ] \
+        && [ "$MAN_HASH_BLOCK_SIZE" = "${META_HASH_BLOCK_SIZE:-4096}" ] \
+        && [ "$MAN_HASH_ALG" = "${META_HASH_ALG:-sha256}" ]
+}
+
+# trusted_root_hash: sets ROOT_HASH and VERITY, or REASON.
+trusted_root_hash() {
+    if ! have_keys; then
+        ROOT_HASH=$META_ROOT_HASH
+        VERITY=unsigned
+        return 0
+    fi
+    signature_valid || { REASON=signature; return 1; }
+    read_manifest "$FILES/manifest"
+    manifest_matches_meta || { REASON=root-hash; return 1; }
+    ROOT_HASH=$MAN_ROOT_HASH
+    VERITY=signed
+}
+
+# Bytes the slot's data occupies: SIZE rounded up to whole data blocks.
+padded_size() {
+    block=${META_DATA_BLOCK_SIZE:-4096}
+    echo $(( (META_SIZE + block - 1) / block * block ))
+}
+
+partition_bytes() {
+    echo $(( $(cat "/sys/class/block/$1/size") * 512 ))
+}
+
+# open_slot SLOT: verity mapping opened and its squashfs mounted at
+# $RUN/lower; on failure REASON says why (anklume-state.sh fallthrough's words).
+open_slot() {
+    slot=$1
+    read_slot_info "$slot"
+    [ -n "$META_SIZE" ] && [ -n "$META_ROOT_HASH" ] || { REASON=bad-meta; return 1; }
+    copy_slot_files "$slot" || return 1
+    trusted_root_hash || return 1
+    part=$(sibling_partition "$BOOT_DISK" "ANKLUME-OS-$slot") || { REASON=short-slot; return 1; }
+    [ "$(partition_bytes "$part")" -ge "$(padded_size)" ] || { REASON=short-slot; return 1; }
+    data=/dev/$part
+    TORAM=0
+    if [ "$TORAM_WANTED" = 1 ] && toram_fits && copy_to_ram "$data"; then
+        data=$RUN/ram/slot.img
+        TORAM=1
+    fi
+    veritysetup open "$data" "$MAPPING" "$FILES/tree" "$ROOT_HASH" >/dev/null 2>&1 \
+        || { release_ram_copy; REASON=verity; return 1; }
+    mkdir -p "$RUN/lower"
+    corrupted=$(corruption_reports)
+    if ! mount -t squashfs -o ro "/dev/mapper/$MAPPING" "$RUN/lower" 2>/dev/null; then
+        # A block that fails its hash fails the mount: that is verity's doing.
+        REASON=mount
+        [ "$(corruption_reports)" -gt "$corrupted" ] && REASON=verity
+        veritysetup close "$MAPPING" 2>/dev/null
+        release_ram_copy
+        return 1
+    fi
+}
+
+# How many blocks dm-verity has refused so far (its kernel messages).
+corruption_reports() {
+    dmesg 2>/dev/null | grep -c 'verity.*is corrupted'
+}
+
+# ---- toram -------------------------------------------------------------------------
+
+toram_fits() {
+    available=$(sed -n 's/^MemAvailable: *\([0-9]*\) kB/\1/p' /proc/meminfo)
+    need=$(( $(padded_size) + TORAM_MARGIN ))
+    if [ $((available * 1024)) -lt "$need" ]; then
+        say "not enough RAM to copy the system ($((need / MIB)) MiB needed, $((available / 1024)) MiB free); booting from the stick instead"
+        return 1
+    fi
+}
+
+# copy_to_ram DEVICE: the slot's bytes (SIZE, not the partition) into a
+# tmpfs file of its own, in large chunks, with progress on the console.
+copy_to_ram() {
+    bytes=$(padded_size)
+    mib=$(( (bytes + MIB - 1) / MIB ))
+    mkdir -p "$RUN/ram"
+    mount -t tmpfs -o "size=$((mib + 1))m,mode=0700" anklume-ram "$RUN/ram" || return 1
+    say "[INFO] Copying squashfs to RAM ($mib MiB)..."
+    done_mib=0
+    while [ "$done_mib" -lt "$mib" ]; do
+        step=$TORAM_CHUNK_MIB
+        [ $((mib - done_mib)) -lt "$step" ] && step=$((mib - done_mib))
+        if ! dd if="$1" of="$RUN/ram/slot.img" bs=1M count="$step" skip="$done_mib" \
+            seek="$done_mib" conv=notrunc 2>/dev/null; then
+            say "the copy to RAM failed (was the stick removed?); booting from the stick instead"
+            release_ram_copy
+            return 1
+        fi
+        done_mib=$((done_mib + step))
+        say "copied $done_mib of $mib MiB ($((done_mib * 100 / mib))%)"
+    done
+    truncate -s "$bytes" "$RUN/ram/slot.img"
+    [ "$(stat -c %s "$RUN/ram/slot.img")" = "$bytes" ] || { release_ram_copy; return 1; }
+}
+
+release_ram_copy() {
+    grep -q " $RUN/ram " /proc/mounts && umount "$RUN/ram"
+    return 0
+}
+
+# ---- the root ------------------------------------------------------------------------
+
+mount_root() {
+    mkdir -p "$RUN/rw"
+    mount -t tmpfs -o mode=0755 anklume-rw "$RUN/rw" || return 1
+    mkdir -p "$RUN/rw/upper" "$RUN/rw/work"
+    mount -t overlay -o "lowerdir=$RUN/lower,upperdir=$RUN/rw/upper,workdir=$RUN/rw/work" \
+        anklume-root "$1"
+}
+
+# AMD SME or Intel TME as the kernel reported it; never claimed without it.
+ram_crypt_state() {
+    log=$(dmesg 2>/dev/null) || { echo unknown; return; }
+    [ -n "$log" ] || { echo unknown; return; }
+    case "$log" in
+        *"Memory Encryption Features active"*|*"x86/tme: enabled by BIOS"*) echo active; return ;;
+    esac
+    if grep -qw 'sme\|tme' /proc/cpuinfo 2>/dev/null; then
+        case "$log" in *"x86/tme: not enabled"*) echo inactive ;; *) echo unknown ;; esac
+        return
+    fi
+    echo inactive
+}
+
+write_handoff() {
+    rollback=0
+    from=""
+    if [ -n "$ROLLBACK_REASON" ]; then
+        rollback=1
+        from=$( [ "$BOOT" = A ] && echo B || echo A )
+    fi
+    mkdir -p "$RUN"
+    cat > "$RUN/boot.env.tmp" <<EOF
+SLOT=$BOOT
+BOOT_COUNT=$BOOT_COUNT
+ROLLBACK=$rollback
+ROLLBACK_FROM=$from
+ROLLBACK_REASON=$ROLLBACK_REASON
+TORAM=$TORAM
+VERITY=$VERITY
+ROOT_HASH=$ROOT_HASH
+PERSIST_PARTUUID=$PERSIST_UUID
+BOOT_DISK=/dev/$BOOT_DISK
+DEGRADED=$DEGRADED
+RAM_CRYPT=$RAM_CRYPT
+EOF
+    mv "$RUN/boot.env.tmp" "$RUN/boot.env"
+}
+
+# The shutdown half (systemd-shutdown runs /run/initramfs/shutdown): a tmpfs
+# of its own, since initramfs-tools mounts /run noexec.
+prepare_shutdown() {
+    [ -x "$LIB/anklume-shutdown.sh" ] || return 0
+    mkdir -p /run/initramfs
+    mount -t tmpfs -o mode=0755 anklume-shutdown /run/initramfs || return 0
+    mkdir -p /run/initramfs/bin /run/initramfs/sbin /run/initramfs/oldroot \
+        /run/initramfs/proc /run/initramfs/sys /run/initramfs/dev /run/initramfs/run
+    for busybox in /bin/busybox /usr/bin/busybox /sbin/busybox; do
+        [ -x "$busybox" ] && break
+    done
+    cp "$busybox" /run/initramfs/bin/busybox || return 0
+    cp "$LIB/anklume-shutdown.sh" /run/initramfs/shutdown
+    chmod 0755 /run/initramfs/shutdown
+    if [ -r "$LIB/shutdown-files" ]; then
+        while read -r file; do
+            mkdir -p "/run/initramfs${file%/*}"
+            cp "$file" "/run/initramfs$file" 2>/dev/null
+        done < "$LIB/shutdown-files"
+    fi
+}
+
+no_slot() {
+    say "no anklume slot could be verified:${FAILURES:- none was tried}"
+    say "$1"
+    say "the system cannot start. See 'Recovering a stick' in the anklume documentation: rewrite a slot with anklume-bundle from another computer, or boot another stick. A shell follows."
+    unmount_persist
+    exit 1
+}
+
+main() {
+    rootmnt=$1
+    read_cmdline
+    load_modules
+    find_persist || no_slot "no stick with an ANKLUME-PERSIST partition${PERSIST_UUID:+ of PARTUUID=$PERSIST_UUID} appeared within $WAIT s: plug the stick in (or fix anklume.persist= in the boot entry) and restart"
+    BOOT_DISK=$(parent_disk "$PERSIST_DEV")
+    mount_persist || no_slot "ANKLUME-PERSIST (/dev/$PERSIST_DEV) cannot be mounted: check it with e2fsck from another computer"
+    record_attempt
+    while [ -n "$BOOT" ]; do
+        case " $TRIED " in *" $BOOT "*) break ;; esac
+        TRIED="$TRIED $BOOT"
+        REASON=verity
+        open_slot "$BOOT" && break
+        fall_through "$BOOT" "$REASON"
+    done
+    grep -q " $RUN/lower " /proc/mounts || no_slot "both slots failed their checks"
+    unmount_persist
+    [ "$TORAM" = 1 ] && say "[OK] OS copied to RAM, USB can be safely removed"
+    say "slot $BOOT opened through dm-verity ($VERITY, root hash ${ROOT_HASH%"${ROOT_HASH#????????????}"}...)"
+    mount_root "$rootmnt" || no_slot "the root overlay could not be mounted"
+    RAM_CRYPT=$(ram_crypt_state)
+    [ "$RAM_CRYPT_WANTED" = 1 ] && say "memory encryption: $RAM_CRYPT"
+    write_handoff
+    prepare_shutdown
+    return 0
+}
+
+main "$@"

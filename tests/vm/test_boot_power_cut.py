@@ -1,0 +1,62 @@
+"""Power cuts while the initramfs writes PERSIST: QEMU killed at seeded moments.
+
+The boot prints "anklume: counting the attempt" just before
+``anklume-state.sh record`` writes boot-count, ab-state and last-rollback;
+the host kills QEMU a seeded time after that line (0 to 0.5 s, under TCG
+the writes take about that). After each cut PERSIST is mounted here (the
+journal replayed, as the next boot's mount does) and must hold valid files
+(anklumed's reader reports no problem) in the state before the boot or in
+the one the boot rule (anklumed.slots.selection) says the boot writes. A
+last boot, uncut, must then decide by that rule from what the cuts left.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from anklumed.slots import model, selection
+from anklumed.stick import SlotName
+from tests.vm.test_boot import Kit, booted, kit, persist_dir  # noqa: F401 (the fixture)
+
+pytestmark = pytest.mark.vm(mode="host")
+
+CUTS = 20
+SEED = 7
+MARK = "anklume: counting the attempt"
+
+
+def state_of(image: Path) -> tuple[SlotName, int, list[str], selection.Decision]:
+    with persist_dir(image) as pdir:
+        state = model.read_slots_state(pdir)
+    decision = selection.select_boot(state.primary, state.boot_count, state.boot_attempts,
+                                     {s: m.status for s, m in state.meta.items()})
+    return state.primary, state.boot_count, list(state.problems), decision
+
+
+def test_power_cuts_during_the_boots_persist_writes(kit: Kit) -> None:  # noqa: F811
+    image = kit.stick("power-cut")
+    rng = random.Random(SEED)
+    for number in range(CUTS):
+        before = state_of(image)
+        delay = round(rng.uniform(0.0, 0.5), 3)
+        result = kit.boot_cut(image, (MARK, delay))
+        where = f"cut {number} ({delay} s after the count started): {result.explain()}"
+        assert MARK in result.console, where
+        primary, count, problems, _ = state_of(image)
+        assert problems == [], where
+        decision = before[3]
+        # Between the two writes of a switch, the count is already the new
+        # slot's (model.write_primary's order): that state is valid too.
+        assert (primary, count) in {(before[0], before[1]), (before[0], decision.boot_count),
+                                    (decision.ab_state, decision.boot_count)}, where
+        shutil.rmtree(result.rundir, ignore_errors=True)
+    primary, count, problems, decision = state_of(image)
+    result = kit.boot(image)
+    report = booted(result)
+    assert (report["SLOT"], report["BOOT_COUNT"]) == (decision.boot.value,
+                                                      str(decision.boot_count))
+    shutil.rmtree(result.rundir)
