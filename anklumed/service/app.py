@@ -96,6 +96,7 @@ class Daemon:
         # and no adoptable disk is known, which clients must not read as none.
         self.disks_probed = False
         self._data_refresh: asyncio.Task[None] | None = None
+        self._persist_stale = False  # the stick was seen gone since PERSIST was read
 
     # ---- facts the interfaces publish --------------------------------------
     def problems(self) -> list[str]:
@@ -285,6 +286,8 @@ class Daemon:
             iface.publish()
             iface.Finished()
         self.publish()
+        if job.kind == "update":  # the stick may have come and gone meanwhile
+            self._spawn(self._refresh_soon())
 
     def publish(self) -> None:
         for iface in self.interfaces:
@@ -412,11 +415,24 @@ class Daemon:
     async def _refresh_soon(self) -> None:
         await asyncio.sleep(0.5)
         try:
-            if not self.media_present() and not self.jobs.running.get("slots"):
-                await self._rediscover_stick()
+            await self._recheck_stick()
             await self.refresh_data()
         except Exception:
             log.exception("cannot look at the disks again")
+
+    async def _recheck_stick(self) -> None:
+        """Find the stick again if its node went away, and read PERSIST again
+        if it was seen gone (another computer may have written it) or the last
+        read failed (it came back under the same name). Not while an update
+        holds the slots: its end calls this again."""
+        if self.jobs.running.get("slots"):
+            return
+        if not self.media_present():
+            self._persist_stale = True
+            await self._rediscover_stick()
+        elif self._persist_stale or self.slots.state is None:
+            self._persist_stale = False
+            await self.slots.refresh()
 
     async def _rediscover_stick(self) -> None:
         """The stick came back (or another port gave it a new name): find it again."""
@@ -426,5 +442,6 @@ class Daemon:
             return
         if self.stick.disk != before:
             log.info("boot stick found again at %s", self.stick.disk)
+        self._persist_stale = False
         await self.slots.refresh()
         self.publish()
