@@ -205,13 +205,20 @@ class PersistDir:
     def read_bytes(self, name: str, limit: int = MAX_FILE_BYTES) -> bytes | None:
         """Content of ``name``, None if absent. Raises a PersistFileError (or
         another Failed) for anything that is not a readable regular file."""
+        return self._read(name, limit, whole=True)
+
+    def head(self, name: str, size: int) -> bytes | None:
+        """The first ``size`` bytes of ``name`` (a large file is fine here)."""
+        return self._read(name, size, whole=False)
+
+    def _read(self, name: str, limit: int, whole: bool) -> bytes | None:
         parts = self.parts(name)
         try:
             dir_fd = self._dir_fd(parts[:-1], create=False)
             if dir_fd is None:
                 return None
             try:
-                return self._read_at(dir_fd, parts[-1], name, limit)
+                return self._read_at(dir_fd, parts[-1], name, limit, whole)
             finally:
                 os.close(dir_fd)
         except OSError as e:
@@ -222,12 +229,13 @@ class PersistDir:
         data = self.read_bytes(name)
         return None if data is None else decode(name, data)[0]
 
-    def _read_at(self, dir_fd: int, leaf: str, name: str, limit: int) -> bytes | None:
+    def _read_at(self, dir_fd: int, leaf: str, name: str, limit: int,
+                 whole: bool) -> bytes | None:
         try:
             st = os.stat(leaf, dir_fd=dir_fd, follow_symlinks=False)
             if not stat.S_ISREG(st.st_mode):
                 raise _not_a(name, st.st_mode)
-            if st.st_size > limit:
+            if whole and st.st_size > limit:
                 raise self._too_large(name, limit)
             fd = os.open(leaf, _READ_FLAGS, dir_fd=dir_fd)
         except FileNotFoundError:
@@ -237,7 +245,8 @@ class PersistDir:
             if not stat.S_ISREG(st.st_mode):
                 raise _not_a(name, st.st_mode)
             chunks, size = [], 0
-            while size <= limit and (chunk := os.read(fd, limit + 1 - size)):
+            want = limit + 1 if whole else limit
+            while size < want and (chunk := os.read(fd, want - size)):
                 chunks.append(chunk)
                 size += len(chunk)
         finally:
@@ -253,18 +262,21 @@ class PersistDir:
 
     def exists(self, name: str) -> bool:
         """Something (of any kind) is there; links are not followed."""
+        return self.kind(name) is not None
+
+    def kind(self, name: str) -> str | None:
+        """What is at ``name`` ("a file", "a directory"...), None if nothing."""
         parts = self.parts(name)
         try:
             dir_fd = self._dir_fd(parts[:-1], create=False)
         except (OSError, AnklumeError):
-            return False
+            return None
         if dir_fd is None:
-            return False
+            return None
         try:
-            os.stat(parts[-1], dir_fd=dir_fd, follow_symlinks=False)
-            return True
+            return kind_of(os.stat(parts[-1], dir_fd=dir_fd, follow_symlinks=False).st_mode)
         except OSError:
-            return False
+            return None
         finally:
             os.close(dir_fd)
 
@@ -279,7 +291,9 @@ class PersistDir:
             found.append("ANKLUME-PERSIST is read-only (a write-protect switch, or the kernel "
                          "found an error on it): nothing can be marked or updated; check the "
                          "stick with fsck on another computer, or replace it")
-        if fs.f_bfree * fs.f_frsize < 64 * 1024 or fs.f_ffree < 8:
+        # f_bavail: what is left outside the blocks ext4 reserves (for root,
+        # and for its own needs); below that a write can fail at any time.
+        if fs.f_bavail * fs.f_frsize < 64 * 1024 or fs.f_favail < 8:
             found.append("ANKLUME-PERSIST is full: the boot cannot be marked good; delete the "
                          "files that were added to it")
         return found

@@ -17,7 +17,7 @@ from dbus_next.aio import MessageBus
 from anklumed import __version__, memory, stick
 from anklumed.config import Config, DeadlineAction
 from anklumed.data.disks import Disk
-from anklumed.data.manager import DataDisk, SetupRequest
+from anklumed.data.manager import DataDisk, DataState, SetupRequest
 from anklumed.data.poolconf import Backend, Encryption
 from anklumed.errors import AnklumeError
 from anklumed.handoff import Handoff, read_handoff
@@ -107,6 +107,8 @@ class Daemon:
             found.extend(self.slots.state.problems)
         elif self.slots.error:
             found.append(self.slots.error)
+        if self.data.snapshot.state is DataState.ERROR and self.data.snapshot.conf is None:
+            found.append(self.data.snapshot.message)  # pool.conf on PERSIST cannot be used
         return found
 
     def media_present(self) -> bool:

@@ -17,7 +17,15 @@ from typing import TypeVar
 from pydantic import BaseModel, ConfigDict
 
 from anklumed.errors import AnklumeError
-from anklumed.persist import MAX_FILE_BYTES, FileTooLarge, PersistDir, decode, format_kv, parse_kv
+from anklumed.persist import (
+    MAX_FILE_BYTES,
+    TMP_SUFFIX,
+    FileTooLarge,
+    PersistDir,
+    decode,
+    format_kv,
+    parse_kv,
+)
 from anklumed.stick import SlotName
 
 AB_STATE = "ab-state"
@@ -103,7 +111,8 @@ class SlotMeta(BaseModel):
             if value is None:
                 continue
             values[key] = format_time(value) if isinstance(value, datetime) else str(value)
-        values.update(self.extra)
+        # Unknown keys, and known ones whose value was invalid: kept as read.
+        values.update({k: v for k, v in self.extra.items() if k not in values})
         return values
 
 
@@ -150,6 +159,10 @@ def parse_meta(text: str | None, slot: SlotName) -> tuple[SlotMeta, list[str]]:
             fields[key.lower()] = _check_field(key, value)
         except ValueError:
             problems.append(f"{key} has an invalid value")
+            if key != "STATUS":  # kept as it is: a rewrite must not lose it
+                extra[key] = value
+    if not values:  # an existing meta says at least STATUS=empty
+        problems.append(f"holds no KEY=value line; slot {slot} treated as empty")
     if "status" not in fields:
         # A meta we cannot trust is never "ok": it must not become a rollback target.
         fields["status"] = SlotStatus.FAILED if values else SlotStatus.EMPTY
@@ -270,9 +283,33 @@ def read_slots_state(pdir: PersistDir) -> SlotsState:
         t, BOOT_ATTEMPTS, DEFAULT_ATTEMPTS, 1, MAX_ATTEMPTS), DEFAULT_ATTEMPTS)
     meta = {s: value(meta_file(s), partial(parse_meta, slot=s), UNREADABLE_META) for s in SlotName}
     rollback = value(LAST_ROLLBACK, parse_rollback, None)
+    for slot in SlotName:
+        if meta[slot].status is SlotStatus.OK:
+            problems.extend(check_verity(pdir, slot))
+    for name in (AB_STATE, BOOT_COUNT, LAST_ROLLBACK, *map(meta_file, SlotName)):
+        # A crash leaves NAME.tmp files (removed at start), never a directory.
+        if pdir.kind(name + TMP_SUFFIX) == "a directory":
+            problems.append(f"PERSIST {name}{TMP_SUFFIX} is a directory: {name} cannot be "
+                            f"written until it is removed from ANKLUME-PERSIST")
     return SlotsState(primary=primary, boot_count=count, boot_attempts=attempts, meta=meta,
                       last_rollback=rollback, problems=tuple(dict.fromkeys(problems)),
                       unreadable=tuple(unreadable))
+
+
+VERITY_MAGIC = b"verity\0\0"  # the superblock veritysetup format writes first
+
+
+def check_verity(pdir: PersistDir, slot: SlotName) -> list[str]:
+    """What would stop the initramfs opening an ok slot's hash tree. Only
+    its first bytes are read: the tree itself is checked at boot."""
+    name = verity_file(slot)
+    try:
+        head = pdir.head(name, len(VERITY_MAGIC))
+    except AnklumeError as e:
+        return [f"{e}; slot {slot} cannot be verified at boot"]
+    if head is not None and head != VERITY_MAGIC:
+        return [f"{name} is not a dm-verity hash tree: slot {slot} will fail its check at boot"]
+    return []
 
 
 Entry = tuple[str, bytes]  # a file and its new content, for PersistDir.write_files
