@@ -205,6 +205,10 @@ REGRESSIONS = (
     Regression("regress/full", "test_a_full_persist_is_named_and_changes_nothing",
                "PERSIST filled to the last block, slot B ok, then Rollback",
                "refused by name (full) before any rename: ab-state and boot-count unchanged"),
+    Regression("regress/other-stick", "test_another_stick_is_never_taken_for_the_boot_stick",
+               "the boot stick pulled and another anklume stick plugged in",
+               "not taken (its PERSIST PARTUUID is not the hand-off's): problem 'not plugged "
+               "in', MarkGood NotFound, the other stick untouched"),
     Regression("regress/replug-after-failed-update", "test_a_stick_back_after_a_failed_update",
                "the stick pulled while an update fetches its manifest, the update fails "
                "(no stick), the stick plugged back under the same name",

@@ -242,3 +242,25 @@ def test_a_stick_back_after_a_failed_update(sim: Sim, tmp_path: Path) -> None:
     s = wait_for(sim, "s['BootState'] != 'degraded' and s['PrimarySlot'] == 'A'")
     assert (s["BootMediaPresent"], s["PrimarySlot"]) == (True, "A"), s
     assert s["BootState"] != "degraded" and s["Slots"]["A"]["Status"] == "ok"
+
+
+def test_another_stick_is_never_taken_for_the_boot_stick(sim: Sim, tmp_path: Path) -> None:
+    assert sim.stick is not None
+    sim.stick.detach()
+    wait_for(sim, "not s['BootMediaPresent']")
+    other = stickimg.build(tmp_path / "other")
+    try:
+        s = wait_for(sim, "s['BootDisk'] == '' and 'not plugged in' in ' '.join(s['Problems'])")
+        assert s["BootDisk"] != str(other.loop), s
+        assert any("not plugged in" in p for p in s["Problems"]), s["Problems"]
+        error = call(sim, "MarkGood")
+        assert error is not None and error.name.endswith("NotFound"), error
+        mnt = tmp_path / "other-mnt"
+        mnt.mkdir()
+        subprocess.run(["mount", "-o", "ro", other.persist, mnt], check=True)
+        try:
+            assert (mnt / "boot-count").read_text() == "1\n"
+        finally:
+            subprocess.run(["umount", mnt], check=True)
+    finally:
+        other.detach()
