@@ -108,8 +108,30 @@ INODES: dict[str, tuple[str, Callable[[Path, Path, bytes, random.Random], None]]
     "device": ("a character device node (1,3)", _device),
     "socket": ("a unix socket", _socket),
 }
-INODE_ANSWER = ("problem naming its kind; never opened or followed; a write replaces it by "
-                "rename (a directory refuses the write by name)")
+INODE_ANSWERS = {
+    "dir": "problem (is a directory); a write to it is refused by name and changes nothing",
+    "symlink-out": "problem (a symbolic link); the host file is never read nor written; a "
+                   "write replaces the link itself by rename",
+}
+INODE_ANSWER = "problem naming its kind; never opened; a write replaces it by rename"
+DEFAULTS = {"ab-state": "slot A", "boot-count": "0", "boot-attempts": "3",
+            "last-rollback": "none"}
+
+
+def _content_answer(file: str, kind: str, answer: str) -> str:
+    """What a damaged text file gets, in the words of the file's owner."""
+    if kind in ("crlf", "huge") or file.endswith(".verity"):
+        return answer
+    if file == "pool.conf":
+        return "problem (pool.conf is damaged); the data disk is left as it is (state error)"
+    if file in META_FILES:
+        return {"random": "problem; no valid STATUS: slot treated as failed; every key kept "
+                          "when MarkGood rewrites it",
+                "empty": "problem; slot treated as empty"}.get(
+            kind, answer + "; every valid field kept when MarkGood rewrites it")
+    if kind in ("random", "empty"):
+        return f"problem; the initramfs's default ({DEFAULTS[file]}) used"
+    return answer
 
 
 def _valid(file: str, verity: bytes, meta: dict[str, bytes]) -> bytes:
@@ -130,9 +152,11 @@ def fuzz_cases() -> list[Case]:
                 answer = ("problem (not a dm-verity tree: the slot fails at boot)" if odd
                           else "accepted: a tree is binary and large; only its superblock is "
                                "read here, veritysetup checks the rest at boot")
-            cases.append(Case(f"{file}/{kind}", file, text, answer, odd, _write(data)))
+            cases.append(Case(f"{file}/{kind}", file, text,
+                              _content_answer(file, kind, answer), odd, _write(data)))
         for kind, (text, make) in INODES.items():
-            cases.append(Case(f"{file}/{kind}", file, text, INODE_ANSWER, True, make))
+            cases.append(Case(f"{file}/{kind}", file, text,
+                              INODE_ANSWERS.get(kind, INODE_ANSWER), True, make))
     for file in TMP_FILES:
         for kind in ("dir", "symlink-out", "fifo"):
             text, make = INODES[kind]
