@@ -53,11 +53,11 @@ class NotAFile(PersistFileError):
 
 
 class FileTooLarge(PersistFileError):
-    pass
+    """Larger than any file anklume writes there: read as nothing, never rewritten."""
 
 
 class PersistReadOnly(Failed):
-    pass
+    """A write-protect switch, a read-only device, or ext4 remounted after an error."""
 
 
 class PersistFull(Failed):
@@ -65,7 +65,7 @@ class PersistFull(Failed):
 
 
 class PersistIOError(Failed):
-    pass
+    """Any other refusal of the device: the stick may be failing."""
 
 
 MAX_LINE_PROBLEMS = 5  # one bad line is worth naming; a page of them is one problem
@@ -463,14 +463,6 @@ class PersistDir:
     def _step(self, name: str) -> None:
         if self._hook is not None:
             self._hook(name)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class PersistStore:
