@@ -187,9 +187,11 @@ class PersistDir:
     the file.
     """
 
-    def __init__(self, root: Path, step_hook: StepHook | None = None) -> None:
+    def __init__(self, root: Path, step_hook: StepHook | None = None,
+                 writable: bool = False) -> None:
         self.root = root
         self._hook = step_hook
+        self.writable = writable  # mounted read-write on purpose: read-only is a problem
 
     @staticmethod
     def parts(name: str) -> list[str]:
@@ -287,7 +289,7 @@ class PersistDir:
         except OSError:
             return []
         found = []
-        if fs.f_flag & os.ST_RDONLY:
+        if self.writable and fs.f_flag & os.ST_RDONLY:
             found.append("ANKLUME-PERSIST is read-only (a write-protect switch, or the kernel "
                          "found an error on it): nothing can be marked or updated; check the "
                          "stick with fsck on another computer, or replace it")
@@ -465,6 +467,16 @@ class PersistDir:
             self._hook(name)
 
 
+def disk_seq(device: Path) -> str | None:
+    """The kernel's sequence number of the disk holding ``device`` (Linux 5.15+),
+    new for every medium attached; None where the kernel has none."""
+    node = Path("/sys/class/block") / device.name
+    for candidate in (node / "diskseq", node.resolve().parent / "diskseq"):
+        with contextlib.suppress(OSError):
+            return candidate.read_text().strip()
+    return None
+
+
 class PersistStore:
     """Mounts the PERSIST partition for each transaction and unmounts it after.
 
@@ -479,12 +491,32 @@ class PersistStore:
         mountpoint: Path = DEFAULT_MOUNTPOINT,
         directory: Path | None = None,
     ) -> None:
+        self._device: Path | None = None
+        self._disk_seq: str | None = None
         self.device = device
         self.mountpoint = mountpoint
         self.directory = directory
         self._lock = threading.Lock()
         self._active = False
         self.step_hook: StepHook | None = None
+
+    @property
+    def device(self) -> Path | None:
+        return self._device
+
+    @device.setter
+    def device(self, device: Path | None) -> None:
+        """The PERSIST partition of the stick just found; the disk's sequence
+        number is noted with it (see same_disk)."""
+        self._device = device
+        self._disk_seq = disk_seq(device) if device is not None else None
+
+    def same_disk(self) -> bool:
+        """The device node still leads to the stick it was found on. A stick
+        pulled and another disk given its name (/dev/sdb, a reused loop) get
+        another sequence number: that disk's PERSIST must never be written."""
+        return self._device is not None and (
+            self._disk_seq is None or disk_seq(self._device) == self._disk_seq)
 
     @property
     def busy(self) -> bool:
@@ -501,7 +533,7 @@ class PersistStore:
                     return
                 self._mount()
                 try:
-                    yield PersistDir(self.mountpoint, self.step_hook)
+                    yield PersistDir(self.mountpoint, self.step_hook, writable=True)
                 finally:
                     self._unmount()
             finally:
@@ -513,6 +545,10 @@ class PersistStore:
                 f"ANKLUME-PERSIST ({self.device or 'no device'}) is not available; "
                 "is the boot stick plugged in?"
             )
+        if not self.same_disk():
+            raise PersistUnavailable(
+                f"{self.device} is not on the boot stick any more (it was pulled and another "
+                "disk took its name); plug the boot stick back in")
         self.mountpoint.mkdir(parents=True, exist_ok=True)
         if os.path.ismount(self.mountpoint):
             # Left mounted by a crash of ours: take it down and start clean.

@@ -235,6 +235,11 @@ REGRESSIONS = (
                "the boot stick pulled and another anklume stick plugged in",
                "not taken (its PERSIST PARTUUID is not the hand-off's): problem 'not plugged "
                "in', MarkGood NotFound, the other stick untouched"),
+    Regression("regress/name-reused", "test_another_stick_under_the_same_name_is_never_written",
+               "the boot stick pulled and another anklume stick given its device name "
+               "at once, then MarkGood",
+               "refused (NotFound: not on the boot stick any more, by the disk's sequence "
+               "number); the other stick untouched; media shown absent"),
     Regression("regress/replug-after-failed-update", "test_a_stick_back_after_a_failed_update",
                "the stick pulled while an update fetches its manifest, the update fails "
                "(no stick), the stick plugged back under the same name",

@@ -118,7 +118,8 @@ class Daemon:
             return False
         size = Path("/sys/class/block") / self.stick.disk.name / "size"
         try:
-            return self.store.device.exists() and int(size.read_text()) > 0
+            return self.store.device.exists() and int(size.read_text()) > 0 \
+                and self.store.same_disk()
         except (OSError, ValueError):
             return False
 

@@ -244,10 +244,19 @@ def test_a_stick_back_after_a_failed_update(sim: Sim, tmp_path: Path) -> None:
     assert s["BootState"] != "degraded" and s["Slots"]["A"]["Status"] == "ok"
 
 
+def mounted_by_anklumed(sim: Sim, since: int, device: Path) -> list[str]:
+    """The mounts of ``device`` anklumed made since byte ``since`` of its log.
+    (Not the other stick's files: on a shared machine another test's daemon
+    may take a stick plugged in, as anklumed did before this fix.)"""
+    lines = sim.daemon_log.read_bytes()[since:].decode(errors="replace").splitlines()
+    return [line for line in lines if "+ mount " in line and f" {device} " in line]
+
+
 def test_another_stick_is_never_taken_for_the_boot_stick(sim: Sim, tmp_path: Path) -> None:
     assert sim.stick is not None
     sim.stick.detach()
     wait_for(sim, "not s['BootMediaPresent']")
+    since = sim.daemon_log.stat().st_size
     other = stickimg.build(tmp_path / "other")
     try:
         s = wait_for(sim, "s['BootDisk'] == '' and 'not plugged in' in ' '.join(s['Problems'])")
@@ -255,12 +264,31 @@ def test_another_stick_is_never_taken_for_the_boot_stick(sim: Sim, tmp_path: Pat
         assert any("not plugged in" in p for p in s["Problems"]), s["Problems"]
         error = call(sim, "MarkGood")
         assert error is not None and error.name.endswith("NotFound"), error
-        mnt = tmp_path / "other-mnt"
-        mnt.mkdir()
-        subprocess.run(["mount", "-o", "ro", other.persist, mnt], check=True)
-        try:
-            assert (mnt / "boot-count").read_text() == "1\n"
-        finally:
-            subprocess.run(["umount", mnt], check=True)
+        assert mounted_by_anklumed(sim, since, other.persist) == []
     finally:
         other.detach()
+
+
+def test_another_stick_under_the_same_name_is_never_written(sim: Sim, tmp_path: Path) -> None:
+    assert sim.stick is not None
+    loop = sim.stick.loop
+    other = stickimg.build(tmp_path / "other")  # a second anklume stick, elsewhere
+    other.detach()
+    sim.stick.detach()
+    since = sim.daemon_log.stat().st_size
+    # Given the boot stick's name at once, before anklumed looked again.
+    attached = subprocess.run(["losetup", str(loop), str(other.image)], capture_output=True,
+                              check=False)
+    if attached.returncode != 0:
+        pytest.skip(f"{loop} was taken meanwhile: {attached.stderr!r}")
+    subprocess.run(["partx", "-a", str(loop)], capture_output=True, check=False)
+    impostor = stickimg.Stick(image=other.image, loop=loop)
+    try:
+        error = call(sim, "MarkGood")
+        assert error is not None and error.name.endswith("NotFound"), error
+        assert "boot stick" in error.message
+        assert mounted_by_anklumed(sim, since, impostor.persist) == []
+        s = wait_for(sim, "not s['BootMediaPresent'] and s['BootDisk'] == ''")
+        assert s["BootMediaPresent"] is False and s["BootDisk"] == "", s
+    finally:
+        impostor.detach()
