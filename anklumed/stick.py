@@ -168,24 +168,38 @@ def discover(
     """Find the boot stick.
 
     ``hint_disk`` (from the hand-off or the disk under ``/``) is tried first.
-    Otherwise every disk is probed; with several sticks, the one whose PERSIST
-    PARTUUID matches the hand-off wins, and without that hint we refuse to guess.
+    Otherwise every disk is probed. When the hand-off names the PERSIST
+    PARTUUID, only that stick is ever taken: another anklume stick plugged in
+    after the boot one was pulled must not receive this system's state.
+    Without it, several sticks are refused rather than guessed between.
     """
     context = context or pyudev.Context()
+    wanted = persist_partuuid.lower() if persist_partuuid else None
+
+    def ours(stick: BootStick) -> bool:
+        return wanted is None or _persist_partuuid(stick) == wanted
+
     if hint_disk is not None:
         stick = read_stick(hint_disk, context)
-        if stick is not None:
+        if stick is not None and ours(stick):
             return stick
-        log.warning("%s holds no ANKLUME-PERSIST partition; scanning all disks", hint_disk)
+        log.warning("%s holds no ANKLUME-PERSIST partition%s; scanning all disks", hint_disk,
+                    "" if stick is None else " of the stick this system booted from")
     sticks = [s for d in candidate_disks(context) if (s := read_stick(d, context))]
-    if persist_partuuid and len(sticks) > 1:
-        matching = [s for s in sticks if _persist_partuuid(s) == persist_partuuid.lower()]
+    names = ", ".join(str(s.disk) for s in sticks)
+    if wanted is not None:
+        matching = [s for s in sticks if ours(s)]
         if len(matching) == 1:
             return matching[0]
+        if not matching:
+            others = f" ({names} is another anklume stick)" if sticks else ""
+            raise NotFound(f"the boot stick (PERSIST PARTUUID {wanted}) is not plugged in"
+                           f"{others}; plug it back in")
+        sticks = matching  # copies of one stick, made with dd: refuse to guess below
+        names = ", ".join(str(s.disk) for s in sticks)
     if not sticks:
         raise NotFound("no disk with an ANKLUME-PERSIST partition was found; is the stick plugged?")
     if len(sticks) > 1:
-        names = ", ".join(str(s.disk) for s in sticks)
         raise AmbiguousStick(
             f"several disks carry ANKLUME partitions ({names}) and the boot hand-off does "
             "not say which one booted; unplug the sticks that are not in use"

@@ -111,7 +111,8 @@ class Simulation:
         )
         return "boolean true" in proc.stdout
 
-    def stop_daemon(self) -> None:
+    def stop_daemon(self) -> bool:
+        """Stop anklumed; False if SIGTERM did not stop it in 10 s (then killed)."""
         if self.daemon and self.daemon.poll() is None:
             self.daemon.terminate()
             try:
@@ -119,6 +120,8 @@ class Simulation:
             except subprocess.TimeoutExpired:
                 self.daemon.kill()
                 self.daemon.wait()
+                return False
+        return True
 
     def ctl(self, *args: str, user: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run anklumectl, as root or (through devtools.as_user) as ``user``."""

@@ -17,7 +17,7 @@ from dbus_next.aio import MessageBus
 from anklumed import __version__, memory, stick
 from anklumed.config import Config, DeadlineAction
 from anklumed.data.disks import Disk
-from anklumed.data.manager import DataDisk, SetupRequest
+from anklumed.data.manager import DataDisk, DataState, SetupRequest
 from anklumed.data.poolconf import Backend, Encryption
 from anklumed.errors import AnklumeError
 from anklumed.handoff import Handoff, read_handoff
@@ -96,6 +96,7 @@ class Daemon:
         # and no adoptable disk is known, which clients must not read as none.
         self.disks_probed = False
         self._data_refresh: asyncio.Task[None] | None = None
+        self._persist_stale = False  # the stick was seen gone since PERSIST was read
 
     # ---- facts the interfaces publish --------------------------------------
     def problems(self) -> list[str]:
@@ -106,6 +107,8 @@ class Daemon:
             found.extend(self.slots.state.problems)
         elif self.slots.error:
             found.append(self.slots.error)
+        if self.data.snapshot.state is DataState.ERROR and self.data.snapshot.conf is None:
+            found.append(self.data.snapshot.message)  # pool.conf on PERSIST cannot be used
         return found
 
     def media_present(self) -> bool:
@@ -115,7 +118,8 @@ class Daemon:
             return False
         size = Path("/sys/class/block") / self.stick.disk.name / "size"
         try:
-            return self.store.device.exists() and int(size.read_text()) > 0
+            return self.store.device.exists() and int(size.read_text()) > 0 \
+                and self.store.same_disk()
         except (OSError, ValueError):
             return False
 
@@ -285,6 +289,8 @@ class Daemon:
             iface.publish()
             iface.Finished()
         self.publish()
+        if job.kind == "update":  # the stick may have come and gone meanwhile
+            self._spawn(self._refresh_soon())
 
     def publish(self) -> None:
         for iface in self.interfaces:
@@ -412,11 +418,24 @@ class Daemon:
     async def _refresh_soon(self) -> None:
         await asyncio.sleep(0.5)
         try:
-            if not self.media_present() and not self.jobs.running.get("slots"):
-                await self._rediscover_stick()
+            await self._recheck_stick()
             await self.refresh_data()
         except Exception:
             log.exception("cannot look at the disks again")
+
+    async def _recheck_stick(self) -> None:
+        """Find the stick again if its node went away, and read PERSIST again
+        if it was seen gone (another computer may have written it) or the last
+        read failed (it came back under the same name). Not while an update
+        holds the slots: its end calls this again."""
+        if self.jobs.running.get("slots"):
+            return
+        if not self.media_present():
+            self._persist_stale = True
+            await self._rediscover_stick()
+        elif self._persist_stale or self.slots.state is None:
+            self._persist_stale = False
+            await self.slots.refresh()
 
     async def _rediscover_stick(self) -> None:
         """The stick came back (or another port gave it a new name): find it again."""
@@ -426,5 +445,6 @@ class Daemon:
             return
         if self.stick.disk != before:
             log.info("boot stick found again at %s", self.stick.disk)
+        self._persist_stale = False
         await self.slots.refresh()
         self.publish()

@@ -2,7 +2,10 @@
 
 Each operation is one PERSIST transaction run in a worker thread (mount, read,
 check, write atomically, read back, unmount), serialised by a lock. The last
-state read is cached so status reads never wait for the stick.
+state read is cached so status reads never wait for the stick; after any
+failure it is read again, so the status never shows a change that did not
+happen. A meta that could not be read is never rewritten: what is not read
+would be lost.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from anklumed.errors import AnklumeError, InvalidArgument, NotFound
+from anklumed.errors import AnklumeError, Failed, InvalidArgument, NotFound
 from anklumed.handoff import Handoff
 from anklumed.persist import PersistDir, PersistStore
 from anklumed.slots import model
@@ -39,6 +42,13 @@ def check_can_become_primary(state: SlotsState, slot: SlotName, force: bool) -> 
             f"slot {slot} is {status.value}, not ok: it may not boot. "
             "Use --force to make it primary anyway"
         )
+
+
+def check_meta_readable(state: SlotsState, slot: SlotName, doing: str) -> None:
+    name = model.meta_file(slot)
+    if name in state.unreadable:
+        raise Failed(f"{name} cannot be read, so {doing} would lose what it holds; it was left "
+                     "as it is: repair or remove it (anklumectl status says what is wrong)")
 
 
 class SlotController:
@@ -73,7 +83,10 @@ class SlotController:
         for name in pdir.clean_temporaries():
             log.warning("removed %s left by an interrupted write", name)
         source = self.handoff.rollback_from
-        if self.handoff.rollback and source and state.meta[source].status is SlotStatus.OK:
+        if source and model.meta_file(source) in state.unreadable:
+            log.warning("slot %s was rolled back from, but its meta cannot be read: "
+                        "not marking it failed", source)
+        elif self.handoff.rollback and source and state.meta[source].status is SlotStatus.OK:
             log.warning("slot %s failed to boot and was rolled back from; marking it failed",
                         source)
             meta = state.meta[source].model_copy(update={"status": SlotStatus.FAILED})
@@ -85,13 +98,23 @@ class SlotController:
             raise NotFound("the booted slot is unknown, so it cannot be marked good")
 
         def change(pdir: PersistDir, state: SlotsState) -> None:
-            if booted is state.primary:
+            counted = booted is state.primary
+            if counted:
+                # First and on its own: the count is what makes the boot good for
+                # the initramfs, so a damaged meta must not stand in its way.
                 # Written even when it reads 0: the file may hold garbage read as 0.
                 model.write_boot_count(pdir, 0)
-            meta = state.meta[booted].model_copy(
-                update={"status": SlotStatus.OK, "last_good_at": self.clock()}
-            )
-            model.write_meta(pdir, booted, meta)
+            try:
+                check_meta_readable(state, booted, "stamping it good")
+                meta = state.meta[booted].model_copy(
+                    update={"status": SlotStatus.OK, "last_good_at": self.clock()}
+                )
+                model.write_meta(pdir, booted, meta)
+            except AnklumeError as e:
+                if not counted:
+                    raise
+                raise Failed(f"the boot is marked good (boot-count 0), but slot {booted} "
+                             f"was not stamped: {e}") from None
 
         await self._transaction(change)
         log.info("slot %s marked good", booted)
@@ -103,10 +126,11 @@ class SlotController:
         def change(pdir: PersistDir, state: SlotsState) -> None:
             to = state.primary.other
             check_can_become_primary(state, to, force)
-            model.write_primary(pdir, to, 0)
             rollback = Rollback(from_slot=state.primary, to_slot=to, at=self.clock(),
                                 reason="manual")
-            model.write_rollback(pdir, rollback)
+            # One write: refused as a whole (read-only, full, a directory in the
+            # way) before any file changes.
+            pdir.write_files([*model.primary_entries(to, 0), model.rollback_entry(rollback)])
             target.append(to)
 
         await self._transaction(change)
@@ -128,11 +152,14 @@ class SlotController:
             meta = state.meta[slot]
             if meta.status is SlotStatus.EMPTY:
                 raise InvalidArgument(f"slot {slot} is empty: there is nothing to mark bad")
-            model.write_meta(pdir, slot, meta.model_copy(update={"status": SlotStatus.FAILED}))
+            check_meta_readable(state, slot, "marking it bad")
+            entries = [model.meta_entry(slot, meta.model_copy(
+                update={"status": SlotStatus.FAILED}))]
             other = slot.other
             if slot is state.primary and state.meta[other].status is SlotStatus.OK:
                 # Do not leave a slot marked bad as the next boot.
-                model.write_primary(pdir, other, 0)
+                entries += model.primary_entries(other, 0)
+            pdir.write_files(entries)
 
         await self._transaction(change)
         log.info("slot %s marked bad", slot)
@@ -148,13 +175,16 @@ class SlotController:
             try:
                 self.state = await asyncio.to_thread(self._run, change)
                 self.error = None
-            except AnklumeError as e:
-                # Show what is really on the stick now (or that it is gone).
+            except Exception as e:
+                # Whatever failed, and wherever: show what is really on the
+                # stick now (or that it is gone), never what was meant to be.
                 await asyncio.to_thread(self._reload_quietly)
-                if quiet:
-                    log.error("%s", e)
-                else:
+                if not quiet:
                     raise
+                if isinstance(e, AnklumeError):
+                    log.error("%s", e)
+                else:  # a bug: keep the daemon up, the traceback in the journal
+                    log.exception("reading PERSIST failed unexpectedly")
             finally:
                 self._notify()
 
@@ -170,6 +200,9 @@ class SlotController:
                 self.state, self.error = model.read_slots_state(pdir), None
         except AnklumeError as e:
             self.state, self.error = None, str(e)
+        except Exception:
+            log.exception("reading PERSIST failed unexpectedly")
+            self.state, self.error = None, "ANKLUME-PERSIST cannot be read (see the journal)"
 
     def _notify(self) -> None:
         for listener in self.listeners:

@@ -8,12 +8,24 @@ the ones the initramfs applies, so both sides agree on what a damaged file means
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import partial
+from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from anklumed.persist import PersistDir, format_kv, parse_kv
+from anklumed.errors import AnklumeError
+from anklumed.persist import (
+    MAX_FILE_BYTES,
+    TMP_SUFFIX,
+    FileTooLarge,
+    PersistDir,
+    decode,
+    format_kv,
+    parse_kv,
+)
 from anklumed.stick import SlotName
 
 AB_STATE = "ab-state"
@@ -24,6 +36,11 @@ DEFAULT_SLOT = SlotName.A
 DEFAULT_ATTEMPTS = 3
 MAX_ATTEMPTS = 100
 MAX_BOOT_COUNT = 9999  # a larger count is garbage, not a real number of boots
+MAX_SIZE = (1 << 63) - 1  # what the bus publishes (uint64) with room to spare
+MAX_BLOCK_SIZE = 1 << 20  # dm-verity blocks are a page; 1 MiB is already absurd
+
+
+T = TypeVar("T")
 
 
 def meta_file(slot: SlotName) -> str:
@@ -64,15 +81,16 @@ def format_time(when: datetime) -> str:
 
 
 def parse_time(text: str) -> datetime | None:
-    """ISO 8601 as written by ``date -u +%Y-%m-%dT%H:%M:%SZ``, or a Unix time."""
+    """ISO 8601 as written by ``date -u +%Y-%m-%dT%H:%M:%SZ``, or a Unix time;
+    in UTC. None for anything else, a time out of range included."""
     text = text.strip()
-    if text.isdigit():
-        return datetime.fromtimestamp(int(text), UTC)
     try:
+        if text.isascii() and text.isdigit():
+            return datetime.fromtimestamp(int(text[:20]), UTC) if len(text) <= 12 else None
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    except (ValueError, OverflowError, OSError):  # not a time, or year 0 / 10000
         return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 class SlotMeta(BaseModel):
@@ -102,7 +120,8 @@ class SlotMeta(BaseModel):
             if value is None:
                 continue
             values[key] = format_time(value) if isinstance(value, datetime) else str(value)
-        values.update(self.extra)
+        # Unknown keys, and known ones whose value was invalid: kept as read.
+        values.update({k: v for k, v in self.extra.items() if k not in values})
         return values
 
 
@@ -111,8 +130,12 @@ def _check_field(key: str, value: str) -> object:
     if key == "STATUS":
         return SlotStatus(value.lower())
     if key in _INT_FIELDS:
+        if not (value.isascii() and value.isdigit() and len(value) <= 19):
+            raise ValueError(value)
         number = int(value)
-        if number < 0 or (key != "SIZE" and (number < 512 or number & (number - 1))):
+        block = key != "SIZE"
+        if number > (MAX_BLOCK_SIZE if block else MAX_SIZE) or (
+                block and (number < 512 or number & (number - 1))):
             raise ValueError(value)
         return number
     if key in _HEX_FIELDS:
@@ -145,6 +168,10 @@ def parse_meta(text: str | None, slot: SlotName) -> tuple[SlotMeta, list[str]]:
             fields[key.lower()] = _check_field(key, value)
         except ValueError:
             problems.append(f"{key} has an invalid value")
+            if key != "STATUS":  # kept as it is: a rewrite must not lose it
+                extra[key] = value
+    if not values:  # an existing meta says at least STATUS=empty
+        problems.append(f"holds no KEY=value line; slot {slot} treated as empty")
     if "status" not in fields:
         # A meta we cannot trust is never "ok": it must not become a rollback target.
         fields["status"] = SlotStatus.FAILED if values else SlotStatus.EMPTY
@@ -211,7 +238,12 @@ def parse_count(
 
 
 class SlotsState(BaseModel):
-    """Everything PERSIST says about the slots, with the problems found reading it."""
+    """Everything PERSIST says about the slots, with the problems found reading it.
+
+    ``unreadable`` names the files that are there but could not be read (a
+    link, a pipe, a directory, too large...): their defaults stand in for
+    reading, and a meta among them must never be rewritten from that default.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -221,55 +253,114 @@ class SlotsState(BaseModel):
     meta: dict[SlotName, SlotMeta]
     last_rollback: Rollback | None
     problems: tuple[str, ...] = ()
+    unreadable: tuple[str, ...] = ()
+
+
+# An unreadable meta may describe a good system, or not: it is never a
+# rollback target, and never shown as empty.
+UNREADABLE_META = SlotMeta(status=SlotStatus.FAILED)
 
 
 def read_slots_state(pdir: PersistDir) -> SlotsState:
-    problems: list[str] = []
-
-    def take(result: tuple[object, list[str]]) -> object:
-        problems.extend(result[1])
-        return result[0]
+    problems: list[str] = pdir.health()
+    unreadable: list[str] = []
 
     def text(name: str) -> str | None:
         try:
-            return pdir.read_text(name)
-        except Exception as e:  # a directory, a huge file: report and use the default
-            problems.append(f"{name}: {e}")
-            return ""
+            data = pdir.read_bytes(name)
+        except AnklumeError as e:  # a link, a pipe, a directory, too large: named
+            problems.append(str(e))
+            unreadable.append(name)
+            return None
+        if data is None:
+            return None
+        content, odd = decode(name, data)
+        problems.extend(odd)
+        return content
 
-    primary = take(parse_slot_name(text(AB_STATE)))
-    count = take(parse_count(text(BOOT_COUNT), BOOT_COUNT, 0, 0, MAX_BOOT_COUNT))
-    attempts = take(
-        parse_count(text(BOOT_ATTEMPTS), BOOT_ATTEMPTS, DEFAULT_ATTEMPTS, 1, MAX_ATTEMPTS)
-    )
-    meta = {s: take(parse_meta(text(meta_file(s)), s)) for s in SlotName}
-    rollback = take(parse_rollback(text(LAST_ROLLBACK)))
-    return SlotsState.model_validate(
-        {
-            "primary": primary,
-            "boot_count": count,
-            "boot_attempts": attempts,
-            "meta": meta,
-            "last_rollback": rollback,
-            "problems": tuple(problems),
-        }
-    )
+    def value(name: str, parse: Callable[[str | None], tuple[T, list[str]]], fallback: T) -> T:
+        content = text(name)
+        if name in unreadable:
+            return fallback
+        result, found = parse(content)
+        problems.extend(found)
+        return result
+
+    primary = value(AB_STATE, parse_slot_name, DEFAULT_SLOT)
+    count = value(BOOT_COUNT, lambda t: parse_count(t, BOOT_COUNT, 0, 0, MAX_BOOT_COUNT), 0)
+    attempts = value(BOOT_ATTEMPTS, lambda t: parse_count(
+        t, BOOT_ATTEMPTS, DEFAULT_ATTEMPTS, 1, MAX_ATTEMPTS), DEFAULT_ATTEMPTS)
+    meta = {s: value(meta_file(s), partial(parse_meta, slot=s), UNREADABLE_META) for s in SlotName}
+    rollback = value(LAST_ROLLBACK, parse_rollback, None)
+    for slot in SlotName:
+        if meta[slot].status is SlotStatus.OK:
+            problems.extend(check_verity(pdir, slot))
+    for name in (AB_STATE, BOOT_COUNT, LAST_ROLLBACK, *map(meta_file, SlotName)):
+        # A crash leaves NAME.tmp files (removed at start), never a directory.
+        if pdir.kind(name + TMP_SUFFIX) == "a directory":
+            problems.append(f"PERSIST {name}{TMP_SUFFIX} is a directory: {name} cannot be "
+                            f"written until it is removed from ANKLUME-PERSIST")
+    return SlotsState(primary=primary, boot_count=count, boot_attempts=attempts, meta=meta,
+                      last_rollback=rollback, problems=tuple(dict.fromkeys(problems)),
+                      unreadable=tuple(unreadable))
+
+
+VERITY_MAGIC = b"verity\0\0"  # the superblock veritysetup format writes first
+
+
+def check_verity(pdir: PersistDir, slot: SlotName) -> list[str]:
+    """What would stop the initramfs opening an ok slot's hash tree. Only
+    its first bytes are read: the tree itself is checked at boot."""
+    name = verity_file(slot)
+    try:
+        head = pdir.head(name, len(VERITY_MAGIC))
+    except AnklumeError as e:
+        return [f"{e}; slot {slot} cannot be verified at boot"]
+    if head is not None and head != VERITY_MAGIC:
+        return [f"{name} is not a dm-verity hash tree: slot {slot} will fail its check at boot"]
+    return []
+
+
+Entry = tuple[str, bytes]  # a file and its new content, for PersistDir.write_files
+
+
+def primary_entries(slot: SlotName, boot_count: int) -> list[Entry]:
+    """Make ``slot`` primary. Order matters for a power cut: the count is reset
+    first, so the new primary never starts with the old primary's attempts."""
+    return [count_entry(boot_count), (AB_STATE, f"{slot.value}\n".encode())]
+
+
+def count_entry(count: int) -> Entry:
+    return BOOT_COUNT, f"{count}\n".encode()
+
+
+def meta_entry(slot: SlotName, meta: SlotMeta) -> Entry:
+    return _kv_entry(meta_file(slot), meta.to_kv())
+
+
+def rollback_entry(rollback: Rollback) -> Entry:
+    return _kv_entry(LAST_ROLLBACK, rollback.to_kv())
+
+
+def _kv_entry(name: str, values: dict[str, str]) -> Entry:
+    data = format_kv(values).encode()
+    if len(data) > MAX_FILE_BYTES:  # it could not be read back
+        raise FileTooLarge(f"PERSIST {name} would be larger than {MAX_FILE_BYTES // 1024} KiB "
+                           "(it holds too many unknown keys): remove the keys you added")
+    return name, data
 
 
 def write_primary(pdir: PersistDir, slot: SlotName, boot_count: int) -> None:
-    """Make ``slot`` primary. Order matters for a power cut: the count is reset
-    first, so the new primary never starts with the old primary's attempts."""
-    pdir.write_text(BOOT_COUNT, f"{boot_count}\n")
-    pdir.write_text(AB_STATE, f"{slot.value}\n")
+    pdir.write_files(primary_entries(slot, boot_count))
 
 
 def write_boot_count(pdir: PersistDir, count: int) -> None:
-    pdir.write_text(BOOT_COUNT, f"{count}\n")
+    pdir.write_files([count_entry(count)])
 
 
 def write_meta(pdir: PersistDir, slot: SlotName, meta: SlotMeta) -> None:
-    pdir.write_text(meta_file(slot), format_kv(meta.to_kv()))
+    pdir.write_files([meta_entry(slot, meta)])
 
 
 def write_rollback(pdir: PersistDir, rollback: Rollback) -> None:
-    pdir.write_text(LAST_ROLLBACK, format_kv(rollback.to_kv()))
+    pdir.write_files([rollback_entry(rollback)])

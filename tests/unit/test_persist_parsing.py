@@ -53,7 +53,7 @@ def test_kv_round_trip_and_refuses_newlines() -> None:
         format_kv({"X": "a\nB=evil"})
 
 
-def test_meta_invalid_fields_are_dropped_not_fatal() -> None:
+def test_meta_invalid_fields_are_not_trusted_nor_lost() -> None:
     meta, problems = parse_meta(
         "STATUS=ok\nSHA256=zz\nSIZE=-3\nDATA_BLOCK_SIZE=4095\nLAST_GOOD_AT=yesterday\n"
         "ROOT_HASH=ABCDEF\nFUTURE_KEY=kept\n", SlotName.A)
@@ -61,8 +61,13 @@ def test_meta_invalid_fields_are_dropped_not_fatal() -> None:
     assert meta.sha256 is None and meta.size is None and meta.data_block_size is None
     assert meta.last_good_at is None
     assert meta.root_hash == "abcdef"
-    assert meta.extra == {"FUTURE_KEY": "kept"}
+    assert meta.extra == {"FUTURE_KEY": "kept", "SHA256": "zz", "SIZE": "-3",
+                          "DATA_BLOCK_SIZE": "4095", "LAST_GOOD_AT": "yesterday"}
     assert len(problems) == 4
+    # Kept as read: a rewrite (mark good) loses nothing, a valid value wins.
+    stamped = meta.model_copy(update={"last_good_at": model.parse_time("1700000000")})
+    values = parse_kv(format_kv(stamped.to_kv()))[0]
+    assert values["SHA256"] == "zz" and values["LAST_GOOD_AT"] == "2023-11-14T22:13:20Z"
 
 
 @pytest.mark.parametrize("text", ["STATUS=great\n", "VERSION=1\n", "garbage", "STATUS=\n"])
