@@ -12,11 +12,13 @@ org.anklume.Live1.Error.* or a standard org.freedesktop.DBus.Error.*, a
 message that shows a traceback, a call left unanswered, or status not
 answering between calls.
 
-Safety: as root, no string argument may name anything on this machine.
-``safe_text`` rewrites a value that, read as a path (or as a disk name under
-/dev, as ``data.disks.choose`` reads it), exists: so Setup and Adopt are
-always refused before any disk work (NotFound), and Update never reads a
-real file. As another user the bus sees that uid and polkit decides.
+Safety: no string argument may name anything on this machine, whoever
+calls (root skips polkit; another user may be allowed by it). ``safe_text``
+rewrites a value that, read as a path (or as a disk name under /dev, as
+``data.disks.choose`` reads it), exists: so Setup and Adopt are always
+refused before any disk is opened or written (NotFound, after a read-only
+probe), and Update never reads a real file. Rollback, SetPrimary, MarkBad and
+MarkGood do change the simulated stick's PERSIST: run it on a simulation.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import os
 import pwd
 import random
 import sys
+import tempfile
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -69,6 +72,8 @@ CASES = {
     "properties": "Get/GetAll/Set of unknown interfaces and properties; Set of read-only ones",
     "nul-in-string": "a NUL inside an s argument (invalid on the wire)",
     "invalid-object-path": "a call whose path is not a valid object path (invalid on the wire)",
+    "passed-files": "every h argument: /dev/null, a deleted junk file, a directory, "
+                    "a pipe whose writer is closed",
     "random": "seeded random values of the right signature",
 }
 
@@ -90,12 +95,14 @@ class Report:
     cases: set[str] = field(default_factory=set)
     calls: int = 0
     replies: dict[str, int] = field(default_factory=dict)
+    by_case: dict[str, dict[str, int]] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
     methods: list[str] = field(default_factory=list)
 
     def as_json(self) -> str:
         return json.dumps({"cases": sorted(self.cases), "calls": self.calls,
-                           "replies": self.replies, "violations": self.violations[:50],
+                           "replies": self.replies, "by_case": self.by_case,
+                           "violations": self.violations[:50],
                            "violation_count": len(self.violations),
                            "methods": self.methods})
 
@@ -162,13 +169,11 @@ def safe_text(value: str) -> str:
     return f"fuzz-absent-{value}" if exists else value
 
 
-def _make_safe(value: Any, as_root: bool) -> Any:
-    if not as_root:
-        return value
+def _make_safe(value: Any) -> Any:
     if isinstance(value, str):
         return safe_text(value)
     if isinstance(value, list):
-        return [_make_safe(v, as_root) for v in value]
+        return [_make_safe(v) for v in value]
     return value
 
 
@@ -209,6 +214,8 @@ def simple(sig: str, rng: random.Random, case: str) -> Any:
                                             else rng.randint(0, 5))
         item = simple(sig[1:], rng, case if case != "huge-array" else "random")
         return [item] * count
+    if code == "h":
+        return PassedFile(rng.choice(list(PassedFile.KINDS)))
     if code == "v":
         return Variant("s", simple("s", rng, case))
     if code == "(":
@@ -221,12 +228,53 @@ def _bytes(rng: random.Random, case: str) -> bytes:
         return b""
     if case == "huge-bytes":
         return rng.choice([b"\xff" * HUGE, b"x" * 4097])
+    if case == "huge-array":
+        return bytes(100_000)
     if case == "nul-bytes":
         return b"pass\x00word\x00" + bytes(rng.randrange(256) for _ in range(8))
     return bytes(rng.randrange(256) for _ in range(rng.randint(0, 64)))
 
 
-WRONG = ["i", "u", "s", "b", "ay", "as", "a{sv}", "(ss)", "v", "d", "t", "o"]
+@dataclass(frozen=True)
+class PassedFile:
+    """A file descriptor argument (``h``), opened when the call is sent:
+    harmless files of the fuzzer's own, never one of the machine's."""
+
+    kind: str
+    KINDS = ("dev-null", "junk", "directory", "empty-pipe")
+
+    def open(self) -> int:
+        if self.kind == "dev-null":
+            return os.open(os.devnull, os.O_RDONLY)
+        if self.kind == "directory":
+            return os.open(tempfile.gettempdir(), os.O_RDONLY | os.O_DIRECTORY)
+        if self.kind == "empty-pipe":  # its writer is closed: reads end at once
+            read, write = os.pipe()
+            os.close(write)
+            return read
+        fd, path = tempfile.mkstemp(prefix="anklume-fuzz-")
+        Path(path).unlink()
+        os.write(fd, b"FORMAT=1\x00\xff\n" * 100)
+        os.lseek(fd, 0, os.SEEK_SET)
+        return fd
+
+
+def attach_files(value: Any, fds: list[int]) -> Any:
+    """``value`` with each PassedFile opened, appended to ``fds`` and replaced
+    by its index there (how D-Bus carries an ``h``)."""
+    if isinstance(value, PassedFile):
+        fds.append(value.open())
+        return len(fds) - 1
+    if isinstance(value, Variant):
+        return Variant(value.signature, attach_files(value.value, fds))
+    if isinstance(value, list):
+        return [attach_files(v, fds) for v in value]
+    if isinstance(value, dict):
+        return {k: attach_files(v, fds) for k, v in value.items()}
+    return value
+
+
+WRONG = ["i", "u", "s", "b", "ay", "as", "a{sv}", "(ss)", "v", "d", "t", "o", "h"]
 
 
 def _retyped(method: Method, rng: random.Random) -> tuple[str, list[Any]]:
@@ -248,20 +296,27 @@ async def call(bus: MessageBus, msg: Message) -> Message | None:
 
 
 class Fuzzer:
-    def __init__(self, bus: MessageBus, address: str, rng: random.Random,
-                 as_root: bool) -> None:
-        self.bus, self.address, self.rng, self.as_root = bus, address, rng, as_root
+    def __init__(self, bus: MessageBus, address: str, rng: random.Random) -> None:
+        self.bus, self.address, self.rng = bus, address, rng
         self.report = Report()
 
     async def send(self, case: str, method: Method, signature: str, body: list[Any],
                    path: str | None = None) -> None:
         self.report.cases.add(case)
         self.report.calls += 1
-        msg = Message(destination=DEST, path=path or method.path, interface=method.interface,
-                      member=method.name, signature=signature,
-                      body=_make_safe(body, self.as_root))
-        reply = await call(self.bus, msg)
+        fds: list[int] = []
+        try:
+            msg = Message(destination=DEST, path=path or method.path,
+                          interface=method.interface, member=method.name, signature=signature,
+                          body=attach_files(_make_safe(body), fds), unix_fds=fds)
+            reply = await call(self.bus, msg)
+        finally:
+            for fd in fds:
+                os.close(fd)
         self.judge(f"{case} {method.interface}.{method.name}", reply)
+        answer = "none" if reply is None else (reply.error_name or "return")
+        counts = self.report.by_case.setdefault(case, {})
+        counts[answer] = counts.get(answer, 0) + 1
 
     def judge(self, what: str, reply: Message | None) -> None:
         if reply is None:
@@ -292,6 +347,13 @@ class Fuzzer:
             body = [simple(sig, self.rng, case) for _, sig in method.args]
             await self.send(case, method, method.signature, body)
         await self.send("wrong-types", method, *_retyped(method, self.rng))
+        for kind in PassedFile.KINDS:  # to a method that takes files, or one that does not
+            if "h" in method.signature:
+                body = [PassedFile(kind) if sig == "h" else simple(sig, self.rng, "random")
+                        for _, sig in method.args]
+                await self.send("passed-files", method, method.signature, body)
+            else:
+                await self.send("passed-files", method, "h", [PassedFile(kind)])
         values = [simple(sig, self.rng, "random") for _, sig in method.args]
         await self.send("wrong-count", method, method.signature + "s", [*values, "extra"])
         if method.args:
@@ -354,13 +416,12 @@ class Fuzzer:
 
 
 async def fuzz(address: str, seed: int, rounds: int) -> Report:
-    bus = await MessageBus(bus_address=address).connect()
+    bus = await MessageBus(bus_address=address, negotiate_unix_fd=True).connect()
     try:
         live = await introspect(bus)
         paths = {m.interface: m.path for m in live if "/job/" not in m.path}
         methods = {(m.path, m.interface, m.name): m for m in from_xml(paths) + live}
-        fuzzer = Fuzzer(bus, address, random.Random(seed),  # noqa: S311 - seeded on purpose
-                        os.geteuid() == 0)
+        fuzzer = Fuzzer(bus, address, random.Random(seed))  # noqa: S311 - seeded on purpose
         fuzzer.report.methods = sorted(f"{i}.{n} {p}" for p, i, n in methods)
         for method in sorted(methods.values(), key=lambda m: (m.path, m.name)):
             await fuzzer.method_cases(method)

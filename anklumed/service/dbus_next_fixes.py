@@ -7,30 +7,29 @@ connection: with many clients asking at once
 lost the bus. This copy of the method differs only in waiting for the
 socket to become writable again.
 
-2. The reply to an async method. Upstream's ``done`` callback sends the
-error reply from inside ``with send_reply:``, whose ``__exit__`` forgets to
-return True: the DBusError then escapes into asyncio, which logs "Exception in
-callback" with a traceback for every refused call (1,000 refused calls from
-``nobody`` wrote 11,000 lines). This copy builds the reply itself and sends
-it once; what gets logged is decided at the boundary (boundary.to_dbus_error).
+2. Error replies. Upstream sends them from inside ``with send_reply:``, whose
+``SendReply.__exit__`` forgets to return what ``_exit`` decided: the error,
+already sent, is raised again and logged with its traceback, by asyncio for
+an async method ("Exception in callback": 1,000 refused calls from ``nobody``
+wrote 11,000 lines) and by ``_on_message`` for the Properties and
+Introspectable handlers (a Get of an unknown property from anyone). This
+copy returns it; what gets logged of a refusal is decided at the boundary
+(boundary.to_dbus_error).
 
 dbus-next is pinned in pyproject.toml; on an upgrade, check whether these are
 still needed (tests/service/test_robustness.py and test_bus_boundary.py).
 """
 
 import array
-import asyncio
 import logging
 import socket
 from typing import Any
 
-from dbus_next import DBusError, Message
+from dbus_next import DBusError, Message, MessageFlag
 from dbus_next.__version__ import __version__ as installed_version
 from dbus_next.aio import message_bus as aio_bus
 from dbus_next.message_bus import BaseMessageBus
-from dbus_next.service import ServiceInterface
 
-log = logging.getLogger(__name__)
 FAILED = "org.anklume.Live1.Error.Failed"
 
 EXPECTED_VERSION = "0.2.3"
@@ -68,37 +67,46 @@ def _write_callback(self: Any) -> None:
         self.bus._finalize(e)
 
 
-def _make_method_handler(self: Any, interface: Any, method: Any) -> Any:
-    if not asyncio.iscoroutinefunction(method.fn):
-        return BaseMessageBus._make_method_handler(self, interface, method)
+def _send_reply(self: Any, msg: Message) -> Any:
+    """Upstream's SendReply, whose ``__exit__`` returns what ``_exit`` decided,
+    and which answers an exception that is not a DBusError without its
+    traceback."""
+    bus = self
 
-    def handler(msg: Message, send_reply: Any) -> None:
-        def done(fut: "asyncio.Future[Any]") -> None:
-            try:
-                send_reply(_reply(msg, method, fut))
-            except Exception as e:  # the bus is gone: nobody to answer
-                log.debug("cannot answer %s: %s", msg.member, e)
+    class SendReply:
+        def __enter__(self) -> "SendReply":
+            return self
 
-        args = ServiceInterface._msg_body_to_args(msg)
-        fut = asyncio.ensure_future(method.fn(interface, *args))
-        fut.add_done_callback(done)
+        def __call__(self, reply: Message) -> None:
+            if msg.flags & MessageFlag.NO_REPLY_EXPECTED:
+                return
+            bus.send(reply)
 
-    return handler
+        def _exit(self, exc_type: Any, exc_value: Any, tb: Any) -> bool:
+            if exc_type is None:
+                return False
+            if issubclass(exc_type, DBusError):
+                self(exc_value._as_message(msg))
+                return True
+            if issubclass(exc_type, Exception):
+                _log_bug(msg, exc_value)
+                self(Message.new_error(msg, FAILED, f"{msg.member} failed inside anklumed"))
+                return True
+            return False
+
+        def __exit__(self, exc_type: Any, exc_value: Any, tb: Any) -> bool:
+            return self._exit(exc_type, exc_value, tb)
+
+        def send_error(self, exc: BaseException) -> None:
+            self._exit(exc.__class__, exc, exc.__traceback__)
+
+    return SendReply()
 
 
-def _reply(msg: Message, method: Any, fut: "asyncio.Future[Any]") -> Message:
-    """The reply to ``msg`` once its method is done, never a traceback."""
-    try:
-        body, unix_fds = ServiceInterface._fn_result_to_body(fut.result(),
-                                                             method.out_signature_tree)
-        return Message.new_method_return(msg, method.out_signature, body, unix_fds)
-    except DBusError as e:  # the boundary already translated and logged it
-        return e._as_message(msg)
-    except asyncio.CancelledError:
-        return Message.new_error(msg, FAILED, "anklumed is stopping; try again")
-    except Exception:  # a return value that does not fit: a bug of the daemon
-        log.exception("the reply to %s does not fit its signature", msg.member)
-        return Message.new_error(msg, FAILED, f"{msg.member} failed inside anklumed")
+def _log_bug(msg: Message, e: BaseException) -> None:
+    from anklumed.service.boundary import UNEXPECTED  # not at import: it imports this module
+    UNEXPECTED.log("dbus-next", logging.ERROR, "answering %s failed unexpectedly", msg.member,
+                   exc_info=e)
 
 
 def apply() -> None:
@@ -110,7 +118,7 @@ def apply() -> None:
             "review anklumed/service/dbus_next_fixes.py"
         )
     aio_bus._MessageWriter.write_callback = _write_callback
-    aio_bus.MessageBus._make_method_handler = _make_method_handler
+    BaseMessageBus._send_reply = _send_reply
 
 
 apply()
