@@ -158,15 +158,30 @@ BOUNDARY_STRINGS = ["A", "B", "b ", " a", "C", "AB", "/", ".", "..", "../../etc/
                     "http://127.0.0.1:1/x.manifest", "file:///etc/passwd"]
 
 
-def safe_text(value: str) -> str:
-    """``value``, unless it names something on this machine (see the module doc)."""
-    names = [value] if value.startswith("/") else [value, f"/dev/{value}"]
+def names_something(value: str) -> bool:
+    """``value`` read as a path, as a name under /dev, or by its last part
+    (``data.disks.choose`` keeps only the name of the path it resolves:
+    ``/anything/sdb`` is ``sdb``) reaches a file or a block device here."""
+    if "\x00" in value or not value:  # "" names nothing: choose() reads it as "dev"
+        return False
     try:
-        exists = any(os.path.lexists(n) or Path(os.path.realpath(n)).exists()
-                     for n in names if "\x00" not in n)
+        real = os.path.realpath(value if value.startswith("/") else f"/dev/{value}")
+        names = {value, real, f"/dev/{value}", f"/sys/class/block/{Path(real).name}",
+                 f"/dev/{Path(value).name}"}
+        return any(os.path.lexists(n) for n in names if n and Path(n).name)
     except (OSError, ValueError):
-        exists = True
-    return f"fuzz-absent-{value}" if exists else value
+        return True
+
+
+def safe_text(value: str) -> str:
+    """``value``, unless it names something on this machine (see the module
+    doc): then its last part is renamed (a valid object path stays one)."""
+    for _ in range(5):
+        if not names_something(value):
+            return value
+        stem = value.rstrip("/")
+        value = f"{stem}_fuzz_absent" if stem else "/fuzz_absent"
+    return "fuzz-absent"
 
 
 def _make_safe(value: Any) -> Any:

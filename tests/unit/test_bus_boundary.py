@@ -192,3 +192,25 @@ async def test_refresh_probes_are_coalesced_and_spaced() -> None:
     gate.set()
     await second
     assert len(probes) == 3
+
+
+def test_the_fuzzer_never_names_a_disk_of_this_machine() -> None:
+    """What data.disks.choose would make of each string the fuzzer sends
+    (its resolved name) is no block device here, whatever the case."""
+    import os
+    import random
+    from pathlib import Path
+
+    from devtools.dbus_fuzz import BOUNDARY_STRINGS, safe_text, simple
+
+    devices = set(os.listdir("/sys/class/block"))
+    rng = random.Random(7)
+    crafted = [f"{prefix}{name}" for name in devices
+               for prefix in ("", "/dev/", "/x/", "/dev/../dev/", "../")]
+    generated = [simple("s", rng, case) for case in ("random", "boundary-strings", "empty")
+                 for _ in range(300)]
+    for value in [*crafted, *BOUNDARY_STRINGS, *generated, "/", ".", ".."]:
+        safe = safe_text(value)
+        path = safe if safe.startswith("/") else f"/dev/{safe}"
+        assert Path(os.path.realpath(path)).name not in devices, (value, safe)
+        assert not safe or not os.path.lexists(safe), (value, safe)
