@@ -105,6 +105,9 @@ def main() -> None:
           f"{statistics.median(busy_rss):.1f} MB, max {max(busy_rss):.1f} MB "
           f"(ratio {max(busy_rss) / idle_mb:.2f}x); 2 s after them {after:.1f} MB "
           f"({after / idle_mb:.2f}x)")
+    third = max(1, len(busy_rss) // 3)
+    print(f"  RSS under the fuzzers, first third {statistics.median(busy_rss[:third]):.1f} MB, "
+          f"last third {statistics.median(busy_rss[-third:]):.1f} MB (growth = a leak)")
     print(f"daemon still running: {alive}")
 
 
