@@ -1,12 +1,13 @@
 """Where D-Bus meets the domain; every dbus-next quirk is handled here, once.
 
-Quirks of dbus-next 0.2.3 (pinned; each has a test in tests/service/):
+Quirks of dbus-next 0.2.3 (pinned; each has a test in tests/service/, the
+last two in test_bus_boundary.py and test_dbus_fuzz.py):
 - a method handler is not given the message, so the caller's unique name and
   flags are captured by a message handler into a ContextVar, which the task
   running the method inherits;
 - an exception that is not a DBusError is sent to the caller with its
   traceback: every exception is converted here, and unexpected ones are logged
-  in full but answered with a short ``Error.Failed``;
+  in full (a few a minute) but answered with a short ``Error.Failed``;
 - a property value that does not match its signature is also answered with a
   traceback: published values are checked against their signatures here, and
   a bad one is logged and replaced by the previous value;
@@ -16,15 +17,16 @@ Quirks of dbus-next 0.2.3 (pinned; each has a test in tests/service/):
   which was a third of the daemon's time with a hundred clients reading the
   status (bench/daemon.py): ``GetAllFromSnapshot`` answers it from bytes
   marshalled once per change of the snapshot;
-- a string holding a NUL (or invalid UTF-8: a lone surrogate) is marshalled
-  as it is: the bus daemon then drops the whole connection, and a daemon
-  that publishes it at start never takes its name. Everything published
+- a string holding a NUL is marshalled as it is: the bus daemon then drops
+  the whole connection, and a daemon that publishes it at start never takes
+  its name (a lone surrogate, from bytes that are not UTF-8, makes the
+  marshaller raise instead). Everything published
   (properties, signals, method returns, error messages) goes through
   ``published`` first;
-- dbus-next logs every error reply of an async method, expected or not, as an
-  "Exception in callback" with a traceback (its SendReply.__exit__ does not
-  return True): dbus_next_fixes.py answers the call itself, and the
-  ``RefusalLog`` here writes one short line per refusal, rate-limited.
+- dbus-next logs every error reply, expected or not, with a traceback (its
+  SendReply.__exit__ does not return True): dbus_next_fixes.py fixes
+  SendReply, and ``to_dbus_error`` writes one short line per refusal through
+  a ``RateLimitedLog``.
 Method arguments are never logged: they may hold secrets.
 """
 

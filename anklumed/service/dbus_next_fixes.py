@@ -17,7 +17,8 @@ copy returns it; what gets logged of a refusal is decided at the boundary
 (boundary.to_dbus_error).
 
 dbus-next is pinned in pyproject.toml; on an upgrade, check whether these are
-still needed (tests/service/test_robustness.py and test_bus_boundary.py).
+still needed (tests/service/test_robustness.py, test_bus_boundary.py and
+test_dbus_fuzz.py).
 """
 
 import array
