@@ -76,7 +76,7 @@ def main() -> None:
         sim = Simulation(Path(tmp) / "sim").start()
         try:
             assert sim.daemon is not None
-            sim.ctl("update", str(Path(tmp) / "none.manifest"))  # a job object to fuzz
+            sim.ctl("data", "lock")  # a job object to fuzz (it fails: no data disk)
             sim.set_polkit("deny")  # for nobody; root skips polkit
             time.sleep(6)  # the first disk scan is over
             idle, idle_rss = asyncio.run(status_and_rss(sim.bus.address, sim.daemon.pid,
