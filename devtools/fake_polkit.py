@@ -18,6 +18,9 @@ from dbus_next import DBusError, Variant
 from dbus_next.aio import MessageBus
 from dbus_next.service import ServiceInterface, method
 
+# A burst of checks fills its socket: without the writer fix the bus connection drops.
+from anklumed.service import dbus_next_fixes  # noqa: F401
+
 
 class FakeAuthority(ServiceInterface):  # type: ignore[misc]
     def __init__(self, mode_file: Path, log_file: Path) -> None:

@@ -30,6 +30,7 @@ from anklumed.service.boundary import (
     ROOT_PATH,
     Caller,
     GetAllFromSnapshot,
+    capped,
     capture_caller,
 )
 from anklumed.service.data_objects import DATA_PATH, DataDiskInterface
@@ -48,6 +49,10 @@ from anklumed.slots.update import Updater, UpdateRequest
 from anklumed.stick import BootStick, SlotName
 
 log = logging.getLogger(__name__)
+# Problems published: enough to see what is wrong with every file on PERSIST;
+# each one line a person reads (a quoted value is cut well before this).
+MAX_PROBLEMS = 20
+MAX_PROBLEM_TEXT = 300
 
 try:
     from systemd import daemon as sd_daemon
@@ -100,6 +105,8 @@ class Daemon:
 
     # ---- facts the interfaces publish --------------------------------------
     def problems(self) -> list[str]:
+        """What is wrong, capped where it is published: a junk file on PERSIST
+        can name thousands (a 60 KB meta made 30,000, and status 2 MB)."""
         found = list(self.handoff.problems)
         if self.stick_error:
             found.append(self.stick_error)
@@ -109,7 +116,7 @@ class Daemon:
             found.append(self.slots.error)
         if self.data.snapshot.state is DataState.ERROR and self.data.snapshot.conf is None:
             found.append(self.data.snapshot.message)  # pool.conf on PERSIST cannot be used
-        return found
+        return capped(found, MAX_PROBLEMS, MAX_PROBLEM_TEXT, "problems")
 
     def media_present(self) -> bool:
         """The stick is there: its PERSIST node exists and the disk has a size

@@ -6,6 +6,8 @@ in an error message. (Python cannot reliably wipe them from memory.)
 """
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from anklumed.data.manager import adoptable
@@ -28,6 +30,38 @@ if TYPE_CHECKING:
 DATA_IFACE = f"{BUS_NAME}.DataDisk"
 DATA_PATH = f"{ROOT_PATH}/data"
 MAX_SECRET = 4096
+# Refresh needs no authorization (it only reads, and a desktop widget showing
+# the disks must not ask for a password), so anyone may call it in a loop:
+# concurrent calls share one probe, and a call within this many seconds of
+# the last probe's start is answered from it (a plug or pull is noticed on
+# its own, at once, from the kernel's events).
+REFRESH_INTERVAL = 5.0
+
+
+class Coalesced:
+    """``work`` run at most once per ``interval`` seconds; callers that arrive
+    while it runs wait for that run instead of starting another."""
+
+    def __init__(self, work: Callable[[], Awaitable[None]], interval: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.work, self.interval, self.clock = work, interval, clock
+        self._running: asyncio.Future[None] | None = None
+        self._started: float | None = None
+
+    async def __call__(self) -> None:
+        if self._running is None:
+            if self._started is not None and self.clock() - self._started < self.interval:
+                return
+            self._started = self.clock()
+            self._running = asyncio.ensure_future(self.work())
+            self._running.add_done_callback(self._done)
+        # shield: a caller that gives up does not cancel the others' probe
+        await asyncio.shield(self._running)
+
+    def _done(self, fut: "asyncio.Future[None]") -> None:
+        self._running = None
+        if not fut.cancelled():
+            fut.exception()  # retrieved: each waiter gets it raised
 
 
 def _secret(value: bytes) -> bytes:
@@ -47,6 +81,10 @@ def _choice(enum: type[Backend] | type[Encryption], value: str, what: str) -> An
 class DataDiskInterface(DaemonInterface):
     IFACE = DATA_IFACE
     daemon: "Daemon"
+
+    def __init__(self, daemon: "Daemon") -> None:
+        super().__init__(daemon)
+        self._refresh = Coalesced(daemon.refresh_data, REFRESH_INTERVAL)
 
     def snapshot(self) -> dict[str, Any]:
         d = self.daemon
@@ -132,5 +170,6 @@ class DataDiskInterface(DaemonInterface):
 
     @dbus_method()
     async def Refresh(self) -> None:
-        """Look at the disks again (hot-plug is also noticed on its own)."""
-        await self.daemon.refresh_data()
+        """Look at the disks again (hot-plug is also noticed on its own); at
+        most once per REFRESH_INTERVAL, whoever asks."""
+        await self._refresh()

@@ -13,6 +13,7 @@ from anklumed.service.boundary import (
     StateInterface,
     current_caller,
     dbus_method,
+    published_body,
     ro_property,
 )
 from anklumed.service.polkit import (
@@ -253,4 +254,4 @@ class JobInterface(StateInterface):
     def Finished(self) -> "sss":  # type: ignore[name-defined]  # noqa: F821 (a D-Bus signature)
         j = self.job
         error = f"{BUS_NAME}.Error.{j.error_name}" if j.error_name else ""
-        return [j.state.value, error, j.message]
+        return published_body("sss", [j.state.value, error, j.message])

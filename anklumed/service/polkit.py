@@ -15,9 +15,11 @@ from dbus_next import Message, MessageType, Variant
 from dbus_next.aio import MessageBus
 
 from anklumed.errors import NotAuthorized
-from anklumed.service.boundary import Caller
+from anklumed.service.boundary import Caller, RateLimitedLog
 
 log = logging.getLogger(__name__)
+# Any caller can make the daemon ask polkit as often as it likes.
+UNAVAILABLE = RateLimitedLog(log, "polkit failures", burst=3, period=60.0)
 
 POLKIT_NAME = "org.freedesktop.PolicyKit1"
 POLKIT_PATH = "/org/freedesktop/PolicyKit1/Authority"
@@ -79,14 +81,15 @@ class Authority:
             await self._cancel(cancel_id)
             raise NotAuthorized("authorization timed out; nothing was changed") from None
         if reply.message_type != MessageType.METHOD_RETURN:
-            log.warning("polkit unavailable (%s): only root may change anything",
-                        reply.error_name)
+            UNAVAILABLE.log("polkit", logging.WARNING,
+                            "polkit unavailable (%s): only root may change anything",
+                            reply.error_name)
             raise NotAuthorized(
                 "polkit is not available to authorize this, so only root may do it"
             )
         authorized, challenge, _details = reply.body[0]
-        log.info("polkit %s for uid %d on %s", "allowed" if authorized else "denied", uid, action)
-        if authorized:
+        if authorized:  # a denial is logged once, rate-limited, by the boundary
+            log.info("polkit allowed uid %d %s", uid, action)
             return
         if challenge:
             raise NotAuthorized(
