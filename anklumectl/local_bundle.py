@@ -40,6 +40,9 @@ def _error(name: str, message: str) -> ClientError:
 
 
 def manifest_path(source: str) -> Path:
+    if not source.strip():
+        raise _error("InvalidArgument", "no update source given: give the path or the "
+                     "http(s) URL of a bundle's .manifest")
     path = Path(source).absolute()
     if path.name in ("", ".", ".."):
         raise _error("InvalidArgument", f"{source} names a directory: give the path of a "

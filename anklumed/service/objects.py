@@ -1,5 +1,6 @@
 """The exported objects: /org/anklume/Live1 (Manager) and /org/anklume/Live1/slot/X."""
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dbus_next import Variant
@@ -24,7 +25,7 @@ from anklumed.service.polkit import (
     ACTION_SWITCH_SLOT,
     ACTION_UPDATE,
 )
-from anklumed.slots.local_files import LocalFiles
+from anklumed.slots.local_files import LocalFiles, check_local_path
 from anklumed.slots.model import SlotMeta, format_time
 from anklumed.slots.source import check_source, is_url
 from anklumed.slots.update import UpdateRequest
@@ -157,7 +158,8 @@ class ManagerInterface(DaemonInterface):
     async def Update(self, source: str, verify_hash: str, allow_downgrade: bool) -> str:
         """Start writing the bundle at ``source`` (an http(s) URL, or a path
         read with the caller's own rights) into the other slot; returns the job."""
-        check_source(source)
+        if not is_url(check_source(source)):
+            check_local_path(Path(source))
         pin = check_verify_hash(verify_hash)
         caller = current_caller()
         await self.daemon.authorize(ACTION_UPDATE, caller)

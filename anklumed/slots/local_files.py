@@ -170,12 +170,17 @@ def manifest_path(path: Path) -> Path:
     return path if path.suffix == ".manifest" else path.with_suffix(".manifest")
 
 
-def open_path(path: Path, reader: Reader | None) -> LocalFiles:
-    """Open a local bundle named by a path, with ``reader``'s rights (None: anklumed's)."""
+def check_local_path(path: Path) -> Path:
+    """The manifest's path, if ``path`` can name one."""
     if not path.is_absolute():
         raise InvalidArgument(f"{shown_path(path)} is a relative path: give an absolute "
                               "one (anklumed does not share your working directory)")
-    manifest = manifest_path(path)
+    return manifest_path(path)
+
+
+def open_path(path: Path, reader: Reader | None) -> LocalFiles:
+    """Open a local bundle named by a path, with ``reader``'s rights (None: anklumed's)."""
+    manifest = check_local_path(path)
     fd = open_as(manifest, reader)
     files = LocalFiles(fd, name=str(manifest), directory=manifest.parent, reader=reader)
     try:
@@ -223,8 +228,8 @@ def _opening_error(path: Path, e: OSError) -> AnklumeError:
     if e.errno == errno.ENAMETOOLONG:
         return InvalidArgument(f"{where}: a name in the path is too long: check it")
     if e.errno == errno.EISDIR:
-        return InvalidArgument(f"{where} is a directory: give the path of a bundle's "
-                               ".manifest")
+        return InvalidArgument(f"{where} is a directory, not a file of a bundle: give "
+                               "the path of the bundle's .manifest")
     return InvalidArgument(f"{where} cannot be opened ({e.strerror}): check it")
 
 
