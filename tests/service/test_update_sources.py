@@ -247,7 +247,8 @@ def root_only(name: str) -> Callable[[World], Path]:
         secret = in_dir(name)(w) / "secret"
         secret.mkdir(mode=0o700)
         target = secret / "shadow"
-        target.write_text(f"FORMAT=1\nCOMPATIBLE={SECRET}\n")
+        # What a manifest error would echo (a name that is not plain).
+        target.write_text(f"FORMAT=1\nCOMPATIBLE={SECRET} is the root password\n")
         target.chmod(0o600)
         link = w.root / name / "x.manifest"
         link.symlink_to(target)
