@@ -13,6 +13,7 @@ from typing import Any
 
 from dbus_next import BusType, Message, MessageFlag, MessageType, Variant
 from dbus_next.aio import MessageBus
+from dbus_next.errors import AuthError, InvalidAddressError, InvalidObjectPathError
 
 from anklumed.service import dbus_next_fixes as _dbus_next_fixes  # noqa: F401 - applies a fix
 
@@ -69,11 +70,16 @@ class Client:
 
     @classmethod
     async def connect(cls, address: str | None, interactive: bool) -> Client:
+        # Unix fds: a local update bundle is passed open (Manager.UpdateFromFiles).
         try:
-            bus = MessageBus(bus_address=address) if address else MessageBus(
-                bus_type=BusType.SYSTEM)
+            bus = MessageBus(bus_address=address, negotiate_unix_fd=True) if address \
+                else MessageBus(bus_type=BusType.SYSTEM, negotiate_unix_fd=True)
+        except InvalidAddressError:
+            raise ClientError("Usage", f"{address!r} is not a D-Bus address (like "
+                              "unix:path=/run/dbus/system_bus_socket): fix --bus") from None
+        try:
             return cls(await asyncio.wait_for(bus.connect(), 10), interactive)
-        except (OSError, TimeoutError) as e:
+        except (OSError, TimeoutError, InvalidAddressError, AuthError) as e:
             raise ClientError("Unreachable", f"cannot reach the system bus: {e}") from None
 
     async def close(self) -> None:
@@ -82,12 +88,19 @@ class Client:
             await self.bus.wait_for_disconnect()
 
     async def call(self, path: str, iface: str, member: str, signature: str = "",
-                   body: list[Any] | None = None, mutating: bool = False) -> list[Any]:
+                   body: list[Any] | None = None, mutating: bool = False,
+                   unix_fds: list[int] | None = None) -> list[Any]:
+        """``h`` values in ``body`` are indices into ``unix_fds``."""
         flags = MessageFlag.NONE
         if mutating and self.interactive:
             flags |= MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION
-        msg = Message(destination=BUS_NAME, path=path, interface=iface, member=member,
-                      signature=signature, body=body or [], flags=flags)
+        try:
+            msg = Message(destination=BUS_NAME, path=path, interface=iface, member=member,
+                          signature=signature, body=body or [], flags=flags,
+                          unix_fds=unix_fds or [])
+        except InvalidObjectPathError:
+            raise ClientError("Usage", f"{path[:80]!r} is not an object path "
+                              "(like /org/anklume/Live1/job/1)") from None
         timeout = INTERACTIVE_TIMEOUT if mutating else CALL_TIMEOUT
         try:
             reply = await asyncio.wait_for(self.bus.call(msg), timeout)

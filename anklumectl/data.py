@@ -93,8 +93,26 @@ async def cmd_data_status(c: Client, a: argparse.Namespace, out: Console) -> int
     return 0
 
 
+SECRET_FILE_MAX = 4096  # a passphrase, or a key file's few hundred bytes
+
+
 def read_secret_file(path: str) -> bytes:
-    data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    """A passphrase from a file (a pipe too: ``<(pass show x)``), read with a bound."""
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read(SECRET_FILE_MAX + 1)
+        else:
+            with Path(path).open("rb") as f:
+                data = f.read(SECRET_FILE_MAX + 1)
+    except FileNotFoundError:
+        raise ClientError(ERROR_PREFIX + "NotFound", f"no passphrase file at {path}: "
+                          "check the path") from None
+    except OSError as e:
+        raise ClientError(ERROR_PREFIX + "InvalidArgument", f"the passphrase file {path} "
+                          f"cannot be read ({e.strerror}): give a readable file") from None
+    if len(data) > SECRET_FILE_MAX:
+        raise ClientError(ERROR_PREFIX + "InvalidArgument", f"the passphrase file {path} "
+                          f"is larger than {SECRET_FILE_MAX} bytes: is it the right file?")
     return data[:-1] if data.endswith(b"\n") else data
 
 

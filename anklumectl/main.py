@@ -16,18 +16,19 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
+from dbus_next import Variant
 from rich.console import Console
 
 from anklumectl import data
-from anklumectl.client import Client, ClientError, polkit_agent
+from anklumectl.client import MANAGER_IFACE, ROOT_PATH, Client, ClientError, polkit_agent
 from anklumectl.jobs import JOB_IFACE, follow_job, job_props
+from anklumectl.local_bundle import open_bundle
 from anklumectl.render import slots_table, status_panel
 
 ERROR_PREFIX = "org.anklume.Live1.Error."
 EXIT_CODES = {
-    "Failed": 1, "NotAuthorized": 3, "InvalidArgument": 4, "NotFound": 5, "Busy": 6,
+    "Failed": 1, "Usage": 2, "NotAuthorized": 3, "InvalidArgument": 4, "NotFound": 5, "Busy": 6,
     "Unreachable": 7, "VerificationFailed": 8, "IncorrectPassphrase": 9,
     "RefusedBootDevice": 10, "Cancelled": 11,
 }
@@ -40,6 +41,11 @@ UNREACHABLE_NAMES = (
 
 def explain(e: ClientError) -> tuple[str, int]:
     """One sentence for a person, and the exit code."""
+    if e.name == "Usage":
+        return e.message, EXIT_CODES["Usage"]
+    if e.name == "org.freedesktop.DBus.Error.UnknownObject":
+        return "no such job (it may have been replaced by a newer one): see anklumectl " \
+            "jobs", EXIT_CODES["NotFound"]
     if e.name in UNREACHABLE_NAMES:
         return ("anklumed is not running or not reachable "
                 "(try: systemctl status anklumed)"), EXIT_CODES["Unreachable"]
@@ -107,14 +113,33 @@ async def cmd_boot_check(c: Client, a: argparse.Namespace, out: Console) -> int:
     return 0
 
 
-def absolute_source(source: str) -> str:
-    """A local path made absolute: the daemon does not share our working directory."""
-    return source if "://" in source else str(Path(source).absolute())
+def is_url(source: str) -> bool:
+    scheme, sep, _ = source.partition("://")
+    return bool(sep) and scheme.replace("+", "").replace(".", "").replace("-", "").isalnum()
+
+
+async def start_update(c: Client, a: argparse.Namespace) -> str:
+    """A URL is given as it is; a local bundle is opened here and passed open."""
+    if is_url(a.source):
+        (path,) = await c.manager("Update", "ssb", a.source, a.verify_hash or "",
+                                  a.allow_downgrade)
+        return str(path)
+    with open_bundle(a.source) as bundle:
+        fds = [bundle.manifest]
+        options = {"name": Variant("s", bundle.name),
+                   "verify_hash": Variant("s", a.verify_hash or ""),
+                   "allow_downgrade": Variant("b", a.allow_downgrade)}
+        for key, fd in (("signature", bundle.signature), ("image", bundle.image)):
+            if fd is not None:
+                options[key] = Variant("h", len(fds))
+                fds.append(fd)
+        (path,) = await c.call(ROOT_PATH, MANAGER_IFACE, "UpdateFromFiles", "ha{sv}",
+                               [0, options], mutating=True, unix_fds=fds)
+    return str(path)
 
 
 async def cmd_update(c: Client, a: argparse.Namespace, out: Console) -> int:
-    (path,) = await c.manager("Update", "ssb", absolute_source(a.source),
-                              a.verify_hash or "", a.allow_downgrade)
+    path = await start_update(c, a)
     if a.no_wait:
         out.print(f"Update started: {path} (follow it with: anklumectl wait)")
         return 0
@@ -134,8 +159,23 @@ async def cmd_jobs(c: Client, a: argparse.Namespace, out: Console) -> int:
     return 0
 
 
+JOB_PREFIX = "/org/anklume/Live1/job/"
+
+
+def job_arg(value: str | None) -> str | None:
+    """A job as given: its path, or its number."""
+    if value is None:
+        return None
+    if value.isdigit():
+        return JOB_PREFIX + str(int(value))
+    if value.startswith(JOB_PREFIX) and value[len(JOB_PREFIX):].isdigit():
+        return value
+    raise ClientError("Usage", f"{value[:80]!r} is not a job: give its number or its path "
+                      f"({JOB_PREFIX}N, see anklumectl jobs)")
+
+
 async def cmd_wait(c: Client, a: argparse.Namespace, out: Console) -> int:
-    path = a.job
+    path = job_arg(a.job)
     if path is None:
         jobs = (await c.status())["Jobs"]
         if not jobs:
@@ -146,7 +186,7 @@ async def cmd_wait(c: Client, a: argparse.Namespace, out: Console) -> int:
 
 
 async def cmd_cancel(c: Client, a: argparse.Namespace, out: Console) -> int:
-    path = a.job
+    path = job_arg(a.job)
     if path is None:
         running = [job for job in (await c.status())["Jobs"]
                    if (await job_props(c, job))["State"] == "running"]

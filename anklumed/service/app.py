@@ -35,6 +35,7 @@ from anklumed.service.boundary import (
 )
 from anklumed.service.data_objects import DATA_PATH, DataDiskInterface
 from anklumed.service.objects import (
+    FILE_METHODS,
     JobInterface,
     ManagerInterface,
     SlotInterface,
@@ -42,6 +43,7 @@ from anklumed.service.objects import (
     job_summary,
     slot_path,
 )
+from anklumed.service.passed_files import PassedFds
 from anklumed.service.polkit import Authority
 from anklumed.service.systemd import BOOT_COMPLETE, Systemd
 from anklumed.slots.controller import SlotController
@@ -157,6 +159,7 @@ class Daemon:
         bus = await asyncio.wait_for(self._connect(), 10)
         self.bus = bus
         self.authority = Authority(bus)
+        bus.add_message_handler(PassedFds(FILE_METHODS))  # first: it sees every message
         bus.add_message_handler(capture_caller)
         bus.add_message_handler(GetAllFromSnapshot(bus))
         await self._find_stick()
@@ -178,9 +181,11 @@ class Daemon:
         log.info("anklumed %s ready: %s", self.version, self._summary())
 
     async def _connect(self) -> MessageBus:
+        # Unix fds: local update bundles arrive open (Manager.UpdateFromFiles).
         if self.bus_address:
-            return await MessageBus(bus_address=self.bus_address).connect()
-        return await MessageBus(bus_type=BusType.SYSTEM).connect()
+            return await MessageBus(bus_address=self.bus_address,
+                                    negotiate_unix_fd=True).connect()
+        return await MessageBus(bus_type=BusType.SYSTEM, negotiate_unix_fd=True).connect()
 
     async def _find_stick(self) -> None:
         hint = self.config.boot_disk or self.handoff.boot_disk

@@ -1,7 +1,9 @@
 """The exported objects: /org/anklume/Live1 (Manager) and /org/anklume/Live1/slot/X."""
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dbus_next import Variant
 from dbus_next.service import signal
 
 from anklumed.errors import InvalidArgument, NotAuthorized
@@ -16,6 +18,7 @@ from anklumed.service.boundary import (
     published_body,
     ro_property,
 )
+from anklumed.service.passed_files import caller_reader, close_all, take_passed
 from anklumed.service.polkit import (
     ACTION_DATA_LOCK,
     ACTION_DATA_SETUP,
@@ -23,7 +26,9 @@ from anklumed.service.polkit import (
     ACTION_SWITCH_SLOT,
     ACTION_UPDATE,
 )
+from anklumed.slots.local_files import LocalFiles, check_local_path
 from anklumed.slots.model import SlotMeta, format_time
+from anklumed.slots.source import check_source, is_url
 from anklumed.slots.update import UpdateRequest
 from anklumed.stick import SlotName
 
@@ -51,6 +56,39 @@ def parse_slot_arg(value: str) -> SlotName:
     if value.strip().upper() not in ("A", "B"):
         raise InvalidArgument(f"{value[:20]!r} is not a slot; a slot is A or B")
     return SlotName(value.strip().upper())
+
+
+# The methods that take files (see passed_files.py).
+FILE_METHODS = {(ROOT_PATH, MANAGER_IFACE, "UpdateFromFiles", "ha{sv}")}
+FILE_OPTIONS = {"image": "h", "signature": "h", "verify_hash": "s", "allow_downgrade": "b",
+                "name": "s"}
+
+
+def check_verify_hash(value: str) -> str | None:
+    pin = value.strip()
+    if len(pin) > 256 or any(c not in "0123456789abcdefABCDEF" for c in pin):
+        raise InvalidArgument("the hash to verify is not a dm-verity root hash (hexadecimal "
+                              "digits): copy it from the bundle's ROOT_HASH")
+    return pin or None
+
+
+def files_request(manifest: int, options: dict[str, Variant],
+                  passed: list[int]) -> UpdateRequest:
+    for key, value in options.items():
+        if key not in FILE_OPTIONS:
+            raise InvalidArgument(f"unknown option {key[:40]!r}: the options are "
+                                  + ", ".join(FILE_OPTIONS))
+        if value.signature != FILE_OPTIONS[key]:
+            raise InvalidArgument(f"option {key} takes a D-Bus {FILE_OPTIONS[key]!r}, "
+                                  f"not {value.signature[:20]!r}")
+    values = {key: value.value for key, value in options.items()}
+    name = values.get("name", "") or "the local bundle"
+    check_source(name)  # shown and recorded: no control character, not endless
+    files = LocalFiles(manifest, values.get("signature"), values.get("image"), name=name,
+                       owned=passed)
+    return UpdateRequest(source=name, verify_hash=check_verify_hash(values.get("verify_hash", "")),
+                         allow_downgrade=bool(values.get("allow_downgrade", False)),
+                         files=files)
 
 
 def _tri(value: bool | None) -> str:
@@ -121,11 +159,36 @@ class ManagerInterface(DaemonInterface):
     @dbus_method(args=(("source", "s"), ("verify_hash", "s"), ("allow_downgrade", "b")),
                  returns="o")
     async def Update(self, source: str, verify_hash: str, allow_downgrade: bool) -> str:
-        """Start writing the bundle at ``source`` into the other slot; returns the job."""
-        await self.daemon.authorize(ACTION_UPDATE, current_caller())
-        request = UpdateRequest(source=source, verify_hash=verify_hash.strip() or None,
-                                allow_downgrade=allow_downgrade)
+        """Start writing the bundle at ``source`` (an http(s) URL, or a path
+        read with the caller's own rights) into the other slot; returns the job."""
+        if not is_url(check_source(source)):
+            check_local_path(Path(source))
+        pin = check_verify_hash(verify_hash)
+        caller = current_caller()
+        await self.daemon.authorize(ACTION_UPDATE, caller)
+        reader = None
+        if not is_url(source):
+            assert self.daemon.bus is not None
+            reader = await caller_reader(self.daemon.bus, caller.sender)
+        request = UpdateRequest(source=source, verify_hash=pin,
+                                allow_downgrade=allow_downgrade, reader=reader)
         return job_path(self.daemon.start_update(request))
+
+    @dbus_method(args=(("manifest", "h"), ("options", "a{sv}")), returns="o")
+    async def UpdateFromFiles(self, manifest: int, options: dict[str, Variant]) -> str:
+        """Start writing a local bundle passed as open files (read-only
+        descriptors, as UDisks' LoopSetup takes them): anklumed reads only
+        what the caller could open. Options: image (h), signature (h),
+        verify_hash (s), allow_downgrade (b), name (s: what messages and the
+        slot's Source show)."""
+        passed = take_passed()  # ours to close from here, or the job's
+        try:
+            request = files_request(manifest, options, passed)
+            await self.daemon.authorize(ACTION_UPDATE, current_caller())
+            return job_path(self.daemon.start_update(request))
+        except BaseException:
+            close_all(passed)
+            raise
 
     @dbus_method()
     async def MarkGood(self) -> None:

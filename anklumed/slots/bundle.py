@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import logging
 import os
 import re
 from datetime import UTC, datetime
@@ -23,8 +24,9 @@ from typing import TYPE_CHECKING
 from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from anklumed.errors import InvalidArgument, VerificationFailed
+from anklumed.errors import AnklumeError, InvalidArgument, VerificationFailed
 from anklumed.persist import format_kv, parse_kv
+from anklumed.slots.local_files import read_small
 from anklumed.slots.verity_tree import VerityHasher, VerityParams
 
 if TYPE_CHECKING:
@@ -33,9 +35,13 @@ if TYPE_CHECKING:
 # cryptography is imported where a key is used: it costs ~8 MB of the
 # daemon's resident memory, and most of the daemon's life has no update.
 
+log = logging.getLogger(__name__)
 FORMAT = 1
 KEYS_DIR = Path("/etc/anklume/keys.d")
 MAX_MANIFEST = 64 * 1024
+MAX_SIGNATURE = 4 * 1024  # a base64 Ed25519 signature is 88 bytes
+MAX_KEY = 16 * 1024  # a PEM Ed25519 public key is 113 bytes
+MAX_KEYS = 64  # keys.d holds a few keys; more are ignored, with a warning
 CHUNK = 4 * 1024 * 1024
 _HEX = re.compile(r"^[0-9a-f]*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -69,7 +75,7 @@ class Manifest(BaseModel):
     @classmethod
     def _name(cls, value: str) -> str:
         if not _NAME.match(value) or len(value) > 128:
-            raise ValueError(f"{value!r} is not a plain name")
+            raise ValueError("not a plain name (letters, digits, . _ + -, at most 128)")
         return value
 
     @field_validator("version")
@@ -78,7 +84,7 @@ class Manifest(BaseModel):
         try:
             Version(value)
         except InvalidVersion:
-            raise ValueError(f"{value!r} is not a version (like 1.4.0)") from None
+            raise ValueError("not a version (like 1.4.0)") from None
         return value
 
     @field_validator("size")
@@ -92,7 +98,7 @@ class Manifest(BaseModel):
     @classmethod
     def _hex(cls, value: str) -> str:
         if not _HEX.match(value) or len(value) % 2 or len(value) > 512:
-            raise ValueError(f"{value[:20]!r} is not lowercase hex")
+            raise ValueError("not lowercase hex")
         return value
 
     def verity_params(self) -> VerityParams:
@@ -135,20 +141,37 @@ def parse_manifest(data: bytes) -> Manifest:
 
 
 def load_trusted_keys(keys_dir: Path = KEYS_DIR) -> dict[str, Ed25519PublicKey]:
+    """The keys in keys.d; a file that is not one (too large, not a regular
+    file, not PEM) is ignored, as a stray file in keys.d should be."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     keys: dict[str, Ed25519PublicKey] = {}
-    if not keys_dir.is_dir():
+    try:
+        paths = sorted(p for p in keys_dir.iterdir() if p.name.endswith(".pem"))
+    except OSError:
         return keys
-    for path in sorted(keys_dir.glob("*.pem")):
+    if len(paths) > MAX_KEYS:
+        log.warning("%s holds %d keys: only the first %d are read", keys_dir, len(paths),
+                    MAX_KEYS)
+    for path in paths[:MAX_KEYS]:
         try:
-            key = serialization.load_pem_public_key(path.read_bytes())
-        except (ValueError, OSError):
-            continue  # not a key: ignored, as a stray file in keys.d should be
+            key = serialization.load_pem_public_key(_read_key(path))
+        except (ValueError, OSError, AnklumeError):
+            log.warning("%s is not a public key: ignored", path)
+            continue
         if isinstance(key, Ed25519PublicKey):
             keys[path.stem] = key
     return keys
+
+
+def _read_key(path: Path) -> bytes:
+    # O_NONBLOCK: a FIFO dropped in keys.d must not hang the update.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        return read_small(fd, MAX_KEY, "key")
+    finally:
+        os.close(fd)
 
 
 def check_signature(manifest: bytes, signature: bytes,

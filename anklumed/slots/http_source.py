@@ -22,6 +22,7 @@ from urllib3.exceptions import ReadTimeoutError
 from anklumed.errors import InvalidArgument, NotFound, VerificationFailed
 from anklumed.slots.source import (
     MANIFEST_MAX,
+    SIGNATURE_MAX,
     Bundle,
     HttpSettings,
     ImageStream,
@@ -91,7 +92,8 @@ class _Retrier:
 
 
 def _fetch_small(session: requests.Session, url: str, settings: HttpSettings,
-                 sleep: Sleeper, missing_ok: bool = False) -> bytes | None:
+                 sleep: Sleeper, what: str, limit: int,
+                 missing_ok: bool = False) -> bytes | None:
     """A manifest or a signature: bounded in size, retried on network errors."""
     retrier = _Retrier(settings, sleep, url)
     timeout = (settings.connect_timeout, settings.read_timeout)
@@ -105,9 +107,10 @@ def _fetch_small(session: requests.Session, url: str, settings: HttpSettings,
                     continue
                 if response.status_code != 200:
                     raise NotFound(f"{shown(url)}: the server answered {response.status_code}")
-                data = response.raw.read(MANIFEST_MAX + 1, decode_content=False)
-                if len(data) > MANIFEST_MAX:
-                    raise InvalidArgument(f"{shown(url)} is too large to be a manifest")
+                data = response.raw.read(limit + 1, decode_content=False)
+                if len(data) > limit:
+                    raise InvalidArgument(f"{shown(url)} is too large to be a {what} "
+                                          f"(more than {limit} bytes): check the bundle")
                 return bytes(data)
         except requests.exceptions.SSLError as e:
             raise VerificationFailed(f"{shown(url)}: {_describe(e)}") from None
@@ -118,10 +121,10 @@ def _fetch_small(session: requests.Session, url: str, settings: HttpSettings,
 def open_http(url: str, keys_dir: Path, settings: HttpSettings, sleep: Sleeper) -> Bundle:
     manifest_url = _manifest_url(url)
     session = _session()
-    data = _fetch_small(session, manifest_url, settings, sleep)
+    data = _fetch_small(session, manifest_url, settings, sleep, "manifest", MANIFEST_MAX)
     assert data is not None
     signature = _fetch_small(session, _signature_url(manifest_url), settings, sleep,
-                             missing_ok=True)
+                             "signature", SIGNATURE_MAX, missing_ok=True)
     manifest, signed_by = checked(data, signature, keys_dir)
     image_url = urljoin(manifest_url, manifest.image)
 

@@ -35,8 +35,16 @@ from anklumed.persist import PersistDir
 from anklumed.slots import model
 from anklumed.slots.bundle import Manifest, check_installable
 from anklumed.slots.controller import SlotController
+from anklumed.slots.local_files import LocalFiles, Reader
 from anklumed.slots.model import SlotMeta, SlotsState, SlotStatus
-from anklumed.slots.source import Bundle, HttpSettings, ImageStream, open_bundle, shown
+from anklumed.slots.source import (
+    Bundle,
+    HttpSettings,
+    ImageStream,
+    open_bundle,
+    open_local_source,
+    shown,
+)
 from anklumed.slots.verity_tree import VerityHasher, VerityResult
 from anklumed.stick import BootStick, SlotName
 
@@ -47,9 +55,11 @@ ALIGN = 4096
 
 @dataclass(frozen=True)
 class UpdateRequest:
-    source: str
+    source: str  # a path or URL; with ``files``, only the name shown and recorded
     verify_hash: str | None = None
     allow_downgrade: bool = False
+    files: LocalFiles | None = None  # a local bundle passed open by the caller
+    reader: Reader | None = None  # whose rights open a local path (None: anklumed's)
 
 
 def check_request(bundle: Bundle, request: UpdateRequest, state: SlotsState,
@@ -279,9 +289,27 @@ class Updater:
         self.http = http
 
     async def run(self, job: Job, request: UpdateRequest) -> str:
+        """The update; a local bundle's files are closed once it ends, however
+        it ends (but for a shutdown cancelling the task, while a worker thread
+        may still read them)."""
         job.progress("checking")
+        files = request.files or await asyncio.to_thread(
+            open_local_source, request.source, request.reader)
+        try:
+            result = await self._run(job, request, files)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            if files is not None:
+                files.close()
+            raise
+        if files is not None:
+            files.close()
+        return result
+
+    async def _run(self, job: Job, request: UpdateRequest, files: LocalFiles | None) -> str:
         bundle = await asyncio.to_thread(open_bundle, request.source, self.keys_dir,
-                                         self.http, job.pause)
+                                         self.http, job.pause, files)
         await self.slots.refresh()
         stick, state = self.stick(), self.slots.state
         if stick is None or state is None:
