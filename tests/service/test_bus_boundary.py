@@ -84,7 +84,10 @@ def test_refused_calls_are_one_short_line_each_and_rate_limited(sim: Sim) -> Non
     assert "Traceback" not in "\n".join(lines)
     refusals = [line for line in lines if "refused" in line]
     assert 1 <= len(refusals) <= 10, refusals
-    assert len(lines) < 100, lines[:20]
+    # Besides: disks probed because a loop device came or went on this machine.
+    about_calls = [line for line in lines if "anklumed.command: +" not in line
+                   and " uevent " not in line]
+    assert len(about_calls) < 30, about_calls[:20]
     # The rest is counted and said once, at the latest a period later.
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and "suppressed" not in log_since(sim, before):
