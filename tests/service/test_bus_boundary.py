@@ -61,8 +61,9 @@ def test_control_characters_on_persist_are_published_escaped(sim: Sim) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "\\u0000" not in proc.stdout and "\\u001b" not in proc.stdout, proc.stdout
     status = json.loads(proc.stdout)
-    if "reason" in status["LastRollback"]:  # or reported as a problem: both fine
-        assert status["LastRollback"]["reason"] == "a\\x00b"
+    reason = status["LastRollback"].get("reason")  # or reported as a problem
+    if reason is not None:  # escaped here, or replaced by the parser (persist)
+        assert reason in ("a\\x00b", "a\ufffdb"), reason
     version = status["Slots"]["B"]["Version"]
     assert "\x1b" not in version and "\u202e" not in version
     # Still on the bus, and a second start (the next boot) works too.
@@ -83,7 +84,10 @@ def test_refused_calls_are_one_short_line_each_and_rate_limited(sim: Sim) -> Non
     assert "Traceback" not in "\n".join(lines)
     refusals = [line for line in lines if "refused" in line]
     assert 1 <= len(refusals) <= 10, refusals
-    assert len(lines) < 100, lines[:20]
+    # Besides: disks probed because a loop device came or went on this machine.
+    about_calls = [line for line in lines if "anklumed.command: +" not in line
+                   and " uevent " not in line]
+    assert len(about_calls) < 30, about_calls[:20]
     # The rest is counted and said once, at the latest a period later.
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and "suppressed" not in log_since(sim, before):
@@ -118,15 +122,16 @@ def test_refresh_from_anyone_is_coalesced_and_rate_limited(sim: Sim) -> None:
     refresh = {**DATA, "member": "Refresh", "count": 40}
     # A block device plugged anywhere on this machine (another test's loop
     # device) makes the daemon look again on its own: such a window is retried.
-    for _ in range(3):
+    for _ in range(4):
         time.sleep(5.5)  # past the interval of the last probe
         before = sim.daemon_log.stat().st_size
+        time.sleep(2.5)  # a look the daemon started on its own before this ends here
+        start = sim.daemon_log.stat().st_size
         assert flood(sim, refresh) == {"return": 40}
         assert flood(sim, refresh) == {"return": 40}  # within the interval: no probe
         time.sleep(1)  # a uevent's own look starts 0.5 s after it
-        window = log_since(sim, before)
-        uevents = window.count(" uevent ")
+        uevents = log_since(sim, before).count(" uevent ")
         if not uevents:
-            assert probes_of(sim, window) == 1
+            assert probes_of(sim, log_since(sim, start)) == 1
             return
-    assert probes_of(sim, window) <= 1 + uevents
+    assert probes_of(sim, log_since(sim, start)) <= 1 + uevents
