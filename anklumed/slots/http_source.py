@@ -131,7 +131,7 @@ def open_http(url: str, keys_dir: Path, settings: HttpSettings, sleep: Sleeper) 
     def open_image(sleep_: Sleeper) -> ImageStream:
         return HttpImage(session, image_url, manifest.size, settings, sleep_)
 
-    return Bundle(manifest, signed_by, shown(image_url), open_image)
+    return Bundle(manifest, signed_by, shown(image_url), open_image, data, signature)
 
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)$")

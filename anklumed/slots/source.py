@@ -57,6 +57,10 @@ class Bundle:
     signed_by: str | None
     location: str  # where the image is, for messages and the slot's meta
     open_image: Callable[[Sleeper], ImageStream]
+    # The manifest and signature exactly as read: kept on PERSIST at
+    # activation so the initramfs can verify the meta against them.
+    manifest_bytes: bytes = b""
+    signature: bytes | None = None
 
 
 def shown(source: str) -> str:
@@ -183,4 +187,4 @@ def open_local(files: LocalFiles, keys_dir: Path, close_with_image: bool = False
     def open_image(_sleep: Sleeper) -> ImageStream:
         return FdImage(image, files if close_with_image else None)
 
-    return Bundle(manifest, signed_by, files.name, open_image)
+    return Bundle(manifest, signed_by, files.name, open_image, data, signature)
