@@ -15,9 +15,8 @@ from anklume_image.config import BuildConfig
 from anklumed.command import run
 from anklumed.persist import PersistDir
 from anklumed.slots import model, update
-from anklumed.slots.bundle import Manifest
+from anklumed.slots.bundle import KeptManifest, Manifest
 from anklumed.slots.model import SlotMeta
-from anklumed.slots.source import Bundle, ImageStream, Sleeper
 from anklumed.stick import SlotName
 
 PERSIST_LABEL = "ANKLUME-PERSIST"
@@ -30,17 +29,10 @@ def stage_persist(config: BuildConfig, manifest: Manifest, bundle_dir: Path, tre
     when = (datetime.fromtimestamp(config.source_date_epoch, UTC)
             if config.source_date_epoch is not None else datetime.now(UTC))
     manifest_file = bundle_dir / manifest.image.replace(".squashfs", ".manifest")
-    signature = manifest_file.with_name(manifest_file.name + ".sig")
-    installed = Bundle(manifest=manifest, signed_by=None, location=str(bundle_dir),
-                       open_image=_written_already,
-                       manifest_bytes=manifest_file.read_bytes(),
-                       signature=signature.read_bytes() if signature.exists() else None)
-    update.activate(pdir, SlotName.A, installed, tree, f"anklume-image {config.version}", when)
+    update.activate(pdir, SlotName.A, manifest, KeptManifest.beside(manifest_file), tree,
+                    f"anklume-image {config.version}", when)
     model.write_meta(pdir, SlotName.B, SlotMeta())
 
-
-def _written_already(_sleep: Sleeper) -> ImageStream:
-    raise AssertionError("the build writes slot A's image itself (stage stick)")
 
 
 def make_persist(config: BuildConfig, staging: Path, out: Path) -> Path:

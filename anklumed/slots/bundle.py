@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,6 +46,23 @@ MAX_KEYS = 64  # keys.d holds a few keys; more are ignored, with a warning
 CHUNK = 4 * 1024 * 1024
 _HEX = re.compile(r"^[0-9a-f]*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+@dataclass(frozen=True)
+class KeptManifest:
+    """A manifest's exact bytes and its signature's (None: unsigned), as PERSIST
+    keeps them beside an installed slot so the initramfs can check the slot's
+    meta against what was signed."""
+
+    text: bytes
+    signature: bytes | None
+
+    @classmethod
+    def beside(cls, manifest_path: Path) -> KeptManifest:
+        """Read a bundle made here (the image builder, test sticks)."""
+        signature = manifest_path.with_name(manifest_path.name + ".sig")
+        return cls(manifest_path.read_bytes(),
+                   signature.read_bytes() if signature.exists() else None)
 
 
 class Manifest(BaseModel):

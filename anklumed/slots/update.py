@@ -33,7 +33,7 @@ from anklumed.errors import AnklumeError, InvalidArgument, NotFound, Verificatio
 from anklumed.jobs import Job
 from anklumed.persist import PersistDir
 from anklumed.slots import model
-from anklumed.slots.bundle import Manifest, check_installable
+from anklumed.slots.bundle import KeptManifest, Manifest, check_installable
 from anklumed.slots.controller import SlotController
 from anklumed.slots.local_files import LocalFiles, Reader
 from anklumed.slots.model import SlotMeta, SlotsState, SlotStatus
@@ -116,16 +116,15 @@ def mark_failed(pdir: PersistDir, target: SlotName, previous: SlotMeta,
             pdir.remove(model.manifest_file(target))
 
 
-def activate(pdir: PersistDir, target: SlotName, bundle: Bundle, tree: bytes,
-             source: str, now: datetime) -> None:
+def activate(pdir: PersistDir, target: SlotName, manifest: Manifest, kept: KeptManifest,
+             tree: bytes, source: str, now: datetime) -> None:
     """The last steps, in order: tree, manifest and signature, meta (ok), then
     ab-state and boot-count. The meta is pending until its turn, so the
     initramfs never pairs an ok meta with another bundle's manifest."""
-    manifest = bundle.manifest
     pdir.write_bytes(model.verity_file(target), tree)
-    pdir.write_bytes(model.manifest_file(target), bundle.manifest_bytes)
-    if bundle.signature is not None:
-        pdir.write_bytes(model.signature_file(target), bundle.signature)
+    pdir.write_bytes(model.manifest_file(target), kept.text)
+    if kept.signature is not None:
+        pdir.write_bytes(model.signature_file(target), kept.signature)
     else:  # an unsigned bundle: no older signature may stay beside its manifest
         pdir.remove(model.signature_file(target))
     meta = SlotMeta(status=SlotStatus.OK, version=manifest.version, size=manifest.size,
@@ -333,8 +332,9 @@ class Updater:
             job.commit()
             job.progress("activating")
             now = self.clock()
+            kept = KeptManifest(bundle.manifest_bytes, bundle.signature)
             await self.slots.transact(lambda pdir, _st: activate(
-                pdir, target, bundle, result.tree, request.source, now))
+                pdir, target, m, kept, result.tree, request.source, now))
         except BaseException:
             if job.cancellable:  # failed before activation: the target is not bootable
                 with contextlib.suppress(AnklumeError):

@@ -174,10 +174,8 @@ def install_slot(stick: stickimg.Stick, pdir: PersistDir, slot: SlotName,
         f.flush()
         os.fsync(f.fileno())
     now = datetime.now(UTC)
-    update.activate(pdir, slot, b.manifest, verity_tree(b), "image-builder", now)
-    pdir.write_bytes(f"slots/{slot.value}.manifest", b.manifest_path.read_bytes())
-    if b.signature_path.exists():
-        pdir.write_bytes(f"slots/{slot.value}.manifest.sig", b.signature_path.read_bytes())
+    update.activate(pdir, slot, b.manifest, bundle.KeptManifest.beside(b.manifest_path),
+                    verity_tree(b), "image-builder", now)
 
 
 def stickimg_part(stick: stickimg.Stick, slot: SlotName) -> Path:
