@@ -31,10 +31,13 @@ from anklumed.slots import bundle, model, update
 from anklumed.slots.verity_tree import VerityHasher
 from anklumed.stick import SlotName
 from devtools import stickimg
+from devtools.vm.guest import RUN_PARENT
 from devtools.vm.kernel import CACHE, HERE, Kernel
 
 CHECKOUT = HERE.parent.parent
-INITRAMFS_DIR = CHECKOUT / "initramfs"
+# Another tree of the boot scripts can be built (a test of a test: a copy
+# with a check taken out must fail the boot tests).
+INITRAMFS_DIR = Path(os.environ.get("ANKLUME_BOOT_INITRAMFS_DIR", CHECKOUT / "initramfs"))
 FAKE_STATE = CHECKOUT / "tests" / "fakes" / "anklume-state.sh"
 GUEST_INIT = HERE / "boot-guest-init.sh"
 COMPATIBLE = "anklume-live-amd64"
@@ -200,7 +203,7 @@ def build_stick(image: Path, slot_a: SlotBundle, slot_b: SlotBundle | None,
     boot-count 0, as after an update to A; the loop device is detached again."""
     stickimg.write_gpt(image, slot_mib, persist_mib=16)
     stick = attach(image)
-    mnt = Path(tempfile.mkdtemp(prefix="anklume-persist-"))
+    mnt = Path(tempfile.mkdtemp(prefix="anklume-boot-persist-", dir=RUN_PARENT))
     try:
         stickimg.sh("mkfs.vfat", "-n", "ANKLUME-EFI", stick.part(1))
         stickimg.sh("mkfs.ext4", "-q", "-F", "-L", "ANKLUME-PERSIST", stick.persist)

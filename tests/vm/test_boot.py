@@ -185,7 +185,7 @@ def test_a_persist_pointing_at_another_image_is_refused(kit: Kit, forged: str) -
 
 @contextmanager
 def persist_dir_attached(stick: stickimg.Stick) -> Iterator[PersistDir]:
-    mnt = Path(tempfile.mkdtemp(prefix="anklume-persist-"))
+    mnt = Path(tempfile.mkdtemp(prefix="anklume-boot-persist-", dir=RUN_PARENT))
     try:
         stickimg.sh("mount", stick.persist, mnt)
         try:
