@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from anklumed.errors import InvalidArgument
 from anklumed.persist import PersistDir, format_kv, parse_kv
-from anklumed.slots.model import format_time, parse_time
+from anklumed.timestamps import format_time, parse_time
 
 POOL_CONF = "pool.conf"
 FORMAT = 1

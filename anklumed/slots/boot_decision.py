@@ -23,7 +23,7 @@ from anklumed.slots.selection import (
 )
 from anklumed.stick import SlotName
 
-# The form anklumed writes (model.format_time); only this form orders
+# The form anklumed writes (timestamps.format_time); only this form orders
 # correctly as a string, so any other one counts as "never marked good".
 _STAMP = re.compile(
     r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"

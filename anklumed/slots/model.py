@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from functools import partial
 from typing import TypeVar
@@ -27,6 +27,7 @@ from anklumed.persist import (
     parse_kv,
 )
 from anklumed.stick import SlotName
+from anklumed.timestamps import format_time, parse_time
 
 AB_STATE = "ab-state"
 BOOT_COUNT = "boot-count"
@@ -74,23 +75,6 @@ _TIME_FIELDS = ("INSTALLED_AT", "ACTIVATED_AT", "LAST_GOOD_AT")
 _HEX_FIELDS = ("SHA256", "ROOT_HASH", "SALT")
 _TEXT_FIELDS = ("VERSION", "HASH_ALG", "SOURCE")
 KNOWN_FIELDS = ("STATUS", *_TEXT_FIELDS, *_INT_FIELDS, *_HEX_FIELDS, *_TIME_FIELDS)
-
-
-def format_time(when: datetime) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: str) -> datetime | None:
-    """ISO 8601 as written by ``date -u +%Y-%m-%dT%H:%M:%SZ``, or a Unix time;
-    in UTC. None for anything else, a time out of range included."""
-    text = text.strip()
-    try:
-        if text.isascii() and text.isdigit():
-            return datetime.fromtimestamp(int(text[:20]), UTC) if len(text) <= 12 else None
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
-    except (ValueError, OverflowError, OSError):  # not a time, or year 0 / 10000
-        return None
 
 
 class SlotMeta(BaseModel):
