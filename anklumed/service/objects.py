@@ -54,9 +54,10 @@ def slot_path(slot: SlotName) -> str:
 
 
 def parse_slot_arg(value: str) -> SlotName:
-    if value.strip().upper() not in ("A", "B"):
+    slot = SlotName.parse(value)
+    if slot is None:
         raise InvalidArgument(f"{value[:20]!r} is not a slot; a slot is A or B")
-    return SlotName(value.strip().upper())
+    return slot
 
 
 # The methods that take files (see passed_files.py).

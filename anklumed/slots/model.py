@@ -184,24 +184,25 @@ def parse_rollback(text: str | None) -> tuple[Rollback | None, list[str]]:
     if text is None:
         return None, []
     values, problems = parse_kv(text)
-    try:
-        rollback = Rollback(
-            from_slot=SlotName(values.get("FROM", "").upper()),
-            to_slot=SlotName(values.get("TO", "").upper()),
-            at=parse_time(values["AT"]) if "AT" in values else None,
-            reason=values.get("REASON", "unknown")[:64] or "unknown",
-        )
-    except ValueError:
+    from_slot = SlotName.parse(values.get("FROM", ""))
+    to_slot = SlotName.parse(values.get("TO", ""))
+    if from_slot is None or to_slot is None:
         return None, [f"{LAST_ROLLBACK}: FROM and TO must be A or B; ignored"]
+    rollback = Rollback(
+        from_slot=from_slot,
+        to_slot=to_slot,
+        at=parse_time(values["AT"]) if "AT" in values else None,
+        reason=values.get("REASON", "unknown")[:64] or "unknown",
+    )
     return rollback, [f"{LAST_ROLLBACK}: {p}" for p in problems]
 
 
 def parse_slot_name(text: str | None) -> tuple[SlotName, list[str]]:
     if text is None:
         return DEFAULT_SLOT, [f"{AB_STATE} is missing; slot {DEFAULT_SLOT} assumed"]
-    value = text.strip().upper()
-    if value in ("A", "B"):
-        return SlotName(value), []
+    slot = SlotName.parse(text.strip())  # the initramfs trims the file too
+    if slot is not None:
+        return slot, []
     return DEFAULT_SLOT, [f"{AB_STATE} must be A or B; slot {DEFAULT_SLOT} assumed"]
 
 
