@@ -28,6 +28,11 @@ def human_size(n: int) -> str:
     return f"{n} B"
 
 
+def deadline_words(seconds: int) -> str:
+    minutes, rest = divmod(seconds, 60)
+    return f"{minutes} min {rest} s" if minutes else f"{rest} s"
+
+
 def _yes(value: str) -> str:
     return {"yes": "yes", "no": "no"}.get(value, "unknown")
 
@@ -64,6 +69,9 @@ def status_panel(s: dict[str, Any]) -> Panel:
     lines.add_row("Next boot", f"slot {s['PrimarySlot'] or '?'}  (attempt {s['BootCount']} "
                   f"of {s['BootAttempts']})")
     lines.add_row("Fallback", f"slot {s['FallbackSlot']}" if s["FallbackSlot"] else "none")
+    if s.get("BootDeadline", 0) > 0:  # seconds left; published every few seconds
+        lines.add_row("Boot deadline", f"{deadline_words(s['BootDeadline'])} left for this boot "
+                      "to complete (then it counts as failed)")
     if s["LastRollback"]:
         rb = s["LastRollback"]
         lines.add_row("Last rollback", f"{rb.get('from', '?')} → {rb.get('to', '?')} "
