@@ -61,7 +61,8 @@ Action = Callable[[Client, argparse.Namespace, Console], Awaitable[int]]
 
 
 async def cmd_status(c: Client, a: argparse.Namespace, out: Console) -> int:
-    status = await c.status()
+    status, data_disk = await asyncio.gather(c.status(), data.data_summary(c))
+    status["Data"] = data_disk
     if a.json:
         print(json.dumps(status, indent=2, sort_keys=True))
     else:

@@ -33,6 +33,14 @@ def deadline_words(seconds: int) -> str:
     return f"{minutes} min {rest} s" if minutes else f"{rest} s"
 
 
+def data_words(d: dict[str, Any]) -> str:
+    """The data disk in one line, from the DataDisk properties (rich markup)."""
+    if not d["Pool"]:
+        return f"[bold]{d['State']}[/bold] (set one up with: anklumectl first-boot)"
+    return (f"pool [bold]{d['Pool']}[/bold] ({d['Backend']}, {d['Encryption']}): "
+            f"[bold]{d['State']}[/bold]")
+
+
 def _yes(value: str) -> str:
     return {"yes": "yes", "no": "no"}.get(value, "unknown")
 
@@ -84,8 +92,12 @@ def status_panel(s: dict[str, Any]) -> Panel:
     lines.add_row("OS integrity", INTEGRITY_WORDS.get(s.get("Verity", ""), "unknown"))
     lines.add_row("Memory encryption", s["MemoryEncryption"]
                   + (" (requested)" if s["RamCryptRequested"] else ""))
+    if "Data" in s:
+        lines.add_row("Data disk", Text.from_markup(data_words(s["Data"])))
     parts: list[Any] = [head, lines, Text(""), slots_table(s)]
     notes = [*s["StateReasons"], *s["Problems"]]
+    if s.get("Data", {}).get("Message"):
+        notes.append(f"data disk: {s['Data']['Message']}")
     if notes:
         parts += [Text(""), Text("\n".join(f"! {n}" for n in notes), style="yellow")]
     return Panel(Group(*parts), title="anklume Live", expand=False)
