@@ -8,6 +8,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from anklumed.slots.bundle import COMPATIBLE
+
 MiB = 1024 * 1024
 
 
@@ -41,7 +43,7 @@ class BuildConfig(BaseModel):
     arch: str = "amd64"
     desktop: Desktop = Desktop.MINIMAL
     version: str = "0.1.0"
-    compatible: str = "anklume-live-amd64"
+    compatible: str = COMPATIBLE
     zfs: bool = True  # zfs-dkms is built in the chroot: minutes; --no-zfs for quick builds
     signing_key: Path | None = None
     secure_boot_key: Path | None = None

@@ -25,7 +25,7 @@ from rich.table import Table
 
 from anklumectl.client import Client, ClientError
 from anklumectl.jobs import follow_job
-from anklumectl.render import human_size
+from anklumectl.render import data_words, human_size
 
 DATA_PATH = "/org/anklume/Live1/data"
 DATA_IFACE = "org.anklume.Live1.DataDisk"
@@ -41,6 +41,15 @@ async def data_props(c: Client) -> dict[str, Any]:
                             [DATA_IFACE])
     result: dict[str, Any] = props
     return result
+
+
+# What `anklumectl status` shows of the data disk (`data status` has it all).
+STATUS_KEYS = ("State", "Pool", "Backend", "Encryption", "Device", "Mounts", "Message", "Pulled")
+
+
+async def data_summary(c: Client) -> dict[str, Any]:
+    props = await data_props(c)
+    return {key: props[key] for key in STATUS_KEYS}
 
 
 async def probed_props(c: Client) -> dict[str, Any]:
@@ -77,12 +86,7 @@ async def cmd_data_status(c: Client, a: argparse.Namespace, out: Console) -> int
     if a.json:
         print(json.dumps(props, indent=2, sort_keys=True))
         return 0
-    state = props["State"]
-    if props["Pool"]:
-        out.print(f"Data disk: pool [bold]{props['Pool']}[/bold] ({props['Backend']}, "
-                  f"{props['Encryption']}): [bold]{state}[/bold]")
-    else:
-        out.print(f"Data disk: [bold]{state}[/bold] (set one up with: anklumectl first-boot)")
+    out.print(f"Data disk: {data_words(props)}")
     for what, where in sorted(props["Mounts"].items()):
         out.print(f"  {what} mounted at {where}")
     if props["Message"]:

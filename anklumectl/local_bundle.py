@@ -20,7 +20,6 @@ from pathlib import Path
 from anklumectl.client import ClientError
 
 ERROR_PREFIX = "org.anklume.Live1.Error."
-MANIFEST_MAX = 64 * 1024  # as anklumed's bound
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
           (stat.S_ISSOCK, "a socket"))
@@ -72,7 +71,11 @@ def _open(path: Path, what: str, missing_ok: bool = False) -> int | None:
 
 def image_name(manifest_fd: int) -> str | None:
     """The IMAGE the manifest names, if it names a plain one (anklumed judges the rest)."""
-    data = os.pread(manifest_fd, MANIFEST_MAX + 1, 0)
+    # Here, not at the top: the bundle module brings pydantic and cryptography,
+    # which every other anklumectl command would load for nothing.
+    from anklumed.slots.bundle import MAX_MANIFEST
+
+    data = os.pread(manifest_fd, MAX_MANIFEST + 1, 0)
     for line in data.decode("utf-8", "replace").splitlines():
         key, sep, value = line.partition("=")
         if sep and key.strip().upper() == "IMAGE":

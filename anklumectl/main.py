@@ -61,7 +61,8 @@ Action = Callable[[Client, argparse.Namespace, Console], Awaitable[int]]
 
 
 async def cmd_status(c: Client, a: argparse.Namespace, out: Console) -> int:
-    status = await c.status()
+    status, data_disk = await asyncio.gather(c.status(), data.data_summary(c))
+    status["Data"] = data_disk
     if a.json:
         print(json.dumps(status, indent=2, sort_keys=True))
     else:
@@ -84,9 +85,20 @@ async def cmd_rollback(c: Client, a: argparse.Namespace, out: Console) -> int:
     return 0
 
 
+def accepted_slot(text: str) -> str:
+    """The slot a name the daemon accepted stands for ("a" is A). The name is
+    sent as typed: the daemon judges it, with the same SlotName.parse."""
+    # Here, not at the top: anklumed.stick brings pyudev, parted and pydantic,
+    # which the other commands never need.
+    from anklumed.stick import SlotName
+
+    slot = SlotName.parse(text)
+    return slot.value if slot is not None else text
+
+
 async def cmd_set_primary(c: Client, a: argparse.Namespace, out: Console) -> int:
     await c.manager("SetPrimary", "sb", a.slot, a.force)
-    out.print(f"Slot {a.slot.upper()} will boot next.")
+    out.print(f"Slot {accepted_slot(a.slot)} will boot next.")
     return 0
 
 
@@ -98,7 +110,7 @@ async def cmd_mark_good(c: Client, a: argparse.Namespace, out: Console) -> int:
 
 async def cmd_mark_bad(c: Client, a: argparse.Namespace, out: Console) -> int:
     await c.manager("MarkBad", "s", a.slot)
-    out.print(f"Slot {a.slot.upper()} is marked failed.")
+    out.print(f"Slot {accepted_slot(a.slot)} is marked failed.")
     return 0
 
 

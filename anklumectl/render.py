@@ -28,6 +28,19 @@ def human_size(n: int) -> str:
     return f"{n} B"
 
 
+def deadline_words(seconds: int) -> str:
+    minutes, rest = divmod(seconds, 60)
+    return f"{minutes} min {rest} s" if minutes else f"{rest} s"
+
+
+def data_words(d: dict[str, Any]) -> str:
+    """The data disk in one line, from the DataDisk properties (rich markup)."""
+    if not d["Pool"]:
+        return f"[bold]{d['State']}[/bold] (set one up with: anklumectl first-boot)"
+    return (f"pool [bold]{d['Pool']}[/bold] ({d['Backend']}, {d['Encryption']}): "
+            f"[bold]{d['State']}[/bold]")
+
+
 def _yes(value: str) -> str:
     return {"yes": "yes", "no": "no"}.get(value, "unknown")
 
@@ -64,6 +77,9 @@ def status_panel(s: dict[str, Any]) -> Panel:
     lines.add_row("Next boot", f"slot {s['PrimarySlot'] or '?'}  (attempt {s['BootCount']} "
                   f"of {s['BootAttempts']})")
     lines.add_row("Fallback", f"slot {s['FallbackSlot']}" if s["FallbackSlot"] else "none")
+    if s.get("BootDeadline", 0) > 0:  # seconds left; published every few seconds
+        lines.add_row("Boot deadline", f"{deadline_words(s['BootDeadline'])} left for this boot "
+                      "to complete (then it counts as failed)")
     if s["LastRollback"]:
         rb = s["LastRollback"]
         lines.add_row("Last rollback", f"{rb.get('from', '?')} → {rb.get('to', '?')} "
@@ -76,8 +92,12 @@ def status_panel(s: dict[str, Any]) -> Panel:
     lines.add_row("OS integrity", INTEGRITY_WORDS.get(s.get("Verity", ""), "unknown"))
     lines.add_row("Memory encryption", s["MemoryEncryption"]
                   + (" (requested)" if s["RamCryptRequested"] else ""))
+    if "Data" in s:
+        lines.add_row("Data disk", Text.from_markup(data_words(s["Data"])))
     parts: list[Any] = [head, lines, Text(""), slots_table(s)]
     notes = [*s["StateReasons"], *s["Problems"]]
+    if s.get("Data", {}).get("Message"):
+        notes.append(f"data disk: {s['Data']['Message']}")
     if notes:
         parts += [Text(""), Text("\n".join(f"! {n}" for n in notes), style="yellow")]
     return Panel(Group(*parts), title="anklume Live", expand=False)

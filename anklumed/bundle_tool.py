@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     create = sub.add_parser("create", help="hash a squashfs and write its bundle")
     create.add_argument("image", type=Path)
     create.add_argument("--version", required=True)
-    create.add_argument("--compatible", default="anklume-live-amd64")
+    create.add_argument("--compatible", default=bundle.COMPATIBLE)
     create.add_argument("--sign", type=Path, metavar="KEY", help="Ed25519 private key (PEM)")
     create.add_argument("--out", type=Path, default=Path())
     create.add_argument("--build-id")

@@ -12,6 +12,7 @@ from anklumed.data.manager import DataPaths
 from anklumed.errors import InvalidArgument
 from anklumed.handoff import CMDLINE_PATH, HANDOFF_PATH
 from anklumed.persist import DEFAULT_MOUNTPOINT
+from anklumed.slots.bundle import COMPATIBLE, KEYS_DIR
 from anklumed.slots.source import HttpSettings
 
 DEFAULT_CONFIG = Path("/etc/anklume/anklumed.toml")
@@ -36,8 +37,8 @@ class Config(BaseModel):
     # Watch boot-complete.target through systemd and mark the boot good when reached.
     follow_systemd: bool = True
     # Updates: only bundles made for this system, signatures checked against these keys.
-    compatible: str = "anklume-live-amd64"
-    keys_dir: Path = Path("/etc/anklume/keys.d")
+    compatible: str = COMPATIBLE
+    keys_dir: Path = KEYS_DIR
     # Downloads: a stall longer than the timeout reconnects (resuming with Range);
     # this many failed attempts in a row, with doubling waits, give up.
     download_timeout: float = Field(default=30.0, gt=0, le=600)
@@ -45,14 +46,14 @@ class Config(BaseModel):
     download_backoff: float = Field(default=1.0, ge=0, le=60)
     # The data disk: where it is mounted, where Incus keeps its state (bound
     # from the data disk before incus.service), Incus's API socket.
-    data_mountpoint: Path = Path("/mnt/anklume-data")
-    incus_state_dir: Path = Path("/var/lib/incus")
-    incus_socket: Path = Path("/var/lib/incus/unix.socket")
+    data_mountpoint: Path = DataPaths.mountpoint
+    incus_state_dir: Path = DataPaths.incus_state
+    incus_socket: Path = DataPaths.incus_socket
     # Offer loop devices as data disks (simulation and tests only).
     allow_loop_disks: bool = False
     # Time the LUKS2 key derivation (argon2id) should take on this machine when
     # the disk is set up: the cost of each guess for a thief, and of each unlock.
-    luks_unlock_ms: int = Field(default=2000, ge=50, le=30000)
+    luks_unlock_ms: int = Field(default=DataPaths.luks_unlock_ms, ge=50, le=30000)
 
     def data_paths(self) -> DataPaths:
         return DataPaths(self.data_mountpoint, self.incus_state_dir, self.incus_socket,

@@ -61,10 +61,7 @@ class Handoff(BaseModel):
 
 
 def _slot(value: str | None) -> SlotName | None:
-    if value is None:
-        return None
-    value = value.strip().upper()
-    return SlotName(value) if value in ("A", "B") else None
+    return SlotName.parse(value) if value is not None else None
 
 
 def _flag(value: str | None) -> bool | None:

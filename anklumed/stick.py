@@ -35,7 +35,22 @@ class SlotName(StrEnum):
     def label(self) -> str:
         return f"ANKLUME-OS-{self.value}"
 
+    @classmethod
+    def parse(cls, text: str) -> SlotName | None:
+        """The slot ``text`` names, or None: the one reading of a slot name
+        everywhere (ab-state, last-rollback, the hand-off, the kernel command
+        line, D-Bus arguments, anklumectl).
 
+        Exactly one letter, either case: what ``slot_name`` in
+        initramfs/anklume-state.sh accepts, so both sides read a hand-edited
+        file alike. Whitespace is not ignored here: a caller trims what its
+        format trims (ab-state as a whole file is stripped; a KEY=value line
+        is, by parse_kv; a quoted " a" is not, in the shell either). Nothing
+        else ("AB", " a", "slot A", "") names a slot."""
+        return _SLOT_SPELLINGS.get(text)
+
+
+_SLOT_SPELLINGS = {"A": SlotName.A, "a": SlotName.A, "B": SlotName.B, "b": SlotName.B}
 EFI_LABEL = "ANKLUME-EFI"
 PERSIST_LABEL = "ANKLUME-PERSIST"
 LABELS = (EFI_LABEL, SlotName.A.label, SlotName.B.label, PERSIST_LABEL)

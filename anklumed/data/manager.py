@@ -24,6 +24,7 @@ from pathlib import Path
 from anklumed.command import CommandError, run
 from anklumed.data import btrfs, disks, dm, incus, luks, zfs
 from anklumed.data.poolconf import (
+    LABEL_PREFIX,
     Backend,
     Encryption,
     PoolConf,
@@ -45,7 +46,6 @@ from anklumed.jobs import Job
 from anklumed.persist import PersistStore
 
 log = logging.getLogger(__name__)
-LABEL_PREFIX = "anklume-data-"  # LUKS2 and filesystem labels: <prefix><pool>
 MAX_ATTEMPTS = 3
 LOCKOUT_SECONDS = 30.0  # after MAX_ATTEMPTS wrong passphrases in a row
 STATE_SUBVOLUME = "incus-state"  # bound to /var/lib/incus

@@ -15,9 +15,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from anklumed.errors import InvalidArgument
 from anklumed.persist import PersistDir, format_kv, parse_kv
-from anklumed.slots.model import format_time, parse_time
+from anklumed.timestamps import format_time, parse_time
 
 POOL_CONF = "pool.conf"
+# The LUKS2 and filesystem labels and the device-mapper name: <prefix><pool>.
+LABEL_PREFIX = "anklume-data-"
 FORMAT = 1
 POOL_NAME = re.compile(r"[a-z][a-z0-9_-]{0,30}$")
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -84,7 +86,7 @@ class PoolConf(BaseModel):
 
     @property
     def mapper_name(self) -> str:
-        return f"anklume-data-{self.pool_name}"
+        return f"{LABEL_PREFIX}{self.pool_name}"
 
     def to_kv(self) -> dict[str, str]:
         values = {"FORMAT": str(self.format), "POOL_NAME": self.pool_name,

@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -55,6 +56,10 @@ log = logging.getLogger(__name__)
 # each one line a person reads (a quoted value is cut well before this).
 MAX_PROBLEMS = 20
 MAX_PROBLEM_TEXT = 300
+# BootDeadline is a snapshot property (a countdown read from memory): it is
+# published again this often while the deadline runs, so a reader is at most
+# this far behind, and listeners get a signal only this often.
+DEADLINE_REFRESH = 10.0
 
 try:
     from systemd import daemon as sd_daemon
@@ -69,6 +74,14 @@ def notify(state: str) -> None:
 
 def uptime() -> float:
     return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def seconds_left(deadline: float | None, now: float) -> int:
+    """Whole seconds from ``now`` until ``deadline`` (monotonic times), rounded
+    up, so a pending deadline never reads 0; 0 when none is pending."""
+    if deadline is None:
+        return 0
+    return max(1, math.ceil(deadline - now))
 
 
 class Daemon:
@@ -86,7 +99,9 @@ class Daemon:
         self.store = PersistStore(None, config.persist_mountpoint)
         self.slots = SlotController(self.store, self.handoff, self.boot_time)
         self.marked_good = asyncio.Event()
-        self.deadline_at: float = 0.0
+        # When the boot must have completed (time.monotonic: the wall clock
+        # may jump at boot, when NTP sets it); None once marked good or passed.
+        self.deadline: float | None = None
         self.bus: MessageBus | None = None
         # One authority for the daemon's life: its counter makes polkit
         # cancellation ids unique, so a timed-out check cancels only itself.
@@ -148,7 +163,9 @@ class Daemon:
                 for p in sorted(self.stick.partitions.values(), key=lambda p: p.number)]
 
     def deadline_remaining(self) -> int:
-        return int(self.deadline_at)
+        """The Manager's BootDeadline: seconds left for this boot to reach
+        boot-complete.target, 0 when no deadline is pending."""
+        return seconds_left(self.deadline, time.monotonic())
 
     async def authorize(self, action: str, caller: Caller) -> None:
         assert self.authority is not None
@@ -355,11 +372,12 @@ class Daemon:
         if self.slots.assessment.marked_good:
             return
         remaining = self.config.boot_deadline - uptime()
-        self.deadline_at = time.time() + max(remaining, 0)
-        self.publish()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.marked_good.wait(), max(remaining, 0))
-        self.deadline_at = 0.0
+        self.deadline = time.monotonic() + max(remaining, 0)
+        while (left := self.deadline - time.monotonic()) > 0 and not self.marked_good.is_set():
+            self.publish()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.marked_good.wait(), min(left, DEADLINE_REFRESH))
+        self.deadline = None
         self.publish()
         if self.marked_good.is_set():
             return

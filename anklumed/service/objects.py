@@ -27,10 +27,11 @@ from anklumed.service.polkit import (
     ACTION_UPDATE,
 )
 from anklumed.slots.local_files import LocalFiles, check_local_path
-from anklumed.slots.model import SlotMeta, format_time
+from anklumed.slots.model import SlotMeta
 from anklumed.slots.source import check_source, is_url
 from anklumed.slots.update import UpdateRequest
 from anklumed.stick import SlotName
+from anklumed.timestamps import format_time
 
 if TYPE_CHECKING:
     from anklumed.service.app import Daemon
@@ -53,9 +54,10 @@ def slot_path(slot: SlotName) -> str:
 
 
 def parse_slot_arg(value: str) -> SlotName:
-    if value.strip().upper() not in ("A", "B"):
+    slot = SlotName.parse(value)
+    if slot is None:
         raise InvalidArgument(f"{value[:20]!r} is not a slot; a slot is A or B")
-    return SlotName(value.strip().upper())
+    return slot
 
 
 # The methods that take files (see passed_files.py).

@@ -23,7 +23,7 @@ from anklumed.slots.selection import (
 )
 from anklumed.stick import SlotName
 
-# The form anklumed writes (model.format_time); only this form orders
+# The form anklumed writes (timestamps.format_time); only this form orders
 # correctly as a string, so any other one counts as "never marked good".
 _STAMP = re.compile(
     r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
@@ -49,9 +49,7 @@ def forced_slot(cmdline: bytes | None) -> SlotName | None:
     for word in _CMDLINE_WORD.split(cmdline.replace(b"\0", b"?")):
         if word.startswith(b"anklume.slot="):
             value = word[len(b"anklume.slot=") :]
-    if value is not None and value.upper() in (b"A", b"B"):
-        return SlotName(value.upper().decode())
-    return None
+    return SlotName.parse(value.decode("utf-8", "replace")) if value is not None else None
 
 
 def _kv(pdir: PersistDir, name: str) -> dict[str, str]:
@@ -78,8 +76,8 @@ def other_tried(pdir: PersistDir, primary: SlotName, stamps: dict[SlotName, str]
     """The other slot was given up for the primary, not marked good since."""
     rollback = _kv(pdir, LAST_ROLLBACK)
     return (
-        rollback.get("FROM", "").upper() == primary.other.value
-        and rollback.get("TO", "").upper() == primary.value
+        SlotName.parse(rollback.get("FROM", "")) is primary.other
+        and SlotName.parse(rollback.get("TO", "")) is primary
         and rollback.get(MARKER) == (stamps[primary] or NEVER)
     )
 

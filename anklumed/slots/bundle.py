@@ -38,12 +38,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 FORMAT = 1
+COMPATIBLE = "anklume-live-amd64"  # the default target: bundles for other systems are refused
 KEYS_DIR = Path("/etc/anklume/keys.d")
 MAX_MANIFEST = 64 * 1024
 MAX_SIGNATURE = 4 * 1024  # a base64 Ed25519 signature is 88 bytes
 MAX_KEY = 16 * 1024  # a PEM Ed25519 public key is 113 bytes
 MAX_KEYS = 64  # keys.d holds a few keys; more are ignored, with a warning
-CHUNK = 4 * 1024 * 1024
+CHUNK = 4 * 1024 * 1024  # how the image is read, hashed and written: large and block-aligned
 _HEX = re.compile(r"^[0-9a-f]*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 

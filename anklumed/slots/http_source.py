@@ -20,9 +20,8 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import ReadTimeoutError
 
 from anklumed.errors import InvalidArgument, NotFound, VerificationFailed
+from anklumed.slots.bundle import MAX_MANIFEST, MAX_SIGNATURE
 from anklumed.slots.source import (
-    MANIFEST_MAX,
-    SIGNATURE_MAX,
     Bundle,
     HttpSettings,
     ImageStream,
@@ -121,10 +120,10 @@ def _fetch_small(session: requests.Session, url: str, settings: HttpSettings,
 def open_http(url: str, keys_dir: Path, settings: HttpSettings, sleep: Sleeper) -> Bundle:
     manifest_url = _manifest_url(url)
     session = _session()
-    data = _fetch_small(session, manifest_url, settings, sleep, "manifest", MANIFEST_MAX)
+    data = _fetch_small(session, manifest_url, settings, sleep, "manifest", MAX_MANIFEST)
     assert data is not None
     signature = _fetch_small(session, _signature_url(manifest_url), settings, sleep,
-                             "signature", SIGNATURE_MAX, missing_ok=True)
+                             "signature", MAX_SIGNATURE, missing_ok=True)
     manifest, signed_by = checked(data, signature, keys_dir)
     image_url = urljoin(manifest_url, manifest.image)
 

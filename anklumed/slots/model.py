@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from functools import partial
 from typing import TypeVar
@@ -27,6 +27,7 @@ from anklumed.persist import (
     parse_kv,
 )
 from anklumed.stick import SlotName
+from anklumed.timestamps import format_time, parse_time
 
 AB_STATE = "ab-state"
 BOOT_COUNT = "boot-count"
@@ -74,23 +75,6 @@ _TIME_FIELDS = ("INSTALLED_AT", "ACTIVATED_AT", "LAST_GOOD_AT")
 _HEX_FIELDS = ("SHA256", "ROOT_HASH", "SALT")
 _TEXT_FIELDS = ("VERSION", "HASH_ALG", "SOURCE")
 KNOWN_FIELDS = ("STATUS", *_TEXT_FIELDS, *_INT_FIELDS, *_HEX_FIELDS, *_TIME_FIELDS)
-
-
-def format_time(when: datetime) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: str) -> datetime | None:
-    """ISO 8601 as written by ``date -u +%Y-%m-%dT%H:%M:%SZ``, or a Unix time;
-    in UTC. None for anything else, a time out of range included."""
-    text = text.strip()
-    try:
-        if text.isascii() and text.isdigit():
-            return datetime.fromtimestamp(int(text[:20]), UTC) if len(text) <= 12 else None
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
-    except (ValueError, OverflowError, OSError):  # not a time, or year 0 / 10000
-        return None
 
 
 class SlotMeta(BaseModel):
@@ -200,24 +184,25 @@ def parse_rollback(text: str | None) -> tuple[Rollback | None, list[str]]:
     if text is None:
         return None, []
     values, problems = parse_kv(text)
-    try:
-        rollback = Rollback(
-            from_slot=SlotName(values.get("FROM", "").upper()),
-            to_slot=SlotName(values.get("TO", "").upper()),
-            at=parse_time(values["AT"]) if "AT" in values else None,
-            reason=values.get("REASON", "unknown")[:64] or "unknown",
-        )
-    except ValueError:
+    from_slot = SlotName.parse(values.get("FROM", ""))
+    to_slot = SlotName.parse(values.get("TO", ""))
+    if from_slot is None or to_slot is None:
         return None, [f"{LAST_ROLLBACK}: FROM and TO must be A or B; ignored"]
+    rollback = Rollback(
+        from_slot=from_slot,
+        to_slot=to_slot,
+        at=parse_time(values["AT"]) if "AT" in values else None,
+        reason=values.get("REASON", "unknown")[:64] or "unknown",
+    )
     return rollback, [f"{LAST_ROLLBACK}: {p}" for p in problems]
 
 
 def parse_slot_name(text: str | None) -> tuple[SlotName, list[str]]:
     if text is None:
         return DEFAULT_SLOT, [f"{AB_STATE} is missing; slot {DEFAULT_SLOT} assumed"]
-    value = text.strip().upper()
-    if value in ("A", "B"):
-        return SlotName(value), []
+    slot = SlotName.parse(text.strip())  # the initramfs trims the file too
+    if slot is not None:
+        return slot, []
     return DEFAULT_SLOT, [f"{AB_STATE} must be A or B; slot {DEFAULT_SLOT} assumed"]
 
 

@@ -30,9 +30,6 @@ from anklumed.slots.bundle import (
 )
 from anklumed.slots.local_files import FdImage, LocalFiles, Reader, open_path, read_small, regular
 
-MANIFEST_MAX = MAX_MANIFEST
-SIGNATURE_MAX = MAX_SIGNATURE
-
 
 @dataclass(frozen=True)
 class HttpSettings:
@@ -172,9 +169,9 @@ def checked(data: bytes, signature: bytes | None, keys_dir: Path) -> tuple[Manif
 def open_local(files: LocalFiles, keys_dir: Path, close_with_image: bool = False) -> Bundle:
     """A local bundle from its open files (closed by the caller, or with the
     image stream if ``close_with_image``)."""
-    data = read_small(files.manifest, MANIFEST_MAX, "manifest")
+    data = read_small(files.manifest, MAX_MANIFEST, "manifest")
     signature = None if files.signature is None else read_small(
-        files.signature, SIGNATURE_MAX, "signature")
+        files.signature, MAX_SIGNATURE, "signature")
     manifest, signed_by = checked(data, signature, keys_dir)
     image = files.image_fd(manifest.image)
     size = regular(image, "image").st_size

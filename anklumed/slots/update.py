@@ -33,7 +33,7 @@ from anklumed.errors import AnklumeError, InvalidArgument, NotFound, Verificatio
 from anklumed.jobs import Job
 from anklumed.persist import PersistDir
 from anklumed.slots import model
-from anklumed.slots.bundle import KeptManifest, Manifest, check_installable
+from anklumed.slots.bundle import CHUNK, KeptManifest, Manifest, check_installable
 from anklumed.slots.controller import SlotController
 from anklumed.slots.local_files import LocalFiles, Reader
 from anklumed.slots.model import SlotMeta, SlotsState, SlotStatus
@@ -49,7 +49,6 @@ from anklumed.slots.verity_tree import VerityHasher, VerityResult
 from anklumed.stick import BootStick, SlotName
 
 log = logging.getLogger(__name__)
-CHUNK = 4 * 1024 * 1024  # large, block-aligned writes
 ALIGN = 4096
 
 

@@ -40,7 +40,6 @@ CHECKOUT = HERE.parent.parent
 INITRAMFS_DIR = Path(os.environ.get("ANKLUME_BOOT_INITRAMFS_DIR", CHECKOUT / "initramfs"))
 FAKE_STATE = CHECKOUT / "tests" / "fakes" / "anklume-state.sh"
 GUEST_INIT = HERE / "boot-guest-init.sh"
-COMPATIBLE = "anklume-live-amd64"
 
 # Only the test machine's needs: the virtio disks and port the guest reports
 # through. The hook itself adds what a stick boot needs.
@@ -150,7 +149,7 @@ def make_bundle(work: Path, version: str, signing_key: Path | None,
     work.mkdir(parents=True, exist_ok=True)
     image = make_rootfs(work / f"os-{version}.squashfs", version, filler)
     out = work / f"bundle-{version}"
-    m = bundle.create_bundle(image, out, version=version, compatible=COMPATIBLE,
+    m = bundle.create_bundle(image, out, version=version, compatible=bundle.COMPATIBLE,
                              signing_key=signing_key)
     return SlotBundle(m, out / m.image, out / m.image.replace(".squashfs", ".manifest"))
 

@@ -147,3 +147,26 @@ def test_a_lock_that_cannot_unmount_leaves_everything_mounted(sim: Sim) -> None:
         subprocess.run(["umount", str(inner)], check=True)
     assert sim.ctl("data", "lock").returncode == 0
     assert not os.path.ismount(incus_state)
+
+
+def status_of(sim: Sim) -> tuple[dict, str]:  # type: ignore[type-arg]
+    import json
+
+    as_json, human = sim.ctl("status", "--json"), sim.ctl("status")
+    assert as_json.returncode == 0 and human.returncode == 0, as_json.stderr + human.stderr
+    return json.loads(as_json.stdout)["Data"], " ".join(human.stdout.split())
+
+
+def test_status_shows_the_data_pool(sim: Sim) -> None:
+    data, human = status_of(sim)
+    assert (data["State"], data["Pool"], data["Backend"]) == ("absent", "", "")
+    assert "Data disk absent (set one up with: anklumectl first-boot)" in human
+    assert setup_plain(sim).returncode == 0
+    data, human = status_of(sim)
+    assert (data["State"], data["Pool"], data["Backend"], data["Encryption"]) == (
+        "mounted", "vault", "btrfs", "none")
+    assert "Candidates" not in data  # the disk table stays in `anklumectl data status`
+    assert "Data disk pool vault (btrfs, none): mounted" in human
+    assert sim.ctl("data", "lock").returncode == 0
+    data, human = status_of(sim)
+    assert data["State"] == "locked" and "pool vault (btrfs, none): locked" in human

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -130,3 +132,27 @@ def test_the_passphrase_is_asked_twice_never_echoed_and_a_short_one_warned(
         assert secret not in screen  # typed, never echoed
     assert data_state(sim)["State"] == "absent"
     assert blank(disk)
+
+
+def test_ctrl_c_leaves_a_data_job_running_and_says_how_to_cancel_it(sim: Sim) -> None:
+    """Ctrl-C asks "Cancel the update?" only of an update: following a data
+    job, it says the job goes on and how to follow or cancel it."""
+    child = at_terminal(sim, "data", "setup", "--disk", str(sim.data_disk), "--fs", "btrfs",
+                        "--encryption", "none", "--pool-name", "vault", "--yes")
+    child.expect(shown("checking"))  # the first phase: the job runs and was read once
+    # Stopped, the daemon holds the job where it is, so Ctrl-C lands while it runs.
+    os.kill(sim.daemon.pid, signal.SIGSTOP)
+    try:
+        child.sendintr()
+        child.expect(shown("the data-setup job goes on in anklumed"))
+        status, _out = finish(child)
+    finally:
+        os.kill(sim.daemon.pid, signal.SIGCONT)
+    screen = plain(child.logfile_read.getvalue())
+    assert status == 130, screen
+    assert "Cancel the update?" not in screen
+    number = re.search(r"anklumectl wait (\d+)", screen)
+    assert number and f"anklumectl cancel {number[1]}" in screen, screen
+    done = sim.ctl("wait", number[1])
+    assert done.returncode == 0, done.stderr
+    assert data_state(sim)["State"] == "mounted"

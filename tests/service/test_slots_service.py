@@ -1,6 +1,7 @@
 """Status and slot control through the real daemon and anklumectl."""
 
 import json
+from pathlib import Path
 
 from tests.service.conftest import Sim
 
@@ -136,3 +137,19 @@ def test_os_integrity_from_the_handoff(sim: Sim) -> None:
     sim.restart_daemon()
     assert sim.status()["Verity"] == "signed"
     assert "verified (signed)" in sim.ctl("status").stdout
+
+
+def test_boot_deadline_is_the_time_left(sim: Sim) -> None:
+    """BootDeadline counts down the seconds this boot has left to complete
+    (not a time of day), and anklumectl status shows it."""
+    assert sim.status()["BootDeadline"] == 0  # the machine is up longer than 600 s
+    with (sim.workdir / "anklumed.toml").open("a") as f:
+        f.write("boot_deadline = 86400\n")
+    sim.restart_daemon()
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    left = sim.status()["BootDeadline"]
+    assert 86400 - uptime - 60 < left <= 86400 - uptime + 1
+    human = sim.ctl("status")
+    assert human.returncode == 0 and "Boot deadline" in human.stdout, human.stdout
+    assert sim.ctl("mark-good").returncode == 0
+    assert sim.status()["BootDeadline"] == 0

@@ -15,8 +15,9 @@ import pytest
 from anklumed.errors import AnklumeError
 from anklumed.persist import MAX_FILE_BYTES, PersistDir, parse_kv
 from anklumed.slots import model
-from anklumed.slots.model import SlotStatus, parse_meta, parse_time, read_slots_state
+from anklumed.slots.model import SlotStatus, parse_meta, read_slots_state
 from anklumed.stick import SlotName
+from anklumed.timestamps import parse_time
 
 GOOD_META = ("STATUS=ok\nVERSION=1.0.0\nSIZE=4096\nSHA256=" + "a" * 64 + "\nROOT_HASH="
              + "b" * 64 + "\nSALT=" + "c" * 64 + "\n")

@@ -8,6 +8,7 @@ from anklumed.persist import MAX_FILE_BYTES, PersistDir, format_kv, parse_kv
 from anklumed.slots import model
 from anklumed.slots.model import SlotStatus, parse_meta, read_slots_state
 from anklumed.stick import SlotName
+from anklumed.timestamps import parse_time
 
 
 @pytest.mark.parametrize(
@@ -65,7 +66,7 @@ def test_meta_invalid_fields_are_not_trusted_nor_lost() -> None:
                           "DATA_BLOCK_SIZE": "4095", "LAST_GOOD_AT": "yesterday"}
     assert len(problems) == 4
     # Kept as read: a rewrite (mark good) loses nothing, a valid value wins.
-    stamped = meta.model_copy(update={"last_good_at": model.parse_time("1700000000")})
+    stamped = meta.model_copy(update={"last_good_at": parse_time("1700000000")})
     values = parse_kv(format_kv(stamped.to_kv()))[0]
     assert values["SHA256"] == "zz" and values["LAST_GOOD_AT"] == "2023-11-14T22:13:20Z"
 

@@ -1,0 +1,74 @@
+"""The daemon's layers (STYLE.md "House habits"), checked on the imports.
+
+`anklumed/slots/` and `anklumed/data/` never import each other: what both
+need lives at the package root. Only `anklumed/service/` knows D-Bus, so the
+domain can be tested, and the bus library changed, without touching it.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "anklumed"
+# dbus-next today, dbus-fast tomorrow: both names, so the move cannot slip one in.
+DBUS_LIBRARIES = ("dbus_next", "dbus_fast")
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, absolute, wherever the import statement sits."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+def within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def offending(entry: Path, forbidden: tuple[str, ...]) -> list[str]:
+    """Imports of a forbidden package in a file, or in every file under a directory."""
+    paths = sorted(entry.rglob("*.py")) if entry.is_dir() else [entry]
+    return [
+        f"{path.relative_to(ROOT)} imports {module}"
+        for path in paths
+        for module in sorted(imported_modules(path))
+        if any(within(module, name) for name in forbidden)
+    ]
+
+
+@pytest.mark.parametrize(("layer", "other"), [("slots", "data"), ("data", "slots")])
+def test_slots_and_data_never_import_each_other(layer: str, other: str) -> None:
+    assert list((PACKAGE / layer).glob("*.py")), f"no module in anklumed/{layer}"
+    assert offending(PACKAGE / layer, (f"anklumed.{other}",)) == []
+
+
+def test_only_the_service_layer_imports_the_dbus_library() -> None:
+    outside = [
+        line
+        for entry in sorted(PACKAGE.iterdir())
+        if entry.name != "service" and (entry.is_dir() or entry.suffix == ".py")
+        for line in offending(entry, DBUS_LIBRARIES)
+    ]
+    assert outside == []
+
+
+def test_the_checker_sees_the_imports_it_looks_for() -> None:
+    # Without this the tests above would pass on a parser that found nothing.
+    assert "anklumed.stick" in imported_modules(PACKAGE / "slots" / "model.py")
+    assert "anklumed.data.poolconf" in imported_modules(PACKAGE / "data" / "manager.py")
+    assert any("dbus_" in line for line in offending(PACKAGE / "service", DBUS_LIBRARIES))
