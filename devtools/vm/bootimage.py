@@ -19,7 +19,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -38,7 +37,6 @@ CHECKOUT = HERE.parent.parent
 # Another tree of the boot scripts can be built (a test of a test: a copy
 # with a check taken out must fail the boot tests).
 INITRAMFS_DIR = Path(os.environ.get("ANKLUME_BOOT_INITRAMFS_DIR", CHECKOUT / "initramfs"))
-FAKE_STATE = CHECKOUT / "tests" / "fakes" / "anklume-state.sh"
 GUEST_INIT = HERE / "boot-guest-init.sh"
 
 # Only the test machine's needs: the virtio disks and port the guest reports
@@ -54,16 +52,6 @@ FSTYPE=ext4
 """
 
 
-def state_script() -> Path:
-    """decide's anklume-state.sh when it is there; until then the named fake."""
-    real = INITRAMFS_DIR / "anklume-state.sh"
-    if real.exists():
-        return real
-    print("bootimage: initramfs/anklume-state.sh is absent: using the FAKE "
-          "tests/fakes/anklume-state.sh", file=sys.stderr)
-    return FAKE_STATE
-
-
 def _inputs_key(keys_dir: Path | None, state: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(INITRAMFS_DIR.rglob("*")):
@@ -77,7 +65,7 @@ def _inputs_key(keys_dir: Path | None, state: Path) -> str:
 
 def build_initramfs(kernel: Kernel, keys_dir: Path | None, cache: Path = CACHE) -> Path:
     """Our initramfs for ``kernel``, with the keys of ``keys_dir`` (None: unsigned)."""
-    state = state_script()
+    state = INITRAMFS_DIR / "anklume-state.sh"
     dest = cache / f"anklume-boot-{kernel.version}-{_inputs_key(keys_dir, state)}.img"
     if dest.exists():
         return dest
