@@ -59,10 +59,17 @@ def system_hooks(checkout: Path) -> list[str]:
         f"copy-in {_q(checkout / 'polkit' / 'org.anklume.live1.policy')} "
         "/usr/share/polkit-1/actions",
         "chroot \"$1\" systemctl enable " + " ".join(UNITS),
+        *catalog_hooks(checkout),
         # squashfs stores no POSIX ACLs, and journald's directory has some:
         # made again plain; systemd-tmpfiles puts the ACLs back at each boot.
         "rm -rf \"$1\"/var/log/journal && mkdir -m 2755 \"$1\"/var/log/journal",
     ]
+
+
+def catalog_hooks(checkout: Path) -> list[str]:
+    """The journal's explanation of anklumed's events (journalctl -x)."""
+    return [f"copy-in {_q(checkout / 'catalog' / 'anklume.catalog')} /usr/lib/systemd/catalog",
+            "chroot \"$1\" journalctl --update-catalog"]
 
 
 def key_hooks(public_key: Path | None) -> list[str]:

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from anklumed import events
 from anklumed.errors import AnklumeError, InvalidArgument, NotFound
 from anklumed.handoff import Handoff
 from anklumed.persist import PersistDir, PersistStore
@@ -94,7 +95,7 @@ class SlotController:
             model.write_meta(pdir, booted, meta)
 
         await self._transaction(change)
-        log.info("slot %s marked good", booted)
+        events.boot_marked_good(booted)
 
     async def rollback(self, force: bool) -> SlotName:
         """Make the other slot primary with a fresh count; returns it."""
@@ -110,7 +111,7 @@ class SlotController:
             target.append(to)
 
         await self._transaction(change)
-        log.info("manual rollback: slot %s is now primary", target[0])
+        events.rollback_requested(target[0].other, target[0])
         return target[0]
 
     async def set_primary(self, slot: SlotName, force: bool) -> None:
