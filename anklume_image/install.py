@@ -13,6 +13,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from anklume_image import cli_docs
 from anklume_image.config import BuildConfig
 
 DIST_PACKAGES = "/usr/lib/python3/dist-packages"
@@ -72,6 +73,13 @@ def catalog_hooks(checkout: Path) -> list[str]:
             "chroot \"$1\" journalctl --update-catalog"]
 
 
+def cli_docs_hooks(out: Path) -> list[str]:
+    """anklumectl's shell completions and man page: made from its parser now, on
+    the build host (shtab, argparse-manpage), then copied to their places."""
+    cli_docs.write(out)
+    return [f"sync-in {_q(out)} /"]
+
+
 def key_hooks(public_key: Path | None) -> list[str]:
     hooks = ["mkdir -p \"$1\"/etc/anklume/keys.d"]
     if public_key is not None:
@@ -96,4 +104,4 @@ def initramfs_hooks(checkout: Path) -> list[str]:
 def customize_hooks(config: BuildConfig, checkout: Path,
                     public_key: Path | None = None) -> list[str]:
     return [*python_hooks(checkout), *system_hooks(checkout), *key_hooks(public_key),
-            *initramfs_hooks(checkout)]
+            *cli_docs_hooks(config.work_dir / "cli-docs"), *initramfs_hooks(checkout)]
