@@ -76,8 +76,11 @@ def catalog_hooks(checkout: Path) -> list[str]:
 def cli_docs_hooks(out: Path) -> list[str]:
     """anklumectl's shell completions and man page: made from its parser now, on
     the build host (shtab, argparse-manpage), then copied to their places."""
-    cli_docs.write(out)
-    return [f"sync-in {_q(out)} /"]
+    hooks = []
+    for path in cli_docs.write(out).values():
+        target = "/" + str(path.parent.relative_to(out))
+        hooks += [f"mkdir -p \"$1\"{target}", f"copy-in {_q(path)} {target}"]
+    return hooks
 
 
 def key_hooks(public_key: Path | None) -> list[str]:
