@@ -200,3 +200,26 @@ def test_the_catalog_names_only_fields_the_event_carries(
     entry_text = catalog_entries(CATALOG.read_text())[event.value]
     placeholders = set(re.findall(r"@([A-Z_]+)@", entry_text))
     assert placeholders <= set(entry), f"{event.name}: {placeholders - set(entry)} not sent"
+
+
+def test_under_systemd_the_journal_message_is_the_sentence_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from anklumed.main import _setup_logging
+
+    monkeypatch.setenv("INVOCATION_ID", "0" * 32)
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    root.handlers = []  # basicConfig only configures a root logger without handlers
+    try:
+        _setup_logging("info")
+        (handler,) = root.handlers
+        assert isinstance(handler, JournalHandler)
+        sent: list[dict[str, Any]] = []
+        handler.send = lambda MESSAGE, **fields: sent.append({**fields, "MESSAGE": MESSAGE})
+        events.boot_marked_good("B")
+    finally:
+        root.handlers, level = saved
+        root.setLevel(level)
+    (entry,) = sent
+    assert (entry["MESSAGE"], entry["MESSAGE_ID"]) == ("slot B marked good",
+                                                       Event.BOOT_MARKED_GOOD.value)
