@@ -13,6 +13,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from anklume_image import cli_docs
 from anklume_image.config import BuildConfig
 
 DIST_PACKAGES = "/usr/lib/python3/dist-packages"
@@ -59,10 +60,27 @@ def system_hooks(checkout: Path) -> list[str]:
         f"copy-in {_q(checkout / 'polkit' / 'org.anklume.live1.policy')} "
         "/usr/share/polkit-1/actions",
         "chroot \"$1\" systemctl enable " + " ".join(UNITS),
+        *catalog_hooks(checkout),
         # squashfs stores no POSIX ACLs, and journald's directory has some:
         # made again plain; systemd-tmpfiles puts the ACLs back at each boot.
         "rm -rf \"$1\"/var/log/journal && mkdir -m 2755 \"$1\"/var/log/journal",
     ]
+
+
+def catalog_hooks(checkout: Path) -> list[str]:
+    """The journal's explanation of anklumed's events (journalctl -x)."""
+    return [f"copy-in {_q(checkout / 'catalog' / 'anklume.catalog')} /usr/lib/systemd/catalog",
+            "chroot \"$1\" journalctl --update-catalog"]
+
+
+def cli_docs_hooks(out: Path) -> list[str]:
+    """anklumectl's shell completions and man page: made from its parser now, on
+    the build host (shtab, argparse-manpage), then copied to their places."""
+    hooks = []
+    for path in cli_docs.write(out).values():
+        target = "/" + str(path.parent.relative_to(out))
+        hooks += [f"mkdir -p \"$1\"{target}", f"copy-in {_q(path)} {target}"]
+    return hooks
 
 
 def key_hooks(public_key: Path | None) -> list[str]:
@@ -89,4 +107,4 @@ def initramfs_hooks(checkout: Path) -> list[str]:
 def customize_hooks(config: BuildConfig, checkout: Path,
                     public_key: Path | None = None) -> list[str]:
     return [*python_hooks(checkout), *system_hooks(checkout), *key_hooks(public_key),
-            *initramfs_hooks(checkout)]
+            *cli_docs_hooks(config.work_dir / "cli-docs"), *initramfs_hooks(checkout)]

@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 
+from anklumed import events
 from anklumed.errors import AnklumeError, Busy, Cancelled, Failed
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,7 @@ class JobManager:
             del self.running[group]
             log.info("job %d (%s) %s%s", job.number, job.kind, job.state.value,
                      f": {job.message}" if job.message else "")
+            events.job_finished(job.kind, job.state.value, job.error_name, job.message)
             self._on_change(job)
             self._on_finished(job)
 

@@ -22,6 +22,9 @@ def _setup_logging(level: str) -> None:
             from systemd.journal import JournalHandler
 
             handler = JournalHandler(SYSLOG_IDENTIFIER="anklumed")
+            # The journal has PRIORITY and LOGGER fields: MESSAGE is the sentence alone
+            # (basicConfig would prefix "INFO:anklumed.x:").
+            handler.setFormatter(logging.Formatter("%(message)s"))
         except ImportError:
             handler = logging.StreamHandler()
     else:

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
+from anklumed import events
 from anklumed.command import CommandError, run
 from anklumed.data import btrfs, disks, dm, incus, luks, zfs
 from anklumed.data.poolconf import (
@@ -213,8 +214,7 @@ class DataDisk:
             if snap.conf is None or snap.held or not dm.backing_gone(snap.conf.mapper_name):
                 return False  # not pulled, already held, or given up
             dm.hold(snap.conf.mapper_name)
-            log.warning("the data disk (pool %s) was pulled out while in use: its I/O is "
-                        "held until it comes back", snap.conf.pool_name)
+            events.data_disk_pulled(snap.conf.pool_name)
             return True
         finally:
             self._lock.release()
@@ -377,6 +377,7 @@ class DataDisk:
         except IncorrectPassphrase:
             self.failures += 1
             left = MAX_ATTEMPTS - self.failures
+            events.data_unlock_failed(conf.pool_name, left)
             if left <= 0:
                 self.failures = 0
                 self.locked_out_until = time.monotonic() + LOCKOUT_SECONDS

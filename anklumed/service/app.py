@@ -15,7 +15,7 @@ import pyudev
 from dbus_next import BusType, RequestNameReply
 from dbus_next.aio import MessageBus
 
-from anklumed import __version__, memory, stick
+from anklumed import __version__, events, memory, stick
 from anklumed.config import Config, DeadlineAction
 from anklumed.data.disks import Disk
 from anklumed.data.manager import DataDisk, DataState, SetupRequest
@@ -196,6 +196,7 @@ class Daemon:
         notify("READY=1")
         self._status()
         log.info("anklumed %s ready: %s", self.version, self._summary())
+        events.boot_found(self.slots, self.handoff.rollback_from)
 
     async def _connect(self) -> MessageBus:
         # Unix fds: local update bundles arrive open (Manager.UpdateFromFiles).

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from anklumed import events
 from anklumed.errors import AnklumeError, Failed, InvalidArgument, NotFound
 from anklumed.handoff import Handoff
 from anklumed.persist import PersistDir, PersistStore
@@ -117,7 +118,7 @@ class SlotController:
                              f"was not stamped: {e}") from None
 
         await self._transaction(change)
-        log.info("slot %s marked good", booted)
+        events.boot_marked_good(booted)
 
     async def rollback(self, force: bool) -> SlotName:
         """Make the other slot primary with a fresh count; returns it."""
@@ -134,7 +135,7 @@ class SlotController:
             target.append(to)
 
         await self._transaction(change)
-        log.info("manual rollback: slot %s is now primary", target[0])
+        events.rollback_requested(target[0].other, target[0])
         return target[0]
 
     async def set_primary(self, slot: SlotName, force: bool) -> None:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from anklumed import events
 from anklumed.errors import AnklumeError, InvalidArgument, NotFound, VerificationFailed
 from anklumed.jobs import Job
 from anklumed.persist import PersistDir
@@ -341,5 +342,5 @@ class Updater:
                         pdir, target, previous, touched.is_set()))
             raise
         signed = f", signed by {bundle.signed_by}" if bundle.signed_by else ", unsigned"
-        log.info("slot %s now holds %s%s; it boots next", target, m.version, signed)
+        events.update_installed(target, m.version, bundle.signed_by)
         return f"slot {target} holds {m.version}{signed}; it boots next"

@@ -1,0 +1,73 @@
+"""The docs/ pages stay true to what they can be checked against mechanically."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from anklumed.events import Event
+
+ROOT = Path(__file__).parents[2]
+DOCS = ROOT / "docs"
+INTERFACE_XML = ROOT / "dbus" / "org.anklume.Live1.xml"
+
+
+def xml_members() -> dict[str, set[str]]:
+    """Each interface of the XML and the names of its methods, properties, signals."""
+    tree = ET.parse(INTERFACE_XML)  # noqa: S314 (the repository's own file)
+    return {iface.attrib["name"]: {m.attrib["name"] for m in iface
+                                   if m.tag in ("method", "property", "signal")}
+            for iface in tree.getroot().iter("interface")}
+
+
+def documented_members() -> dict[str, set[str]]:
+    """Each ``## interface`` section of docs/dbus.md and the names in its table's
+    first column."""
+    sections = re.split(r"^## ", (DOCS / "dbus.md").read_text(), flags=re.MULTILINE)[1:]
+    found: dict[str, set[str]] = {}
+    for section in sections:
+        title, _, body = section.partition("\n")
+        found[title.strip()] = set(re.findall(r"^\| `(\w+)` \|", body, re.MULTILINE))
+    return found
+
+
+def test_the_xml_has_members_to_check() -> None:
+    members = xml_members()
+    assert "MarkGood" in members["org.anklume.Live1.Manager"]
+    assert "Finished" in members["org.anklume.Live1.Job"]
+
+
+@pytest.mark.parametrize("interface", sorted(xml_members()))
+def test_every_member_of_the_interface_is_documented(interface: str) -> None:
+    documented = documented_members()
+    assert interface in documented, f"docs/dbus.md has no section '## {interface}'"
+    missing = xml_members()[interface] - documented[interface]
+    assert not missing, f"docs/dbus.md does not document {interface}: {sorted(missing)}"
+
+
+def test_the_doc_names_nothing_the_interface_lacks() -> None:
+    members = xml_members()
+    for interface, names in documented_members().items():
+        assert interface in members, f"docs/dbus.md documents an unknown {interface}"
+        extra = names - members[interface]
+        assert not extra, f"docs/dbus.md documents {interface} members that do not exist: {extra}"
+
+
+def test_every_journal_event_is_documented() -> None:
+    text = (DOCS / "events.md").read_text()
+    for event in Event:
+        assert re.search(rf"^\| `{event.name}` \| `{event.value}` \|", text, re.MULTILINE), \
+            event.name
+
+
+def test_every_page_is_in_the_index_and_every_link_resolves() -> None:
+    index = (DOCS / "README.md").read_text()
+    for page in DOCS.glob("*.md"):
+        if page.name != "README.md":
+            assert f"]({page.name})" in index, f"docs/README.md does not link {page.name}"
+    for page in DOCS.glob("*.md"):
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
+            assert (page.parent / target).exists(), f"{page.name} links to missing {target}"
