@@ -14,6 +14,7 @@ credentials (the first-boot unit, unattended), and a boot that unlocks it.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -32,6 +33,8 @@ DATA_DISK = f"/dev/disk/by-id/nvme-QEMU_NVMe_Ctrl_{DATA_SERIAL}"
 # Beside the build (removed with it at the session's end), so kept apart: a
 # failed boot's console stays for a person until the next run.
 MACHINES = Path("/var/tmp/anklume-image-boots")
+DATA_MIB = 512  # the smallest disk anklumed accepts is 256 MiB
+SETUP_WAIT = 900.0  # guest seconds: seen still formatting after 280 s on a loaded machine
 DATA_UNITS = ["anklume-first-boot.service", "anklume-data-mount.service"]
 
 
@@ -55,18 +58,41 @@ def reported(boot: Boot) -> dict[str, Any]:
 
 
 class Boots:
+    """The machine's boots, each made when a test first needs it (in order):
+    the first boot's tests answer before the data disk's boots run."""
+
     def __init__(self, built: Built):
         shutil.rmtree(MACHINES, ignore_errors=True)
-        self.machine = Machine(built.image, MACHINES / "machine")
+        self.machine = Machine(built.image, MACHINES / "machine", data_mib=DATA_MIB)
+
+    @functools.cached_property
+    def first(self) -> Boot:
         # No person at the keyboard: the wizard waits on tty1 for one.
-        self.first = self.machine.boot()
-        self.persist_after_first = persist_files(self.machine, "first")
-        self.setup = self.machine.boot(credentials={
+        return self.machine.boot()
+
+    @functools.cached_property
+    def persist_after_first(self) -> dict[str, str]:
+        assert self.first.powered_off
+        return persist_files(self.machine, "first")
+
+    @functools.cached_property
+    def setup(self) -> Boot:
+        self.persist_after_first  # noqa: B018 -- the boots run in this order
+        # LUKS2 (argon2id), then BTRFS, in software under TCG: minutes.
+        return self.machine.boot(credentials={
             "anklume-data-disk": DATA_DISK.encode(), "anklume-data-passphrase": PASSPHRASE},
-            settle=DATA_UNITS)
-        self.persist_after_setup = persist_files(self.machine, "setup")
-        self.unlock = self.machine.boot(credentials={"anklume-data-passphrase": PASSPHRASE},
-                                        settle=[*DATA_UNITS, "multi-user.target"])
+            settle=DATA_UNITS, wait=SETUP_WAIT, timeout=SETUP_WAIT * 2)
+
+    @functools.cached_property
+    def persist_after_setup(self) -> dict[str, str]:
+        assert self.setup.powered_off
+        return persist_files(self.machine, "setup")
+
+    @functools.cached_property
+    def unlock(self) -> Boot:
+        self.persist_after_setup  # noqa: B018 -- the boots run in this order
+        return self.machine.boot(credentials={"anklume-data-passphrase": PASSPHRASE},
+                                 settle=[*DATA_UNITS, "multi-user.target"])
 
 
 @pytest.fixture(scope="module")
