@@ -72,7 +72,7 @@ class Boots:
 
     @functools.cached_property
     def persist_after_first(self) -> dict[str, str]:
-        assert self.first.powered_off
+        assert self.first.powered_off, self.first.explain()
         return persist_files(self.machine, "first")
 
     @functools.cached_property
@@ -85,7 +85,7 @@ class Boots:
 
     @functools.cached_property
     def persist_after_setup(self) -> dict[str, str]:
-        assert self.setup.powered_off
+        assert self.setup.powered_off, self.setup.explain()
         return persist_files(self.machine, "setup")
 
     @functools.cached_property
