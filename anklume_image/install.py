@@ -24,6 +24,7 @@ ENTRY_POINTS = {
 }
 UNITS = ("anklumed.service", "anklume-boot-check.service", "anklume-data-mount.service",
          "anklume-first-boot.service")
+DROP_INS = ("anklume-data-mount.service.d", "anklume-first-boot.service.d")
 INITRAMFS_LIB = "/usr/lib/anklume/initramfs"
 PUBLIC_KEY_NAME = "anklume-image.pem"
 
@@ -54,6 +55,7 @@ def system_hooks(checkout: Path) -> list[str]:
     units = " ".join(_q(checkout / "units" / u) for u in UNITS)
     return [
         f"copy-in {units} /usr/lib/systemd/system",
+        *[f"copy-in {_q(checkout / 'units' / d)} /usr/lib/systemd/system" for d in DROP_INS],
         f"copy-in {_q(checkout / 'dbus' / 'org.anklume.Live1.conf')} /usr/share/dbus-1/system.d",
         f"copy-in {_q(checkout / 'dbus' / 'org.anklume.Live1.service')} "
         "/usr/share/dbus-1/system-services",

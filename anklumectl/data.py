@@ -31,6 +31,7 @@ DATA_PATH = "/org/anklume/Live1/data"
 DATA_IFACE = "org.anklume.Live1.DataDisk"
 ERROR_PREFIX = "org.anklume.Live1.Error."
 CREDENTIAL = "anklume-data-passphrase"
+DISK_CREDENTIAL = "anklume-data-disk"
 WEAK_BELOW = 12
 ASK_ATTEMPTS = 3
 PROBE_WAIT = 30.0  # seconds; probing every disk takes about a second
@@ -187,12 +188,29 @@ async def cmd_data_adopt(c: Client, a: argparse.Namespace, out: Console) -> int:
     return await follow_job(c, path, out)
 
 
+def credential(name: str) -> Path | None:
+    """A systemd credential of this unit (ImportCredential=), if it was given."""
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    path = Path(directory) / name if directory else None
+    return path if path is not None and path.exists() else None
+
+
+def unattended(a: argparse.Namespace) -> bool:
+    """First boot without a person (automated installs, the image tests): the
+    credentials name the disk to erase and give its passphrase; both are needed,
+    and a disk named on the command line wins."""
+    disk, secret = credential(DISK_CREDENTIAL), credential(CREDENTIAL)
+    if a.disk or disk is None or secret is None:
+        return False
+    a.disk = disk.read_text().strip()
+    a.passphrase_file, a.encryption, a.yes = str(secret), "luks2", True
+    return True
+
+
 def boot_secrets() -> list[bytes]:
     """At boot: a systemd credential, else up to three answers of the agents."""
-    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
-    if credentials and (Path(credentials) / CREDENTIAL).exists():
-        return [read_secret_file(str(Path(credentials) / CREDENTIAL))]
-    return []
+    secret = credential(CREDENTIAL)
+    return [read_secret_file(str(secret))] if secret is not None else []
 
 
 def ask_agent(pool: str) -> bytes | None:
@@ -256,6 +274,10 @@ async def cmd_first_boot(c: Client, a: argparse.Namespace, out: Console) -> int:
         device, pool = props["Adoptable"][0][:2]
         out.print(f"A data disk set up from another stick is plugged in ({device}, pool "
                   f"{pool}): keep it with `anklumectl data adopt`, or erase another disk.")
+    if unattended(a):
+        out.print(f"First boot: erasing {a.disk} for the data disk, as the system "
+                  f"credentials {DISK_CREDENTIAL} and {CREDENTIAL} ask.")
+        return await cmd_data_setup(c, a, out)
     if not a.disk and not sys.stdin.isatty():
         out.print("No data disk is set up; run anklumectl first-boot in a terminal.")
         return 0

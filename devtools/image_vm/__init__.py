@@ -1,0 +1,184 @@
+"""Boot the built stick image as a PC would: OVMF, systemd-boot, the stick on USB.
+
+One QEMU process per boot, under TCG: OVMF's warm reset is slow and erratic
+there, so a reboot is a new process on the same disks. The machine is a
+copy of the built image on a USB stick (qemu-xhci + usb-storage), an NVMe
+data disk and its own copy of OVMF's variable store; no network.
+
+The image is not modified for the tests. A test-only unit comes in through
+systemd credentials in SMBIOS type 11 strings (systemd-debug-generator turns
+``systemd.extra-unit.*`` into a unit and ``systemd.unit-dropin.*`` into a
+drop-in that pulls it in); its script (report.py, a credential too) writes
+one JSON report to a virtio-serial port and the unit powers the machine off.
+Verdicts come from that report, never from the console. The console (the
+kernel's and the initramfs's lines, through ``console=ttyS0`` added by
+systemd-boot's SMBIOS ``io.systemd.boot.kernel-cmdline-extra``) is kept in
+the run directory for a person reading a failure.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+REPORT_PORT = "org.anklume.test.report"
+REPORT_UNIT = "anklume-test-report.service"
+REPORT_SCRIPT = Path(__file__).with_name("report.py")
+# tty0 last would keep the initramfs's messages off the serial line: ttyS0 is
+# /dev/console here, tty0 still gets the kernel's lines.
+SERIAL_CONSOLE = "console=tty0 console=ttyS0,115200"
+SHUTDOWN_GRACE = 120.0  # seconds from the report to QEMU's exit (a clean poweroff)
+STICK_SERIAL = "anklume-stick"
+DATA_SERIAL = "anklume-data"
+
+
+def report_unit(wait: float, settle: list[str]) -> str:
+    return f"""[Unit]
+Description=anklume image test: report this boot to the host, then power off
+After=basic.target
+SuccessAction=poweroff
+FailureAction=poweroff
+
+[Service]
+Type=oneshot
+Environment=ANKLUME_TEST_WAIT={wait:.0f}
+Environment="ANKLUME_TEST_SETTLE={' '.join(settle)}"
+ImportCredential=anklume-test.*
+ExecStart=/usr/bin/python3 %d/anklume-test.report.py
+"""
+
+
+def smbios_credential(name: str, value: bytes) -> str:
+    encoded = base64.b64encode(value).decode()
+    return f"type=11,value=io.systemd.credential.binary:{name}={encoded}"
+
+
+def smbios_string(value: str) -> str:
+    return "type=11,value=" + value.replace(",", ",,")  # QEMU's option syntax
+
+
+@dataclass
+class Boot:
+    """What one boot left: the guest's report (None if it never came) and the console."""
+
+    report: dict[str, Any] | None
+    console: str
+    rundir: Path
+    seconds: float
+    timed_out: bool
+    powered_off: bool
+
+    def explain(self) -> str:
+        why = ("timed out" if self.timed_out else
+               "no report from the booted system" if self.report is None else "reported")
+        tail = "\n".join(self.console.splitlines()[-40:])
+        return f"{why} after {self.seconds:.0f} s; run directory {self.rundir}; console:\n{tail}"
+
+
+def read_report(path: Path) -> dict[str, Any] | None:
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return None
+    if not text.endswith("\n"):
+        return None  # not written whole
+    report: dict[str, Any] = json.loads(text.splitlines()[-1])
+    return report
+
+
+class Machine:
+    """A PC with the stick plugged in: its disks and firmware variables stay
+    from one boot to the next, as on a real machine."""
+
+    def __init__(self, image: Path, rundir: Path, data_mib: int = 2048, memory_mib: int = 2048):
+        rundir.mkdir(parents=True, exist_ok=True)
+        self.rundir = rundir
+        self.stick = rundir / "stick.img"
+        subprocess.run(["cp", "--sparse=always", "--reflink=auto", str(image), str(self.stick)],
+                       check=True)
+        self.data = rundir / "data.img"
+        with self.data.open("wb") as f:
+            f.truncate(data_mib * 1024 * 1024)
+        self.vars = rundir / "OVMF_VARS.fd"
+        shutil.copyfile(OVMF_VARS, self.vars)
+        self.memory_mib = memory_mib
+        self.boots = 0
+
+    def argv(self, bootdir: Path, credentials: Mapping[str, bytes]) -> list[str]:
+        argv = ["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-cpu", "max",
+                "-smp", "1", "-m", str(self.memory_mib), "-no-reboot", "-nic", "none",
+                "-display", "none", "-monitor", "none",
+                "-serial", f"file:{bootdir / 'console.log'}",
+                "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+                "-drive", f"if=pflash,format=raw,unit=1,file={self.vars}",
+                "-device", "qemu-xhci,id=xhci",
+                "-drive", f"if=none,id=stick,format=raw,file={self.stick}",
+                "-device", f"usb-storage,bus=xhci.0,drive=stick,serial={STICK_SERIAL},"
+                           "removable=on,bootindex=0",
+                "-drive", f"if=none,id=data,format=raw,file={self.data}",
+                "-device", f"nvme,drive=data,serial={DATA_SERIAL}",
+                "-device", "virtio-serial-pci",
+                "-chardev", f"file,id=report,path={bootdir / 'report.json'}",
+                "-device", f"virtserialport,chardev=report,name={REPORT_PORT}",
+                "-smbios", smbios_string(f"io.systemd.boot.kernel-cmdline-extra={SERIAL_CONSOLE}")]
+        for name, value in credentials.items():
+            argv += ["-smbios", smbios_credential(name, value)]
+        return argv
+
+    def boot(self, credentials: Mapping[str, bytes] | None = None,
+             commands: Mapping[str, list[str]] | None = None,
+             settle: list[str] | None = None,
+             wait: float = 300.0, timeout: float = 600.0) -> Boot:
+        """One boot, up to the guest's report and its poweroff. ``credentials``
+        are system credentials for the image's own units; ``commands`` (name:
+        argv) are run by the report script and their output reported; the
+        report waits for boot-complete.target and for ``settle``'s units to
+        finish starting (at most ``wait`` seconds of the guest's time)."""
+        self.boots += 1
+        bootdir = self.rundir / f"boot-{self.boots}"
+        bootdir.mkdir()
+        creds = {
+            f"systemd.extra-unit.{REPORT_UNIT}": report_unit(wait, settle or []).encode(),
+            "systemd.unit-dropin.multi-user.target~anklume-test":
+                f"[Unit]\nWants={REPORT_UNIT}\n".encode(),
+            "anklume-test.report.py": REPORT_SCRIPT.read_bytes(),
+            "anklume-test.commands": json.dumps(dict(commands or {})).encode(),
+            **(credentials or {}),
+        }
+        argv = self.argv(bootdir, creds)
+        (bootdir / "qemu.argv").write_text("\n".join(argv) + "\n")
+        started = time.monotonic()
+        report_file = bootdir / "report.json"
+        with (bootdir / "qemu.log").open("wb") as log:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT)
+        timed_out = False
+        reported_at: float | None = None
+        try:
+            while proc.poll() is None:
+                now = time.monotonic()
+                if reported_at is None and read_report(report_file) is not None:
+                    reported_at = now
+                if now - started > timeout or \
+                        (reported_at is not None and now - reported_at > SHUTDOWN_GRACE):
+                    timed_out = reported_at is None
+                    break
+                time.sleep(1)
+        finally:
+            powered_off = proc.poll() is not None
+            proc.kill()
+            proc.wait()
+        console = bootdir / "console.log"
+        return Boot(report=read_report(report_file),
+                    console=console.read_text(errors="replace") if console.exists() else "",
+                    rundir=bootdir, seconds=time.monotonic() - started, timed_out=timed_out,
+                    powered_off=powered_off)

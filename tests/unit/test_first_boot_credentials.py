@@ -1,0 +1,59 @@
+"""anklumectl first-boot without a person: the disk and the passphrase from
+systemd credentials (automated installs, the image tier's boots)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from anklumectl import data
+
+
+def first_boot_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    data.add_setup_flags(parser)
+    return parser.parse_args(list(argv))
+
+
+def credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **files: str) -> Path:
+    for name, value in files.items():
+        (tmp_path / name.replace("_", "-")).write_text(value)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    return tmp_path
+
+
+def test_both_credentials_set_up_that_disk_encrypted_without_asking(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    creds = credentials(tmp_path, monkeypatch, anklume_data_disk="/dev/nvme0n1\n",
+                        anklume_data_passphrase="a long passphrase")
+    a = first_boot_args("--encryption", "none")
+    assert data.unattended(a)
+    assert (a.disk, a.encryption, a.yes) == ("/dev/nvme0n1", "luks2", True)
+    # The secret stays in its file: read when sent to anklumed, never in argv.
+    assert a.passphrase_file == str(creds / "anklume-data-passphrase")
+
+
+@pytest.mark.parametrize("files", [{}, {"anklume_data_passphrase": "pw"},
+                                   {"anklume_data_disk": "/dev/nvme0n1"}])
+def test_without_both_credentials_the_wizard_asks_a_person(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, str]) -> None:
+    credentials(tmp_path, monkeypatch, **files)
+    a = first_boot_args()
+    assert not data.unattended(a)
+    assert (a.disk, a.passphrase_file, a.yes) == (None, None, False)
+
+
+def test_a_disk_named_on_the_command_line_wins(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    credentials(tmp_path, monkeypatch, anklume_data_disk="/dev/nvme0n1",
+                anklume_data_passphrase="pw")
+    a = first_boot_args("--disk", "/dev/sdb")
+    assert not data.unattended(a)
+    assert a.disk == "/dev/sdb"
+
+
+def test_outside_a_unit_there_are_no_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    assert data.credential(data.CREDENTIAL) is None and not data.unattended(first_boot_args())
