@@ -30,11 +30,10 @@ def test_nothing_else_is_a_slot(text: str) -> None:
     assert SlotName.parse(text) is None
 
 
-@pytest.mark.parametrize("text", [*NAMES, *NOT_NAMES])
+# An argv cannot carry a NUL: those names are not asked of the shell.
+@pytest.mark.parametrize("text", [t for t in [*NAMES, *NOT_NAMES] if "\0" not in t])
 def test_the_initramfs_reads_names_alike(text: str, tmp_path: Path) -> None:
     # slot-info refuses (status 2) exactly what is not a slot name.
-    if "\0" in text:
-        pytest.skip("an argv cannot carry a NUL")
     shell = shutil.which("dash") or "sh"
     done = subprocess.run([shell, str(STATE_SH), "slot-info", str(tmp_path), text],
                           capture_output=True, text=True, check=False)
