@@ -16,7 +16,7 @@ DEBIAN_BASE = [
     "btrfs-progs", "e2fsprogs", "dosfstools", "util-linux", "dmsetup", "openssl",
     "ca-certificates", "iproute2", "less", "nano", "incus",
     # anklumed and anklumectl (pyproject.toml's dependencies, as Debian packages)
-    "python3", "python3-dbus-next", "python3-pydantic", "python3-pyudev", "python3-parted",
+    "python3", "python3-dbus-fast", "python3-pydantic", "python3-pyudev", "python3-parted",
     "python3-systemd", "python3-rich", "python3-cryptography", "python3-packaging",
     "python3-requests",
 ]

@@ -11,11 +11,11 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from dbus_next import BusType, Message, MessageFlag, MessageType, Variant
-from dbus_next.aio import MessageBus
-from dbus_next.errors import AuthError, InvalidAddressError, InvalidObjectPathError
+from dbus_fast import BusType, Message, MessageFlag, MessageType, Variant
+from dbus_fast.aio import MessageBus
+from dbus_fast.errors import AuthError, InvalidAddressError, InvalidObjectPathError
 
-from anklumed.service import dbus_next_fixes as _dbus_next_fixes  # noqa: F401 - applies a fix
+from anklumed.service import dbus_fixes as _dbus_fixes  # noqa: F401 - applies a fix
 
 BUS_NAME = "org.anklume.Live1"
 ROOT_PATH = "/org/anklume/Live1"
@@ -85,7 +85,7 @@ class Client:
     async def close(self) -> None:
         self.bus.disconnect()
         with contextlib.suppress(Exception):  # the reader's EOF on our own hang-up
-            await self.bus.wait_for_disconnect()
+            await self.bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
 
     async def call(self, path: str, iface: str, member: str, signature: str = "",
                    body: list[Any] | None = None, mutating: bool = False,

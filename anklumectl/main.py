@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 
-from dbus_next import Variant
+from dbus_fast import Variant
 from rich.console import Console
 
 from anklumectl import data

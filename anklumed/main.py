@@ -46,7 +46,8 @@ async def _serve(config_path: Path | None, bus: str | None) -> int:
         loop.add_signal_handler(sig, stop.set)
     await daemon.start()
     assert daemon.bus is not None
-    disconnected = asyncio.ensure_future(daemon.bus.wait_for_disconnect())
+    disconnected = asyncio.ensure_future(
+        daemon.bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
     stopping = asyncio.ensure_future(stop.wait())
     await asyncio.wait({disconnected, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if disconnected.done():

@@ -33,10 +33,10 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from dbus_next import Message, MessageType
-from dbus_next.aio import MessageBus
+from dbus_fast import Message, MessageType
+from dbus_fast.aio import MessageBus
 
-from anklumed.service import dbus_next_fixes  # noqa: F401
+from anklumed.service import dbus_fixes  # noqa: F401
 from devtools.simulate import Simulation
 
 STATUS_CALL: dict[str, Any] = dict(

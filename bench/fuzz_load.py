@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from dbus_next import Message
-from dbus_next.aio import MessageBus
+from dbus_fast import Message
+from dbus_fast.aio import MessageBus
 
 from bench.daemon import STATUS_CALL, rss_mb
 from devtools.simulate import Simulation

@@ -38,11 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dbus_next import Message, MessageType, Variant
-from dbus_next.aio import MessageBus
-from dbus_next.signature import SignatureTree
+from dbus_fast import Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
+from dbus_fast.signature import SignatureTree
 
-from anklumed.service import dbus_next_fixes  # noqa: F401 - the writer fix, for huge calls
+from anklumed.service import dbus_fixes  # noqa: F401 - the writer fix, for huge calls
 
 DEST = "org.anklume.Live1"
 ROOT = "/org/anklume/Live1"

@@ -14,12 +14,12 @@ import asyncio
 import json
 from pathlib import Path
 
-from dbus_next import DBusError, Variant
-from dbus_next.aio import MessageBus
-from dbus_next.service import ServiceInterface, method
+from dbus_fast import DBusError, Variant
+from dbus_fast.aio import MessageBus
+from dbus_fast.service import ServiceInterface, method
 
 # A burst of checks fills its socket: without the writer fix the bus connection drops.
-from anklumed.service import dbus_next_fixes  # noqa: F401
+from anklumed.service import dbus_fixes  # noqa: F401
 
 
 class FakeAuthority(ServiceInterface):  # type: ignore[misc]

@@ -9,8 +9,8 @@ import asyncio
 import sys
 import xml.etree.ElementTree as ET
 
-from dbus_next import Message
-from dbus_next.aio import MessageBus
+from dbus_fast import Message
+from dbus_fast.aio import MessageBus
 
 PATHS = ("/org/anklume/Live1", "/org/anklume/Live1/slot/A", "/org/anklume/Live1/data")
 HEADER = """<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pyudev
-from dbus_next import BusType, RequestNameReply
-from dbus_next.aio import MessageBus
+from dbus_fast import BusType, RequestNameReply
+from dbus_fast.aio import MessageBus
 
 from anklumed import __version__, events, memory, stick
 from anklumed.config import Config, DeadlineAction
@@ -184,7 +184,7 @@ class Daemon:
         await self.slots.start()
         await self.refresh_data(reload=True, disks=False)
         self._export()
-        reply = await bus.request_name(BUS_NAME)
+        reply = await asyncio.wait_for(bus.request_name(BUS_NAME), 10)  # dbus-fast: no timeout
         if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
             raise AnklumeError(f"{BUS_NAME} is already owned by another process")
         self._watch_media()

@@ -1,32 +1,39 @@
-"""Where D-Bus meets the domain; every dbus-next quirk is handled here, once.
+"""Where D-Bus meets the domain; every dbus-fast quirk is handled here, once.
 
-Quirks of dbus-next 0.2.3 (pinned; each has a test in tests/service/, the
-last two in test_bus_boundary.py and test_dbus_fuzz.py):
+Quirks of dbus-fast 2.x (from Debian 13's 2.44.1; each has a test in
+tests/service/test_robustness.py unless named):
 - a method handler is not given the message, so the caller's unique name and
   flags are captured by a message handler into a ContextVar, which the task
-  running the method inherits;
+  running the method inherits (the task is created while the message is
+  handled);
 - an exception that is not a DBusError is sent to the caller with its
   traceback: every exception is converted here, and unexpected ones are logged
-  in full (a few a minute) but answered with a short ``Error.Failed``;
+  in full (a few a minute) but answered with a short ``Error.Failed``; what
+  gets past the boundary (a reply that does not fit its signature, a bug in a
+  handler) is answered the same way by dbus_fixes.py's ``SendReply._exit``;
 - a property value that does not match its signature is also answered with a
   traceback: published values are checked against their signatures here, and
   a bad one is logged and replaced by the previous value;
 - signatures come from string annotations, which mypy cannot read: they are set
-  through ``__signature__`` instead;
+  through ``__signature__`` instead (dbus-fast reads them with
+  ``inspect.signature`` when the decorator runs, compiled or not);
 - Properties.GetAll builds and marshals every value again for every call,
   which was a third of the daemon's time with a hundred clients reading the
   status (bench/daemon.py): ``GetAllFromSnapshot`` answers it from bytes
-  marshalled once per change of the snapshot;
+  marshalled once per change of the snapshot, through ``PremarshalledReply``
+  (``Message._marshall`` is a cpdef: a Python subclass overrides it);
 - a string holding a NUL is marshalled as it is: the bus daemon then drops
   the whole connection, and a daemon that publishes it at start never takes
   its name (a lone surrogate, from bytes that are not UTF-8, makes the
-  marshaller raise instead). Everything published
-  (properties, signals, method returns, error messages) goes through
-  ``published`` first;
-- dbus-next logs every error reply, expected or not, with a traceback (its
-  SendReply.__exit__ does not return True): dbus_next_fixes.py fixes
-  SendReply, and ``to_dbus_error`` writes one short line per refusal through
-  a ``RateLimitedLog``.
+  marshaller raise instead; test_bus_boundary.py, test_dbus_fuzz.py).
+  Everything published (properties, signals, method returns, error messages)
+  goes through ``published`` first;
+- its socket writer drops the connection on a full socket: dbus_fixes.py;
+- descriptors passed with a message are never closed: passed_files.py.
+dbus-next 0.2.3, used before, also logged every error reply with a traceback
+(its SendReply.__exit__ did not return True): dbus-fast does not, and
+``to_dbus_error`` writes one short line per refusal through a
+``RateLimitedLog``.
 Method arguments are never logged: they may hold secrets.
 """
 
@@ -42,14 +49,14 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from dbus_next import DBusError, Message, MessageFlag, MessageType, Variant
-from dbus_next._private.constants import LITTLE_ENDIAN, PROTOCOL_VERSION, HeaderField
-from dbus_next._private.marshaller import Marshaller
-from dbus_next.aio import MessageBus
-from dbus_next.errors import SignatureBodyMismatchError
-from dbus_next.service import PropertyAccess, ServiceInterface, dbus_property, method
-from dbus_next.signature import SignatureTree, SignatureType
-from dbus_next.validators import is_object_path_valid
+from dbus_fast import DBusError, Message, MessageFlag, MessageType, PropertyAccess, Variant
+from dbus_fast._private.constants import LITTLE_ENDIAN, PROTOCOL_VERSION, HeaderField
+from dbus_fast._private.marshaller import Marshaller
+from dbus_fast.aio import MessageBus
+from dbus_fast.errors import SignatureBodyMismatchError
+from dbus_fast.service import ServiceInterface, dbus_property, method
+from dbus_fast.signature import SignatureTree, SignatureType
+from dbus_fast.validators import is_object_path_valid
 
 from anklumed.errors import (
     AnklumeError,
@@ -198,7 +205,7 @@ def _clean_array(item: SignatureType, value: Any) -> Any:
 def _valid_signature(value: str) -> str:
     try:
         SignatureTree(value)
-    except Exception:  # dbus-next raises several types for a bad signature
+    except Exception:  # dbus-fast raises several types for a bad signature
         return ""
     return value
 
@@ -381,7 +388,7 @@ def ro_property(name: str, signature: str) -> Any:
     return dbus_property(access=PropertyAccess.READ, name=name)(getter)
 
 
-class StateInterface(ServiceInterface):  # type: ignore[misc]
+class StateInterface(ServiceInterface):
     """An interface whose properties are a snapshot, published as a whole.
 
     Reads are served from memory (they never wait for a job or the stick);
@@ -436,7 +443,7 @@ PROPERTIES_IFACE = "org.freedesktop.DBus.Properties"
 class GetAllFromSnapshot:
     """Message handler: answer Properties.GetAll on a StateInterface from its
     marshalled snapshot. Anything else (Get, another interface, an unknown
-    path) falls through to dbus-next, which also answers the errors."""
+    path) falls through to dbus-fast, which also answers the errors."""
 
     def __init__(self, bus: MessageBus) -> None:
         self.bus = bus
@@ -445,27 +452,25 @@ class GetAllFromSnapshot:
         if (msg.message_type != MessageType.METHOD_CALL or msg.member != "GetAll"
                 or msg.interface != PROPERTIES_IFACE or msg.signature != "s"):
             return False
-        iface = self._find(msg.path, msg.body[0])
+        iface = self._find(msg.path or "", msg.body[0])
         if iface is None:
             return False
         try:
             reply = PremarshalledReply(msg, "a{sv}", iface.marshalled_values())
-        except Exception:  # dbus-next would send the traceback to the caller
+        except Exception:  # dbus-fast would send the traceback to the caller
             log.exception("GetAll of %s on %s", iface.name, msg.path)
-            return False  # dbus-next's own GetAll answers instead
+            return False  # dbus-fast's own GetAll answers instead
         if not msg.flags & MessageFlag.NO_REPLY_EXPECTED:
-            # dbus-next sends only an exact Message returned by a handler.
+            # dbus-fast sends only an exact Message returned by a handler.
             self.bus.send(reply)
         return True
 
     def _find(self, path: str, name: str) -> StateInterface | None:
-        for iface in self.bus._path_exports.get(path, ()):
-            if iface.name == name and isinstance(iface, StateInterface):
-                return iface
-        return None
+        iface = self.bus._path_exports.get(path, {}).get(name)
+        return iface if isinstance(iface, StateInterface) else None
 
 
-class PremarshalledReply(Message):  # type: ignore[misc]
+class PremarshalledReply(Message):
     """A method return whose body is already marshalled: only the header,
     which names the caller and its call, is marshalled for each reply. The
     same bytes as ``Message._marshall`` (tests/service/test_robustness.py)."""
@@ -475,7 +480,7 @@ class PremarshalledReply(Message):  # type: ignore[misc]
                          destination=call.sender, signature=signature)
         self.marshalled_body = body
 
-    def _marshall(self, negotiate_unix_fd: bool = False) -> bytes:
+    def _marshall(self, negotiate_unix_fd: bool) -> bytearray:  # a cpdef: overridable
         fields = [[HeaderField.REPLY_SERIAL.value, Variant("u", self.reply_serial)]]
         if self.destination:
             fields.append([HeaderField.DESTINATION.value, Variant("s", self.destination)])
@@ -485,7 +490,7 @@ class PremarshalledReply(Message):  # type: ignore[misc]
             len(self.marshalled_body), self.serial, fields])
         header.marshall()
         header.align(8)
-        return bytes(header.buffer) + self.marshalled_body
+        return header.buffer + self.marshalled_body
 
 
 class DaemonInterface(StateInterface):

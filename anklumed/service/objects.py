@@ -3,8 +3,8 @@
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dbus_next import Variant
-from dbus_next.service import signal
+from dbus_fast import Variant
+from dbus_fast.service import signal
 
 from anklumed.errors import InvalidArgument, NotAuthorized
 from anklumed.jobs import Job
@@ -315,7 +315,7 @@ class JobInterface(StateInterface):
         await self.daemon.authorize(action, caller)
         return self.job.cancel()
 
-    @signal()  # type: ignore[untyped-decorator]
+    @signal()
     def Finished(self) -> "sss":  # type: ignore[name-defined]  # noqa: F821 (a D-Bus signature)
         j = self.job
         error = f"{BUS_NAME}.Error.{j.error_name}" if j.error_name else ""

@@ -1,12 +1,12 @@
 """Files passed over the bus (D-Bus ``h``), and whose rights a path is read with.
 
 With fd passing negotiated, any caller can attach descriptors to any
-message, and dbus-next 0.2.3 never closes one: ``PassedFds``, the first
+message, and dbus-fast 2.x never closes one: ``PassedFds``, the first
 message handler, closes every descriptor that arrives, except those of a
 well-formed call to a method that takes files (``FILE_METHODS``), which the
 method owns from its first line (``take_passed``) and closes or hands to
 its job. A call whose ``h`` index points past its descriptors is answered
-InvalidArgument here (dbus-next would pass None).
+InvalidArgument here (dbus-fast would pass None).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import logging
 import os
 from contextvars import ContextVar
 
-from dbus_next import DBusError, Message, MessageType, Variant
-from dbus_next.aio import MessageBus
+from dbus_fast import DBusError, Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
 
 from anklumed.errors import ERROR_PREFIX, Failed, InvalidArgument
 from anklumed.slots.local_files import Reader

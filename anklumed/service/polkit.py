@@ -11,8 +11,8 @@ import asyncio
 import itertools
 import logging
 
-from dbus_next import Message, MessageType, Variant
-from dbus_next.aio import MessageBus
+from dbus_fast import Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
 
 from anklumed.errors import NotAuthorized
 from anklumed.service.boundary import Caller, RateLimitedLog

@@ -5,8 +5,8 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from dbus_next import Message, MessageType, Variant
-from dbus_next.aio import MessageBus
+from dbus_fast import Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
 
 from anklumed.service.polkit import call
 

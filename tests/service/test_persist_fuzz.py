@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dbus_next import Message
+from dbus_fast import Message
 
 from anklumectl.client import Client, ClientError
 from anklumed.persist import MAX_FILE_BYTES, decode

@@ -1,4 +1,4 @@
-"""Crashes, concurrency, bad media and the dbus-next quirks."""
+"""Crashes, concurrency, bad media and the dbus-fast quirks."""
 
 import asyncio
 import os
@@ -8,8 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
-from dbus_next import DBusError, Message, MessageType, Variant
-from dbus_next.aio import MessageBus
+from dbus_fast import DBusError, Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
+from dbus_fast.service import ServiceInterface, method
 
 from anklumectl.client import Client
 from anklumed.persist import WRITE_STEPS, PersistDir
@@ -178,14 +179,14 @@ async def connect(bus: PrivateBus, connections: list[MessageBus]) -> tuple[Messa
 
 async def disconnect(connections: list[MessageBus]) -> None:
     """Close our side before the bus goes: a connection the bus drops leaves
-    dbus-next an EOFError that nobody awaits, reported when it is collected."""
+    dbus-fast an EOFError that nobody awaits, reported when it is collected."""
     for connection in connections:
         connection.disconnect()
         await connection.wait_for_disconnect()
 
 
 async def test_quirk_no_traceback_reaches_the_caller(tmp_path: Path) -> None:
-    """dbus-next would send the traceback of an unexpected exception, or of a
+    """dbus-fast would send the traceback of an unexpected exception, or of a
     property value that does not fit its signature; the boundary prevents both."""
     bus = PrivateBus(tmp_path / "bus").start()
     connections: list[MessageBus] = []
@@ -206,6 +207,61 @@ async def test_quirk_no_traceback_reaches_the_caller(tmp_path: Path) -> None:
         assert error.error_name == "org.anklume.Live1.Error.Failed"
         assert "Traceback" not in error.body[0] and "shadow" not in error.body[0]
         assert prop.message_type == MessageType.METHOD_RETURN and prop.body[0].value == ""
+    finally:
+        await disconnect(connections)
+        bus.stop()
+
+
+class Raw(ServiceInterface):
+    """A method exported without dbus_method, as dbus-fast's own examples do."""
+
+    def __init__(self) -> None:
+        super().__init__("org.anklume.Live1.Test")
+
+    @method()
+    async def Explode(self) -> "s":  # type: ignore[name-defined]  # noqa: F821
+        raise RuntimeError("secret-looking internals /etc/shadow")
+
+    @method()
+    async def Misfit(self) -> "s":  # type: ignore[name-defined]  # noqa: F821
+        return 42  # does not fit "s": fails while the reply is marshalled
+
+
+async def test_quirk_no_traceback_even_past_the_boundary(tmp_path: Path) -> None:
+    """dbus-fast's SendReply answers any exception that is not a DBusError with
+    its traceback (dbus_fixes.py: a short Error.Failed instead)."""
+    bus = PrivateBus(tmp_path / "bus").start()
+    connections: list[MessageBus] = []
+    try:
+        server, client = await connect(bus, connections)
+        server.export("/t", Raw())
+        await server.request_name("org.anklume.Live1")
+        for member in ("Explode", "Misfit"):
+            error = await client.call(Message(
+                destination="org.anklume.Live1", path="/t", interface="org.anklume.Live1.Test",
+                member=member))
+            assert error.message_type == MessageType.ERROR
+            assert error.error_name == "org.anklume.Live1.Error.Failed", error.body
+            assert error.body == [f"{member} failed inside anklumed"]
+    finally:
+        await disconnect(connections)
+        bus.stop()
+
+
+async def test_quirk_a_full_socket_does_not_drop_the_bus(tmp_path: Path) -> None:
+    """dbus-fast's writer takes EAGAIN from a full socket for a broken
+    connection, and drops it (dbus_fixes.py waits for the socket instead)."""
+    bus = PrivateBus(tmp_path / "bus").start()
+    connections: list[MessageBus] = []
+    try:
+        _, client = await connect(bus, connections)
+        for _ in range(20000):  # 20 MB queued at once: far more than the socket holds
+            client.send(Message.new_signal("/t", "org.anklume.Live1.Test", "Noise", "s",
+                                           ["x" * 1000]))
+        reply = await asyncio.wait_for(client.call(Message(
+            destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus", member="GetId")), 60)
+        assert client.connected and reply.message_type == MessageType.METHOD_RETURN
     finally:
         await disconnect(connections)
         bus.stop()
@@ -242,7 +298,7 @@ def test_quirk_premarshalled_reply_is_the_same_bytes() -> None:
     plain = Message.new_method_return(call, "a{sv}", [variants])
     fast = PremarshalledReply(call, "a{sv}", iface.marshalled_values())
     plain.serial = fast.serial = 99
-    assert fast._marshall() == plain._marshall()
+    assert fast._marshall(False) == plain._marshall(False)
 
 
 async def test_quirk_get_all_from_the_snapshot_follows_every_change(tmp_path: Path) -> None:
@@ -278,7 +334,7 @@ async def test_quirk_get_all_from_the_snapshot_follows_every_change(tmp_path: Pa
         iface.publish()
         assert await get_all() == await each() == iface.now
         unknown = await call("GetAll", "org.anklume.Live1.Nothing")
-        assert unknown.message_type == MessageType.ERROR  # dbus-next's own answer
+        assert unknown.message_type == MessageType.ERROR  # dbus-fast's own answer
     finally:
         await disconnect(connections)
         bus.stop()

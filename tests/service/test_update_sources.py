@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dbus_next import Variant
+from dbus_fast import Variant
 
 from anklumectl.client import Client
 from anklumectl.main import EXIT_CODES
@@ -616,13 +616,13 @@ def hostile_keys(keys: Path) -> None:
 
 def unexpected_tracebacks(log: str) -> list[str]:
     """The last line of each traceback in the log, but for dbus-next's own
-    of a DBusError it just sent (SendReply.__exit__ does not return True;
+    of a DBusError it just sent (dbus-next's SendReply.__exit__ did not return True;
     the `boundary` branch silences it)."""
     ends = []
     for block in log.split("Traceback (most recent call last):")[1:]:
         last = next((line for line in block.splitlines()
                      if line and not line.startswith((" ", "\t"))), "")
-        if not last.startswith("dbus_next.errors.DBusError:"):
+        if not last.startswith("dbus_fast.errors.DBusError:"):
             ends.append(last)
     return ends
 

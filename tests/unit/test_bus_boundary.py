@@ -4,8 +4,8 @@ import asyncio
 import logging
 
 import pytest
-from dbus_next import MessageFlag, Variant
-from dbus_next._private.marshaller import Marshaller
+from dbus_fast import MessageFlag, Variant
+from dbus_fast._private.marshaller import Marshaller
 
 from anklumed.errors import ALL_ERRORS, Failed, NotAuthorized
 from anklumed.service.boundary import (

@@ -1,0 +1,129 @@
+"""Fixes for dbus-fast 2.x, applied once at import.
+
+1. The socket writer. Upstream ``_MessageWriter.write_callback`` treats
+``EAGAIN`` from a full socket buffer as fatal and drops the whole bus
+connection: with many clients asking at once
+(tests/service/test_robustness.py::test_fifty_concurrent_clients) the daemon
+lost the bus. This copy of the method differs only in waiting for the
+socket to become writable again.
+
+2. Error replies. Upstream's ``SendReply`` answers an exception that is not a
+DBusError with its traceback (``The service interface raised an error: …``),
+and the Properties handler and a method's return value that does not fit its
+signature go through it. This ``_exit`` answers a short ``Error.Failed``
+instead and logs the bug, rate-limited; what gets logged of a refusal is
+decided at the boundary (boundary.to_dbus_error). dbus-next 0.2.3 also
+logged every error reply it had already sent (its ``__exit__`` did not
+return what ``_exit`` decided): dbus-fast returns it.
+
+pyproject.toml allows dbus-fast 2.44.1 (Debian 13's python3-dbus-fast) up to
+the next major; on a major upgrade, check whether these are still needed
+(tests/service/test_robustness.py, test_bus_boundary.py, test_dbus_fuzz.py
+and tests/unit/test_dbus_fixes.py).
+"""
+
+import array
+import logging
+import re
+import socket
+from typing import Any
+
+from dbus_fast import DBusError, Message
+from dbus_fast.__version__ import __version__ as installed_version
+from dbus_fast.aio import message_bus as aio_bus
+from dbus_fast.send_reply import SendReply
+
+FAILED = "org.anklume.Live1.Error.Failed"
+
+# The range pyproject.toml allows: [first, next major).
+OLDEST = (2, 44, 1)
+NEXT_MAJOR = 3
+
+
+def _write_callback(self: Any, remove_writer: bool = True) -> None:
+    sock = self.sock
+    try:
+        while True:
+            if self.buf is None:
+                if not self.messages:
+                    if remove_writer:
+                        self.loop.remove_writer(self.fd)
+                    return
+                buf, unix_fds, fut = self.messages.popleft()
+                self.unix_fds = unix_fds
+                self.buf = memoryview(buf)
+                self.offset = 0
+                self.fut = fut
+            try:
+                if self.unix_fds and self.negotiate_unix_fd:
+                    ancdata = [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                array.array("i", self.unix_fds))]
+                    self.offset += sock.sendmsg([self.buf[self.offset:]], ancdata)
+                    self.unix_fds = None
+                else:
+                    self.offset += sock.send(self.buf[self.offset:])
+            except (BlockingIOError, InterruptedError):
+                # The loop calls us again once the socket is writable: as its
+                # writer, or through schedule_write, which adds the writer
+                # after a first attempt that left anything to write.
+                return
+            if self.offset < len(self.buf):
+                return
+            self.buf = None
+            aio_bus._future_set_result(self.fut, None)
+    except Exception as e:
+        if self.bus._user_disconnect:
+            aio_bus._future_set_result(self.fut, None)
+        else:
+            aio_bus._future_set_exception(self.fut, e)
+        self.bus._finalize(e)
+
+
+def _exit(self: Any, exc_type: Any, exc_value: Any, tb: Any) -> bool:
+    """Upstream's ``SendReply._exit``, but an exception that is not a
+    DBusError is answered without its traceback."""
+    if exc_value is None:
+        return False
+    if isinstance(exc_value, DBusError):
+        self(exc_value._as_message(self._msg))
+        return True
+    if isinstance(exc_value, Exception):
+        _log_bug(self._msg, exc_value)
+        self(Message.new_error(self._msg, FAILED,
+                               f"{self._msg.member} failed inside anklumed"))
+        return True
+    return False  # KeyboardInterrupt, CancelledError: not an answer
+
+
+def _log_bug(msg: Message, e: BaseException) -> None:
+    from anklumed.service.boundary import UNEXPECTED  # not at import: it imports this module
+    UNEXPECTED.log("dbus-fast", logging.ERROR, "answering %s failed unexpectedly", msg.member,
+                   exc_info=e)
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """"2.44.1" → (2, 44, 1); a suffix (".post1", "rc1") is ignored."""
+    parts = []
+    for part in version.split(".")[:3]:
+        digits = re.match(r"\d+", part)
+        if digits is None:
+            break
+        parts.append(int(digits.group()))
+    return tuple(parts)
+
+
+def apply() -> None:
+    # The package's own __version__, not importlib.metadata: that import alone
+    # cost every anklumectl call 0.35 s in the TCG guests.
+    version = version_tuple(installed_version)
+    if not OLDEST <= version < (NEXT_MAJOR,):
+        raise RuntimeError(
+            f"dbus-fast {installed_version} is outside the tested range "
+            f">={'.'.join(map(str, OLDEST))},<{NEXT_MAJOR}: "
+            "review anklumed/service/dbus_fixes.py"
+        )
+    aio_bus._MessageWriter.write_callback = _write_callback  # type: ignore[method-assign]
+    SendReply._exit = _exit  # type: ignore[method-assign]
+
+
+apply()
