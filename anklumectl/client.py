@@ -83,7 +83,8 @@ class Client:
             raise ClientError("Unreachable", f"cannot reach the system bus: {e}") from None
 
     async def close(self) -> None:
-        self.bus.disconnect()
+        if self.bus.connected:  # dbus-fast logs a traceback for a closed one
+            self.bus.disconnect()
         with contextlib.suppress(Exception):  # the reader's EOF on our own hang-up
             await self.bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
 

@@ -8,6 +8,7 @@ only through ``input`` (stdin), never argv or the environment.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shlex
@@ -23,6 +24,12 @@ _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _STDERR_TAIL = 800
 
 Arg = str | Path
+
+
+class OnEventLoop(RuntimeError):
+    """A programming error: ``run`` was called on a thread that runs an
+    asyncio loop. The program would block the loop, and with it every D-Bus
+    reader, for as long as it runs: call it through ``asyncio.to_thread``."""
 
 
 class CommandError(Failed):
@@ -46,8 +53,12 @@ def run(
     env: dict[str, str] | None = None,
     pass_fds: Sequence[int] = (),
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run ``argv`` and return its completed process; raise CommandError on failure."""
+    """Run ``argv`` and return its completed process; raise CommandError on failure.
+
+    Never on the event loop's thread (OnEventLoop): from a coroutine, call it
+    through ``asyncio.to_thread``."""
     args = [os.fspath(a) for a in argv]
+    _refuse_on_event_loop(args)
     log.debug("+ %s", shlex.join(args))
     environment = {"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PATH": _PATH}
     if env:
@@ -71,3 +82,12 @@ def run(
     if check and proc.returncode != 0:
         raise CommandError(args, proc.returncode, proc.stderr.decode(errors="replace"))
     return proc
+
+
+def _refuse_on_event_loop(args: list[str]) -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return  # no loop on this thread: a worker thread, or a plain script
+    raise OnEventLoop(f"{args[0]} would block the event loop: "
+                      "run it through asyncio.to_thread")

@@ -28,7 +28,8 @@ async def run_update(config_path: Path, request: UpdateRequest,
                      on_event: Callable[[Job, str], None] = lambda _job, _event: None) -> str:
     config = load_config(config_path)
     handoff = read_handoff(config.handoff, config.cmdline)
-    found = stick.discover(config.boot_disk or handoff.boot_disk, handoff.persist_partuuid)
+    found = await asyncio.to_thread(stick.discover, config.boot_disk or handoff.boot_disk,
+                                    handoff.persist_partuuid)
     store = PersistStore(found.persist.device, config.persist_mountpoint)
     slots = SlotController(store, handoff, None)
     await slots.start()

@@ -18,7 +18,7 @@ from dbus_fast.aio import MessageBus
 from anklumed import __version__, events, memory, stick
 from anklumed.config import Config, DeadlineAction
 from anklumed.data.disks import Disk
-from anklumed.data.manager import DataDisk, DataState, SetupRequest
+from anklumed.data.manager import Adoptable, DataDisk, DataState, SetupRequest, adoptable
 from anklumed.data.poolconf import Backend, Encryption
 from anklumed.errors import AnklumeError
 from anklumed.handoff import Handoff, read_handoff
@@ -114,6 +114,9 @@ class Daemon:
         self.data = DataDisk(self.store, config.data_paths(), self.boot_disks,
                              config.allow_loop_disks)
         self.data_candidates: list[Disk] = []
+        # Read by every publish: computed with the candidates, in a worker
+        # thread, since it runs blkid (never on the event loop: command.run).
+        self.data_adoptable: list[Adoptable] = []
         # False until the first probe of every disk: until then no candidate
         # and no adoptable disk is known, which clients must not read as none.
         self.disks_probed = False
@@ -252,9 +255,14 @@ class Daemon:
     async def refresh_data(self, reload: bool = False, disks: bool = True) -> None:
         self.data.snapshot = await asyncio.to_thread(self.data.read, reload)
         if disks:  # probing every disk takes a while: not before the name is taken
-            self.data_candidates = await asyncio.to_thread(self.data.candidates)
+            self.data_candidates, self.data_adoptable = await asyncio.to_thread(
+                self._probe_disks)
             self.disks_probed = True
         self.publish()
+
+    def _probe_disks(self) -> tuple[list[Disk], list[Adoptable]]:
+        candidates = self.data.candidates()
+        return candidates, adoptable(candidates)
 
     def last_data_job(self) -> dict[str, str]:
         jobs = [j for kind, j in self.jobs.last.items() if kind.startswith("data-")]

@@ -10,7 +10,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from anklumed.data.manager import adoptable
 from anklumed.data.poolconf import Backend, Encryption
 from anklumed.errors import InvalidArgument
 from anklumed.service.boundary import (
@@ -105,7 +104,7 @@ class DataDiskInterface(DaemonInterface):
                             "; ".join(c.contents), c.refused] for c in d.data_candidates],
             "LastJob": d.last_data_job(),
             "Adoptable": [[str(a.device), a.pool, a.luks_uuid]
-                          for a in adoptable(d.data_candidates)] if snap.conf is None else [],
+                          for a in d.data_adoptable] if snap.conf is None else [],
             "DisksProbed": d.disks_probed,
         }
 

@@ -11,6 +11,7 @@ leave the boot state as it was.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -631,6 +632,15 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def fd_targets(pid: int) -> list[str]:
+    fds = Path(f"/proc/{pid}/fd")
+    found = []
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):
+            found.append(f"{fd.name} -> {fd.readlink()}")
+    return found
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -708,7 +718,8 @@ def test_after_them_anklumed_is_whole(world: World, baseline: Baseline) -> None:
     deadline = time.monotonic() + 15
     while open_fds(pid) > baseline.fds and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert open_fds(pid) <= baseline.fds, "anklumed kept descriptors it was sent"
+    assert open_fds(pid) <= baseline.fds, ("anklumed kept descriptors it was sent",
+                                           "; ".join(fd_targets(pid)))
     assert rss_kib(pid) < 200 * 1024, "anklumed read a large file into memory"
 
 
