@@ -10,7 +10,7 @@
   thousand status reads a second, far more than tray widgets and CLIs make)
   and as a burst (each asks 20 times back to back: all 100 always waiting,
   so the figure is 100 x the cost of one answer in this one-process client);
-  the paced run is made three times: with dbus-next clients spread over 10
+  the paced run is made three times: with dbus-fast clients spread over 10
   processes (as real clients are), with all of them in this one process
   (where they queue behind each other's unmarshalling), and with RawClient,
   which times the same call to the last byte of its reply (the daemon and
@@ -64,9 +64,9 @@ async def round_trips(address: str, clients: int, each: int) -> list[float]:
 class RawClient:
     """Just enough of a D-Bus client to time a round trip: it sends a call and
     reads the reply's bytes without unmarshalling the body. dbus-next's pure
-    Python unmarshaller costs this one-process client about 0.4 ms a reply,
-    more than the daemon spends answering; a tray widget pays it once, in its
-    own process."""
+    Python unmarshaller (used before dbus-fast) cost this one-process client
+    about 0.4 ms a reply, more than the daemon spends answering; a tray
+    widget pays it once, in its own process."""
 
     async def connect(self, address: str) -> "RawClient":
         path = address.split("path=", 1)[1].split(",")[0]
@@ -83,7 +83,7 @@ class RawClient:
     async def call(self, msg: Message) -> bytes:
         self.serial += 1
         msg.serial = self.serial
-        self.writer.write(msg._marshall())
+        self.writer.write(msg._marshall(False))
         while True:  # one call at a time: the next return or error is its reply
             head = await self.reader.readexactly(16)
             assert head[:1] == b"l", "a big-endian bus"
@@ -133,7 +133,7 @@ def _paced_worker(address: str, clients: int, hz: float, seconds: float,
 
 def paced_processes(address: str, clients: int, hz: float, seconds: float,
                     processes: int) -> list[float]:
-    """paced() with dbus-next clients spread over several processes, as real
+    """paced() with dbus-fast clients spread over several processes, as real
     clients are (each tray widget and CLI unmarshals its own replies)."""
     # perf_counter is CLOCK_MONOTONIC on Linux: one clock for every process.
     start_at = time.perf_counter() + 5.0  # after every worker has imported and connected
@@ -215,7 +215,7 @@ def main() -> None:
     print(f"  the same, reply read but not unmarshalled ({len(wire)} asked): "
           f"p50 {w(0.5):.2f} ms, p99 {w(0.99):.2f} ms")
     d = lambda q: spread[min(len(spread) - 1, int(q * len(spread)))] * 1000  # noqa: E731
-    print(f"  the same, dbus-next clients in 10 processes of 10 ({len(spread)} asked): "
+    print(f"  the same, dbus-fast clients in 10 processes of 10 ({len(spread)} asked): "
           f"p50 {d(0.5):.2f} ms, p99 {d(0.99):.2f} ms")
     print(f"status round trip, burst of 100 clients x 20: p50 {p(0.5):.2f} ms, "
           f"p99 {p(0.99):.2f} ms")
