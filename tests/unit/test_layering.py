@@ -72,3 +72,11 @@ def test_the_checker_sees_the_imports_it_looks_for() -> None:
     assert "anklumed.stick" in imported_modules(PACKAGE / "slots" / "model.py")
     assert "anklumed.data.poolconf" in imported_modules(PACKAGE / "data" / "manager.py")
     assert any("dbus_" in line for line in offending(PACKAGE / "service", DBUS_LIBRARIES))
+
+
+def test_the_desktop_clients_never_import_the_daemon() -> None:
+    # A user-session program reaches anklumed over the bus only: importing it
+    # would pull root-side code (and its dbus-fast patches) into the session.
+    desktop = ROOT / "anklume_desktop"
+    assert list(desktop.glob("*.py")), "no module in anklume_desktop"
+    assert offending(desktop, ("anklumed",)) == []
