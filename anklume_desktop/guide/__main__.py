@@ -1,0 +1,68 @@
+"""``anklume-guide``: the welcome guide in this terminal, or (``--web``) in the
+browser behind the web guard. ``--first-login`` (the session's autostart) opens
+it only until the data disk is set up or the person dismissed it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+import webbrowser
+
+from anklume_desktop.daemon import Daemon, DaemonError, DataState
+from anklume_desktop.guide import first_login
+
+
+async def _data_state(address: str | None) -> DataState:
+    try:
+        daemon = await Daemon.connect(address)
+        try:
+            return (await daemon.data_disk()).state
+        finally:
+            await daemon.close()
+    except DaemonError:
+        return DataState.UNKNOWN
+
+
+def _serve_web(open_browser: bool) -> int:
+    from anklume_desktop.web_guard import Guard, GuardedServer, guide_command, serve_until_stopped
+
+    server = GuardedServer(guide_command(), Guard(port=0))
+    server.initialize_logging()
+
+    def opened(url: str) -> None:
+        # The token is spent by the first visit: printing it is for this person only.
+        print(f"The guide is at {url}  (this link works once; Ctrl-C stops)", flush=True)
+        if open_browser:
+            webbrowser.open(url)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_until_stopped(server, opened))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="anklume-guide", description=__doc__)
+    parser.add_argument("--web", action="store_true", help="in the browser (127.0.0.1 only)")
+    parser.add_argument("--no-browser", action="store_true",
+                        help="with --web: print the link, do not open a browser")
+    parser.add_argument("--first-login", action="store_true",
+                        help="open only if the data disk is not set up and not dismissed")
+    parser.add_argument("--bus", help="the system bus's address (tests)")
+    args = parser.parse_args(argv)
+    address = args.bus or os.environ.get("DBUS_SYSTEM_BUS_ADDRESS")
+    if args.first_login and not first_login.opens_at_login(
+            first_login.state_dir(), asyncio.run(_data_state(address))):
+        return 0
+    if args.web:
+        return _serve_web(not args.no_browser)
+    from anklume_desktop.guide.app import GuideApp
+
+    GuideApp(address).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Screen 1: set up the encrypted data disk (the first-boot flow).
+
+The disk table says why each refused disk is refused; the person confirms by
+typing the disk's name, types the passphrase twice (never echoed) and is
+warned under 12 characters; the job's progress follows; a failure says what
+to do. The passphrase leaves the inputs as soon as the job is asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import ClassVar
+
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import VerticalScroll
+from textual.coordinate import Coordinate
+from textual.screen import Screen
+from textual.widgets import Button, DataTable, Footer, Header, Input, ProgressBar, Select, Static
+
+from anklume_desktop import words
+from anklume_desktop.daemon import Backend, DaemonError, DataState, Disk, Encryption, JobState
+from anklume_desktop.daemon import Progress as JobProgress
+from anklume_desktop.guide.common import daemon_of
+from anklume_desktop.guide.passphrase import MESSAGES, Verdict, judge
+
+PROBE_WAIT = 0.5  # the daemon's first disk probe after start is quick
+PROBE_TRIES = 40
+
+
+def _short(text: str, width: int = 40) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+class SetupScreen(Screen[None]):
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "app.pop_screen", "Back")]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.disks: dict[str, Disk] = {}
+        self.short_accepted = ""  # the short passphrase the person confirmed once
+        self.job = ""
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with VerticalScroll():
+            yield Static("Choose the disk that will hold your data. It will be ERASED "
+                         "and encrypted.", id="intro")
+            table: DataTable[str] = DataTable(id="disks", cursor_type="row")
+            yield table
+            yield Static("", id="why", markup=False)
+            yield Input(placeholder="type the disk's name to confirm (erases it)",
+                        id="confirm")
+            yield Input(value="anklume", placeholder="pool name", id="pool")
+            yield Select([(b.value, b) for b in Backend], value=Backend.BTRFS,
+                         allow_blank=False, id="backend")
+            yield Input(placeholder="passphrase", password=True, id="pass1")
+            yield Input(placeholder="passphrase again", password=True, id="pass2")
+            yield Static("", id="warning", markup=False, classes="warning")
+            yield Button("Start", id="start", variant="error")
+            yield Static("", id="phase", markup=False)
+            yield ProgressBar(id="progress", show_eta=False)
+            yield Static("", id="result", markup=False)
+        yield Footer()
+
+    async def on_mount(self) -> None:
+        table = self.query_one("#disks", DataTable)
+        table.add_columns("disk", "size", "can it be used?", "model", "holds")
+        self.run_worker(self.load(), exclusive=True, group="load")
+
+    async def load(self) -> None:
+        try:
+            daemon = await daemon_of(self)
+            data = await daemon.data_disk()
+            for _ in range(PROBE_TRIES):
+                if data.probed:
+                    break
+                await asyncio.sleep(PROBE_WAIT)
+                data = await daemon.data_disk()
+        except DaemonError as e:
+            self.say(words.explain_error(e), error=True)
+            return
+        if data.state != DataState.ABSENT:
+            self.say(f"A data disk is already set up (pool {data.pool or '?'}, "
+                     f"{data.state}). Use 'Mount an existing disk' instead.")
+            self.query_one("#start", Button).disabled = True
+        table = self.query_one("#disks", DataTable)
+        for disk in data.candidates:
+            self.disks[disk.name] = disk
+            table.add_row(disk.name, words.human_size(disk.size),
+                          words.refusal(disk) or "yes", disk.model[:20] or "-",
+                          _short(", ".join(disk.contents) or "nothing known"), key=disk.name)
+        if not data.candidates:
+            self.say("No disk was found. Plug one in: it appears here by itself.")
+
+    def selected(self) -> Disk | None:
+        table = self.query_one("#disks", DataTable)
+        if not self.disks or table.cursor_row < 0:
+            return None
+        key = table.coordinate_to_cell_key(Coordinate(table.cursor_row, 0)).row_key.value
+        return self.disks.get(str(key))
+
+    def on_data_table_row_highlighted(self, _event: DataTable.RowHighlighted) -> None:
+        disk = self.selected()
+        why = self.query_one("#why", Static)
+        if disk is None:
+            why.update("")
+        elif disk.usable:
+            why.update(f"{disk.name}: type '{disk.name}' below to confirm that it may be "
+                       "erased.")
+        else:
+            why.update(f"{disk.name} cannot be used: {words.refusal(disk)}.")
+
+    def say(self, text: str, error: bool = False) -> None:
+        result = self.query_one("#result", Static)
+        result.update(text)
+        result.set_class(error, "error")
+
+    def check(self) -> tuple[Disk, str, bytes] | None:
+        """The request when everything is in order, else None (and why, on screen)."""
+        warning = self.query_one("#warning", Static)
+        disk = self.selected()
+        if disk is None or not disk.usable:
+            warning.update("Choose a disk that can be used.")
+            return None
+        if self.query_one("#confirm", Input).value != disk.name:
+            warning.update(f"Type the disk's name, {disk.name}, to confirm.")
+            return None
+        pool = self.query_one("#pool", Input).value.strip()
+        if not pool:
+            warning.update("Give the pool a name.")
+            return None
+        first = self.query_one("#pass1", Input).value
+        verdict = judge(first, self.query_one("#pass2", Input).value)
+        if verdict == Verdict.SHORT and self.short_accepted != first:
+            self.short_accepted = first
+            warning.update(MESSAGES[verdict])
+            return None
+        if verdict not in (Verdict.OK, Verdict.SHORT):
+            warning.update(MESSAGES[verdict])
+            return None
+        warning.update("")
+        return disk, pool, first.encode()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id != "start":
+            return
+        request = self.check()
+        if request is None:
+            return
+        for name in ("#pass1", "#pass2"):
+            self.query_one(name, Input).value = ""
+        self.short_accepted = ""
+        event.button.disabled = True
+        self.run_worker(self.run_setup(*request), exclusive=True, group="job")
+
+    async def run_setup(self, disk: Disk, pool: str, passphrase: bytes) -> None:
+        backend = self.query_one("#backend", Select).value
+        assert isinstance(backend, Backend)
+        self.say(f"Setting up {disk.name}… closing the guide does not stop it.")
+        try:
+            daemon = await daemon_of(self)
+            self.job = await daemon.setup(disk.device, pool, backend, Encryption.LUKS2,
+                                          passphrase)
+            outcome = await daemon.follow(self.job, self.show_progress)
+        except DaemonError as e:
+            self.say(words.explain_error(e), error=True)
+            self.query_one("#start", Button).disabled = False
+            return
+        if outcome.state == JobState.SUCCEEDED:
+            self.say(f"Done: your data now lives on {disk.name}, encrypted, pool {pool}. "
+                     "It is mounted at each boot once unlocked.")
+        else:
+            self.say(words.explain_outcome(outcome), error=True)
+            self.query_one("#start", Button).disabled = False
+
+    def show_progress(self, progress: JobProgress) -> None:
+        self.query_one("#phase", Static).update(f"Step: {progress.phase or 'starting'}")
+        bar = self.query_one("#progress", ProgressBar)
+        bar.update(total=progress.total or None, progress=progress.done)

@@ -1,0 +1,128 @@
+"""The welcome guide's screens that need no daemon, driven by textual's Pilot:
+the welcome with anklumed unreachable, the tour, the shortcuts, dismissing it.
+(The data-disk screens drive the real anklumed: tests/service/test_guide.py.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from textual.widgets import Button, DataTable, Static
+
+from anklume_desktop.daemon import DataState
+from anklume_desktop.guide import first_login, keybindings, tour
+from anklume_desktop.guide.app import GuideApp, WelcomeScreen
+from anklume_desktop.guide.passphrase import Verdict, judge
+from anklume_desktop.guide.shortcuts import ShortcutsScreen
+from anklume_desktop.guide.tour import TourScreen
+from tests.guide_pilot import assert_snapshot
+
+SIZE = (90, 30)
+
+
+@pytest.fixture
+def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> GuideApp:
+    monkeypatch.setenv("ANKLUME_KEYBINDINGS", str(keybindings.PACKAGED))
+    # No daemon at this address: the guide must say so, not crash.
+    return GuideApp(address=f"unix:path={tmp_path}/no-bus", state_dir=tmp_path / "state")
+
+
+def text(app: GuideApp, selector: str) -> str:
+    return str(app.screen.query_one(selector, Static).render())
+
+
+async def test_welcome_says_the_daemon_is_unreachable(app: GuideApp) -> None:
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert isinstance(app.screen, WelcomeScreen)
+        assert "cannot reach the system bus" in text(app, "#data-state")
+        assert_snapshot(app, "guide_welcome_unreachable")
+
+
+async def test_the_four_choices_open_their_screens(app: GuideApp) -> None:
+    async with app.run_test(size=SIZE) as pilot:
+        for key, screen in (("3", TourScreen), ("4", ShortcutsScreen)):
+            await pilot.press(key)
+            assert isinstance(app.screen, screen)
+            await pilot.press("escape")
+            assert isinstance(app.screen, WelcomeScreen)
+        await pilot.click("#setup")
+        assert type(app.screen).__name__ == "SetupScreen"
+        await pilot.press("escape")
+        await pilot.click("#mount")
+        assert type(app.screen).__name__ == "MountScreen"
+
+
+async def test_the_tour_turns_its_pages_and_names_missing_commands(
+        app: GuideApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tour.shutil, "which", lambda cmd: "/usr/bin/x" if cmd != "incus" else None)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("3")
+        assert "Where you are" in text(app, "#step")
+        assert "anklumectl status" in text(app, "#step")
+        assert_snapshot(app, "guide_tour_first")
+        await pilot.click("#next")
+        assert "Updates and rollback" in text(app, "#step")
+        for _ in tour.STEPS:  # past the end: stays on the last page
+            await pilot.press("right")
+        assert "Compartments" in text(app, "#step")
+        assert "incus list" in text(app, "#step")
+        assert "not installed on this system" in text(app, "#step")
+        assert app.screen.query_one("#next", Button).disabled
+        await pilot.press("left")
+        assert "Your data" in text(app, "#step")
+
+
+async def test_shortcuts_come_from_the_keybindings_file(
+        app: GuideApp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mine = tmp_path / "KEYBINDINGS.txt"
+    mine.write_text("# a comment\nSway:\nSuper+Enter    open a terminal (foot)\n"
+                    "Alt+Shift\tswitch the layout\nnot a shortcut line\n")
+    monkeypatch.setenv("ANKLUME_KEYBINDINGS", str(mine))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("4")
+        table = app.screen.query_one("#shortcuts", DataTable)
+        rows = [tuple(str(c) for c in table.get_row_at(i)) for i in range(table.row_count)]
+        assert rows == [("Sway", "Super+Enter", "open a terminal (foot)"),
+                        ("Sway", "Alt+Shift", "switch the layout")]
+
+
+async def test_shortcuts_screen_with_the_shipped_file(app: GuideApp) -> None:
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("4")
+        table = app.screen.query_one("#shortcuts", DataTable)
+        assert table.row_count == len(keybindings.parse(keybindings.PACKAGED.read_text()))
+        assert_snapshot(app, "guide_shortcuts")
+
+
+async def test_a_missing_keybindings_file_is_said(app: GuideApp, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANKLUME_KEYBINDINGS", str(tmp_path / "absent.txt"))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("4")
+        assert "cannot be read" in text(app, "#source")
+
+
+async def test_dismissing_stops_the_login_start(app: GuideApp) -> None:
+    assert first_login.opens_at_login(app.state_dir, DataState.ABSENT)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.click("#dismiss")
+    assert not first_login.opens_at_login(app.state_dir, DataState.ABSENT)
+    assert not list(app.state_dir.glob("*.tmp"))
+
+
+def test_the_guide_opens_at_login_only_until_the_disk_is_set_up(tmp_path: Path) -> None:
+    assert first_login.opens_at_login(tmp_path, DataState.ABSENT)
+    assert first_login.opens_at_login(tmp_path, DataState.UNKNOWN)
+    assert not first_login.opens_at_login(tmp_path, DataState.LOCKED)
+    assert not first_login.opens_at_login(tmp_path, DataState.MOUNTED)
+
+
+def test_passphrase_rule() -> None:
+    assert judge("", "") == Verdict.EMPTY
+    assert judge("correct horse battery", "correct horse batterY") == Verdict.MISMATCH
+    assert judge("short", "short") == Verdict.SHORT
+    assert judge("x" * 11, "x" * 11) == Verdict.SHORT
+    assert judge("x" * 12, "x" * 12) == Verdict.OK
