@@ -144,6 +144,9 @@ class Status:
     safe_to_remove: bool
     root_in_ram: bool
     update_running: bool
+    last_update_job: str  # the last update job's path, "" when none
+    last_update_state: JobState | None
+    last_update_message: str
 
 
 @dataclass(frozen=True)
@@ -238,7 +241,11 @@ def parse_status(props: dict[str, Any]) -> Status:
         problem_codes=tuple(props.get("ProblemCodes", ())),
         safe_to_remove=bool(props.get("SafeToRemove", False)),
         root_in_ram=props.get("RootInRam", "") == "yes",
-        update_running=last_update.get("state", "") == JobState.RUNNING)
+        update_running=last_update.get("state", "") == JobState.RUNNING,
+        last_update_job=last_update.get("job", ""),
+        last_update_state=_enum(JobState, last_update["state"], JobState.FAILED)
+        if last_update.get("state") else None,
+        last_update_message=last_update.get("message", "") or last_update.get("error", ""))
 
 
 def _outcome(props: dict[str, Any]) -> Outcome:
@@ -308,6 +315,11 @@ class Daemon:
     async def data_disk(self) -> DataDisk:
         return parse_data_disk(await self._props(DATA_PATH, DATA_IFACE))
 
+    async def update(self, source: str) -> str:
+        got = await self._call(ROOT_PATH, MANAGER_IFACE, "Update", "ssb", [source, "", False],
+                               mutating=True)
+        return str(got[0])
+
     async def mark_good(self) -> None:
         await self._call(ROOT_PATH, MANAGER_IFACE, "MarkGood", mutating=True)
 
@@ -342,6 +354,17 @@ class Daemon:
     async def cancel(self, job: str) -> bool:
         got = await self._call(job, JOB_IFACE, "Cancel", mutating=True)
         return bool(got[0])
+
+    async def reboot(self) -> None:
+        """Through logind, which asks polkit as for any desktop's reboot."""
+        msg = Message(destination="org.freedesktop.login1", path="/org/freedesktop/login1",
+                      interface="org.freedesktop.login1.Manager", member="Reboot",
+                      signature="b", body=[True],
+                      flags=MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION)
+        reply = await asyncio.wait_for(self.bus.call(msg), INTERACTIVE_TIMEOUT)
+        if reply is not None and reply.message_type == MessageType.ERROR:
+            raise DaemonError((reply.error_name or "").rsplit(".", 1)[-1],
+                              str(reply.body[0]) if reply.body else "the reboot was refused")
 
     async def _match(self, rule: str) -> None:
         await self.bus.call(Message(

@@ -37,6 +37,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="seconds one guest may run (default 900)")
     group.addoption("--image", action="store_true",
                     help="run the image tier (tests/image: builds the stick image; minutes)")
+    group.addoption("--desktop", action="store_true",
+                    help="run the desktop tier (tests/desktop: headless sway, waybar, mako "
+                         "as an ordinary user, the tray and the guide against the simulation)")
 
 
 def vm_mode(item: pytest.Item) -> str | None:
@@ -58,6 +61,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if item.get_closest_marker("image") is not None:
                 item.add_marker(skip_image)
+    if not config.getoption("--desktop"):
+        skip_desktop = pytest.mark.skip(reason="desktop tier: headless sway, waybar, mako; "
+                                               "run with --desktop (.ci/run does)")
+        for item in items:
+            if item.get_closest_marker("desktop") is not None:
+                item.add_marker(skip_desktop)
     if not config.getoption("--vm"):
         skip = pytest.mark.skip(reason="VM tier: needs QEMU and a real kernel; "
                                        "run with --vm (./run-tests does)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from anklume_desktop.atomic import write_atomic
 from anklume_desktop.daemon import DataState
 
 MARK = "guide-dismissed"
@@ -21,19 +22,8 @@ def dismissed(directory: Path) -> bool:
 
 
 def dismiss(directory: Path) -> None:
-    """Written atomically: a power cut leaves the mark or nothing, never half."""
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / (MARK + ".tmp")
-    with tmp.open("w") as f:
-        f.write("the welcome guide no longer opens at login; 'anklume-guide' opens it\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.rename(directory / MARK)
-    fd = os.open(directory, os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_atomic(directory / MARK, "the welcome guide no longer opens at login; "
+                                   "'anklume-guide' opens it\n")
 
 
 def opens_at_login(directory: Path, data_state: DataState) -> bool:

@@ -1,0 +1,1 @@
+"""The tray applet: a StatusNotifierItem with a dbusmenu, and notifications."""

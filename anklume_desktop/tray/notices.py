@@ -1,0 +1,130 @@
+"""The notifications: which the state calls for (pure), remembered per boot so
+a login does not announce again what an earlier one did, and sent to
+``org.freedesktop.Notifications``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dbus_fast import Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
+
+from anklume_desktop.atomic import write_atomic
+from anklume_desktop.daemon import BootState, DataDisk, DataState, JobState, Status
+
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+REBOOT = "reboot"  # the action of "update finished"
+
+
+@dataclass(frozen=True)
+class Notice:
+    key: str  # announced once per boot
+    summary: str
+    body: str
+    critical: bool = False
+    actions: tuple[tuple[str, str], ...] = ()  # (action id, label)
+
+
+def notices(status: Status, data: DataDisk) -> list[Notice]:
+    """Every notice this state calls for (the memory drops those already made)."""
+    found = []
+    if status.boot_state == BootState.ROLLED_BACK:
+        found.append(Notice("rolled-back", "The previous system was restored",
+                            "An update failed to start three times; anklume went back "
+                            "to the system that worked.", critical=True))
+    if status.boot_state == BootState.DEGRADED:
+        found.append(Notice("degraded", "The system is degraded",
+                            "\n".join(status.reasons) or "See 'anklumectl status'.",
+                            critical=True))
+    if status.safe_to_remove and status.root_in_ram:
+        found.append(Notice("safe-to-remove", "The USB stick can be safely removed",
+                            "The system runs from memory."))
+    if data.pulled:
+        found.append(Notice("pulled", "The data disk was unplugged",
+                            "Plug it back in: its writes are held until then.", critical=True))
+    if data.state == DataState.LOCKED and data.attempts_left == 0:
+        found.append(Notice("unlock-paused", "Unlocking is paused",
+                            "Too many wrong passphrases: wait 30 seconds and try again."))
+    job, state = status.last_update_job, status.last_update_state
+    if job and state == JobState.SUCCEEDED:
+        found.append(Notice(f"update-{job}", "The update is ready",
+                            "It starts at the next boot.", actions=((REBOOT, "Reboot now"),)))
+    elif job and state in (JobState.FAILED, JobState.CANCELLED):
+        found.append(Notice(f"update-{job}", "The update did not finish",
+                            status.last_update_message or "See 'anklumectl jobs'.",
+                            critical=state == JobState.FAILED))
+    return found
+
+
+# Conditions that may come back within a boot: announced again when they do.
+REPEATABLE = ("pulled", "unlock-paused")
+
+
+class Memory:
+    """The keys announced this boot, in a file named after the boot's id."""
+
+    def __init__(self, directory: Path, boot_id: str | None = None) -> None:
+        self.path = directory / f"announced-{boot_id or BOOT_ID.read_text().strip()}"
+        self.keys = set(self.path.read_text().split()) if self.path.exists() else set()
+
+    def fresh(self, wanted: list[Notice]) -> list[Notice]:
+        """Those not yet announced; forgets a repeatable one once it is over."""
+        now = {n.key for n in wanted}
+        gone = {k for k in REPEATABLE if k in self.keys and k not in now}
+        new = [n for n in wanted if n.key not in self.keys]
+        if gone or new:
+            self.keys = (self.keys - gone) | {n.key for n in new}
+            self._save()
+        return new
+
+    def _save(self) -> None:
+        for old in self.path.parent.glob("announced-*"):  # earlier boots
+            if old != self.path and not old.name.endswith(".tmp"):
+                old.unlink(missing_ok=True)
+        write_atomic(self.path, "\n".join(sorted(self.keys)) + "\n")
+
+
+NOTIFICATIONS = "org.freedesktop.Notifications"
+NOTIFICATIONS_PATH = "/org/freedesktop/Notifications"
+
+
+class Notifier:
+    """Sends notices; ``on_action(action_id)`` when the person picks an action."""
+
+    def __init__(self, bus: MessageBus, on_action: Callable[[str], None]) -> None:
+        self.bus = bus
+        self.on_action = on_action
+        self.sent: dict[int, Notice] = {}
+
+    async def start(self) -> None:
+        self.bus.add_message_handler(self._signal)
+        await self.bus.call(Message(
+            destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus", member="AddMatch", signature="s",
+            body=[f"type='signal',interface='{NOTIFICATIONS}',member='ActionInvoked'"]))
+
+    async def send(self, notice: Notice) -> bool:
+        """False when no notification daemon answers (the tray icon still says it)."""
+        actions: list[str] = [part for action in notice.actions for part in action]
+        hints: dict[str, Any] = {"urgency": Variant("y", 2 if notice.critical else 1),
+                                 "desktop-entry": Variant("s", "anklume-tray")}
+        with contextlib.suppress(TimeoutError):
+            reply = await asyncio.wait_for(self.bus.call(Message(
+                destination=NOTIFICATIONS, path=NOTIFICATIONS_PATH, interface=NOTIFICATIONS,
+                member="Notify", signature="susssasa{sv}i",
+                body=["anklume", 0, "anklume-live", notice.summary, notice.body, actions,
+                      hints, -1])), 10)
+            if reply is not None and reply.message_type == MessageType.METHOD_RETURN:
+                self.sent[int(reply.body[0])] = notice
+                return True
+        return False
+
+    def _signal(self, msg: Message) -> None:
+        if msg.message_type == MessageType.SIGNAL and msg.member == "ActionInvoked" \
+                and msg.interface == NOTIFICATIONS and int(msg.body[0]) in self.sent:
+            self.on_action(str(msg.body[1]))

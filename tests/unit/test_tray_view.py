@@ -1,0 +1,94 @@
+"""What the tray shows and announces, from the state (anklume_desktop.tray)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from anklume_desktop.daemon import BootState, DataState, JobState, parse_data_disk, parse_status
+from anklume_desktop.tray import pixmap
+from anklume_desktop.tray.notices import Memory, notices
+from anklume_desktop.tray.view import COLOURS, Action, Look, view
+
+STATUS = parse_status({"BootState": "good", "BootedSlot": "A", "FallbackSlot": "B"})
+DATA = parse_data_disk({"State": "mounted", "Pool": "vault", "Encryption": "luks2"})
+
+
+@pytest.mark.parametrize(("boot", "data", "look"), [
+    (BootState.GOOD, DATA, Look.GOOD),
+    (BootState.PENDING, DATA, Look.PENDING),
+    (BootState.ROLLED_BACK, DATA, Look.ROLLED_BACK),
+    (BootState.DEGRADED, DATA, Look.DEGRADED),
+    (BootState.GOOD, dataclasses.replace(DATA, state=DataState.LOCKED), Look.LOCKED),
+    (BootState.GOOD, dataclasses.replace(DATA, pulled=True), Look.PULLED),
+])
+def test_the_look_follows_the_state(boot: BootState, data: object, look: Look) -> None:
+    shown = view(dataclasses.replace(STATUS, boot_state=boot), data)  # type: ignore[arg-type]
+    assert shown.look == look
+    assert shown.icon_name == f"anklume-live-{look}"
+
+
+def test_nothing_the_person_must_see_is_passive() -> None:
+    looks = {view(None, None).look: view(None, None).status}
+    for boot in BootState:
+        shown = view(dataclasses.replace(STATUS, boot_state=boot),
+                     dataclasses.replace(DATA, pulled=True))
+        looks[shown.look] = shown.status
+    assert looks[Look.UNREACHABLE] == looks[Look.DEGRADED] == "NeedsAttention"
+    assert looks[Look.ROLLED_BACK] == looks[Look.PULLED] == "NeedsAttention"
+    assert "Passive" not in looks.values()
+
+
+def test_an_update_shows_its_progress_and_disables_update_now() -> None:
+    shown = view(dataclasses.replace(STATUS, update_running=True), DATA, "writing 40%")
+    assert shown.look == Look.UPDATING
+    assert "Update running: writing 40%" in shown.tooltip
+    assert {e.action: e.enabled for e in shown.menu}[Action.UPDATE] is False
+
+
+def test_the_menu_offers_what_can_be_done() -> None:
+    enabled = {e.action: e.enabled for e in view(STATUS, DATA).menu}
+    assert enabled == {Action.UPDATE: True, Action.ROLLBACK: True, Action.LOCK: True,
+                       Action.UNLOCK: False, Action.GUIDE: True}
+    locked = dataclasses.replace(DATA, state=DataState.LOCKED)
+    no_fallback = dataclasses.replace(STATUS, fallback_slot="")
+    enabled = {e.action: e.enabled for e in view(no_fallback, locked).menu}
+    assert enabled[Action.ROLLBACK] is False and enabled[Action.UNLOCK] is True
+
+
+def test_the_pixmap_is_the_looks_colour_in_network_order() -> None:
+    for look, argb in COLOURS.items():
+        drawn = pixmap.icon(argb)
+        assert [(w, h) for w, h, _ in drawn] == [(s, s) for s in pixmap.SIZES], look
+        size = pixmap.SIZES[-1]
+        pixels = drawn[-1][2]
+        assert isinstance(pixels, bytes) and len(pixels) == size * size * 4
+        middle = (size // 2 * size + size // 2) * 4
+        assert pixels[middle:middle + 4] == bytes(argb)
+        assert pixels[0:4] == bytes(4)  # the corner is transparent
+
+
+def test_notices_are_made_once_per_boot(tmp_path: Path) -> None:
+    rolled = dataclasses.replace(STATUS, boot_state=BootState.ROLLED_BACK,
+                                 last_update_job="/org/anklume/Live1/job/3",
+                                 last_update_state=JobState.SUCCEEDED)
+    first = Memory(tmp_path, boot_id="boot-1")
+    made = first.fresh(notices(rolled, DATA))
+    assert sorted(n.key for n in made) == ["rolled-back", "update-/org/anklume/Live1/job/3"]
+    assert [n.actions for n in made if n.key.startswith("update")] == [(("reboot",
+                                                                          "Reboot now"),)]
+    # Another login, same boot: nothing again. A new boot: again.
+    assert Memory(tmp_path, boot_id="boot-1").fresh(notices(rolled, DATA)) == []
+    assert len(Memory(tmp_path, boot_id="boot-2").fresh(notices(rolled, DATA))) == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["announced-boot-2"]
+
+
+def test_a_pulled_disk_is_announced_again_when_pulled_again(tmp_path: Path) -> None:
+    memory = Memory(tmp_path, boot_id="b")
+    pulled = dataclasses.replace(DATA, pulled=True)
+    assert [n.key for n in memory.fresh(notices(STATUS, pulled))] == ["pulled"]
+    assert memory.fresh(notices(STATUS, pulled)) == []
+    assert memory.fresh(notices(STATUS, DATA)) == []  # back: forgotten
+    assert [n.key for n in memory.fresh(notices(STATUS, pulled))] == ["pulled"]
