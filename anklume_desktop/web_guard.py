@@ -178,7 +178,8 @@ def guide_command() -> str:
 
 async def start(server: GuardedServer) -> web.AppRunner:
     """Listen on the guard's port (0: the kernel picks one; the guard learns it)."""
-    runner = web.AppRunner(await server._make_app(), handle_signals=False)
+    # No access log: the first request's URL carries the token.
+    runner = web.AppRunner(await server._make_app(), handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, LOOPBACK, server.guard.port)
     await site.start()

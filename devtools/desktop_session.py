@@ -85,10 +85,15 @@ class DesktopSession:
                               group=self.user.pw_gid, extra_groups=[], capture_output=True,
                               text=True, timeout=timeout, check=False)
 
-    def start(self) -> DesktopSession:
+    def prepare(self) -> DesktopSession:
+        """The user's runtime directory only (enough for a headless browser)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.runtime.mkdir(mode=0o700)
         os.chown(self.runtime, self.user.pw_uid, self.user.pw_gid)
+        return self
+
+    def start(self) -> DesktopSession:
+        self.prepare()
         config = self._write("session-bus.conf", _SESSION_BUS.format(
             socket=self.runtime / "bus", user=self.user.pw_name))
         self.spawn("dbus", ["dbus-daemon", "--nofork", f"--config-file={config}"])

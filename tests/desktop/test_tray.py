@@ -117,3 +117,14 @@ def test_a_menu_click_reaches_the_daemon_and_notifies(sim: Sim, session: Desktop
     assert session.run(["makoctl", "invoke", "-n", nid, "reboot"]).returncode == 0
     # No logind on the simulation's bus: the reboot fails, and the person is told.
     session.wait_for(lambda: "The reboot failed" in summaries(session), "the reboot's outcome")
+
+
+def test_the_tray_says_when_anklumed_is_gone_and_reconnects(sim: Sim,
+                                                            session: DesktopSession) -> None:
+    session.start_tray(sim.bus.address)
+    session.wait_for(lambda: shows(session, Look.PENDING), "the icon")
+    assert sim.stop_daemon()
+    session.wait_for(lambda: shows(session, Look.UNREACHABLE), "the unreachable icon")
+    assert "not answering" in tooltip(session)
+    sim.start_daemon()
+    session.wait_for(lambda: shows(session, Look.PENDING), "the icon after anklumed is back")
