@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from dbus_fast.aio import MessageBus
+from dbus_fast.errors import AuthError, InvalidAddressError
 
 from anklume_desktop import words
 from anklume_desktop.daemon import Daemon, DaemonError
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(run())
     except KeyboardInterrupt:
         return 0
-    except OSError as e:
+    except (OSError, InvalidAddressError, AuthError) as e:
         print(f"anklume-tray: cannot reach the session bus: {e}", file=sys.stderr)
         return 1
     return 0

@@ -1,0 +1,173 @@
+"""Benchmarks of the desktop clients (prints figures; not a test).
+
+  .venv/bin/python -m bench.desktop [--runs 3]
+
+Memory, as RSS once settled (VmRSS of /proc), each next to a reference run in
+the same script so the ratio holds from one machine to the next:
+- the tray applet, connected to a private session bus (no watcher: the same
+  objects, no bar needed) and trying the system bus, against the reference of a
+  bare interpreter that imports dbus-fast and connects to the same bus;
+- one guide session (the process textual-serve starts for a browser, driven
+  over its websocket at 100x30), against the reference of a bare textual app.
+Time: tray start to its item owned on the session bus (median of N runs).
+Issue 15's prototypes measured about 26 MB (tray) and 35 MB (guide session).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import pwd
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+from anklume_desktop.web_guard import COOKIE, Guard, GuardedServer, guide_command, start
+
+REFERENCE_DBUS = ("import asyncio\nfrom dbus_fast.aio import MessageBus\n"
+                  "async def main():\n    await MessageBus().connect()\n"
+                  "    await asyncio.sleep(3600)\nasyncio.run(main())\n")
+REFERENCE_TEXTUAL = ("from textual.app import App\nfrom textual.widgets import Static\n"
+                     "class A(App[None]):\n    def compose(self):\n        yield Static('x')\n"
+                     "A().run()\n")
+SETTLE = 2.0
+# The tray refuses root: as root, the session's processes run as nobody.
+USER: dict[str, object] = (
+    {"user": "nobody", "group": "nogroup", "extra_groups": []} if os.geteuid() == 0 else {})
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def owned(address: str, name: str) -> bool:
+    done = subprocess.run(["dbus-send", f"--bus={address}", "--print-reply",
+                           "--dest=org.freedesktop.DBus", "/org/freedesktop/DBus",
+                           "org.freedesktop.DBus.NameHasOwner", f"string:{name}"],
+                          capture_output=True, text=True, check=False,
+                          **USER)  # type: ignore[call-overload]
+    return "boolean true" in done.stdout
+
+
+def tray_run(address: str) -> tuple[float, float]:
+    """(seconds to the item's name, RSS MiB once settled)."""
+    env = {"DBUS_SESSION_BUS_ADDRESS": address, "PATH": "/usr/bin:/bin", "HOME": "/nonexistent",
+           "XDG_STATE_HOME": "/nonexistent"}  # the tray writes there only to announce
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "anklume_desktop.tray",
+                             "--bus", "unix:path=/nonexistent"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            **USER)  # type: ignore[call-overload]
+    try:
+        while not owned(address, f"org.kde.StatusNotifierItem-{proc.pid}-1"):
+            if proc.poll() is not None or time.monotonic() - started > 30:
+                proc.kill()
+                raise RuntimeError(f"the tray did not own its name: {proc.communicate()[1][-500:]}")
+            time.sleep(0.01)
+        took = time.monotonic() - started
+        time.sleep(SETTLE)
+        return took, rss_mib(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def reference_rss(argv: list[str], env: dict[str, str] | None = None) -> float:
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, **USER)  # type: ignore[call-overload]
+    try:
+        time.sleep(SETTLE)
+        return rss_mib(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+async def session_rss(command: str) -> float:
+    """RSS of the process a guarded server starts for one websocket session."""
+    server = GuardedServer(command, Guard(port=0))
+    runner = await start(server)
+    try:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+            async with http.get(server.guard.first_url, allow_redirects=False) as resp:
+                cookie = resp.cookies[COOKIE].value
+            headers = {"Cookie": f"{COOKIE}={cookie}", "Origin": server.guard.origin}
+            before = _children()
+            async with http.ws_connect(f"{server.guard.origin}/ws?width=100&height=30",
+                                       headers=headers):
+                await asyncio.sleep(SETTLE * 2)
+                new = [pid for pid in _children() - before if _is_python(pid)]
+                rss = max(rss_mib(pid) for pid in new)
+            await asyncio.sleep(1)  # the session's process quits before the loop closes
+            return rss
+    finally:
+        await runner.cleanup()
+
+
+def _children() -> set[int]:
+    import os
+
+    me = str(os.getpid())
+    found = set()
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        parent = next((ln.split()[1] for ln in text.splitlines() if ln.startswith("PPid:")), "")
+        pid = int(status.parent.name)
+        if parent == me or parent in {str(p) for p in found}:
+            found.add(pid)
+    return found
+
+
+def _is_python(pid: int) -> bool:
+    try:
+        return "python" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+    except OSError:
+        return False
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        if USER:
+            nobody = pwd.getpwnam("nobody")
+            os.chown(tmp, nobody.pw_uid, nobody.pw_gid)
+        bus = subprocess.Popen(["dbus-daemon", "--session", "--nofork", "--print-address=1",
+                                f"--address=unix:path={tmp}/bus"], stdout=subprocess.PIPE,
+                               text=True, **USER)  # type: ignore[call-overload]
+        assert bus.stdout is not None
+        address = bus.stdout.readline().strip()
+        try:
+            runs = [tray_run(address) for _ in range(args.runs)]
+            reference = reference_rss([sys.executable, "-c", REFERENCE_DBUS],
+                                      {"DBUS_SESSION_BUS_ADDRESS": address, "HOME": "/"})
+        finally:
+            bus.terminate()
+            bus.wait()
+    tray = statistics.median(r for _, r in runs)
+    took = statistics.median(t for t, _ in runs)
+    print(f"tray: start to its item on the bus, median {took:.2f} s")
+    print(f"tray: RSS {tray:.1f} MiB; reference (bare dbus-fast client) {reference:.1f} MiB; "
+          f"ratio {tray / reference:.2f}")
+    guide = asyncio.run(session_rss(guide_command()))
+    bare = asyncio.run(session_rss(shlex.join([sys.executable, "-c", REFERENCE_TEXTUAL])))
+    print(f"guide session: RSS {guide:.1f} MiB; reference (bare textual app, same server) "
+          f"{bare:.1f} MiB; ratio {guide / bare:.2f}")
+
+
+if __name__ == "__main__":
+    main()
