@@ -95,6 +95,12 @@ def test_a_menu_click_reaches_the_daemon_and_notifies(sim: Sim, session: Desktop
     entries = {child[1]["label"]: (child[0], child[1]["enabled"]) for child in layout[2]}
     rollback_id, enabled = entries["Roll back to slot B"]
     assert enabled and revision >= 1
+    group = session_call(session, item_name(session), MENU_PATH, MENU_IFACE,
+                         "GetGroupProperties", "aias", [[rollback_id, 99], []])
+    assert group == [[rollback_id, {"label": "Roll back to slot B", "enabled": True,
+                                    "visible": True}]]
+    assert session_call(session, item_name(session), MENU_PATH, MENU_IFACE,
+                        "AboutToShowGroup", "ai", [[0]]) == [[], []]
 
     sim.set_polkit("deny")
     session_call(session, item_name(session), MENU_PATH, MENU_IFACE, "Event", "isvu",
