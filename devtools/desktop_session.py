@@ -80,8 +80,9 @@ class DesktopSession:
         self.procs[name] = proc
         return proc
 
-    def run(self, argv: list[str], timeout: float = 20) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(argv, env=self.env, cwd=self.runtime, user=self.user.pw_uid,
+    def run(self, argv: list[str], timeout: float = 20,
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(argv, env=self.env, cwd=cwd or self.runtime, user=self.user.pw_uid,
                               group=self.user.pw_gid, extra_groups=[], capture_output=True,
                               text=True, timeout=timeout, check=False)
 
@@ -121,6 +122,13 @@ class DesktopSession:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+    def click(self, x: int, y: int, button: str = "left") -> None:
+        """A real pointer click (a virtual pointer device: devtools/virtual_pointer.py)."""
+        done = self.run([sys.executable, "-m", "devtools.virtual_pointer", str(x), str(y),
+                         str(WIDTH), str(HEIGHT), button], cwd=REPO)
+        if done.returncode != 0:
+            raise RuntimeError(f"the virtual pointer failed: {done.stderr[-500:]}")
 
     def start_tray(self, system_bus: str) -> subprocess.Popen[bytes]:
         return self.spawn("tray", [sys.executable, "-m", "anklume_desktop.tray",

@@ -5,13 +5,14 @@ after waybar restarts, and its notifications reach mako."""
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
 from dbus_fast import Variant
 
 from anklume_desktop.tray.sni import ITEM_IFACE, ITEM_PATH, MENU_IFACE, MENU_PATH
 from anklume_desktop.tray.view import COLOURS, Look
-from devtools.desktop_session import DesktopSession
+from devtools.desktop_session import BAR, DesktopSession
 from tests.desktop.conftest import session_call
 from tests.service.conftest import Sim
 
@@ -134,3 +135,28 @@ def test_the_tray_says_when_anklumed_is_gone_and_reconnects(sim: Sim,
     assert "not answering" in tooltip(session)
     sim.start_daemon()
     session.wait_for(lambda: shows(session, Look.PENDING), "the icon after anklumed is back")
+
+
+def test_a_right_click_on_the_icon_asks_the_item_for_its_menu(
+        sim: Sim, session: DesktopSession) -> None:
+    # A real pointer (a virtual pointer device) on the icon: waybar's
+    # libdbusmenu asks the item, with a group call, before showing the menu.
+    session.start_tray(sim.bus.address)
+    session.wait_for(lambda: shows(session, Look.PENDING), "the icon")
+    width, _height, pixels = session.screenshot()
+    wanted = bytes(rgb(Look.PENDING))
+    spots = [(i // 3 % width, i // 3 // width) for i in range(0, width * BAR * 3, 3)
+             if pixels[i:i + 3] == wanted]
+    x, y = sum(p[0] for p in spots) // len(spots), sum(p[1] for p in spots) // len(spots)
+    log = session.workdir / "monitor.log"
+    with log.open("w") as out:
+        monitor = subprocess.Popen(["dbus-monitor", "--address", session.bus_address,
+                                    f"path={MENU_PATH}"], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        session.wait_for(lambda: "NameAcquired" in log.read_text(), "dbus-monitor")
+        session.click(x, y, "right")
+        session.wait_for(lambda: "member=AboutToShowGroup" in log.read_text(),
+                         "waybar asking the menu")
+    finally:
+        monitor.terminate()
+        monitor.wait(5)
