@@ -50,12 +50,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --web: print the link, do not open a browser")
     parser.add_argument("--first-login", action="store_true",
                         help="open only if the data disk is not set up and not dismissed")
+    parser.add_argument("--check", action="store_true",
+                        help="with --first-login: open nothing, exit 0 if it would open, "
+                             "1 if not (for a session script: ... && foot anklume-guide)")
     parser.add_argument("--bus", help="the system bus's address (tests)")
     args = parser.parse_args(argv)
     address = args.bus or os.environ.get("DBUS_SYSTEM_BUS_ADDRESS")
-    if args.first_login and not first_login.opens_at_login(
-            first_login.state_dir(), asyncio.run(_data_state(address))):
-        return 0
+    if args.first_login:
+        opens = first_login.opens_at_login(first_login.state_dir(),
+                                           asyncio.run(_data_state(address)))
+        if args.check:
+            return 0 if opens else 1
+        if not opens:
+            return 0
     if args.web:
         return _serve_web(not args.no_browser)
     from anklume_desktop.guide.app import GuideApp

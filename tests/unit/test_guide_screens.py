@@ -126,3 +126,14 @@ def test_passphrase_rule() -> None:
     assert judge("short", "short") == Verdict.SHORT
     assert judge("x" * 11, "x" * 11) == Verdict.SHORT
     assert judge("x" * 12, "x" * 12) == Verdict.OK
+
+
+def test_first_login_check_says_whether_it_would_open(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from anklume_desktop.guide.__main__ import main
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    argv = ["--first-login", "--check", "--bus", f"unix:path={tmp_path}/no-bus"]
+    assert main(argv) == 0  # anklumed unreachable: the guide opens and says so
+    first_login.dismiss(first_login.state_dir())
+    assert main(argv) == 1
