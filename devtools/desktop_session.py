@@ -162,7 +162,7 @@ class DesktopSession:
         wanted = bytes(rgb)
         return sum(1 for i in range(0, width * BAR * 3, 3) if pixels[i:i + 3] == wanted)
 
-    def wait_for(self, check: object, what: str, timeout: float = 20) -> None:
+    def wait_for(self, check: object, what: str, timeout: float = 30) -> None:
         assert callable(check)
         deadline = time.monotonic() + timeout
         while not check():

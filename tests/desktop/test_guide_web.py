@@ -63,7 +63,7 @@ def test_chromium_opens_the_guide_through_the_guard(sim: Sim, user: DesktopSessi
     browser = subprocess.Popen(
         ["chromium", "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
          f"--user-data-dir={user.runtime}/chromium", "--window-size=1000,700",
-         "--virtual-time-budget=3000", f"--screenshot={user.runtime}/shot.png", url],
+         "--virtual-time-budget=6000", f"--screenshot={user.runtime}/shot.png", url],
         env=user.env, cwd=user.runtime, user=user.user.pw_uid, group=user.user.pw_gid,
         extra_groups=[], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL)
