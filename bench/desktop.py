@@ -10,6 +10,10 @@ the same script so the ratio holds from one machine to the next:
 - one guide session (the process textual-serve starts for a browser, driven
   over its websocket at 100x30), against the reference of a bare textual app.
 Time: tray start to its item owned on the session bus (median of N runs).
+With ``--session`` (root: the simulation's loop devices; the session runs as
+nobody): in headless sway with waybar, tray start to its icon on a screenshot
+and mark-good to the new icon on a screenshot, each against the reference of
+one grim screenshot (the granularity of the measure).
 Issue 15's prototypes measured about 26 MB (tray) and 35 MB (guide session).
 """
 
@@ -138,10 +142,49 @@ def _is_python(pid: int) -> bool:
         return False
 
 
+def session_times() -> None:
+    from anklume_desktop.tray.view import COLOURS, Look
+    from devtools.desktop_session import DesktopSession
+    from devtools.simulate import Simulation
+
+    def rgb(look: Look) -> tuple[int, int, int]:
+        return COLOURS[look][1], COLOURS[look][2], COLOURS[look][3]
+
+    sim = Simulation(Path(tempfile.mkdtemp(prefix="anklume-bench-sim-")))
+    workdir = Path(tempfile.mkdtemp(prefix="anklume-bench-desktop-"))
+    workdir.chmod(0o755)
+    session = DesktopSession(workdir)
+    try:
+        sim.start()
+        session.start()
+        started = time.monotonic()
+        session.screenshot()
+        shot = time.monotonic() - started
+        started = time.monotonic()
+        session.start_tray(sim.bus.address)
+        session.wait_for(lambda: session.bar_pixels(rgb(Look.PENDING)) > 100, "the icon", 60)
+        to_icon = time.monotonic() - started
+        started = time.monotonic()
+        subprocess.run([sys.executable, "-m", "anklumectl", "mark-good"], env=sim.env,
+                       check=True, capture_output=True)
+        session.wait_for(lambda: session.bar_pixels(rgb(Look.GOOD)) > 100, "the new icon", 60)
+        to_change = time.monotonic() - started
+    finally:
+        session.stop()
+        sim.stop()
+    print(f"session: one grim screenshot {shot:.2f} s (reference); tray start to its icon on "
+          f"screen {to_icon:.2f} s ({to_icon / shot:.1f}x); mark-good to the new icon "
+          f"{to_change:.2f} s ({to_change / shot:.1f}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--session", action="store_true",
+                        help="also time the icon in headless sway (root)")
     args = parser.parse_args()
+    if args.session:
+        session_times()
     with tempfile.TemporaryDirectory() as tmp:
         if USER:
             nobody = pwd.getpwnam("nobody")
