@@ -24,6 +24,7 @@ import asyncio
 import os
 import pwd
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -172,6 +173,8 @@ def session_times() -> None:
     finally:
         session.stop()
         sim.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(sim.workdir, ignore_errors=True)
     print(f"session: one grim screenshot {shot:.2f} s (reference); tray start to its icon on "
           f"screen {to_icon:.2f} s ({to_icon / shot:.1f}x); mark-good to the new icon "
           f"{to_change:.2f} s ({to_change / shot:.1f}x)")
