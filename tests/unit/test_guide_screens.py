@@ -89,7 +89,20 @@ async def test_shortcuts_come_from_the_keybindings_file(
                         ("Sway", "Alt+Shift", "switch the layout")]
 
 
-async def test_shortcuts_screen_with_the_shipped_file(app: GuideApp) -> None:
+# The screen names the file it read: a fixed place, so that the snapshot does
+# not depend on where the repository is checked out.
+SNAPSHOT_KEYBINDINGS = Path("/tmp/anklume-guide-snapshot/KEYBINDINGS.txt")
+
+
+@pytest.fixture
+def fixed_keybindings(monkeypatch: pytest.MonkeyPatch) -> None:
+    SNAPSHOT_KEYBINDINGS.parent.mkdir(exist_ok=True)
+    SNAPSHOT_KEYBINDINGS.write_text(keybindings.PACKAGED.read_text())
+    monkeypatch.setenv("ANKLUME_KEYBINDINGS", str(SNAPSHOT_KEYBINDINGS))
+
+
+async def test_shortcuts_screen_with_the_shipped_file(app: GuideApp,
+                                                      fixed_keybindings: None) -> None:
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("4")
         table = app.screen.query_one("#shortcuts", DataTable)
