@@ -72,6 +72,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for index, item in enumerate(items):
         mode = vm_mode(item)
         if mode in ("plain", "systemd"):
+            assert item.parent is not None  # a test's module
             items[index] = GuestTest.from_parent(item.parent, name=item.name, mode=mode,
                                                  runs=runs, markers=list(item.iter_markers()))
             runs.nodeids.setdefault(mode, []).append(item.nodeid)

@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -204,7 +205,7 @@ def test_a_full_persist_is_named_and_changes_nothing(sim: Sim) -> None:
         assert not list(mnt.glob("*.tmp"))
 
 
-def wait_for(sim: Sim, check: str, seconds: float = 15) -> dict[str, object]:
+def wait_for(sim: Sim, check: str, seconds: float = 15) -> dict[str, Any]:
     deadline = time.monotonic() + seconds
     while True:
         s = sim.status()

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dbus_fast import DBusError, Message, MessageType, Variant
@@ -68,7 +69,7 @@ def test_crash_at_every_step_of_a_persist_write_leaves_valid_files(tmp_path: Pat
 
 
 async def test_fifty_concurrent_clients(sim: Sim) -> None:
-    async def one() -> dict[str, object]:
+    async def one() -> dict[str, Any]:
         client = await Client.connect(sim.bus.address, interactive=False)
         try:
             return await client.status()
@@ -182,7 +183,7 @@ async def disconnect(connections: list[MessageBus]) -> None:
     dbus-fast an EOFError that nobody awaits, reported when it is collected."""
     for connection in connections:
         connection.disconnect()
-        await connection.wait_for_disconnect()
+        await connection.wait_for_disconnect()  # type: ignore[no-untyped-call]
 
 
 async def test_quirk_no_traceback_reaches_the_caller(tmp_path: Path) -> None:
@@ -203,6 +204,7 @@ async def test_quirk_no_traceback_reaches_the_caller(tmp_path: Path) -> None:
                 destination="org.anklume.Live1", path="/t", interface=iface, member=member,
                 signature=sig, body=body)))
         error, prop = replies
+        assert error is not None and prop is not None
         assert error.message_type == MessageType.ERROR
         assert error.error_name == "org.anklume.Live1.Error.Failed"
         assert "Traceback" not in error.body[0] and "shadow" not in error.body[0]
@@ -240,7 +242,7 @@ async def test_quirk_no_traceback_even_past_the_boundary(tmp_path: Path) -> None
             error = await client.call(Message(
                 destination="org.anklume.Live1", path="/t", interface="org.anklume.Live1.Test",
                 member=member))
-            assert error.message_type == MessageType.ERROR
+            assert error is not None and error.message_type == MessageType.ERROR
             assert error.error_name == "org.anklume.Live1.Error.Failed", error.body
             assert error.body == [f"{member} failed inside anklumed"]
     finally:
@@ -261,7 +263,8 @@ async def test_quirk_a_full_socket_does_not_drop_the_bus(tmp_path: Path) -> None
         reply = await asyncio.wait_for(client.call(Message(
             destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
             interface="org.freedesktop.DBus", member="GetId")), 60)
-        assert client.connected and reply.message_type == MessageType.METHOD_RETURN
+        assert client.connected and reply is not None
+        assert reply.message_type == MessageType.METHOD_RETURN
     finally:
         await disconnect(connections)
         bus.stop()
@@ -312,10 +315,12 @@ async def test_quirk_get_all_from_the_snapshot_follows_every_change(tmp_path: Pa
         await server.request_name("org.anklume.Live1")
 
         async def call(member: str, *body: str) -> Message:
-            return await client.call(Message(
+            reply = await client.call(Message(
                 destination="org.anklume.Live1", path="/t", member=member,
                 interface="org.freedesktop.DBus.Properties", signature="s" * len(body),
                 body=list(body)))
+            assert reply is not None
+            return reply
 
         async def get_all() -> dict[str, object]:
             reply = await call("GetAll", "org.anklume.Live1.Test")

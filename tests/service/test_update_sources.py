@@ -208,7 +208,7 @@ def bundle_with(case: str, change: Callable[[World, Path], None],
     return build
 
 
-def replace_sig(how: Callable[[Path], None]) -> Callable[[World, Path], None]:
+def replace_sig(how: Callable[[Path], object]) -> Callable[[World, Path], None]:
     def change(_w: World, manifest: Path) -> None:
         sig = Path(f"{manifest}.sig")
         sig.unlink()

@@ -19,7 +19,7 @@ from anklumectl.client import Client
 from anklumectl.data import data_props
 from anklumed.command import run
 from anklumed.data import btrfs, luks
-from anklumed.data.manager import LABEL_PREFIX
+from anklumed.data.poolconf import LABEL_PREFIX
 from devtools.vm import guestctl
 from tests.service.conftest import Sim
 
@@ -146,6 +146,7 @@ def test_a_disk_whose_setup_was_cut_short_is_not_adopted(sim: Sim, tmp_path: Pat
     # subvolumes: a labelled LUKS2 disk holding an empty BTRFS, and no pool.conf
     # (made with the very steps setup takes).
     secret, label = PASSPHRASE.encode(), f"{LABEL_PREFIX}vault"
+    assert sim.data_disk is not None
     luks.format_luks2(sim.data_disk, secret, label=label, iter_time_ms=200)
     btrfs.make_filesystem(luks.open_luks(sim.data_disk, secret, "anklume-half"), label)
     luks.close_luks("anklume-half")
