@@ -23,10 +23,16 @@ from typing import Any
 
 import pytest
 
+from devtools import slowness
+
 IN_GUEST = os.environ.get("ANKLUME_VM_GUEST") == "1"
 RESULTS_ENV = "ANKLUME_VM_RESULTS"
 MODES = ("plain", "systemd", "host")
 RUNS_KEY = pytest.StashKey["GuestRuns"]()
+
+
+def pytest_report_header() -> str:
+    return slowness.described()  # devtools/slowness.py: how long the tiers' waits are
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

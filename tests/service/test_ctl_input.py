@@ -10,6 +10,7 @@ import pytest
 
 from anklumectl.data import SECRET_FILE_MAX
 from anklumectl.main import EXIT_CODES
+from devtools.slowness import scaled
 from tests.service.conftest import Sim
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,7 +24,7 @@ def big_file(path: Path, size: int) -> Path:
 
 def test_a_bus_address_that_is_not_one() -> None:
     proc = subprocess.run([sys.executable, "-m", "anklumectl", "--bus", "garbage", "status"],
-                          cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+                          cwd=REPO, capture_output=True, text=True, timeout=scaled(60), check=False)
     assert proc.returncode == EXIT_CODES["Usage"]
     assert proc.stderr == ("anklumectl: 'garbage' is not a D-Bus address (like "
                            "unix:path=/run/dbus/system_bus_socket): fix --bus\n")

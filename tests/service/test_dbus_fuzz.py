@@ -19,6 +19,7 @@ import pytest
 
 from anklumed.slots import source
 from devtools.dbus_fuzz import CASES as FUZZ_CASES
+from devtools.slowness import scaled
 from tests.service import test_bus_boundary
 from tests.service.conftest import Sim
 
@@ -39,7 +40,7 @@ def run_fuzzer(sim: Sim, user: str | None, seed: int) -> dict:  # type: ignore[t
     argv = [sys.executable, "-m", "devtools.dbus_fuzz", "--bus", sim.bus.address,
             "--seed", str(seed), "--rounds", "150"]
     proc = subprocess.run(argv + (["--user", user] if user else []), cwd=REPO,
-                          capture_output=True, text=True, check=False, timeout=110)
+                          capture_output=True, text=True, check=False, timeout=scaled(110))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     return json.loads(proc.stdout)  # type: ignore[no-any-return]

@@ -18,6 +18,7 @@ import sys
 import pexpect
 
 from devtools.simulate import REPO
+from devtools.slowness import scaled
 from tests.service.conftest import Sim
 
 NOT_AUTHORIZED = 3  # anklumectl's documented exit code
@@ -30,7 +31,7 @@ def at_terminal(sim: Sim, *argv: str, user: str | None = None) -> pexpect.spawn:
     prefix = ["-m", "devtools.as_user", user] if user else ["-m", "anklumectl"]
     child = pexpect.spawn(sys.executable, [*prefix, *argv], cwd=str(REPO),
                           env={**sim.env, "TERM": "xterm-256color"}, encoding="utf-8",
-                          timeout=60, dimensions=(60, 220))
+                          timeout=scaled(60), dimensions=(60, 220))
     child.logfile_read = io.StringIO()  # everything the terminal showed
     return child
 

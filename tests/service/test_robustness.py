@@ -25,6 +25,7 @@ from anklumed.service.boundary import (
 from anklumed.stick import SlotName
 from devtools import stickimg
 from devtools.privatebus import PrivateBus
+from devtools.slowness import scaled
 from tests.service.conftest import Sim
 
 REPO = Path(__file__).resolve().parents[2]
@@ -113,7 +114,7 @@ def test_stick_pulled(sim: Sim) -> None:
 def test_a_stick_plugged_back_is_found_again(sim: Sim) -> None:
     assert sim.stick is not None
     sim.stick.detach()
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + scaled(15)
     while sim.status()["BootMediaPresent"] and time.monotonic() < deadline:
         time.sleep(0.2)
     assert sim.status()["BootMediaPresent"] is False

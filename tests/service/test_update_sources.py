@@ -31,6 +31,7 @@ from dbus_fast import Variant
 from anklumectl.client import Client
 from anklumectl.main import EXIT_CODES
 from anklumed.slots import bundle
+from devtools.slowness import scaled
 from tests.service.conftest import Sim
 from tests.service.test_update import make_bundle, slot_files
 from tests.service.update_caller import Answer, answer_of, update_path
@@ -69,7 +70,7 @@ class World:
     def path_as(self, user: str, source: str) -> Answer:
         proc = subprocess.run([sys.executable, "-m", "tests.service.update_caller", user,
                                self.sim.bus.address, source], cwd=REPO, capture_output=True,
-                              text=True, timeout=60, check=False)
+                              text=True, timeout=scaled(60), check=False)
         assert proc.returncode == 0, proc.stderr
         name, message = json.loads(proc.stdout)
         return name, message
@@ -715,7 +716,7 @@ def test_after_them_anklumed_is_whole(world: World, baseline: Baseline) -> None:
     assert slot_files(world.sim) == baseline.slot_files
     # A leaked descriptor stays; one of a disk probe under way (a uevent from
     # elsewhere on the machine) closes within moments: wait that long.
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + scaled(15)
     while open_fds(pid) > baseline.fds and time.monotonic() < deadline:
         time.sleep(0.2)
     assert open_fds(pid) <= baseline.fds, ("anklumed kept descriptors it was sent",
