@@ -37,7 +37,6 @@ from tests.service.test_update import make_bundle, slot_files
 from tests.service.update_caller import Answer, answer_of, update_path
 
 REPO = Path(__file__).resolve().parents[2]
-CATALOGUE = REPO / "docs" / "hostile-inputs.md"
 SECRET = "hunter2"  # a password or a root-only value: never in an answer
 NAMES = {code: name for name, code in EXIT_CODES.items()}
 GIB2 = 2 << 30
@@ -722,18 +721,6 @@ def test_after_them_anklumed_is_whole(world: World, baseline: Baseline) -> None:
     assert open_fds(pid) <= baseline.fds, ("anklumed kept descriptors it was sent",
                                            "; ".join(fd_targets(pid)))
     assert rss_kib(pid) < 200 * 1024, "anklumed read a large file into memory"
-
-
-def catalogued_ids() -> list[str]:
-    text = CATALOGUE.read_text()
-    section = text.split("## Update sources", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"^\| `([a-z0-9-]+)` \|", section, flags=re.M)
-
-
-def test_the_catalogue_lists_exactly_these_cases() -> None:
-    ids = [case.id for case in CASES]
-    assert len(ids) == len(set(ids))
-    assert catalogued_ids() == ids
 
 
 def catalogue_rows() -> str:
