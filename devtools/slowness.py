@@ -9,7 +9,8 @@ grows by one factor, :func:`factor`:
   runs beside the tests);
 - else measured once per run: the load average of the last minute per core
   this process may use, between 1 and 4 (two runnable processes per core
-  give each about half a core: twice as slow).
+  give each about half a core: twice as slow); the measure is then put in
+  the environment, so every process the run starts uses the same.
 
 The VM tier passes the host's factor into its guests (devtools/vm/guest.py),
 where the load average says nothing about the host. Fixed sleeps that are
@@ -38,7 +39,9 @@ def factor() -> float:
             raise SystemExit(f"{ENV}={given!r}: give a number of at least 1")
         return value
     per_core = os.getloadavg()[0] / len(os.sched_getaffinity(0))
-    return min(MEASURED_MAX, max(1.0, round(per_core, 1)))
+    measured = min(MEASURED_MAX, max(1.0, round(per_core, 1)))
+    os.environ[ENV] = str(measured)  # the same factor for the processes this run starts
+    return measured
 
 
 def scaled(seconds: float) -> float:
@@ -48,4 +51,4 @@ def scaled(seconds: float) -> float:
 
 def described() -> str:
     source = ENV if ENV in os.environ else "load average per core, measured"
-    return f"waits scaled by {factor():g} ({source})"
+    return f"waits scaled by {factor():g} ({source})"  # before factor() sets ENV

@@ -39,6 +39,7 @@ def test_measured_the_load_per_core_between_1_and_4(
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(cores)))
     assert slowness.factor() == expected
     assert slowness.scaled(10) == pytest.approx(10 * expected)
+    assert os.environ[slowness.ENV] == str(expected)  # what the run's processes inherit
 
 
 def test_a_guest_gets_the_hosts_factor(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
