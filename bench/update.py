@@ -18,7 +18,9 @@ reference made of standard tools:
   on one, against ``veritysetup format`` to a file (target >= 1.5x on 2
   cores). Beside it, what a second thread gains this machine now: sha256 of
   the image in two halves on two threads against one thread (1.9x or so on
-  an idle 2-core machine, 1x when the other core is busy elsewhere).
+  an idle 2-core machine, 1x when the other core is busy elsewhere), and
+  the CPU time the tree takes on every core against one thread (what the
+  split costs, whatever the load).
 Medians of N runs; the load average before and after.
 """
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import hashlib
 import os
 import statistics
@@ -42,7 +45,7 @@ from anklumed.slots.bundle import Manifest
 from anklumed.slots.source import HttpSettings, open_bundle
 from anklumed.slots.update import write_slot
 from anklumed.slots.verity_tree import VerityHasher, VerityParams
-from bench.machine import load, speed_line
+from bench.machine import cost_line, load, speed_line
 from devtools import stickimg
 
 
@@ -111,6 +114,7 @@ def measure(source: str, manifest: Manifest, image: Path, target: Path, work: Pa
             runs: int) -> dict[str, list[float]]:
     tree_file = work / "tree"
     results: dict[str, list[float]] = {k: [] for k in FIGURES}
+    cpu_times: dict[str, list[float]] = {"tree": [], "tree, 1 thread": []}
     size, sha256 = manifest.size, manifest.sha256
 
     async def apply() -> tuple[float, float, float]:
@@ -158,10 +162,15 @@ def measure(source: str, manifest: Manifest, image: Path, target: Path, work: Pa
         image.read_bytes()  # the tree's figures are of hashing, not of reading: all cached
         results["veritysetup"].append(timed(lambda: sh("veritysetup", "format", image,
                                                        tree_file)))
-        results["tree"].append(timed(lambda: hash_tree(image, None)))
-        results["tree, 1 thread"].append(timed(lambda: hash_tree(image, 1)))
+        for name, threads in (("tree", None), ("tree, 1 thread", 1)):
+            cpu = time.process_time()
+            results[name].append(timed(functools.partial(hash_tree, image, threads)))
+            cpu_times[name].append(time.process_time() - cpu)
         results["sha256, 1 thread"].append(timed(lambda: sha256_halves(data, 1)))
         results["sha256, 2 threads"].append(timed(lambda: sha256_halves(data, 2)))
+    # What splitting the tree over threads costs in CPU (GIL hand-offs), whatever the load.
+    results["tree, CPU time"] = cpu_times["tree"]
+    results["tree, 1 thread, CPU time"] = cpu_times["tree, 1 thread"]
     return results
 
 
@@ -216,6 +225,9 @@ def report(results: dict[str, list[float]], size_mib: float) -> None:
     print(speed_line("tree, 1 thread", "veritysetup format", r["tree, 1 thread"],
                      r["veritysetup"]))
     print(speed_line("tree", "tree, 1 thread", r["tree"], r["tree, 1 thread"]))
+    print(cost_line("tree's CPU time on every core", "on 1 thread",
+                    statistics.median(r["tree, CPU time"]),
+                    statistics.median(r["tree, 1 thread, CPU time"]), "s"))
     print(speed_line("sha256 on 2 threads", "1 thread (what a 2nd core gives now)",
                      r["sha256, 2 threads"], r["sha256, 1 thread"]))
 
