@@ -221,7 +221,7 @@ async def test_quirk_a_full_socket_does_not_drop_the_bus(tmp_path: Path) -> None
                                            ["x" * 1000]))
         reply = await asyncio.wait_for(client.call(Message(
             destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus", member="GetId")), 60)
+            interface="org.freedesktop.DBus", member="GetId")), scaled(60))
         assert client.connected and reply is not None
         assert reply.message_type == MessageType.METHOD_RETURN
     finally:
