@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 from anklumed.slots import bundle
+from bench.machine import load
 from devtools.vm import bootimage, bootrun
 from devtools.vm.guest import RUN_PARENT
 from devtools.vm.kernel import Kernel, ensure_kernel
@@ -37,6 +38,7 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=24, help="random data in the slot image")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
+    before = load()
     work = Path(tempfile.mkdtemp(prefix="anklume-bench-boot-", dir=RUN_PARENT))
     keys = work / "keys"
     keys.mkdir()
@@ -57,6 +59,7 @@ def main() -> None:
         figures["toram copy"].append(seconds(toram, "COPY_START", "COPY_END"))
         figures["dd"].append(seconds(toram, "DD_START", "DD_END"))
     median = {name: statistics.median(values) for name, values in figures.items()}
+    print(f"before: {before}; after: {load()}")
     for name, value in median.items():
         print(f"{name:20} {value:6.2f} s  (runs: {', '.join(f'{v:.2f}' for v in figures[name])})")
     print(f"toram copy / dd      {median['toram copy'] / median['dd']:.2f}x "

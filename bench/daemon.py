@@ -1,23 +1,27 @@
-"""Benchmarks of anklumed (prints figures; not a test).
+"""Benchmarks of anklumed, each against a reference measured in the same run
+(prints figures; not a test).
 
   .venv/bin/python -m bench.daemon [--runs 5]
 
 - start: daemon process start -> org.anklume.Live1 owned (includes discovering
-  the stick and one PERSIST mount/read/unmount), median of N runs;
-- idle RSS of the daemon after start;
-- status round trip (GetAll on the manager) with 100 concurrent clients:
-  paced (each client asks 10 times a second, at its own random moment: a
-  thousand status reads a second, far more than tray widgets and CLIs make)
-  and as a burst (each asks 20 times back to back: all 100 always waiting,
-  so the figure is 100 x the cost of one answer in this one-process client);
-  the paced run is made three times: with dbus-fast clients spread over 10
-  processes (as real clients are), with all of them in this one process
-  (where they queue behind each other's unmarshalling), and with RawClient,
-  which times the same call to the last byte of its reply (the daemon and
-  the bus, not this client);
-- status round trip of one client while an update writes a 400 MiB image
-  (hashing runs in worker threads: the bus must stay responsive).
-Targets (issue 2): start <= 300 ms, RSS <= 40 MB, p99 <= 5 ms.
+  the stick and one PERSIST mount/read/unmount), against a bare dbus-fast
+  service that only takes the same name (bench/bare_service.py), started and
+  timed the same way, runs interleaved; medians of N runs;
+- idle RSS of the daemon 1 s after start, against the bare service's;
+- status round trip (GetAll on the manager) against the bus's own floor,
+  ``org.freedesktop.DBus.GetId`` (answered by dbus-daemon itself): 100
+  concurrent clients each ask 10 times a second, at its own random moment,
+  the two calls in turn (so both are timed at the same moments, under the
+  same load: a thousand calls a second, far more than tray widgets and CLIs
+  make). Three ways: dbus-fast clients spread over 10 processes (as real
+  clients are); RawClient, which times the call to the last byte of its
+  reply (the daemon and the bus, not the client's unmarshalling); and as a
+  burst (each of 100 clients in this one process asks 40 times back to
+  back: all 100 always waiting);
+- status round trip of one client asking back to back while an update
+  writes a 400 MiB image (hashing runs in worker threads: the bus must stay
+  responsive), against the same client for 5 s just before the update.
+The load average before and after is printed: the machine may be shared.
 """
 
 import argparse
@@ -27,6 +31,8 @@ import os
 import random
 import statistics
 import struct
+import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -37,25 +43,40 @@ from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
 from anklumed.service import dbus_fixes  # noqa: F401
-from devtools.simulate import Simulation
+from bench.machine import cost_line, load
+from devtools.simulate import REPO, Simulation
 
 STATUS_CALL: dict[str, Any] = dict(
     destination="org.anklume.Live1", path="/org/anklume/Live1",
     interface="org.freedesktop.DBus.Properties", member="GetAll", signature="s",
     body=["org.anklume.Live1.Manager"])
+# The floor: answered by dbus-daemon itself, no service behind it.
+GETID_CALL: dict[str, Any] = dict(
+    destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+    interface="org.freedesktop.DBus", member="GetId")
 
 
-async def round_trips(address: str, clients: int, each: int) -> list[float]:
+# Each client asks these in turn, so the daemon's figure and the bus's floor
+# are measured at the same moments, under the same load.
+CALLS: dict[str, dict[str, Any]] = {"status": STATUS_CALL, "GetId": GETID_CALL}
+Samples = dict[str, list[float]]
+
+
+def in_turn(index: int) -> str:
+    return list(CALLS)[index % len(CALLS)]
+
+
+async def round_trips(address: str, clients: int, each: int) -> Samples:
     buses = [await MessageBus(bus_address=address).connect() for _ in range(clients)]
-    samples: list[float] = []
+    samples: Samples = {name: [] for name in CALLS}
 
-    async def client(bus: MessageBus) -> None:
-        for _ in range(each):
+    async def client(number: int, bus: MessageBus) -> None:
+        for i in range(number, number + each):
             t = time.perf_counter()
-            await bus.call(Message(**STATUS_CALL))
-            samples.append(time.perf_counter() - t)
+            await bus.call(Message(**CALLS[in_turn(i)]))
+            samples[in_turn(i)].append(time.perf_counter() - t)
 
-    await asyncio.gather(*(client(b) for b in buses))
+    await asyncio.gather(*(client(n, b) for n, b in enumerate(buses)))
     for b in buses:
         b.disconnect()
     return samples
@@ -100,39 +121,41 @@ class RawClient:
 
 async def paced(address: str, clients: int, hz: float, seconds: float,
                 raw: bool = False, start_at: float | None = None,
-                seed: int = 2) -> list[float]:
+                seed: int = 2) -> Samples:
     if raw:
         conns: list[Any] = [await RawClient().connect(address) for _ in range(clients)]
     else:
         conns = [await MessageBus(bus_address=address).connect() for _ in range(clients)]
-    samples: list[float] = []
+    samples: Samples = {name: [] for name in CALLS}
     rng = random.Random(seed)  # noqa: S311 - spreads the clients, no secret
     if start_at is not None:  # every process starts asking at the same moment
         await asyncio.sleep(max(0.0, start_at - time.perf_counter()))
 
-    async def client(conn: Any) -> None:
+    async def client(number: int, conn: Any) -> None:
         next_at = time.perf_counter() + rng.random() / hz
         end = time.perf_counter() + seconds
         while next_at < end:
             await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+            name = in_turn(number)
             t = time.perf_counter()
-            await conn.call(Message(**STATUS_CALL))
-            samples.append(time.perf_counter() - t)
+            await conn.call(Message(**CALLS[name]))
+            samples[name].append(time.perf_counter() - t)
             next_at += 1 / hz
+            number += 1
 
-    await asyncio.gather(*(client(c) for c in conns))
+    await asyncio.gather(*(client(n, c) for n, c in enumerate(conns)))
     for c in conns:
         c.close() if raw else c.disconnect()
     return samples
 
 
 def _paced_worker(address: str, clients: int, hz: float, seconds: float,
-                  start_at: float, seed: int) -> list[float]:
+                  start_at: float, seed: int) -> Samples:
     return asyncio.run(paced(address, clients, hz, seconds, start_at=start_at, seed=seed))
 
 
 def paced_processes(address: str, clients: int, hz: float, seconds: float,
-                    processes: int) -> list[float]:
+                    processes: int) -> Samples:
     """paced() with dbus-fast clients spread over several processes, as real
     clients are (each tray widget and CLI unmarshals its own replies)."""
     # perf_counter is CLOCK_MONOTONIC on Linux: one clock for every process.
@@ -141,7 +164,7 @@ def paced_processes(address: str, clients: int, hz: float, seconds: float,
     with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as ex:
         runs = [ex.submit(_paced_worker, address, per, hz, seconds, start_at, seed)
                 for seed in range(processes)]
-        return [x for run in runs for x in run.result()]
+        return {name: [x for run in runs for x in run.result()[name]] for name in CALLS}
 
 
 def start_update(sim: Simulation, work: Path) -> None:
@@ -159,16 +182,19 @@ def start_update(sim: Simulation, work: Path) -> None:
     assert started.returncode == 0, started.stderr
 
 
-async def during_update(sim: Simulation) -> list[float]:
-    """One client asking for the status, back to back, while the update runs."""
-    bus = await MessageBus(bus_address=sim.bus.address).connect()
+async def back_to_back(address: str, seconds: float | None) -> list[float]:
+    """One client asking for the status, back to back: for ``seconds``, or
+    (None) until the update that runs is over."""
+    bus = await MessageBus(bus_address=address).connect()
     samples: list[float] = []
-    while True:
+    end = time.perf_counter() + (seconds or 3600.0)
+    while time.perf_counter() < end:
         t = time.perf_counter()
         reply = await bus.call(Message(**STATUS_CALL))
         samples.append(time.perf_counter() - t)
+        assert reply is not None
         last = reply.body[0]["LastUpdate"].value
-        if last.get("state") not in (None, "running"):
+        if seconds is None and last.get("state") not in (None, "running"):
             assert last["state"] == "succeeded", last
             break
     bus.disconnect()
@@ -182,46 +208,82 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def start_reference(sim: Simulation) -> tuple[float, subprocess.Popen[bytes]]:
+    """Start bench/bare_service.py as start_daemon starts anklumed; the seconds
+    to its bus name, and the process."""
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.bare_service"], cwd=REPO,
+                            env=sim.env)
+    while not sim.name_owned():
+        if proc.poll() is not None or time.monotonic() - started > 60:
+            proc.kill()
+            raise SystemExit("the bare dbus-fast service did not take its name")
+        time.sleep(0.005)
+    return time.monotonic() - started, proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    proc.wait(10)
+
+
+def pct(samples: list[float], q: float) -> float:
+    """The q quantile of ``samples`` (sorted), in ms."""
+    return samples[min(len(samples) - 1, int(q * len(samples)))] * 1000
+
+
+def latency_lines(name: str, reference: str, ours: list[float], theirs: list[float]) -> str:
+    ours, theirs = sorted(ours), sorted(theirs)
+    return "\n".join(cost_line(f"{name} p{q * 100:.0f}", f"{reference} p{q * 100:.0f}",
+                                pct(ours, q), pct(theirs, q), "ms") for q in (0.5, 0.99)) + \
+        f"  ({len(ours)} and {len(theirs)} asked)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
+    before = load()
+    figures: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
         sim = Simulation(Path(tmp) / "sim", slot_mib=448).start()
         try:
-            starts = []
+            starts, bare_starts = [], []
             for _ in range(args.runs):
                 sim.stop_daemon()
+                took, bare = start_reference(sim)
+                bare_starts.append(took)
+                time.sleep(1)
+                bare_rss = rss_mb(bare.pid)
+                stop(bare)
                 starts.append(sim.start_daemon())
             time.sleep(1)
             assert sim.daemon is not None
             rss = rss_mb(sim.daemon.pid)
-            samples = sorted(asyncio.run(round_trips(sim.bus.address, 100, 20)))
-            steady = sorted(asyncio.run(paced(sim.bus.address, 100, 10.0, 5.0)))
-            wire = sorted(asyncio.run(paced(sim.bus.address, 100, 10.0, 5.0, raw=True)))
-            spread = sorted(paced_processes(sim.bus.address, 100, 10.0, 5.0, processes=10))
+            address = sim.bus.address
+            spread = paced_processes(address, 100, 10.0, 10.0, processes=10)
+            wire = asyncio.run(paced(address, 100, 10.0, 10.0, raw=True))
+            burst = asyncio.run(round_trips(address, 100, 40))
+            figures["status idle"] = asyncio.run(back_to_back(address, 5.0))
             start_update(sim, Path(tmp))
-            busy = sorted(asyncio.run(during_update(sim)))
+            figures["status busy"] = asyncio.run(back_to_back(address, None))
         finally:
             sim.stop()
-    p = lambda q: samples[min(len(samples) - 1, int(q * len(samples)))] * 1000  # noqa: E731
-    print(f"start to bus name: median {statistics.median(starts) * 1000:.0f} ms "
-          f"(min {min(starts) * 1000:.0f}, max {max(starts) * 1000:.0f}, {args.runs} runs)")
-    print(f"idle RSS: {rss:.1f} MB")
-    r = lambda q: steady[min(len(steady) - 1, int(q * len(steady)))] * 1000  # noqa: E731
-    print(f"status round trip, 100 clients x 10/s ({len(steady)} asked): p50 {r(0.5):.2f} ms, "
-          f"p99 {r(0.99):.2f} ms")
-    w = lambda q: wire[min(len(wire) - 1, int(q * len(wire)))] * 1000  # noqa: E731
-    print(f"  the same, reply read but not unmarshalled ({len(wire)} asked): "
-          f"p50 {w(0.5):.2f} ms, p99 {w(0.99):.2f} ms")
-    d = lambda q: spread[min(len(spread) - 1, int(q * len(spread)))] * 1000  # noqa: E731
-    print(f"  the same, dbus-fast clients in 10 processes of 10 ({len(spread)} asked): "
-          f"p50 {d(0.5):.2f} ms, p99 {d(0.99):.2f} ms")
-    print(f"status round trip, burst of 100 clients x 20: p50 {p(0.5):.2f} ms, "
-          f"p99 {p(0.99):.2f} ms")
-    q = lambda x: busy[min(len(busy) - 1, int(x * len(busy)))] * 1000  # noqa: E731
-    print(f"status round trip during an update ({len(busy)} asked): p50 {q(0.5):.2f} ms, "
-          f"p99 {q(0.99):.2f} ms, max {busy[-1] * 1000:.2f} ms")
+    print(f"before: {before}; after: {load()}")
+    print(cost_line("start to bus name", "bare dbus-fast service",
+                    statistics.median(starts) * 1000, statistics.median(bare_starts) * 1000,
+                    "ms") + f"  (medians of {args.runs}; anklumed's runs: "
+          f"{', '.join(f'{s * 1000:.0f}' for s in starts)} ms)")
+    print(cost_line("idle RSS", "bare dbus-fast service", rss, bare_rss, "MB"))
+    print("status round trip against GetId (the bus's floor), 100 clients asking 10 times "
+          "a second, the two calls in turn:")
+    print(latency_lines("  dbus-fast clients in 10 processes", "GetId",
+                        spread["status"], spread["GetId"]))
+    print(latency_lines("  reply read, not unmarshalled", "GetId", wire["status"], wire["GetId"]))
+    print(latency_lines("  burst, 100 clients x 40 back to back", "GetId",
+                        burst["status"], burst["GetId"]))
+    print(latency_lines("status round trip during a 400 MiB update", "the same before it",
+                        figures["status busy"], figures["status idle"]))
 
 
 if __name__ == "__main__":

@@ -123,7 +123,7 @@ def _children() -> set[int]:
     import os
 
     me = str(os.getpid())
-    found = set()
+    found: set[int] = set()
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
             text = status.read_text()

@@ -6,8 +6,9 @@ One simulation; a client asks for the status 20 times a second. First
 ``--seconds`` idle, then as long again while two fuzzers (devtools/dbus_fuzz.py,
 one as root, one as nobody whom polkit denies) call every method with every
 case class over and over. The daemon's RSS is sampled every 0.1 s. Printed:
-status p50/p99 and RSS, idle and under the fuzzers, and their ratios; and
-RSS once the fuzzers stopped (what stays is what the fuzz left behind).
+status p50/p99 and RSS, idle (the reference) and under the fuzzers, and
+their ratios; RSS once the fuzzers stopped (what stays is what the fuzz left
+behind); the load average before and after.
 """
 
 import argparse
@@ -22,7 +23,8 @@ from pathlib import Path
 from dbus_fast import Message
 from dbus_fast.aio import MessageBus
 
-from bench.daemon import STATUS_CALL, rss_mb
+from bench.daemon import STATUS_CALL, pct, rss_mb
+from bench.machine import load
 from devtools.simulate import Simulation
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,14 +66,11 @@ def fuzzers(sim: Simulation) -> list[subprocess.Popen[bytes]]:
                              stdout=subprocess.DEVNULL)]
 
 
-def pct(samples: list[float], q: float) -> float:
-    return samples[min(len(samples) - 1, int(q * len(samples)))] * 1000
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=20.0)
     args = parser.parse_args()
+    before = load()
     with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
         sim = Simulation(Path(tmp) / "sim").start()
         try:
@@ -94,6 +93,7 @@ def main() -> None:
             alive = sim.daemon.poll() is None
         finally:
             sim.stop()
+    print(f"before: {before}; after: {load()}")
     print(f"status round trip, one client at {HZ:.0f}/s, {args.seconds:.0f} s each:")
     print(f"  idle ({len(idle)} asked): p50 {pct(idle, 0.5):.2f} ms, p99 {pct(idle, 0.99):.2f} ms")
     print(f"  under two fuzzers ({len(busy)} asked): p50 {pct(busy, 0.5):.2f} ms, "

@@ -50,8 +50,9 @@ XML = Path(__file__).resolve().parent.parent / "dbus" / "org.anklume.Live1.xml"
 NAMED_ERRORS = {f"org.anklume.Live1.Error.{n}" for n in (
     "Failed", "NotAuthorized", "Busy", "InvalidArgument", "NotFound", "VerificationFailed",
     "IncorrectPassphrase", "RefusedBootDevice", "Cancelled")}
-STATUS = dict(destination=DEST, path=ROOT, interface="org.freedesktop.DBus.Properties",
-              member="GetAll", signature="s", body=["org.anklume.Live1.Manager"])
+STATUS: dict[str, Any] = dict(
+    destination=DEST, path=ROOT, interface="org.freedesktop.DBus.Properties",
+    member="GetAll", signature="s", body=["org.anklume.Live1.Manager"])
 CALL_TIMEOUT = 30.0
 HUGE = 1 << 20  # 1 MiB: far over every limit of the daemon, well under the bus's
 
@@ -419,7 +420,8 @@ class Fuzzer:
                 # Retrieve how it ended (EOFError, expected), or dbus-fast
                 # reports it as never retrieved.
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(throwaway.wait_for_disconnect(), 5)
+                    await asyncio.wait_for(throwaway.wait_for_disconnect(),  # type: ignore[no-untyped-call]
+                                           5)
             await self.status_answers(case)
 
     async def random_calls(self, methods: list[Method], rounds: int) -> None:

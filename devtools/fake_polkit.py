@@ -22,7 +22,7 @@ from dbus_fast.service import ServiceInterface, method
 from anklumed.service import dbus_fixes  # noqa: F401
 
 
-class FakeAuthority(ServiceInterface):  # type: ignore[misc]
+class FakeAuthority(ServiceInterface):
     def __init__(self, mode_file: Path, log_file: Path) -> None:
         super().__init__("org.freedesktop.PolicyKit1.Authority")
         self.mode_file = mode_file
@@ -74,7 +74,7 @@ async def serve(address: str, mode_file: Path, log_file: Path) -> None:
     bus.export("/org/freedesktop/PolicyKit1/Authority", FakeAuthority(mode_file, log_file))
     await bus.request_name("org.freedesktop.PolicyKit1")
     print("ready", flush=True)
-    await bus.wait_for_disconnect()
+    await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
 
 
 def main() -> None:

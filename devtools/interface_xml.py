@@ -27,6 +27,7 @@ async def exported(address: str, job_path: str) -> str:
         reply = await bus.call(Message(destination="org.anklume.Live1", path=path,
                                        interface="org.freedesktop.DBus.Introspectable",
                                        member="Introspect"))
+        assert reply is not None
         tree = ET.fromstring(reply.body[0])  # noqa: S314 - our own daemon's reply
         for iface in tree.findall("interface"):
             if iface.get("name", "").startswith("org.anklume."):

@@ -11,6 +11,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from devtools.slowness import scaled
+
 REPO = Path(__file__).resolve().parent.parent
 
 _CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
@@ -82,4 +84,4 @@ class PrivateBus:
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait(10)
+            self.proc.wait(scaled(10))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from devtools import stickimg
 from devtools.privatebus import PrivateBus
+from devtools.slowness import scaled
 
 REPO = Path(__file__).resolve().parent.parent
 DATA_DISK_MIB = 512
@@ -97,8 +98,8 @@ class Simulation:
         while not self.name_owned():
             if self.daemon.poll() is not None:
                 raise RuntimeError(f"anklumed exited: {self.daemon_log.read_text()[-2000:]}")
-            if time.monotonic() - started > 20:
-                raise RuntimeError("anklumed did not take its bus name in 20 s")
+            if time.monotonic() - started > scaled(60):
+                raise RuntimeError(f"anklumed did not take its bus name in {scaled(60):.0f} s")
             time.sleep(0.005)
         return time.monotonic() - started
 
@@ -116,7 +117,7 @@ class Simulation:
         if self.daemon and self.daemon.poll() is None:
             self.daemon.terminate()
             try:
-                self.daemon.wait(10)
+                self.daemon.wait(scaled(10))
             except subprocess.TimeoutExpired:
                 self.daemon.kill()
                 self.daemon.wait()
@@ -128,7 +129,7 @@ class Simulation:
         prefix = ["-m", "devtools.as_user", user] if user else ["-m", "anklumectl"]
         return subprocess.run([sys.executable, *prefix, *args], cwd=REPO, env=self.env,
                               capture_output=True, text=True, check=False,
-                              stdin=subprocess.DEVNULL, timeout=60)
+                              stdin=subprocess.DEVNULL, timeout=scaled(60))
 
     def stop(self) -> None:
         if self.data_disk and self.daemon and self.daemon.poll() is None and (
@@ -138,7 +139,7 @@ class Simulation:
         self.stop_daemon()
         if self.polkit and self.polkit.poll() is None:
             self.polkit.terminate()
-            self.polkit.wait(10)
+            self.polkit.wait(scaled(10))
         self.bus.stop()
         if self.stick:
             subprocess.run(["umount", self.persist_mnt], capture_output=True, check=False)

@@ -38,7 +38,7 @@ class Wayland:
         """Read until a sync's callback fires: every event before it."""
         done = self.new_id()
         self.send(1, 0, struct.pack("<I", done))  # wl_display.sync
-        found = []
+        found: list[tuple[int, int, bytes]] = []
         while True:
             while len(self.buffer) < 8 or len(self.buffer) < struct.unpack_from(
                     "<IHH", self.buffer)[2]:

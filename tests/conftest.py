@@ -23,10 +23,16 @@ from typing import Any
 
 import pytest
 
+from devtools import slowness
+
 IN_GUEST = os.environ.get("ANKLUME_VM_GUEST") == "1"
 RESULTS_ENV = "ANKLUME_VM_RESULTS"
 MODES = ("plain", "systemd", "host")
 RUNS_KEY = pytest.StashKey["GuestRuns"]()
+
+
+def pytest_report_header() -> str:
+    return slowness.described()  # devtools/slowness.py: how long the tiers' waits are
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -81,6 +87,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for index, item in enumerate(items):
         mode = vm_mode(item)
         if mode in ("plain", "systemd"):
+            assert item.parent is not None  # a test's module
             items[index] = GuestTest.from_parent(item.parent, name=item.name, mode=mode,
                                                  runs=runs, markers=list(item.iter_markers()))
             runs.nodeids.setdefault(mode, []).append(item.nodeid)

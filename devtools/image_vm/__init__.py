@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from devtools.slowness import scaled
+
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 REPORT_PORT = "org.anklume.test.report"
@@ -147,7 +149,7 @@ class Machine:
         bootdir = self.rundir / f"boot-{self.boots}"
         bootdir.mkdir()
         creds = {
-            f"systemd.extra-unit.{REPORT_UNIT}": report_unit(wait, settle or []).encode(),
+            f"systemd.extra-unit.{REPORT_UNIT}": report_unit(scaled(wait), settle or []).encode(),
             "systemd.unit-dropin.multi-user.target~anklume-test":
                 f"[Unit]\nWants={REPORT_UNIT}\n".encode(),
             "anklume-test.report.py": REPORT_SCRIPT.read_bytes(),
@@ -168,7 +170,7 @@ class Machine:
                 now = time.monotonic()
                 if reported_at is None and read_report(report_file) is not None:
                     reported_at = now
-                if now - started > timeout or \
+                if now - started > scaled(timeout) or \
                         (reported_at is not None and now - reported_at > SHUTDOWN_GRACE):
                     timed_out = reported_at is None
                     break

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from devtools.slowness import scaled
 from devtools.vm.guest import RUN_PARENT, Console, Control, _blockdev, _device
 from devtools.vm.kernel import Kernel
 
@@ -103,7 +104,7 @@ def boot(kernel: Kernel, initrd: Path, sticks: list[tuple[str, Path]], cmdline: 
     try:
         control.start()
         try:
-            proc.wait(timeout=timeout)
+            proc.wait(timeout=scaled(timeout))
         except subprocess.TimeoutExpired:
             timed_out = True
     finally:

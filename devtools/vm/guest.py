@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from devtools import slowness
+from devtools.slowness import scaled
 from devtools.vm.kernel import HERE, Kernel, ensure_kernel
 
 CHECKOUT = HERE.parent.parent
@@ -125,7 +127,9 @@ class Guest:
             (rundir / name).write_text(text)
         env = {"ANKLUME_VM_GUEST": "1", "ANKLUME_VM_MODE": self.mode,
                "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-               "HOME": "/root", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
+               "HOME": "/root", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
+               # The host's: a guest's load average says nothing of the host's.
+               slowness.ENV: str(slowness.factor())}
         if self.mode == "plain":
             env["DM_DISABLE_UDEV"] = "1"  # no udevd: libdevmapper makes its own nodes
         env.update(self.env)
@@ -166,7 +170,7 @@ def compile_checkout() -> None:
 def _wait(proc: subprocess.Popen[bytes], status: Path, timeout: float,
           grace: float = 30.0) -> bool:
     """Wait for QEMU to exit; once the result is recorded, only for ``grace``."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     while proc.poll() is None:
         now = time.monotonic()
         if status.exists():
@@ -368,7 +372,7 @@ class QMP:
                 return message["return"]
 
     def wait_event(self, name: str, match: Any, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + scaled(timeout)
         while time.monotonic() < deadline:
             for event in self._events:
                 if event["event"] == name and match(event.get("data", {})):

@@ -10,6 +10,8 @@ import os
 import time
 from pathlib import Path
 
+from devtools.slowness import scaled
+
 PORT_NAME = "anklume.ctl"
 RUNDIR = Path("/anklume-vm")
 
@@ -26,7 +28,7 @@ def request(line: str, timeout: float = 30.0) -> None:
     try:
         os.write(fd, line.encode() + b"\n")
         reply = b""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + scaled(timeout)
         while not reply.endswith(b"\n"):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the host did not answer {line!r}")
@@ -58,7 +60,7 @@ def find_disk(serial: str) -> Path | None:
 
 
 def wait_disk(serial: str, present: bool = True, timeout: float = 30.0) -> Path | None:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     while time.monotonic() < deadline:
         dev = find_disk(serial)
         if (dev is not None) == present and (dev is None or dev.exists()):

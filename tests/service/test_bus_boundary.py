@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from devtools.slowness import scaled
 from tests.service.conftest import Sim
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,7 +40,7 @@ def flood(sim: Sim, spec: dict[str, Any], user: str = "nobody") -> dict[str, int
     proc = subprocess.run(
         [sys.executable, "-m", "devtools.dbus_fuzz", "--bus", sim.bus.address, "--user", user,
          "--flood", json.dumps(spec)],
-        cwd=REPO, capture_output=True, text=True, check=False, timeout=120)
+        cwd=REPO, capture_output=True, text=True, check=False, timeout=scaled(120))
     assert proc.returncode == 0, proc.stderr
     answers: dict[str, int] = json.loads(proc.stdout)
     return answers
@@ -89,7 +90,7 @@ def test_refused_calls_are_one_short_line_each_and_rate_limited(sim: Sim) -> Non
                    and " uevent " not in line]
     assert len(about_calls) < 30, about_calls[:20]
     # The rest is counted and said once, at the latest a period later.
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + scaled(15)
     while time.monotonic() < deadline and "suppressed" not in log_since(sim, before):
         time.sleep(0.5)
     summary = [line for line in log_since(sim, before).splitlines() if "suppressed" in line]

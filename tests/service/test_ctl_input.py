@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
-
-import pytest
 
 from anklumectl.data import SECRET_FILE_MAX
 from anklumectl.main import EXIT_CODES
@@ -19,14 +15,6 @@ def big_file(path: Path, size: int) -> Path:
     with path.open("wb") as f:
         f.truncate(size)
     return path
-
-
-def test_a_bus_address_that_is_not_one() -> None:
-    proc = subprocess.run([sys.executable, "-m", "anklumectl", "--bus", "garbage", "status"],
-                          cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
-    assert proc.returncode == EXIT_CODES["Usage"]
-    assert proc.stderr == ("anklumectl: 'garbage' is not a D-Bus address (like "
-                           "unix:path=/run/dbus/system_bus_socket): fix --bus\n")
 
 
 def test_bad_input_to_anklumectl_gets_a_sentence(sim: Sim, tmp_path: Path) -> None:
@@ -51,17 +39,3 @@ def test_bad_input_to_anklumectl_gets_a_sentence(sim: Sim, tmp_path: Path) -> No
                 or "Traceback" in proc.stderr or proc.stderr.count("\n") != 1:
             wrong.append(f"{args}: {proc.returncode} {proc.stderr!r}")
     assert not wrong, "\n".join(wrong)
-
-
-@pytest.mark.parametrize("size", [SECRET_FILE_MAX, SECRET_FILE_MAX + 1])
-def test_the_passphrase_file_bound(tmp_path: Path, size: int) -> None:
-    from anklumectl.client import ClientError
-    from anklumectl.data import read_secret_file
-
-    path = tmp_path / "pw"
-    path.write_bytes(b"x" * size)
-    if size <= SECRET_FILE_MAX:
-        assert read_secret_file(str(path)) == b"x" * size
-    else:
-        with pytest.raises(ClientError, match="larger than"):
-            read_secret_file(str(path))

@@ -8,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from devtools.slowness import scaled
 from tests.service.conftest import Sim
 
 NOT_AUTHORIZED, BUSY, REFUSED = 3, 6, 10
@@ -114,7 +115,7 @@ def test_a_disk_plugged_in_later_is_noticed(sim: Sim) -> None:
     loop = subprocess.run(["losetup", "--find", "--show", str(image)], capture_output=True,
                           text=True, check=True).stdout.strip()
     try:
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + scaled(15)
         while time.monotonic() < deadline:
             if loop in {row[1] for row in data_status(sim)["Candidates"]}:
                 break

@@ -18,6 +18,7 @@ import sys
 import pexpect
 
 from devtools.simulate import REPO
+from devtools.slowness import scaled
 from tests.service.conftest import Sim
 
 NOT_AUTHORIZED = 3  # anklumectl's documented exit code
@@ -30,7 +31,7 @@ def at_terminal(sim: Sim, *argv: str, user: str | None = None) -> pexpect.spawn:
     prefix = ["-m", "devtools.as_user", user] if user else ["-m", "anklumectl"]
     child = pexpect.spawn(sys.executable, [*prefix, *argv], cwd=str(REPO),
                           env={**sim.env, "TERM": "xterm-256color"}, encoding="utf-8",
-                          timeout=60, dimensions=(60, 220))
+                          timeout=scaled(60), dimensions=(60, 220))
     child.logfile_read = io.StringIO()  # everything the terminal showed
     return child
 
@@ -67,11 +68,13 @@ def test_the_daemon_says_when_it_has_probed_the_disks(sim: Sim) -> None:
     st = data_state(sim)  # `data status` waits for the probe (30 s at most)
     assert st["DisksProbed"] is True
     usable = [row[1] for row in st["Candidates"] if not row[7]]
+    assert sim.stick is not None
     assert str(sim.data_disk) in usable and str(sim.stick.loop) not in usable
 
 
 def test_first_boot_sets_up_the_disk_picked_from_the_table_and_confirmed(sim: Sim) -> None:
     disk = str(sim.data_disk)
+    assert sim.stick is not None
     child = at_terminal(sim, "first-boot", "--encryption", "none", "--pool-name", "vault")
     child.expect(shown("Disk to erase and use for the data"))
     table = plain(child.before)
@@ -141,6 +144,7 @@ def test_ctrl_c_leaves_a_data_job_running_and_says_how_to_cancel_it(sim: Sim) ->
                         "--encryption", "none", "--pool-name", "vault", "--yes")
     child.expect(shown("checking"))  # the first phase: the job runs and was read once
     # Stopped, the daemon holds the job where it is, so Ctrl-C lands while it runs.
+    assert sim.daemon is not None
     os.kill(sim.daemon.pid, signal.SIGSTOP)
     try:
         child.sendintr()

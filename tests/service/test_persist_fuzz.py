@@ -30,6 +30,7 @@ from anklumectl.client import Client, ClientError
 from anklumed.persist import MAX_FILE_BYTES, decode
 from anklumed.slots.model import VERITY_MAGIC, parse_meta, parse_rollback
 from anklumed.stick import SlotName
+from devtools.slowness import scaled
 from tests.persist_cases import FUZZ_CASES, INODES, META_FILES, SECRET, VALID, Case
 from tests.service.conftest import Sim
 from tests.service.test_persist_hostile import persist_rw
@@ -100,7 +101,7 @@ class Fuzz:
         self.client: Client | None = None
 
     def run(self, coro: Any) -> Any:
-        return self.loop.run_until_complete(asyncio.wait_for(coro, 30))
+        return self.loop.run_until_complete(asyncio.wait_for(coro, scaled(30)))
 
     def connect(self) -> Client:
         if self.client is None:
@@ -141,7 +142,7 @@ class Fuzz:
         if isinstance(reply, ClientError):
             return
         path = reply[0]
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + scaled(30)
         while time.monotonic() < deadline:
             props = self.run(self.connect().call(
                 path, "org.freedesktop.DBus.Properties", "GetAll", "s",

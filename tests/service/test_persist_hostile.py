@@ -12,11 +12,13 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from anklumectl.client import Client, ClientError
 from devtools import stickimg
+from devtools.slowness import scaled
 from tests.service.conftest import Sim
 
 OK_B = "STATUS=ok\nVERSION=1.1.0\nROOT_HASH=ab12\n"
@@ -45,7 +47,7 @@ async def _call(sim: Sim, member: str, *args: bool) -> ClientError | None:
     client = await Client.connect(sim.bus.address, interactive=False)
     try:
         signature = "b" * len(args)
-        await asyncio.wait_for(client.manager(member, signature, *args), 15)
+        await asyncio.wait_for(client.manager(member, signature, *args), scaled(15))
         return None
     except ClientError as e:
         return e
@@ -204,8 +206,8 @@ def test_a_full_persist_is_named_and_changes_nothing(sim: Sim) -> None:
         assert not list(mnt.glob("*.tmp"))
 
 
-def wait_for(sim: Sim, check: str, seconds: float = 15) -> dict[str, object]:
-    deadline = time.monotonic() + seconds
+def wait_for(sim: Sim, check: str, seconds: float = 15) -> dict[str, Any]:
+    deadline = time.monotonic() + scaled(seconds)
     while True:
         s = sim.status()
         if eval(check, {}, {"s": s}) or time.monotonic() > deadline:  # noqa: S307 - a test's own text

@@ -3,17 +3,16 @@
 import asyncio
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from dbus_fast import DBusError, Message, MessageType, Variant
+from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.service import ServiceInterface, method
 
 from anklumectl.client import Client
-from anklumed.persist import WRITE_STEPS, PersistDir
 from anklumed.service.boundary import (
     GetAllFromSnapshot,
     PremarshalledReply,
@@ -21,54 +20,15 @@ from anklumed.service.boundary import (
     dbus_method,
     ro_property,
 )
-from anklumed.stick import SlotName
 from devtools import stickimg
 from devtools.privatebus import PrivateBus
+from devtools.slowness import scaled
 from tests.service.conftest import Sim
 
 REPO = Path(__file__).resolve().parents[2]
 
-CRASHER = """
-import os, sys
-from pathlib import Path
-from anklumed.persist import PersistDir
-from anklumed.slots import model
-from anklumed.stick import SlotName
-target = int(sys.argv[2]); seen = [0]
-def hook(step):
-    if seen[0] == target:
-        os._exit(77)  # a crash: no cleanup, no finally
-    seen[0] += 1
-pdir = PersistDir(Path(sys.argv[1]), step_hook=hook)
-state = model.read_slots_state(pdir)
-model.write_primary(pdir, SlotName.B, 0)
-model.write_meta(pdir, SlotName.A, state.meta[SlotName.A].model_copy(update={"version": "2"}))
-"""
-
-
-def test_crash_at_every_step_of_a_persist_write_leaves_valid_files(tmp_path: Path) -> None:
-    steps = 3 * len(WRITE_STEPS)  # three files are written
-    for k in range(steps + 1):
-        root = tmp_path / f"crash-{k}"
-        (root / "slots").mkdir(parents=True)
-        (root / "ab-state").write_text("A\n")
-        (root / "boot-count").write_text("2\n")
-        (root / "slots" / "A.meta").write_text("STATUS=ok\nVERSION=1\n")
-        proc = subprocess.run([sys.executable, "-c", CRASHER, str(root), str(k)], cwd=REPO,
-                              capture_output=True, text=True, check=False)
-        assert proc.returncode == (77 if k < steps else 0), proc.stderr
-        from anklumed.slots.model import read_slots_state
-        state = read_slots_state(PersistDir(root))
-        assert state.problems == (), (k, state.problems)
-        assert (state.primary.value, state.boot_count) in {("A", 2), ("A", 0), ("B", 0)}
-        assert state.meta[SlotName.A].version in ("1", "2")
-        # The next writer removes what the crash left behind.
-        PersistDir(root).clean_temporaries()
-        assert not list(root.rglob("*.tmp"))
-
-
 async def test_fifty_concurrent_clients(sim: Sim) -> None:
-    async def one() -> dict[str, object]:
+    async def one() -> dict[str, Any]:
         client = await Client.connect(sim.bus.address, interactive=False)
         try:
             return await client.status()
@@ -112,7 +72,7 @@ def test_stick_pulled(sim: Sim) -> None:
 def test_a_stick_plugged_back_is_found_again(sim: Sim) -> None:
     assert sim.stick is not None
     sim.stick.detach()
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + scaled(15)
     while sim.status()["BootMediaPresent"] and time.monotonic() < deadline:
         time.sleep(0.2)
     assert sim.status()["BootMediaPresent"] is False
@@ -182,7 +142,7 @@ async def disconnect(connections: list[MessageBus]) -> None:
     dbus-fast an EOFError that nobody awaits, reported when it is collected."""
     for connection in connections:
         connection.disconnect()
-        await connection.wait_for_disconnect()
+        await connection.wait_for_disconnect()  # type: ignore[no-untyped-call]
 
 
 async def test_quirk_no_traceback_reaches_the_caller(tmp_path: Path) -> None:
@@ -203,6 +163,7 @@ async def test_quirk_no_traceback_reaches_the_caller(tmp_path: Path) -> None:
                 destination="org.anklume.Live1", path="/t", interface=iface, member=member,
                 signature=sig, body=body)))
         error, prop = replies
+        assert error is not None and prop is not None
         assert error.message_type == MessageType.ERROR
         assert error.error_name == "org.anklume.Live1.Error.Failed"
         assert "Traceback" not in error.body[0] and "shadow" not in error.body[0]
@@ -240,7 +201,7 @@ async def test_quirk_no_traceback_even_past_the_boundary(tmp_path: Path) -> None
             error = await client.call(Message(
                 destination="org.anklume.Live1", path="/t", interface="org.anklume.Live1.Test",
                 member=member))
-            assert error.message_type == MessageType.ERROR
+            assert error is not None and error.message_type == MessageType.ERROR
             assert error.error_name == "org.anklume.Live1.Error.Failed", error.body
             assert error.body == [f"{member} failed inside anklumed"]
     finally:
@@ -260,8 +221,9 @@ async def test_quirk_a_full_socket_does_not_drop_the_bus(tmp_path: Path) -> None
                                            ["x" * 1000]))
         reply = await asyncio.wait_for(client.call(Message(
             destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus", member="GetId")), 60)
-        assert client.connected and reply.message_type == MessageType.METHOD_RETURN
+            interface="org.freedesktop.DBus", member="GetId")), scaled(60))
+        assert client.connected and reply is not None
+        assert reply.message_type == MessageType.METHOD_RETURN
     finally:
         await disconnect(connections)
         bus.stop()
@@ -312,10 +274,12 @@ async def test_quirk_get_all_from_the_snapshot_follows_every_change(tmp_path: Pa
         await server.request_name("org.anklume.Live1")
 
         async def call(member: str, *body: str) -> Message:
-            return await client.call(Message(
+            reply = await client.call(Message(
                 destination="org.anklume.Live1", path="/t", member=member,
                 interface="org.freedesktop.DBus.Properties", signature="s" * len(body),
                 body=list(body)))
+            assert reply is not None
+            return reply
 
         async def get_all() -> dict[str, object]:
             reply = await call("GetAll", "org.anklume.Live1.Test")
@@ -338,14 +302,6 @@ async def test_quirk_get_all_from_the_snapshot_follows_every_change(tmp_path: Pa
     finally:
         await disconnect(connections)
         bus.stop()
-
-
-def test_quirk_error_class_mapping() -> None:
-    from anklumed.errors import ALL_ERRORS
-    from anklumed.service.boundary import to_dbus_error
-    for cls in ALL_ERRORS:
-        err = to_dbus_error(cls("m"), "x")
-        assert isinstance(err, DBusError) and err.type.endswith(cls.dbus_suffix)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root")

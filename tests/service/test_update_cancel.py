@@ -19,6 +19,7 @@ from anklumed.errors import Cancelled
 from anklumed.jobs import Job
 from anklumed.slots.update import UpdateRequest
 from devtools.bundle_server import Faults, serving
+from devtools.slowness import scaled
 from devtools.update_direct import run_update
 from tests.service.conftest import Sim
 from tests.service.test_update import make_bundle
@@ -76,7 +77,7 @@ async def test_cancel_is_refused_once_activation_began(sim: Sim, tmp_path: Path)
 
 
 def wait_for_phase(sim: Sim, phase: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     while time.monotonic() < deadline:
         jobs = sim.ctl("jobs").stdout
         if f" {phase} " in jobs:
@@ -107,7 +108,7 @@ def test_a_running_update_is_cancelled_from_the_cli_and_a_second_is_busy(
                                   stderr=subprocess.PIPE, text=True)
         cancelled = sim.ctl("cancel")
         assert cancelled.returncode == 0, cancelled.stderr
-        _, err = waiter.communicate(timeout=30)
+        _, err = waiter.communicate(timeout=scaled(30))
     assert waiter.returncode == CANCELLED, err
     after = sim.persist_files()
     assert boot_files(after) == boot_files(before)

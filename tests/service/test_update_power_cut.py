@@ -15,6 +15,7 @@ from pathlib import Path
 from anklumed.persist import PersistDir
 from anklumed.slots.model import SlotStatus, parse_meta, read_slots_state
 from anklumed.stick import SlotName
+from devtools.slowness import scaled
 from tests.service.conftest import Sim
 from tests.service.test_update import make_bundle
 
@@ -27,7 +28,7 @@ def run_update(sim: Sim, manifest: Path, crash_at: int) -> subprocess.CompletedP
     return subprocess.run(
         [sys.executable, "-m", "tests.service.update_crasher",
          str(sim.workdir / "anklumed.toml"), str(manifest), str(crash_at)],
-        cwd=REPO, capture_output=True, text=True, check=False, timeout=120)
+        cwd=REPO, capture_output=True, text=True, check=False, timeout=scaled(120))
 
 
 def test_a_killed_update_leaves_the_boot_alone_and_a_retry_succeeds(

@@ -16,9 +16,9 @@ import pytest
 
 from anklumed.errors import VerificationFailed
 from anklumed.jobs import Job
-from anklumed.slots.bundle import FORMAT, Manifest
+from anklumed.slots.bundle import CHUNK, FORMAT, Manifest
 from anklumed.slots.source import HttpSettings, open_bundle
-from anklumed.slots.update import CHUNK, write_slot
+from anklumed.slots.update import write_slot
 from anklumed.slots.verity_tree import VerityHasher, VerityParams
 
 pytestmark = pytest.mark.root

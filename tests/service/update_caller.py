@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from anklumectl.client import MANAGER_IFACE, ROOT_PATH, Client, ClientError
+from devtools.slowness import scaled
 
 PREFIX = "org.anklume.Live1.Error."
 Answer = tuple[str, str]  # (error name without prefix, or "ok"; message)
@@ -26,7 +27,7 @@ JOB_TIMEOUT = 40.0
 
 
 async def job_answer(c: Client, path: str) -> Answer:
-    deadline = time.monotonic() + JOB_TIMEOUT
+    deadline = time.monotonic() + scaled(JOB_TIMEOUT)
     while time.monotonic() < deadline:
         (props,) = await c.call(path, "org.freedesktop.DBus.Properties", "GetAll", "s",
                                 ["org.anklume.Live1.Job"])

@@ -4,7 +4,7 @@ import asyncio
 import logging
 
 import pytest
-from dbus_fast import MessageFlag, Variant
+from dbus_fast import DBusError, MessageFlag, Variant
 from dbus_fast._private.marshaller import Marshaller
 
 from anklumed.errors import ALL_ERRORS, Failed, NotAuthorized
@@ -214,3 +214,9 @@ def test_the_fuzzer_never_names_a_disk_of_this_machine() -> None:
         path = safe if safe.startswith("/") else f"/dev/{safe}"
         assert Path(os.path.realpath(path)).name not in devices, (value, safe)
         assert not safe or not os.path.lexists(safe), (value, safe)
+
+
+def test_quirk_error_class_mapping() -> None:
+    for cls in ALL_ERRORS:
+        err = to_dbus_error(cls("m"), "x")
+        assert isinstance(err, DBusError) and err.type.endswith(cls.dbus_suffix)

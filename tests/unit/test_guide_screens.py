@@ -57,7 +57,8 @@ async def test_the_four_choices_open_their_screens(app: GuideApp) -> None:
 
 async def test_the_tour_turns_its_pages_and_names_missing_commands(
         app: GuideApp, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tour.shutil, "which", lambda cmd: "/usr/bin/x" if cmd != "incus" else None)
+    monkeypatch.setattr("anklume_desktop.guide.tour.shutil.which",
+                        lambda cmd: "/usr/bin/x" if cmd != "incus" else None)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("3")
         assert "Where you are" in text(app, "#step")

@@ -26,3 +26,22 @@ def test_every_persist_regression_names_a_test_that_exists() -> None:
     defined = set(re.findall(r"^def (test_\w+)\(", source, re.M))
     assert {r.test for r in REGRESSIONS} == defined
     assert all(c.input and c.answer for c in FUZZ_CASES)
+
+
+def test_the_catalogue_lists_exactly_the_case_classes_run() -> None:
+    """D-Bus calls: the fuzzer's case classes and the bus boundary's cases."""
+    from devtools.dbus_fuzz import CASES as DBUS_FUZZ_CASES
+    from tests.service import test_bus_boundary
+
+    ids = ROW_ID.findall(section("D-Bus calls"))
+    assert len(ids) == len(set(ids)), "an id is listed twice"
+    assert set(ids) == set(DBUS_FUZZ_CASES) | set(test_bus_boundary.CASES)
+
+
+def test_the_catalogue_lists_exactly_these_cases() -> None:
+    """Update sources: tests/service/test_update_sources.py's cases, in order."""
+    from tests.service.test_update_sources import CASES
+
+    ids = [case.id for case in CASES]
+    assert len(ids) == len(set(ids))
+    assert ROW_ID.findall(section("Update sources")) == ids

@@ -6,6 +6,7 @@ import random
 import re
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -29,8 +30,10 @@ def reference(image: Path, tmp: Path, salt: bytes, data_bs: int = 4096,
     return match.group(1), tree.read_bytes()
 
 
-def ours(data: bytes, salt: bytes, chunk: int, **kwargs: int | str) -> tuple[str, bytes]:
-    hasher = VerityHasher(VerityParams(salt=salt, uuid=UUID, **kwargs))  # type: ignore[arg-type]
+def ours(data: bytes, salt: bytes, chunk: int, threads: int | None = None,
+         **kwargs: int | str) -> tuple[str, bytes]:
+    hasher = VerityHasher(VerityParams(salt=salt, uuid=UUID, **kwargs),  # type: ignore[arg-type]
+                          threads=threads)
     for i in range(0, len(data), chunk):
         hasher.update(data[i:i + chunk])
     result = hasher.finish()
@@ -48,6 +51,27 @@ def test_tree_is_byte_identical(tmp_path: Path, blocks: int) -> None:
     # Odd chunk sizes: the stream is cut anywhere, never at block boundaries.
     assert ours(data, salt, chunk=rng.choice([1000, 4097, 65536 + 3])) == \
         reference(image, tmp_path, salt)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_leaves_of_large_chunks_are_hashed_on_several_threads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: int) -> None:
+    seen: set[int] = set()
+    serial = VerityHasher._leaf_digests
+
+    def recording(self: VerityHasher, view: memoryview) -> list[bytes]:
+        seen.add(threading.get_ident())
+        return serial(self, view)
+
+    monkeypatch.setattr(VerityHasher, "_leaf_digests", recording)
+    rng = random.Random(threads)
+    data = rng.randbytes(1001 * 4096)
+    image = tmp_path / "image"
+    image.write_bytes(data)
+    # Chunks of 1 MiB and 5 bytes: parts of uneven length, a block cut in two.
+    assert ours(data, b"salt", chunk=(1 << 20) + 5, threads=threads) == \
+        reference(image, tmp_path, b"salt")
+    assert len(seen) == threads
 
 
 @pytest.mark.parametrize(("data_bs", "hash_bs", "alg", "salt_len"), [

@@ -33,10 +33,11 @@ def inspect(persist: Path, work: Path) -> dict[str, object]:
     store = PersistStore(persist, work / "inspect")
     with store.transaction() as pdir:
         state = model.read_slots_state(pdir)
-        report = {"problems": list(state.problems), "primary": state.primary.value,
-                  "boot_count": state.boot_count,
-                  "status": {s.value: state.meta[s].status.value for s in SlotName},
-                  "version_a": state.meta[SlotName.A].version}
+        report: dict[str, object] = {
+            "problems": list(state.problems), "primary": state.primary.value,
+            "boot_count": state.boot_count,
+            "status": {s.value: state.meta[s].status.value for s in SlotName},
+            "version_a": state.meta[SlotName.A].version}
         if state.primary is SlotName.B:
             model.write_primary(pdir, SlotName.A, 1)
     return report

@@ -19,7 +19,8 @@ from anklumectl.client import Client
 from anklumectl.data import data_props
 from anklumed.command import run
 from anklumed.data import btrfs, luks
-from anklumed.data.manager import LABEL_PREFIX
+from anklumed.data.poolconf import LABEL_PREFIX
+from devtools.slowness import scaled
 from devtools.vm import guestctl
 from tests.service.conftest import Sim
 
@@ -146,6 +147,7 @@ def test_a_disk_whose_setup_was_cut_short_is_not_adopted(sim: Sim, tmp_path: Pat
     # subvolumes: a labelled LUKS2 disk holding an empty BTRFS, and no pool.conf
     # (made with the very steps setup takes).
     secret, label = PASSPHRASE.encode(), f"{LABEL_PREFIX}vault"
+    assert sim.data_disk is not None
     luks.format_luks2(sim.data_disk, secret, label=label, iter_time_ms=200)
     btrfs.make_filesystem(luks.open_luks(sim.data_disk, secret, "anklume-half"), label)
     luks.close_luks("anklume-half")
@@ -168,7 +170,7 @@ def test_a_disk_whose_setup_was_cut_short_is_not_adopted(sim: Sim, tmp_path: Pat
 
 
 def _wait_state(sim: Sim, check: Any, timeout: float = 15.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     while True:
         st = status(sim)
         if check(st) or time.monotonic() > deadline:
@@ -211,7 +213,7 @@ def test_a_disk_pulled_while_writing_carries_on_when_plugged_back(
     guestctl.plug(serial, "usb", image=guestctl.RUNDIR / "disks" / f"{serial}.img")
     back = sim.ctl("data", "unlock", "--passphrase-file", good)
     assert back.returncode == 0, back.stderr
-    assert writer.wait(timeout=30) == 0
+    assert writer.wait(timeout=scaled(30)) == 0
     st = status(sim)
     assert (st["State"], st["Pulled"]) == ("mounted", False), st
     # It really reached the disk: locked, opened again, read back.

@@ -10,13 +10,14 @@ import time
 import pytest
 
 from anklumed.events import Event
+from devtools.slowness import scaled
 
 pytestmark = pytest.mark.vm(mode="systemd")
 
 
 def journal(*args: str) -> str:
     return subprocess.run(["journalctl", "--no-pager", *args], capture_output=True,
-                          text=True, check=True, timeout=60).stdout
+                          text=True, check=True, timeout=scaled(60)).stdout
 
 
 def marked_good_entries() -> list[dict[str, str]]:
@@ -26,23 +27,23 @@ def marked_good_entries() -> list[dict[str, str]]:
 
 def boot_state() -> str:
     out = subprocess.run(["anklumectl", "status", "--json"], capture_output=True, text=True,
-                         check=False, timeout=60).stdout
+                         check=False, timeout=scaled(60)).stdout
     return str(json.loads(out)["BootState"]) if out else ""
 
 
 def test_mark_good_is_found_in_the_journal_by_its_message_id() -> None:
     # First the automatic mark at boot-complete.target, so that it cannot land
     # between the count and the call below.
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + scaled(180)
     while boot_state() != "good" and time.monotonic() < deadline:
         time.sleep(1)
     assert boot_state() == "good", "the boot was never marked good"
     before = len(marked_good_entries())
     assert before >= 1, "the automatic mark at boot-complete.target left no entry"
     done = subprocess.run(["anklumectl", "mark-good"], capture_output=True, text=True,
-                          check=False, timeout=120)
+                          check=False, timeout=scaled(120))
     assert done.returncode == 0, done.stderr
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + scaled(30)
     while len(entries := marked_good_entries()) <= before and time.monotonic() < deadline:
         time.sleep(0.5)
     assert len(entries) == before + 1, "MarkGood left no entry with its MESSAGE_ID"

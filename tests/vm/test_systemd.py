@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from devtools.slowness import scaled
 from devtools.vm import guestctl
 from devtools.vm.scenarios import STICK_SERIAL
 
@@ -25,7 +26,7 @@ NOT_AUTHORIZED = 3  # anklumectl's documented exit code
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=scaled(120))
     if check and proc.returncode != 0:
         raise AssertionError(f"{argv} failed ({proc.returncode}): {proc.stderr}")
     return proc
@@ -37,7 +38,7 @@ def unit_props(unit: str, *names: str) -> dict[str, str]:
 
 
 def wait_for(what: str, check: object, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     while time.monotonic() < deadline:
         if check():  # type: ignore[operator]
             return
@@ -76,7 +77,7 @@ def persist_file(name: str) -> str:
     assert stick is not None
     part = Path(f"{stick}4")
     reads: list[str] = []
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + scaled(60)
     while time.monotonic() < deadline:
         if mounted_anywhere(part):
             reads.clear()

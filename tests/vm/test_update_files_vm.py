@@ -15,6 +15,7 @@ import pytest
 
 from anklumed.slots import bundle
 from devtools import stickimg
+from devtools.slowness import scaled
 
 pytestmark = pytest.mark.vm(mode="systemd")
 VERIFICATION_FAILED = 8
@@ -34,19 +35,19 @@ def test_a_bundle_in_the_users_tmp_is_read_through_passed_files() -> None:
     # Through anklumectl: the files are passed open, anklumed reads the manifest
     # and stops at the missing signature (nothing written).
     proc = subprocess.run(["anklumectl", "--no-ask-password", "update", str(manifest)],
-                          capture_output=True, text=True, timeout=120, check=False)
+                          capture_output=True, text=True, timeout=scaled(120), check=False)
     assert proc.returncode == VERIFICATION_FAILED, proc.stderr
     assert "not signed: give its root hash with --verify-hash" in proc.stderr
     # The same path given to Manager.Update: anklumed's own /tmp has no such file.
     started = subprocess.run(
         ["busctl", "call", "org.anklume.Live1", "/org/anklume/Live1",
          "org.anklume.Live1.Manager", "Update", "ssb", str(manifest), "", "false"],
-        capture_output=True, text=True, timeout=60, check=True)
+        capture_output=True, text=True, timeout=scaled(60), check=True)
     job = started.stdout.split('"')[1]
     for _ in range(100):
         state = subprocess.run(
             ["busctl", "get-property", "org.anklume.Live1", job, "org.anklume.Live1.Job",
-             "Message"], capture_output=True, text=True, timeout=30, check=True).stdout
+             "Message"], capture_output=True, text=True, timeout=scaled(30), check=True).stdout
         if "nothing at" in state:
             break
         subprocess.run(["sleep", "0.2"], check=True)
