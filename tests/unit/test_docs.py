@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from anklume_client import words
 from anklumed.data.disks import Refusal
 from anklumed.data.manager import MessageCode
 from anklumed.errors import ErrorCode
@@ -62,6 +63,20 @@ DAEMON_CODES: dict[str, list[str]] = {
 
 def test_the_codes_tables_are_the_daemons_codes() -> None:
     assert documented_codes() == DAEMON_CODES
+
+
+# The client library's plain words for each list (anklume_client/words.py).
+CLIENT_WORDS: dict[str, dict[str, str]] = {
+    "StateReasonCodes": words.REASONS, "ProblemCodes": words.PROBLEMS,
+    "ErrorCode": words.ERRORS, "MessageCode": words.MESSAGES, "refused_code": words.REFUSALS,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(DAEMON_CODES))
+def test_the_client_has_plain_words_for_every_code(kind: str) -> None:
+    assert sorted(CLIENT_WORDS[kind]) == sorted(DAEMON_CODES[kind])
+    assert all(sentence and sentence[0].islower() and not sentence.endswith(".")
+               for sentence in CLIENT_WORDS[kind].values())
 
 
 def test_every_refusal_has_its_job_error_code() -> None:

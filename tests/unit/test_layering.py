@@ -72,3 +72,11 @@ def test_the_checker_sees_the_imports_it_looks_for() -> None:
     assert "anklumed.stick" in imported_modules(PACKAGE / "slots" / "model.py")
     assert "anklumed.data.poolconf" in imported_modules(PACKAGE / "data" / "manager.py")
     assert any("dbus_" in line for line in offending(PACKAGE / "service", DBUS_LIBRARIES))
+
+
+def test_the_client_library_imports_nothing_of_the_daemon_or_the_cli() -> None:
+    # A desktop client installs it alone: it may need dbus-fast, not anklumed.
+    client = ROOT / "anklume_client"
+    assert list(client.glob("*.py")), "no module in anklume_client/"
+    assert offending(client, ("anklumed", "anklumectl")) == []
+    assert "anklume_client.interface" in imported_modules(client / "proxies.py")

@@ -22,8 +22,9 @@ def tool(name: str) -> str:
 
 
 def test_ruff() -> None:
-    proc = subprocess.run([tool("ruff"), "check", "anklumed", "anklumectl", "devtools", "tests",
-                           "bench"], cwd=REPO, capture_output=True, text=True, check=False)
+    proc = subprocess.run([tool("ruff"), "check", "anklumed", "anklumectl", "anklume_client",
+                           "devtools", "tests", "bench"],
+                          cwd=REPO, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
