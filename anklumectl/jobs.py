@@ -56,7 +56,10 @@ async def follow_job(c: Client, path: str, out: Console) -> int:
     with Progress(*columns, console=out, transient=True) as bar:
         task = bar.add_task("starting", total=None)
 
+        seen: list[JobStatus] = []  # the last one: its kind, without asking again
+
         def progress(status: JobStatus) -> None:
+            seen[:] = [status]
             bar.update(task, description=status.phase, completed=status.bytes_done,
                        total=status.bytes_total or None)
 
@@ -70,7 +73,9 @@ async def follow_job(c: Client, path: str, out: Console) -> int:
                 if current is not None:
                     current.uncancel()
                 bar.stop()
-                note = on_interrupt((await job.status()).kind, path)
+                # A daemon that hangs must not hang Ctrl-C: the kind already read.
+                kind = seen[0].kind if seen else (await job.status()).kind
+                note = on_interrupt(kind, path)
                 if note is not None:
                     out.print(note)
                     return INTERRUPTED
