@@ -27,6 +27,29 @@ BOOT_STATES = {
     "degraded": "degraded",
 }
 
+SLOT_STATUSES = {
+    "ok": "this system works",
+    "pending": "this system has not been confirmed to work yet",
+    "failed": "this system failed to start",
+    "empty": "no system is installed here",
+    "unknown": "the state of this system cannot be read",
+}
+
+DATA_STATES = {
+    "absent": "no data disk is set up",
+    "locked": "the data disk is locked",
+    "unlocked": "the data disk is open but not mounted",
+    "mounted": "the data disk is ready",
+    "error": "the data disk needs attention",
+}
+
+JOB_STATES = {
+    "running": "in progress",
+    "succeeded": "done",
+    "failed": "failed",
+    "cancelled": "cancelled",
+}
+
 # The hand-off's VERITY, for a person.
 INTEGRITY = {
     "signed": "verified (signed)",

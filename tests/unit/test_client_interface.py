@@ -45,6 +45,7 @@ def test_the_client_enums_are_the_daemons() -> None:
     from anklume_client import models, words
     from anklumed import jobs
     from anklumed.data import manager
+    from anklumed.handoff import VerityState
     from anklumed.service.objects import JOB_ACTIONS
     from anklumed.slots import assessment
     from anklumed.slots import model as slot_model
@@ -55,6 +56,8 @@ def test_the_client_enums_are_the_daemons() -> None:
     assert values(models.BootState) == values(assessment.BootState) == sorted(words.BOOT_STATES)
     # "unknown": the Slot's Status when PERSIST cannot be read (not a state file value)
     assert values(models.SlotStatus) == sorted([*values(slot_model.SlotStatus), "unknown"])
-    assert values(models.DataState) == values(manager.DataState)
-    assert values(models.JobState) == values(jobs.JobState)
+    assert values(models.SlotStatus) == sorted(words.SLOT_STATUSES)
+    assert values(models.DataState) == values(manager.DataState) == sorted(words.DATA_STATES)
+    assert values(models.JobState) == values(jobs.JobState) == sorted(words.JOB_STATES)
+    assert sorted(words.INTEGRITY) == values(VerityState)
     assert values(models.JobKind) == sorted(JOB_ACTIONS)
