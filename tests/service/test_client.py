@@ -75,3 +75,23 @@ async def test_a_job_is_followed_by_its_signals(sim: Sim, tmp_path: Path) -> Non
     assert "slot B" in end.result and end.error_code == ""
     assert "writing" in seen and "verifying" in seen
     assert conn.reads == 1  # read once after subscribing; every change came as a signal
+
+
+async def test_a_subscription_hears_each_change(sim: Sim) -> None:
+    conn = await Connection.connect(sim.bus.address)
+    states: list[str] = []
+    good = asyncio.Event()
+
+    def on_change(props: Properties) -> None:
+        states.append(props["BootState"])
+        if props["BootState"] == "good":
+            good.set()
+
+    try:
+        undo = await Manager(conn).subscribe(on_change)
+        await Manager(conn).mark_good()  # root: polkit is not asked
+        await asyncio.wait_for(good.wait(), 10)
+        undo()
+    finally:
+        await conn.close()
+    assert states[0] == "pending" and states[-1] == "good"
