@@ -51,6 +51,8 @@ class Connection:
         self.bus = bus
         self.interactive = interactive
         self._owner: str | None = None
+        # The daemon's serial of the last reply: signals sent after it have higher ones.
+        self.last_serial = 0
 
     @classmethod
     async def connect(cls, address: str | None = None, interactive: bool = False) -> Any:
@@ -93,6 +95,7 @@ class Connection:
         if reply.message_type == MessageType.ERROR:
             text = reply.body[0] if reply.body else ""
             raise ClientError(reply.error_name or "", str(text))
+        self.last_serial = reply.serial
         return [unwrap(v) for v in reply.body]
 
     async def _send(self, msg: Message, wait: float) -> Message:
@@ -111,9 +114,13 @@ class Connection:
         return reply
 
     async def get_all(self, path: str, iface: str) -> dict[str, Any]:
+        return (await self.get_all_serial(path, iface))[0]
+
+    async def get_all_serial(self, path: str, iface: str) -> tuple[dict[str, Any], int]:
+        """The properties, and the serial the daemon gave its reply: a
+        PropertiesChanged with a lower serial is older than what was read."""
         (props,) = await self.call(path, PROPERTIES_IFACE, "GetAll", "s", [iface])
-        result: dict[str, Any] = props
-        return result
+        return props, self.last_serial
 
     # ---- signals -------------------------------------------------------------
     async def owner(self) -> str:
@@ -154,13 +161,14 @@ class Connection:
         return undo
 
     async def subscribe_properties(self, path: str, iface: str,
-                                   handler: Callable[[dict[str, Any], list[str]], None]
+                                   handler: Callable[[dict[str, Any], int], None]
                                    ) -> Callable[[], None]:
-        """``handler(changed, invalidated)`` on each PropertiesChanged of ``iface``."""
+        """``handler(changed, serial)`` on each PropertiesChanged of ``iface``
+        (anklumed never invalidates: it sends every changed value)."""
         def on_signal(msg: Message) -> None:
-            name, changed, invalidated = msg.body
+            name, changed, _invalidated = msg.body
             if name == iface:
-                handler(unwrap(changed), list(invalidated))
+                handler(unwrap(changed), msg.serial)
         return await self.subscribe(path, PROPERTIES_IFACE, "PropertiesChanged", on_signal)
 
     async def disconnected(self) -> None:

@@ -54,13 +54,26 @@ class Proxy:
         PropertiesChanged; the first call comes at once, with the state read
         after subscribing (so no change falls between)."""
         current: dict[str, Any] = {}
+        read: list[int] = []  # the serial of the first read, once it is in
+        early: list[tuple[int, dict[str, Any]]] = []
 
-        def changed(values: dict[str, Any], invalidated: list[str]) -> None:
+        def changed(values: dict[str, Any], serial: int) -> None:
+            if not read:  # a change alone is not the state: wait for the read
+                early.append((serial, values))
+                return
             current.update(values)
             on_change(complete(self.interface, current))
 
         undo = await self.conn.subscribe_properties(self.path, self.interface.name, changed)
-        current.update(await self.conn.get_all(self.path, self.interface.name))
+        try:
+            values, serial = await self.conn.get_all_serial(self.path, self.interface.name)
+        except BaseException:
+            undo()
+            raise
+        current.update(values)
+        for later in (v for s, v in early if s > serial):  # sent after the reply
+            current.update(later)
+        read.append(serial)
         on_change(complete(self.interface, current))
         return undo
 

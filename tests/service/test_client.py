@@ -22,9 +22,9 @@ class CountingConnection(Connection):
 
     reads = 0
 
-    async def get_all(self, path: str, iface: str) -> dict[str, Any]:
+    async def get_all_serial(self, path: str, iface: str) -> tuple[dict[str, Any], int]:
         self.reads += 1
-        return await super().get_all(path, iface)
+        return await super().get_all_serial(path, iface)
 
 
 async def probed(conn: Connection) -> Properties:
