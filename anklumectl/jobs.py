@@ -59,9 +59,12 @@ async def follow_job(c: Client, path: str, out: Console) -> int:
         seen: list[JobStatus] = []  # the last one: its kind, without asking again
 
         def progress(status: JobStatus) -> None:
+            # Each phase is drawn as it starts (signals can be quicker than
+            # the bar's own refresh, and a short phase would never show).
+            new_phase = not seen or seen[0].phase != status.phase
             seen[:] = [status]
             bar.update(task, description=status.phase, completed=status.bytes_done,
-                       total=status.bytes_total or None)
+                       total=status.bytes_total or None, refresh=new_phase)
 
         while True:
             try:
