@@ -1,4 +1,5 @@
-"""Talking to anklumed on the system bus."""
+"""Talking to anklumed on the system bus: anklume_client's connection, plus
+what only a terminal needs (a polkit agent, the logind reboot)."""
 
 from __future__ import annotations
 
@@ -11,37 +12,18 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from dbus_fast import BusType, Message, MessageFlag, MessageType, Variant
-from dbus_fast.aio import MessageBus
-from dbus_fast.errors import AuthError, InvalidAddressError, InvalidObjectPathError
+from dbus_fast import Message, MessageFlag, MessageType
 
+from anklume_client.connection import CALL_TIMEOUT, INTERACTIVE_TIMEOUT, Connection, unwrap
+from anklume_client.errors import ClientError
+from anklume_client.interface import BUS_NAME, MANAGER, ROOT_PATH, SLOT
+from anklume_client.proxies import Manager
 from anklumed.service import dbus_fixes as _dbus_fixes  # noqa: F401 - applies a fix
 
-BUS_NAME = "org.anklume.Live1"
-ROOT_PATH = "/org/anklume/Live1"
-MANAGER_IFACE = "org.anklume.Live1.Manager"
-SLOT_IFACE = "org.anklume.Live1.Slot"
-CALL_TIMEOUT = 30.0
-INTERACTIVE_TIMEOUT = 330.0  # longer than the daemon's own wait for a password
-
-
-class ClientError(Exception):
-    """A D-Bus error reply (name + message) or an unreachable daemon."""
-
-    def __init__(self, name: str, message: str) -> None:
-        super().__init__(message)
-        self.name = name
-        self.message = message
-
-
-def unwrap(value: Any) -> Any:
-    if isinstance(value, Variant):
-        return unwrap(value.value)
-    if isinstance(value, dict):
-        return {k: unwrap(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [unwrap(v) for v in value]
-    return value
+MANAGER_IFACE = MANAGER.name
+SLOT_IFACE = SLOT.name
+__all__ = ["BUS_NAME", "CALL_TIMEOUT", "INTERACTIVE_TIMEOUT", "MANAGER_IFACE", "ROOT_PATH",
+           "SLOT_IFACE", "Client", "ClientError", "polkit_agent", "unwrap"]
 
 
 @contextlib.contextmanager
@@ -63,66 +45,15 @@ def polkit_agent(enabled: bool) -> Iterator[None]:
         proc.wait(5)
 
 
-class Client:
-    def __init__(self, bus: MessageBus, interactive: bool) -> None:
-        self.bus = bus
-        self.interactive = interactive
-
-    @classmethod
-    async def connect(cls, address: str | None, interactive: bool) -> Client:
-        # Unix fds: a local update bundle is passed open (Manager.UpdateFromFiles).
-        try:
-            bus = MessageBus(bus_address=address, negotiate_unix_fd=True) if address \
-                else MessageBus(bus_type=BusType.SYSTEM, negotiate_unix_fd=True)
-        except InvalidAddressError:
-            raise ClientError("Usage", f"{address!r} is not a D-Bus address (like "
-                              "unix:path=/run/dbus/system_bus_socket): fix --bus") from None
-        try:
-            return cls(await asyncio.wait_for(bus.connect(), 10), interactive)
-        except (OSError, TimeoutError, InvalidAddressError, AuthError) as e:
-            raise ClientError("Unreachable", f"cannot reach the system bus: {e}") from None
-
-    async def close(self) -> None:
-        if self.bus.connected:  # dbus-fast logs a traceback for a closed one
-            self.bus.disconnect()
-        with contextlib.suppress(Exception):  # the reader's EOF on our own hang-up
-            await self.bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
-
-    async def call(self, path: str, iface: str, member: str, signature: str = "",
-                   body: list[Any] | None = None, mutating: bool = False,
-                   unix_fds: list[int] | None = None) -> list[Any]:
-        """``h`` values in ``body`` are indices into ``unix_fds``."""
-        flags = MessageFlag.NONE
-        if mutating and self.interactive:
-            flags |= MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION
-        try:
-            msg = Message(destination=BUS_NAME, path=path, interface=iface, member=member,
-                          signature=signature, body=body or [], flags=flags,
-                          unix_fds=unix_fds or [])
-        except InvalidObjectPathError:
-            raise ClientError("Usage", f"{path[:80]!r} is not an object path "
-                              "(like /org/anklume/Live1/job/1)") from None
-        timeout = INTERACTIVE_TIMEOUT if mutating else CALL_TIMEOUT
-        try:
-            reply = await asyncio.wait_for(self.bus.call(msg), timeout)
-        except TimeoutError:
-            raise ClientError("Timeout", "anklumed did not answer in time") from None
-        assert reply is not None
-        if reply.message_type == MessageType.ERROR:
-            text = reply.body[0] if reply.body else ""
-            raise ClientError(reply.error_name or "", str(text))
-        return [unwrap(v) for v in reply.body]
+class Client(Connection):
+    @property
+    def managed(self) -> Manager:
+        return Manager(self)
 
     async def status(self) -> dict[str, Any]:
         """The manager's properties, with the slots' under "Slots" (two calls at once)."""
-        props, managed = await asyncio.gather(
-            self.call(ROOT_PATH, "org.freedesktop.DBus.Properties", "GetAll", "s",
-                      [MANAGER_IFACE]),
-            self.call(ROOT_PATH, "org.freedesktop.DBus.ObjectManager", "GetManagedObjects"),
-        )
-        slots = {ifaces[SLOT_IFACE]["Name"]: ifaces[SLOT_IFACE]
-                 for _path, ifaces in sorted(managed[0].items()) if SLOT_IFACE in ifaces}
-        return {**props[0], "Slots": slots}
+        props, slots = await asyncio.gather(self.managed.properties(), self.managed.slots())
+        return {**props, "Slots": slots}
 
     async def reboot(self) -> None:
         """Through logind, which asks polkit as any desktop would."""
@@ -131,8 +62,8 @@ class Client:
         msg = Message(destination="org.freedesktop.login1", path="/org/freedesktop/login1",
                       interface="org.freedesktop.login1.Manager", member="Reboot",
                       signature="b", body=[self.interactive], flags=flags)
-        reply = await asyncio.wait_for(self.bus.call(msg), INTERACTIVE_TIMEOUT)
-        if reply is not None and reply.message_type == MessageType.ERROR:
+        reply = await self._send(msg, INTERACTIVE_TIMEOUT)
+        if reply.message_type == MessageType.ERROR:
             raise ClientError(reply.error_name or "", str(reply.body[0] if reply.body else ""))
 
     async def manager(self, member: str, signature: str = "", *body: Any) -> list[Any]:

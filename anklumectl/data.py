@@ -23,13 +23,15 @@ from rich.console import Console
 from rich.prompt import Prompt
 from rich.table import Table
 
+from anklume_client.interface import DATA_DISK, DATA_PATH, ERROR_PREFIX, PROPERTIES_IFACE
+from anklume_client.models import AdoptableDisk, CandidateDisk
+from anklume_client.properties import Properties, complete
+from anklume_client.proxies import DataDisk
 from anklumectl.client import Client, ClientError
 from anklumectl.jobs import follow_job
 from anklumectl.render import data_words, human_size
 
-DATA_PATH = "/org/anklume/Live1/data"
-DATA_IFACE = "org.anklume.Live1.DataDisk"
-ERROR_PREFIX = "org.anklume.Live1.Error."
+DATA_IFACE = DATA_DISK.name
 CREDENTIAL = "anklume-data-passphrase"
 DISK_CREDENTIAL = "anklume-data-disk"
 WEAK_BELOW = 12
@@ -37,11 +39,18 @@ ASK_ATTEMPTS = 3
 PROBE_WAIT = 30.0  # seconds; probing every disk takes about a second
 
 
-async def data_props(c: Client) -> dict[str, Any]:
-    (props,) = await c.call(DATA_PATH, "org.freedesktop.DBus.Properties", "GetAll", "s",
-                            [DATA_IFACE])
-    result: dict[str, Any] = props
-    return result
+async def data_props(c: Client) -> Properties:
+    """The DataDisk's properties, complete whatever the daemon's revision."""
+    (props,) = await c.call(DATA_PATH, PROPERTIES_IFACE, "GetAll", "s", [DATA_IFACE])
+    return complete(DATA_DISK, props)
+
+
+def candidates(props: dict[str, Any]) -> list[CandidateDisk]:
+    return [CandidateDisk.from_record(r) for r in props["CandidateDisks"]]
+
+
+def adoptable(props: dict[str, Any]) -> list[AdoptableDisk]:
+    return [AdoptableDisk.from_record(r) for r in props["AdoptableDisks"]]
 
 
 # What `anklumectl status` shows of the data disk (`data status` has it all).
@@ -53,7 +62,7 @@ async def data_summary(c: Client) -> dict[str, Any]:
     return {key: props[key] for key in STATUS_KEYS}
 
 
-async def probed_props(c: Client) -> dict[str, Any]:
+async def probed_props(c: Client) -> Properties:
     """The DataDisk properties once anklumed has probed the disks. Right after
     it starts (the first-boot unit runs then) it knows none yet, and an empty
     list must not read as "no disk can hold the data" or "none to adopt"."""
@@ -76,9 +85,10 @@ def candidates_table(props: dict[str, Any]) -> Table:
     table = Table(title="Disks")
     for column in ("disk", "size", "model", "bus", "holds now", "usable"):
         table.add_column(column)
-    for _name, device, model, size, bus, _serial, contents, refused in props["Candidates"]:
-        table.add_row(device, human_size(size), model or "?", bus or "?", contents or "empty",
-                      f"[red]no: {refused}[/red]" if refused else "[green]yes[/green]")
+    for disk in candidates(props):
+        table.add_row(disk.device, human_size(disk.size), disk.model or "?", disk.bus or "?",
+                      "; ".join(disk.contents) or "empty",
+                      f"[red]no: {disk.refused}[/red]" if disk.refused else "[green]yes[/green]")
     return table
 
 
@@ -135,7 +145,7 @@ def ask_new_passphrase(out: Console) -> bytes:
 async def pick_disk(c: Client, out: Console) -> str:
     props = await probed_props(c)
     out.print(candidates_table(props))
-    usable = [row[1] for row in props["Candidates"] if not row[7]]
+    usable = [disk.device for disk in candidates(props) if disk.usable]
     if not usable:
         require_probed(props)
         raise ClientError(ERROR_PREFIX + "NotFound", "no disk can hold the data "
@@ -157,25 +167,24 @@ async def cmd_data_setup(c: Client, a: argparse.Namespace, out: Console) -> int:
     elif not a.yes:
         out.print("[yellow]Without encryption, anyone who takes the disk reads your "
                   "data.[/yellow]")
-    (path,) = await c.call(DATA_PATH, DATA_IFACE, "Setup", "ssssay",
-                           [disk, a.pool_name, a.fs, a.encryption, secret], mutating=True)
+    job = await DataDisk(c).setup(disk, a.pool_name, a.fs, a.encryption, secret)
     if a.no_wait:
-        out.print(f"Setup started: {path}")
+        out.print(f"Setup started: {job.path}")
         return 0
-    return await follow_job(c, path, out)
+    return await follow_job(c, job.path, out)
 
 
 async def cmd_data_adopt(c: Client, a: argparse.Namespace, out: Console) -> int:
     """A data disk set up from another stick: open it and make it this stick's."""
     props = await probed_props(c)
-    found = props["Adoptable"]
+    found = adoptable(props)
     if a.disk:
-        found = [row for row in found if row[0] == a.disk]
+        found = [disk for disk in found if disk.device == a.disk]
     if not found:
         require_probed(props)
         raise ClientError(ERROR_PREFIX + "NotFound", "no data disk from another stick "
                           "was found (is it plugged in? does this stick have one already?)")
-    device, pool, _uuid = found[0]
+    device, pool = found[0].device, found[0].pool
     out.print(f"Found the data disk of pool [bold]{pool}[/bold] on {device}, set up from "
               "another stick. It is opened as it is: nothing is erased.")
     if not a.yes and Prompt.ask("Use it as this stick's data disk?", choices=["yes", "no"],
@@ -183,9 +192,8 @@ async def cmd_data_adopt(c: Client, a: argparse.Namespace, out: Console) -> int:
         return 1
     secret = read_secret_file(a.passphrase_file) if a.passphrase_file \
         else getpass.getpass(f"Passphrase of the data disk ({pool}): ").encode()
-    (path,) = await c.call(DATA_PATH, DATA_IFACE, "Adopt", "say", [device, secret],
-                           mutating=True)
-    return await follow_job(c, path, out)
+    job = await DataDisk(c).adopt(device, secret)
+    return await follow_job(c, job.path, out)
 
 
 def credential(name: str) -> Path | None:
@@ -226,6 +234,7 @@ def ask_agent(pool: str) -> bytes | None:
 
 async def cmd_data_unlock(c: Client, a: argparse.Namespace, out: Console) -> int:
     props = await data_props(c)
+    props.need("State", "Encryption", "Pool", purpose="data unlock")
     if props["State"] == "absent":
         out.print("No data disk is set up: nothing to unlock.")
         return 0
@@ -249,9 +258,9 @@ async def cmd_data_unlock(c: Client, a: argparse.Namespace, out: Console) -> int
             secret = ask_agent(props["Pool"]) or b""
         else:
             secret = getpass.getpass(f"Passphrase for the data disk ({props['Pool']}): ").encode()
-        (path,) = await c.call(DATA_PATH, DATA_IFACE, "Unlock", "ay", [secret], mutating=True)
+        job = await DataDisk(c).unlock(secret)
         try:
-            return await follow_job(c, path, out)
+            return await follow_job(c, job.path, out)
         except ClientError as e:
             again = secrets is None or bool(secrets)
             if e.name != ERROR_PREFIX + "IncorrectPassphrase" or not again \
@@ -261,19 +270,20 @@ async def cmd_data_unlock(c: Client, a: argparse.Namespace, out: Console) -> int
 
 
 async def cmd_data_lock(c: Client, a: argparse.Namespace, out: Console) -> int:
-    (path,) = await c.call(DATA_PATH, DATA_IFACE, "Lock", "b", [a.stop_incus], mutating=True)
-    return await follow_job(c, path, out)
+    job = await DataDisk(c).lock(a.stop_incus)
+    return await follow_job(c, job.path, out)
 
 
 async def cmd_first_boot(c: Client, a: argparse.Namespace, out: Console) -> int:
     props = await probed_props(c)
+    props.need("State", purpose="first-boot")
     if props["State"] != "absent":
         out.print(f"The data disk is already set up (pool {props['Pool']}).")
         return 0
-    if props["Adoptable"]:
-        device, pool = props["Adoptable"][0][:2]
-        out.print(f"A data disk set up from another stick is plugged in ({device}, pool "
-                  f"{pool}): keep it with `anklumectl data adopt`, or erase another disk.")
+    if adoptable(props):
+        other = adoptable(props)[0]
+        out.print(f"A data disk set up from another stick is plugged in ({other.device}, pool "
+                  f"{other.pool}): keep it with `anklumectl data adopt`, or erase another disk.")
     if unattended(a):
         out.print(f"First boot: erasing {a.disk} for the data disk, as the system "
                   f"credentials {DISK_CREDENTIAL} and {CREDENTIAL} ask.")
@@ -297,8 +307,7 @@ async def cmd_data_passphrase(c: Client, a: argparse.Namespace, out: Console) ->
     current = current_secret(a, props["Pool"])
     new = read_secret_file(a.new_passphrase_file) if a.new_passphrase_file \
         else ask_new_passphrase(out)
-    await c.call(DATA_PATH, DATA_IFACE, "ChangePassphrase", "ayay", [current, new],
-                 mutating=True)
+    await DataDisk(c).change_passphrase(current, new)
     out.print("The passphrase is changed (a recovery key, if any, still works).")
     return 0
 
@@ -306,17 +315,18 @@ async def cmd_data_passphrase(c: Client, a: argparse.Namespace, out: Console) ->
 async def cmd_data_recovery_key(c: Client, a: argparse.Namespace, out: Console) -> int:
     props = await data_props(c)
     current = current_secret(a, props["Pool"])
-    (key,) = await c.call(DATA_PATH, DATA_IFACE, "AddRecoveryKey", "ay", [current],
-                          mutating=True)
+    key = await DataDisk(c).add_recovery_key(current)
     out.print("Recovery key (it opens the data disk like the passphrase; it is shown "
               "this once and kept nowhere -- write it down, keep it away from the laptop):")
-    print(bytes(key).decode())
+    print(key.decode())
     return 0
 
 
 async def cmd_data_needs_setup(c: Client, a: argparse.Namespace, out: Console) -> int:
     """Exit 0 while no data disk is set up (the first-boot unit's ExecCondition)."""
-    return 0 if (await data_props(c))["State"] == "absent" else 1
+    props = await data_props(c)
+    props.need("State", purpose="data needs-setup")
+    return 0 if props["State"] == "absent" else 1
 
 
 def add_setup_flags(parser: argparse.ArgumentParser) -> None:

@@ -1,9 +1,12 @@
-"""Following a job of anklumed: progress bar; Ctrl-C offers to cancel an update."""
+"""Following a job of anklumed: progress bar; Ctrl-C offers to cancel an update.
+
+The job is followed by its signals (anklume_client's ``Job.follow``), not by
+polling: the bar moves when the daemon reports progress.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -16,20 +19,19 @@ from rich.progress import (
 )
 from rich.prompt import Confirm
 
-from anklumectl.client import Client, ClientError
+from anklume_client.errors import ExitCode, daemon_error
+from anklume_client.interface import JOB
+from anklume_client.models import JobState, JobStatus
+from anklume_client.properties import Properties
+from anklume_client.proxies import Job
+from anklumectl.client import Client
 
-ERROR_PREFIX = "org.anklume.Live1.Error."
-INTERRUPTED = 130  # the shell's status for a command stopped by Ctrl-C
+INTERRUPTED = ExitCode.INTERRUPTED
+JOB_IFACE = JOB.name
 
 
-JOB_IFACE = "org.anklume.Live1.Job"
-
-
-async def job_props(c: Client, path: str) -> dict[str, Any]:
-    (props,) = await c.call(path, "org.freedesktop.DBus.Properties", "GetAll", "s",
-                            [JOB_IFACE])
-    result: dict[str, Any] = props
-    return result
+async def job_props(c: Client, path: str) -> Properties:
+    return await Job(c, path).properties()
 
 
 def on_interrupt(kind: str, path: str) -> str | None:
@@ -50,32 +52,40 @@ async def follow_job(c: Client, path: str, out: Console) -> int:
     and leaves any other job running (see ``on_interrupt``)."""
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                TransferSpeedColumn(), TimeRemainingColumn())
-    props: dict[str, Any] = {}
+    job = Job(c, path)
     with Progress(*columns, console=out, transient=True) as bar:
         task = bar.add_task("starting", total=None)
+
+        seen: list[JobStatus] = []  # the last one: its kind, without asking again
+
+        def progress(status: JobStatus) -> None:
+            # Each phase is drawn as it starts (signals can be quicker than
+            # the bar's own refresh, and a short phase would never show).
+            new_phase = not seen or seen[0].phase != status.phase
+            seen[:] = [status]
+            bar.update(task, description=status.phase, completed=status.bytes_done,
+                       total=status.bytes_total or None, refresh=new_phase)
+
         while True:
             try:
-                props = await job_props(c, path)
-                if props["State"] != "running":
-                    break
-                bar.update(task, description=props["Phase"],
-                           completed=props["BytesDone"], total=props["BytesTotal"] or None)
-                await asyncio.sleep(0.25)
+                end = await job.follow(progress)
+                break
             except (KeyboardInterrupt, asyncio.CancelledError):
                 # Ctrl-C cancels our task; take it back and ask what was meant.
                 current = asyncio.current_task()
                 if current is not None:
                     current.uncancel()
                 bar.stop()
-                kind = props.get("Kind") or (await job_props(c, path))["Kind"]
+                # A daemon that hangs must not hang Ctrl-C: the kind already read.
+                kind = seen[0].kind if seen else (await job.status()).kind
                 note = on_interrupt(kind, path)
                 if note is not None:
                     out.print(note)
                     return INTERRUPTED
                 if Confirm.ask("Cancel the update?", console=out, default=False):
-                    await c.call(path, JOB_IFACE, "Cancel", mutating=True)
+                    await job.cancel()
                 bar.start()
-    if props["State"] == "succeeded":
-        out.print(props["Result"])
+    if end.state == JobState.SUCCEEDED:
+        out.print(end.result or (await job.status()).result)
         return 0
-    raise ClientError(ERROR_PREFIX + (props["ErrorName"] or "Failed"), props["Message"])
+    raise daemon_error(end.error_name or "Failed", end.message)

@@ -6,6 +6,10 @@ Exit codes (stable, for scripts):
   6 busy               7 daemon unreachable 8 verification failed
   9 wrong passphrase  10 boot device refused 11 cancelled
  12 boot check failed (boot-check only)
+ 13 anklumed lacks what the command needs (anklumectl and anklumed differ)
+ 14 the connection to anklumed was lost during the call
+130 interrupted (Ctrl-C)
+Each failure is one sentence on standard error, never a traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -20,41 +25,24 @@ from collections.abc import Awaitable, Callable
 from dbus_fast import Variant
 from rich.console import Console
 
+from anklume_client.errors import ExitCode, daemon_error
+from anklume_client.proxies import Job, Manager
+from anklume_client.words import explain
 from anklumectl import data
-from anklumectl.client import MANAGER_IFACE, ROOT_PATH, Client, ClientError, polkit_agent
-from anklumectl.jobs import JOB_IFACE, follow_job, job_props
+from anklumectl.client import Client, ClientError, polkit_agent
+from anklumectl.jobs import follow_job, job_props
 from anklumectl.local_bundle import open_bundle
 from anklumectl.render import slots_table, status_panel
 
-ERROR_PREFIX = "org.anklume.Live1.Error."
+# By the error's short name (the daemon's, or the client's own): for scripts
+# and tests; every code is an ExitCode (docs/cli.md).
 EXIT_CODES = {
     "Failed": 1, "Usage": 2, "NotAuthorized": 3, "InvalidArgument": 4, "NotFound": 5, "Busy": 6,
     "Unreachable": 7, "VerificationFailed": 8, "IncorrectPassphrase": 9,
-    "RefusedBootDevice": 10, "Cancelled": 11,
+    "RefusedBootDevice": 10, "Cancelled": 11, "Incompatible": 13, "Disconnected": 14,
 }
-BOOT_CHECK_FAILED = 12
-UNREACHABLE_NAMES = (
-    "org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NameHasNoOwner",
-    "org.freedesktop.DBus.Error.NoReply", "Unreachable", "Timeout",
-)
-
-
-def explain(e: ClientError) -> tuple[str, int]:
-    """One sentence for a person, and the exit code."""
-    if e.name == "Usage":
-        return e.message, EXIT_CODES["Usage"]
-    if e.name == "org.freedesktop.DBus.Error.UnknownObject":
-        return "no such job (it may have been replaced by a newer one): see anklumectl " \
-            "jobs", EXIT_CODES["NotFound"]
-    if e.name in UNREACHABLE_NAMES:
-        return ("anklumed is not running or not reachable "
-                "(try: systemctl status anklumed)"), EXIT_CODES["Unreachable"]
-    if e.name == "org.freedesktop.DBus.Error.AccessDenied":
-        return "the system bus refused the call: " + e.message, EXIT_CODES["NotAuthorized"]
-    if e.name.startswith(ERROR_PREFIX):
-        short = e.name[len(ERROR_PREFIX):]
-        return e.message, EXIT_CODES.get(short, 1)
-    return f"unexpected reply from anklumed ({e.name}): {e.message}", 1
+BOOT_CHECK_FAILED = ExitCode.BOOT_CHECK_FAILED
+__all__ = ["EXIT_CODES", "explain", "main", "parser"]
 
 
 Action = Callable[[Client, argparse.Namespace, Console], Awaitable[int]]
@@ -80,7 +68,7 @@ async def cmd_slots(c: Client, a: argparse.Namespace, out: Console) -> int:
 
 
 async def cmd_rollback(c: Client, a: argparse.Namespace, out: Console) -> int:
-    (slot,) = await c.manager("Rollback", "b", a.force)
+    slot = await Manager(c).rollback(a.force)
     out.print(f"Slot {slot} will boot next. Reboot to use it.")
     return 0
 
@@ -97,31 +85,32 @@ def accepted_slot(text: str) -> str:
 
 
 async def cmd_set_primary(c: Client, a: argparse.Namespace, out: Console) -> int:
-    await c.manager("SetPrimary", "sb", a.slot, a.force)
+    await Manager(c).set_primary(a.slot, a.force)
     out.print(f"Slot {accepted_slot(a.slot)} will boot next.")
     return 0
 
 
 async def cmd_mark_good(c: Client, a: argparse.Namespace, out: Console) -> int:
-    await c.manager("MarkGood")
+    await Manager(c).mark_good()
     out.print("This boot is marked good.")
     return 0
 
 
 async def cmd_mark_bad(c: Client, a: argparse.Namespace, out: Console) -> int:
-    await c.manager("MarkBad", "s", a.slot)
+    await Manager(c).mark_bad(a.slot)
     out.print(f"Slot {accepted_slot(a.slot)} is marked failed.")
     return 0
 
 
 async def cmd_boot_check(c: Client, a: argparse.Namespace, out: Console) -> int:
     """Health gate before boot-complete.target: the daemon answers and is not degraded."""
-    status = await c.status()
-    if status["BootState"] == "degraded":
-        reasons = "; ".join(status["StateReasons"]) or "no reason given"
+    props = await Manager(c).properties()
+    props.need("BootState", purpose="boot-check")
+    if props["BootState"] == "degraded":
+        reasons = "; ".join(props["StateReasons"]) or "no reason given"
         print(f"anklumectl: boot check failed: {reasons}", file=sys.stderr)
         return BOOT_CHECK_FAILED
-    out.print(f"boot check passed: slot {status['BootedSlot'] or '?'}, {status['BootState']}")
+    out.print(f"boot check passed: slot {props['BootedSlot'] or '?'}, {props['BootState']}")
     return 0
 
 
@@ -133,9 +122,8 @@ def is_url(source: str) -> bool:
 async def start_update(c: Client, a: argparse.Namespace) -> str:
     """A URL is given as it is; a local bundle is opened here and passed open."""
     if is_url(a.source):
-        (path,) = await c.manager("Update", "ssb", a.source, a.verify_hash or "",
-                                  a.allow_downgrade)
-        return str(path)
+        job = await Manager(c).update(a.source, a.verify_hash or "", a.allow_downgrade)
+        return job.path
     with open_bundle(a.source) as bundle:
         fds = [bundle.manifest]
         options = {"name": Variant("s", bundle.name),
@@ -145,9 +133,8 @@ async def start_update(c: Client, a: argparse.Namespace) -> str:
             if fd is not None:
                 options[key] = Variant("h", len(fds))
                 fds.append(fd)
-        (path,) = await c.call(ROOT_PATH, MANAGER_IFACE, "UpdateFromFiles", "ha{sv}",
-                               [0, options], mutating=True, unix_fds=fds)
-    return str(path)
+        job = await Manager(c).update_from_files(options, fds)
+    return job.path
 
 
 async def cmd_update(c: Client, a: argparse.Namespace, out: Console) -> int:
@@ -206,10 +193,9 @@ async def cmd_cancel(c: Client, a: argparse.Namespace, out: Console) -> int:
             out.print("No job is running.")
             return 0
         path = running[-1]
-    (accepted,) = await c.call(path, JOB_IFACE, "Cancel", mutating=True)
-    if not accepted:
-        raise ClientError(ERROR_PREFIX + "InvalidArgument",
-                          "too late to cancel: the job has finished or is activating")
+    if not await Job(c, path).cancel():
+        raise daemon_error("InvalidArgument",
+                           "too late to cancel: the job has finished or is activating")
     out.print(f"Cancelling {path}.")
     return 0
 
@@ -270,6 +256,10 @@ async def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if not args.propagate:
+        # dbus-fast logs a traceback when the bus goes away under it; the
+        # error reaches us as a ClientError and is said in one sentence.
+        logging.getLogger("dbus_fast").disabled = True
     try:
         return asyncio.run(run(args))
     except ClientError as e:
@@ -277,9 +267,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         message, code = explain(e)
         print(f"anklumectl: {message}", file=sys.stderr)
-        return code
+        return int(code)
     except KeyboardInterrupt:
-        return 130
+        return int(ExitCode.INTERRUPTED)
+    except (Exception, asyncio.CancelledError) as e:
+        if args.propagate:
+            raise
+        print(f"anklumectl: failed unexpectedly ({type(e).__name__}: {e}); run it again "
+              "with --propagate to see where", file=sys.stderr)
+        return int(ExitCode.FAILED)
 
 
 if __name__ == "__main__":

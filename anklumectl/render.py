@@ -9,14 +9,11 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from anklume_client import words
+
 STATE_STYLE = {"good": "bold green", "pending": "bold yellow", "rolled-back": "bold red",
                "degraded": "bold red"}
-STATE_WORDS = {
-    "good": "this boot is good",
-    "pending": "this boot is not confirmed yet",
-    "rolled-back": "an update failed and the previous system was restored",
-    "degraded": "degraded",
-}
+STATE_WORDS = words.BOOT_STATES
 
 
 def human_size(n: int) -> str:
@@ -57,13 +54,7 @@ def slots_table(status: dict[str, Any]) -> Table:
     return table
 
 
-# The hand-off's VERITY (anklumed.handoff.VerityState), for a person.
-INTEGRITY_WORDS = {
-    "signed": "verified (signed)",
-    "unsigned": "verified, unsigned image",
-    "off": "not verified",
-    "unknown": "unknown",
-}
+INTEGRITY_WORDS = words.INTEGRITY  # the hand-off's VERITY (anklumed.handoff.VerityState)
 
 
 def status_panel(s: dict[str, Any]) -> Panel:

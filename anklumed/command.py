@@ -16,7 +16,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from anklumed.errors import Failed
+from anklumed.errors import ErrorCode, Failed
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,8 @@ class OnEventLoop(RuntimeError):
 
 class CommandError(Failed):
     """An external program failed or timed out."""
+
+    default_code = ErrorCode.COMMAND_FAILED
 
     def __init__(self, argv: Sequence[str], returncode: int | None, stderr: str) -> None:
         self.argv = list(argv)

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from enum import StrEnum
 
 from anklumed import events
-from anklumed.errors import AnklumeError, Busy, Cancelled, Failed
+from anklumed.errors import AnklumeError, Busy, Cancelled, ErrorCode, Failed
 
 log = logging.getLogger(__name__)
 NOTIFY_INTERVAL = 0.25
@@ -42,6 +42,7 @@ class Job:
         self.total = 0
         self.result = ""
         self.error_name = ""
+        self.error_code = ""  # an ErrorCode once the job failed or was cancelled
         self.message = ""
         self.started = time.monotonic()
         self._phase_started = self.started
@@ -142,11 +143,14 @@ class JobManager:
             job.state = JobState.SUCCEEDED
         except Cancelled as e:
             job.state, job.error_name, job.message = JobState.CANCELLED, "Cancelled", str(e)
+            job.error_code = e.code
         except AnklumeError as e:
             job.state, job.error_name, job.message = JobState.FAILED, e.dbus_suffix, str(e)
+            job.error_code = e.code
         except Exception as e:
             log.exception("job %d (%s) failed unexpectedly", job.number, job.kind)
             job.state, job.error_name = JobState.FAILED, Failed.dbus_suffix
+            job.error_code = ErrorCode.INTERNAL_ERROR
             job.message = f"internal error: {type(e).__name__}"
         finally:
             del self.running[group]

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from anklumed.command import CommandError, run
-from anklumed.errors import AnklumeError, Failed, NotFound
+from anklumed.errors import AnklumeError, ErrorCode, Failed, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,14 @@ StepHook = Callable[[str], None]
 class PersistUnavailable(NotFound):
     """ANKLUME-PERSIST cannot be reached (stick pulled, partition missing)."""
 
+    default_code = ErrorCode.PERSIST_UNAVAILABLE
+
 
 class PersistFileError(Failed):
     """A PERSIST file that cannot be used as it is: every message names the
     file, what is wrong, and what the person holding the stick can do."""
+
+    default_code = ErrorCode.PERSIST_FILE_DAMAGED
 
 
 class NotAFile(PersistFileError):
@@ -59,13 +63,17 @@ class FileTooLarge(PersistFileError):
 class PersistReadOnly(Failed):
     """A write-protect switch, a read-only device, or ext4 remounted after an error."""
 
+    default_code = ErrorCode.PERSIST_READ_ONLY
+
 
 class PersistFull(Failed):
-    pass
+    default_code = ErrorCode.PERSIST_FULL
 
 
 class PersistIOError(Failed):
     """Any other refusal of the device: the stick may be failing."""
+
+    default_code = ErrorCode.PERSIST_IO_ERROR
 
 
 MAX_LINE_PROBLEMS = 5  # one bad line is worth naming; a page of them is one problem

@@ -18,7 +18,7 @@ import pyudev
 from pydantic import BaseModel, ConfigDict
 
 from anklumed.command import CommandError, run
-from anklumed.errors import Failed, NotFound
+from anklumed.errors import ErrorCode, Failed, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,8 @@ class BootStick(BaseModel):
 
 class AmbiguousStick(Failed):
     """Several disks carry ANKLUME-* partitions and nothing says which one booted."""
+
+    default_code = ErrorCode.AMBIGUOUS_STICK
 
 
 def read_gpt(disk: Path) -> tuple[int, list[tuple[int, str, int]]] | None:

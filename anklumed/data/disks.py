@@ -14,17 +14,45 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 import pyudev
 
 from anklumed.command import CommandError, run
-from anklumed.errors import NotFound, RefusedBootDevice
+from anklumed.errors import ErrorCode, NotFound, RefusedBootDevice
 from anklumed.stick import read_gpt
 
 log = logging.getLogger(__name__)
 MIN_SIZE = 256 * 1024 * 1024
 _SKIPPED_PREFIXES = ("ram", "zram", "dm-", "md", "sr", "nbd", "fd")
+
+
+class Refusal(StrEnum):
+    """Why a disk may not hold the data, as a stable word (a candidate's
+    ``refused_code`` on the bus; docs/dbus.md "Codes")."""
+
+    BOOT_STICK = "boot-stick"
+    HOLDS_SYSTEM = "holds-system"
+    MOUNTED = "mounted"
+    HELD = "held"
+    READ_ONLY = "read-only"
+    TOO_SMALL = "too-small"
+
+    @property
+    def error_code(self) -> ErrorCode:
+        """The job error when the disk is asked for all the same."""
+        return _REFUSAL_ERRORS[self]
+
+
+_REFUSAL_ERRORS = {
+    Refusal.BOOT_STICK: ErrorCode.DISK_IS_BOOT_STICK,
+    Refusal.HOLDS_SYSTEM: ErrorCode.DISK_HOLDS_SYSTEM,
+    Refusal.MOUNTED: ErrorCode.DISK_MOUNTED,
+    Refusal.HELD: ErrorCode.DISK_HELD,
+    Refusal.READ_ONLY: ErrorCode.DISK_READ_ONLY,
+    Refusal.TOO_SMALL: ErrorCode.DISK_TOO_SMALL,
+}
 
 
 @dataclass
@@ -40,6 +68,7 @@ class Disk:
     fstype: str = ""  # on the whole disk: crypto_LUKS, btrfs, zfs_member...
     label: str = ""
     refused: str = ""  # why it may not be used; empty if it may
+    refused_code: Refusal | None = None  # the same as a word
 
     @property
     def usable(self) -> bool:
@@ -144,28 +173,31 @@ def _describe(device: pyudev.Device, mounted: set[str], boot_disks: set[str],
     disk.fstype, disk.label = values.get("TYPE", ""), values.get("LABEL", "")
     for part in partitions:
         disk.contents += [f"{part.sys_name}: {what}" for what in probe(Path(part.device_node))]
-    disk.refused = _refusal(device, disk, partitions, mounted, boot_disks)
+    refusal = _refusal(device, disk, partitions, mounted, boot_disks)
+    if refusal is not None:
+        disk.refused_code, disk.refused = refusal
     return disk
 
 
 def _refusal(device: pyudev.Device, disk: Disk, partitions: list[pyudev.Device],
-             mounted: set[str], boot_disks: set[str]) -> str:
+             mounted: set[str], boot_disks: set[str]) -> tuple[Refusal, str] | None:
     names = {disk.name, *(p.sys_name for p in partitions)}
     if _has_anklume_partitions(disk.device):
-        return "it is the boot stick (it holds ANKLUME partitions)"
+        return Refusal.BOOT_STICK, "it is the boot stick (it holds ANKLUME partitions)"
     if disk.name in boot_disks:
-        return "the running system lives on it"
+        return Refusal.HOLDS_SYSTEM, "the running system lives on it"
     in_use = sorted(names & mounted)
     if in_use:
-        return f"{', '.join(in_use)} is mounted"
+        return Refusal.MOUNTED, f"{', '.join(in_use)} is mounted"
     held = sorted(n for n in names if any((Path("/sys/class/block") / n / "holders").glob("*")))
     if held:
-        return f"{', '.join(held)} is in use by the kernel (device-mapper, RAID or LVM)"
+        return Refusal.HELD, (f"{', '.join(held)} is in use by the kernel "
+                              "(device-mapper, RAID or LVM)")
     if _attribute(device, "ro") == "1":
-        return "it is read-only"
+        return Refusal.READ_ONLY, "it is read-only"
     if disk.size < MIN_SIZE:
-        return f"it is too small ({disk.size // (1024 * 1024)} MiB)"
-    return ""
+        return Refusal.TOO_SMALL, f"it is too small ({disk.size // (1024 * 1024)} MiB)"
+    return None
 
 
 def _has_anklume_partitions(device: Path) -> bool:
@@ -193,8 +225,10 @@ def choose(path: str, boot_disks: set[str], allow_loop: bool = False) -> Disk:
         if disk.name != wanted:
             continue
         if disk.name.startswith("loop") and not allow_loop:
-            raise RefusedBootDevice(f"{path} is a loop device, not a disk")
-        if disk.refused:
-            raise RefusedBootDevice(f"{path} cannot hold the data: {disk.refused}")
+            raise RefusedBootDevice(f"{path} is a loop device, not a disk",
+                                    code=ErrorCode.DISK_IS_LOOP)
+        if disk.refused_code is not None:
+            raise RefusedBootDevice(f"{path} cannot hold the data: {disk.refused}",
+                                    code=disk.refused_code.error_code)
         return disk
     raise NotFound(f"no disk {path}")

@@ -86,9 +86,18 @@ class Snapshot:
     conf: PoolConf | None = None
     device: str = ""
     message: str = ""
+    message_code: str = ""  # a MessageCode, or an ErrorCode (pool.conf unusable); "" with none
     mounts: dict[str, str] = field(default_factory=dict)
     pulled: bool = False  # the disk was pulled out while open (state error)
     held: bool = False  # ... and its I/O is held, waiting for it to come back
+
+
+class MessageCode(StrEnum):
+    """The data disk's ``MessageCode`` on the bus beside its sentence (docs/dbus.md
+    "Codes"); when pool.conf cannot be used it is that error's ErrorCode."""
+
+    PULLED = "pulled"
+    PULLED_HELD = "pulled-held"
 
 
 PULLED_HELD = ("the data disk was pulled out while in use; its writes are held. Plug it "
@@ -172,7 +181,7 @@ class DataDisk:
                 with self.store.transaction() as pdir:
                     conf = read_pool_conf(pdir)
             except AnklumeError as e:
-                return Snapshot(DataState.ERROR, message=str(e))
+                return Snapshot(DataState.ERROR, message=str(e), message_code=e.code)
         else:
             conf = self.snapshot.conf
         if conf is None:
@@ -184,6 +193,7 @@ class DataDisk:
             if dm.backing_gone(name) or dm.given_up(name):
                 snap.pulled, snap.held = True, dm.is_held(name)
                 snap.state, snap.message = DataState.ERROR, PULLED_HELD if snap.held else PULLED
+                snap.message_code = MessageCode.PULLED_HELD if snap.held else MessageCode.PULLED
                 snap.mounts = self._mounts(conf) if self._is_mounted(conf) else {}
                 return snap
         if self._is_mounted(conf):

@@ -26,6 +26,7 @@ from anklumed.host import Backing, read_memory_encryption, root_backing
 from anklumed.host import boot_time as kernel_boot_time
 from anklumed.jobs import Job, JobManager
 from anklumed.persist import PersistStore
+from anklumed.problems import ProblemCode
 from anklumed.service.boundary import (
     BUS_NAME,
     ROOT_PATH,
@@ -124,19 +125,23 @@ class Daemon:
         self._persist_stale = False  # the stick was seen gone since PERSIST was read
 
     # ---- facts the interfaces publish --------------------------------------
-    def problems(self) -> list[str]:
-        """What is wrong, capped where it is published: a junk file on PERSIST
-        can name thousands (a 60 KB meta made 30,000, and status 2 MB)."""
-        found = list(self.handoff.problems)
+    def problems(self) -> tuple[list[str], list[str]]:
+        """What is wrong (sentences, and their ProblemCodes), capped where it
+        is published: a junk file on PERSIST can name thousands (a 60 KB meta
+        made 30,000, and status 2 MB)."""
+        found = [(ProblemCode.HANDOFF_DAMAGED, p) for p in self.handoff.problems]
         if self.stick_error:
-            found.append(self.stick_error)
+            found.append((ProblemCode.BOOT_STICK_UNKNOWN, self.stick_error))
         if self.slots.state:
-            found.extend(self.slots.state.problems)
+            found.extend((ProblemCode.PERSIST_DAMAGED, p) for p in self.slots.state.problems)
         elif self.slots.error:
-            found.append(self.slots.error)
+            found.append((ProblemCode.PERSIST_UNREADABLE, self.slots.error))
         if self.data.snapshot.state is DataState.ERROR and self.data.snapshot.conf is None:
-            found.append(self.data.snapshot.message)  # pool.conf on PERSIST cannot be used
-        return capped(found, MAX_PROBLEMS, MAX_PROBLEM_TEXT, "problems")
+            # pool.conf on PERSIST cannot be used
+            found.append((ProblemCode.POOL_CONF_UNUSABLE, self.data.snapshot.message))
+        texts = capped([text for _, text in found], MAX_PROBLEMS, MAX_PROBLEM_TEXT, "problems")
+        codes = [code.value for code, _ in found[:MAX_PROBLEMS]]
+        return texts, codes + [ProblemCode.MORE_PROBLEMS.value] * (len(texts) - len(codes))
 
     def media_present(self) -> bool:
         """The stick is there: its PERSIST node exists and the disk has a size

@@ -150,6 +150,13 @@ def capped(items: Sequence[str], limit: int, each: int, what: str) -> list[str]:
     return kept
 
 
+def record(**fields: tuple[str, Any]) -> dict[str, Variant]:
+    """A named record (``a{sv}``) from ``key=(signature, value)``: the shape of
+    every list of things the interface publishes since revision 2, so a key
+    can be added without breaking a client (positional tuples cannot)."""
+    return {key: Variant(signature, value) for key, (signature, value) in fields.items()}
+
+
 @functools.lru_cache(maxsize=256)
 def _signature_types(signature: str) -> tuple[SignatureType, ...]:
     return tuple(SignatureTree(signature).types)

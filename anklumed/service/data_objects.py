@@ -10,6 +10,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from dbus_fast import Variant
+
+from anklumed.data.disks import Disk
 from anklumed.data.poolconf import Backend, Encryption
 from anklumed.errors import InvalidArgument
 from anklumed.service.boundary import (
@@ -18,6 +21,7 @@ from anklumed.service.boundary import (
     DaemonInterface,
     current_caller,
     dbus_method,
+    record,
     ro_property,
 )
 from anklumed.service.objects import job_path
@@ -77,6 +81,16 @@ def _choice(enum: type[Backend] | type[Encryption], value: str, what: str) -> An
         raise InvalidArgument(f"{value[:20]!r} is not a {what} ({options})") from None
 
 
+def candidate_record(disk: Disk) -> dict[str, Variant]:
+    """One disk of CandidateDisks: ``refused`` a sentence, ``refused_code`` a
+    word of anklumed.data.disks.Refusal (both empty when it may be used)."""
+    return record(name=("s", disk.name), device=("s", str(disk.device)),
+                  model=("s", disk.model), size=("t", disk.size), bus=("s", disk.bus),
+                  serial=("s", disk.serial), by_id=("s", disk.by_id),
+                  contents=("as", list(disk.contents)), refused=("s", disk.refused),
+                  refused_code=("s", disk.refused_code.value if disk.refused_code else ""))
+
+
 class DataDiskInterface(DaemonInterface):
     IFACE = DATA_IFACE
     daemon: "Daemon"
@@ -98,6 +112,7 @@ class DataDiskInterface(DaemonInterface):
             "Device": snap.device,
             "Mounts": dict(snap.mounts),
             "Message": snap.message,
+            "MessageCode": snap.message_code,
             "Pulled": snap.pulled,
             "AttemptsLeft": d.data.attempts_left,
             "Candidates": [[c.name, str(c.device), c.model, c.size, c.bus, c.serial,
@@ -105,6 +120,10 @@ class DataDiskInterface(DaemonInterface):
             "LastJob": d.last_data_job(),
             "Adoptable": [[str(a.device), a.pool, a.luks_uuid]
                           for a in d.data_adoptable] if snap.conf is None else [],
+            "CandidateDisks": [candidate_record(c) for c in d.data_candidates],
+            "AdoptableDisks": [record(device=("s", str(a.device)), pool=("s", a.pool),
+                                      luks_uuid=("s", a.luks_uuid))
+                               for a in d.data_adoptable] if snap.conf is None else [],
             "DisksProbed": d.disks_probed,
         }
 
@@ -116,11 +135,14 @@ class DataDiskInterface(DaemonInterface):
     Device = ro_property("Device", "s")
     Mounts = ro_property("Mounts", "a{ss}")
     Message = ro_property("Message", "s")
+    MessageCode = ro_property("MessageCode", "s")
     Pulled = ro_property("Pulled", "b")
     AttemptsLeft = ro_property("AttemptsLeft", "u")
     Candidates = ro_property("Candidates", "a(ssstssss)")
     LastJob = ro_property("LastJob", "a{ss}")
     Adoptable = ro_property("Adoptable", "a(sss)")
+    CandidateDisks = ro_property("CandidateDisks", "aa{sv}")  # Candidates, named
+    AdoptableDisks = ro_property("AdoptableDisks", "aa{sv}")  # Adoptable, named
     DisksProbed = ro_property("DisksProbed", "b")  # Candidates and Adoptable are known
 
     @dbus_method(args=(("disk", "s"), ("pool", "s"), ("backend", "s"), ("encryption", "s"),

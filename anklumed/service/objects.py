@@ -16,6 +16,7 @@ from anklumed.service.boundary import (
     current_caller,
     dbus_method,
     published_body,
+    record,
     ro_property,
 )
 from anklumed.service.passed_files import caller_reader, close_all, take_passed
@@ -39,6 +40,10 @@ if TYPE_CHECKING:
 MANAGER_IFACE = f"{BUS_NAME}.Manager"
 SLOT_IFACE = f"{BUS_NAME}.Slot"
 JOB_IFACE = f"{BUS_NAME}.Job"
+# What this daemon's interface adds to revision 1 (a daemon without the
+# property is revision 1): reason, problem, error and message codes beside the
+# sentences, named records beside positional tuples (docs/dbus.md).
+INTERFACE_REVISION = 2
 # The polkit action that guards cancelling a job of each kind.
 JOB_ACTIONS = {"update": ACTION_UPDATE, "data-setup": ACTION_DATA_SETUP,
                "data-unlock": ACTION_DATA_UNLOCK, "data-lock": ACTION_DATA_LOCK,
@@ -106,7 +111,10 @@ class ManagerInterface(DaemonInterface):
         a = d.slots.assessment
         st = d.slots.state
         rollback = st.last_rollback if st else None
+        problems, problem_codes = d.problems()
+        partitions = d.partitions()
         return {
+            "InterfaceRevision": INTERFACE_REVISION,
             "Version": d.version,
             "BootedSlot": a.booted.value if a.booted else "",
             "PrimarySlot": a.primary.value if a.primary else "",
@@ -116,7 +124,9 @@ class ManagerInterface(DaemonInterface):
             "BootState": a.state.value,
             "MarkedGood": a.marked_good,
             "StateReasons": list(a.reasons),
-            "Problems": d.problems(),
+            "StateReasonCodes": [code.value for code in a.reason_codes],
+            "Problems": problems,
+            "ProblemCodes": problem_codes,
             "LastRollback": {k.lower(): v for k, v in rollback.to_kv().items()} if rollback else {},
             "HandoffSource": d.handoff.source,
             "Toram": _tri(d.handoff.toram),
@@ -125,7 +135,10 @@ class ManagerInterface(DaemonInterface):
             "BootDisk": str(d.stick.disk) if d.stick else "",
             "BootMediaPresent": d.media_present(),
             "SafeToRemove": d.safe_to_remove(),
-            "Partitions": d.partitions(),
+            "Partitions": partitions,
+            "PartitionRecords": [record(label=("s", label), number=("u", number),
+                                        size=("t", size), device=("s", device))
+                                 for label, number, size, device in partitions],
             "MemoryEncryption": d.memory_encryption.value,
             "RamCryptRequested": bool(d.handoff.ram_crypt_requested),
             "BootDeadline": d.deadline_remaining(),
@@ -133,6 +146,7 @@ class ManagerInterface(DaemonInterface):
             "LastUpdate": job_summary(d.jobs.last.get("update")),
         }
 
+    InterfaceRevision = ro_property("InterfaceRevision", "u")
     Version = ro_property("Version", "s")
     BootedSlot = ro_property("BootedSlot", "s")
     PrimarySlot = ro_property("PrimarySlot", "s")
@@ -142,7 +156,9 @@ class ManagerInterface(DaemonInterface):
     BootState = ro_property("BootState", "s")
     MarkedGood = ro_property("MarkedGood", "b")
     StateReasons = ro_property("StateReasons", "as")
+    StateReasonCodes = ro_property("StateReasonCodes", "as")  # parallel to StateReasons
     Problems = ro_property("Problems", "as")
+    ProblemCodes = ro_property("ProblemCodes", "as")  # parallel to Problems
     LastRollback = ro_property("LastRollback", "a{ss}")
     HandoffSource = ro_property("HandoffSource", "s")
     Toram = ro_property("Toram", "s")
@@ -152,6 +168,7 @@ class ManagerInterface(DaemonInterface):
     BootMediaPresent = ro_property("BootMediaPresent", "b")
     SafeToRemove = ro_property("SafeToRemove", "b")
     Partitions = ro_property("Partitions", "a(suts)")
+    PartitionRecords = ro_property("PartitionRecords", "aa{sv}")  # Partitions, named
     MemoryEncryption = ro_property("MemoryEncryption", "s")
     RamCryptRequested = ro_property("RamCryptRequested", "b")
     BootDeadline = ro_property("BootDeadline", "i")
@@ -275,7 +292,7 @@ def job_summary(job: Job | None) -> dict[str, str]:
     if job is None:
         return {}
     return {"job": job_path(job), "state": job.state.value, "result": job.result,
-            "error": job.error_name, "message": job.message}
+            "error": job.error_name, "error_code": job.error_code, "message": job.message}
 
 
 class JobInterface(StateInterface):
@@ -291,7 +308,7 @@ class JobInterface(StateInterface):
         return {"Kind": j.kind, "State": j.state.value, "Phase": j.phase,
                 "BytesDone": j.done, "BytesTotal": j.total, "Rate": j.rate, "Eta": j.eta,
                 "Cancellable": j.cancellable, "Result": j.result, "ErrorName": j.error_name,
-                "Message": j.message}
+                "ErrorCode": j.error_code, "Message": j.message}
 
     Kind = ro_property("Kind", "s")
     State = ro_property("State", "s")
@@ -303,6 +320,7 @@ class JobInterface(StateInterface):
     Cancellable = ro_property("Cancellable", "b")
     Result = ro_property("Result", "s")
     ErrorName = ro_property("ErrorName", "s")
+    ErrorCode = ro_property("ErrorCode", "s")
     Message = ro_property("Message", "s")
 
     @dbus_method(returns="b")

@@ -22,6 +22,18 @@ class BootState(StrEnum):
     DEGRADED = "degraded"  # no usable fallback, or the state cannot be read
 
 
+class ReasonCode(StrEnum):
+    """Why the boot state is what it is, as a stable word: ``StateReasonCodes``
+    on the bus, parallel to the sentences of ``StateReasons`` (docs/dbus.md
+    "Codes")."""
+
+    PERSIST_UNREADABLE = "persist-unreadable"
+    BOOTED_SLOT_UNKNOWN = "booted-slot-unknown"
+    ATTEMPTS_EXHAUSTED = "attempts-exhausted"  # the primary used its attempts, no fallback
+    ALL_SLOTS_EXHAUSTED = "all-slots-exhausted"  # booted as the last good slot
+    ROLLED_BACK = "rolled-back"
+
+
 class Assessment(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -31,6 +43,7 @@ class Assessment(BaseModel):
     marked_good: bool
     fallback: SlotName | None  # the slot a rollback would go to, if it is ok
     reasons: tuple[str, ...] = ()
+    reason_codes: tuple[ReasonCode, ...] = ()  # one per reason, in the same order
 
 
 def marked_good_this_boot(
@@ -56,25 +69,27 @@ def assess(
             state=BootState.DEGRADED, booted=booted, primary=None, marked_good=False,
             fallback=None,
             reasons=(persist_error or "ANKLUME-PERSIST cannot be read",),
+            reason_codes=(ReasonCode.PERSIST_UNREADABLE,),
         )
     other = slots.primary.other
     fallback = other if slots.meta[other].status is SlotStatus.OK else None
     good = marked_good_this_boot(slots, booted, boot_time)
-    reasons: list[str] = []
+    reasons: list[tuple[ReasonCode, str]] = []
     if booted is None:
-        reasons.append("the booted slot is unknown (no boot hand-off, no anklume.slot=)")
+        reasons.append((ReasonCode.BOOTED_SLOT_UNKNOWN,
+                        "the booted slot is unknown (no boot hand-off, no anklume.slot=)"))
     elif booted is slots.primary and slots.boot_count > slots.boot_attempts and not good:
-        reasons.append(
-            f"slot {booted} used {slots.boot_count} attempts of {slots.boot_attempts} "
-            "and no other slot is usable"
-        )
+        reasons.append((ReasonCode.ATTEMPTS_EXHAUSTED,
+                        f"slot {booted} used {slots.boot_count} attempts of "
+                        f"{slots.boot_attempts} and no other slot is usable"))
     elif handoff.degraded and not good:
         # Both slots exhausted (docs/boot.md): the initramfs booted the last
         # good slot, which need not be the primary.
-        reasons.append(f"no slot has attempts left; slot {booted} was booted as the last good one")
+        reasons.append((ReasonCode.ALL_SLOTS_EXHAUSTED, f"no slot has attempts left; slot "
+                        f"{booted} was booted as the last good one"))
     if handoff.rollback:
         source = handoff.rollback_from or (slots.last_rollback and slots.last_rollback.from_slot)
-        reasons.insert(0, f"rolled back from slot {source or '?'}")
+        reasons.insert(0, (ReasonCode.ROLLED_BACK, f"rolled back from slot {source or '?'}"))
         state = BootState.ROLLED_BACK
     elif reasons:
         state = BootState.DEGRADED
@@ -82,5 +97,6 @@ def assess(
         state = BootState.GOOD if good else BootState.PENDING
     return Assessment(
         state=state, booted=booted, primary=slots.primary, marked_good=good,
-        fallback=fallback, reasons=tuple(reasons),
+        fallback=fallback, reasons=tuple(text for _, text in reasons),
+        reason_codes=tuple(code for code, _ in reasons),
     )

@@ -31,7 +31,8 @@ async def test_fifty_concurrent_clients(sim: Sim) -> None:
     async def one() -> dict[str, Any]:
         client = await Client.connect(sim.bus.address, interactive=False)
         try:
-            return await client.status()
+            status: dict[str, Any] = await client.status()
+            return status
         finally:
             await client.close()
 

@@ -3,7 +3,7 @@
 from datetime import UTC, datetime
 
 from anklumed.handoff import parse_handoff
-from anklumed.slots.assessment import BootState, assess
+from anklumed.slots.assessment import BootState, ReasonCode, assess
 from anklumed.slots.model import Rollback, SlotMeta, SlotsState, SlotStatus
 from anklumed.stick import SlotName
 
@@ -76,3 +76,26 @@ def test_a_degraded_boot_of_the_last_good_slot_is_degraded() -> None:
     assert a.state is BootState.DEGRADED and "last good" in a.reasons[0]
     assert assess(state(primary=A, count=4), parse_handoff("SLOT=B\n", ""), BOOT).state \
         is BootState.PENDING
+
+
+def test_every_reason_has_its_code_in_the_same_order() -> None:
+    cases = {
+        "persist": assess(None, parse_handoff("SLOT=A\n", ""), BOOT, "stick pulled"),
+        "unknown": assess(state(), parse_handoff(None, "quiet"), BOOT),
+        "exhausted": assess(state(count=4, b_status=SlotStatus.EMPTY),
+                            parse_handoff("SLOT=A\n", ""), BOOT),
+        "last good": assess(state(primary=A, count=4),
+                            parse_handoff("SLOT=B\nDEGRADED=1\n", ""), BOOT),
+        "rolled back": assess(state(primary=A, count=4, b_status=SlotStatus.FAILED),
+                              parse_handoff("SLOT=A\nROLLBACK=1\nROLLBACK_FROM=B\n", ""), BOOT),
+        "good": assess(state(count=0), parse_handoff("SLOT=A\n", ""), BOOT),
+    }
+    assert {name: a.reason_codes for name, a in cases.items()} == {
+        "persist": (ReasonCode.PERSIST_UNREADABLE,),
+        "unknown": (ReasonCode.BOOTED_SLOT_UNKNOWN,),
+        "exhausted": (ReasonCode.ATTEMPTS_EXHAUSTED,),
+        "last good": (ReasonCode.ALL_SLOTS_EXHAUSTED,),
+        "rolled back": (ReasonCode.ROLLED_BACK, ReasonCode.ATTEMPTS_EXHAUSTED),
+        "good": (),
+    }
+    assert all(len(a.reasons) == len(a.reason_codes) for a in cases.values())

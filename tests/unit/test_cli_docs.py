@@ -139,3 +139,14 @@ def test_the_image_installs_them_where_the_shells_look(tmp_path: Path) -> None:
         assert f"copy-in {made} {directory}" in hooks, kind
         assert hooks.index(f'mkdir -p "$1"{directory}') < hooks.index(
             f"copy-in {made} {directory}")
+
+
+def test_the_man_page_and_cli_md_list_every_exit_code(made: dict[str, Path]) -> None:
+    from anklume_client.errors import ExitCode
+
+    text = subprocess.run(["groff", "-man", "-Tascii", "-P-cbou", str(made["man"])],
+                          capture_output=True, text=True, check=True, timeout=30).stdout
+    cli_md = (Path(__file__).parents[2] / "docs" / "cli.md").read_text()
+    for code in ExitCode:
+        assert re.search(rf"(^|\s){code.value} \w", text), code
+        assert re.search(rf"(^|\s){code.value} \w", cli_md), code

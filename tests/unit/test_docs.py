@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from anklume_client import words
+from anklumed.data.disks import Refusal
+from anklumed.data.manager import MessageCode
+from anklumed.errors import ErrorCode
 from anklumed.events import Event
+from anklumed.problems import ProblemCode
+from anklumed.slots.assessment import ReasonCode
 
 ROOT = Path(__file__).parents[2]
 DOCS = ROOT / "docs"
@@ -30,8 +36,51 @@ def documented_members() -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     for section in sections:
         title, _, body = section.partition("\n")
-        found[title.strip()] = set(re.findall(r"^\| `(\w+)` \|", body, re.MULTILINE))
+        if title.startswith("org."):  # not "## Codes"
+            found[title.strip()] = set(re.findall(r"^\| `(\w+)` \|", body, re.MULTILINE))
     return found
+
+
+def documented_codes() -> dict[str, list[str]]:
+    """Each ``### list`` of docs/dbus.md's "## Codes" and the codes of its table."""
+    codes = (DOCS / "dbus.md").read_text().split("\n## Codes\n", 1)[1]
+    found: dict[str, list[str]] = {}
+    for section in re.split(r"^### ", codes, flags=re.MULTILINE)[1:]:
+        title, _, body = section.partition("\n")
+        found[title.strip()] = re.findall(r"^\| `([a-z0-9-]+)` \|", body, re.MULTILINE)
+    return found
+
+
+# Each list of codes and where the daemon defines it (the one definition).
+DAEMON_CODES: dict[str, list[str]] = {
+    "StateReasonCodes": [c.value for c in ReasonCode],
+    "ProblemCodes": [c.value for c in ProblemCode],
+    "ErrorCode": [c.value for c in ErrorCode],
+    "MessageCode": [c.value for c in MessageCode],
+    "refused_code": [c.value for c in Refusal],
+}
+
+
+def test_the_codes_tables_are_the_daemons_codes() -> None:
+    assert documented_codes() == DAEMON_CODES
+
+
+# The client library's plain words for each list (anklume_client/words.py).
+CLIENT_WORDS: dict[str, dict[str, str]] = {
+    "StateReasonCodes": words.REASONS, "ProblemCodes": words.PROBLEMS,
+    "ErrorCode": words.ERRORS, "MessageCode": words.MESSAGES, "refused_code": words.REFUSALS,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(DAEMON_CODES))
+def test_the_client_has_plain_words_for_every_code(kind: str) -> None:
+    assert sorted(CLIENT_WORDS[kind]) == sorted(DAEMON_CODES[kind])
+    assert all(sentence and sentence[0].islower() and not sentence.endswith(".")
+               for sentence in CLIENT_WORDS[kind].values())
+
+
+def test_every_refusal_has_its_job_error_code() -> None:
+    assert {r.error_code.value for r in Refusal} <= set(DAEMON_CODES["ErrorCode"])
 
 
 def test_the_xml_has_members_to_check() -> None:

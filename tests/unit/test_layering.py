@@ -80,3 +80,11 @@ def test_the_desktop_clients_never_import_the_daemon() -> None:
     desktop = ROOT / "anklume_desktop"
     assert list(desktop.glob("*.py")), "no module in anklume_desktop"
     assert offending(desktop, ("anklumed",)) == []
+
+
+def test_the_client_library_imports_nothing_of_the_daemon_or_the_cli() -> None:
+    # A desktop client installs it alone: it may need dbus-fast, not anklumed.
+    client = ROOT / "anklume_client"
+    assert list(client.glob("*.py")), "no module in anklume_client/"
+    assert offending(client, ("anklumed", "anklumectl")) == []
+    assert "anklume_client.interface" in imported_modules(client / "proxies.py")

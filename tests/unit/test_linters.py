@@ -12,8 +12,8 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 # Tests and tools included: a test that mistypes what it checks passes for
 # the wrong reason.
-LINTED = ["anklume_desktop", "anklume_image", "anklumectl", "anklumed", "bench", "devtools",
-          "tests"]
+LINTED = ["anklume_client", "anklume_desktop", "anklume_image", "anklumectl", "anklumed", "bench",
+          "devtools", "tests"]
 
 
 def python_directories() -> list[str]:

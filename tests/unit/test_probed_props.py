@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from anklume_client.interface import DATA_PATH
 from anklumectl import data
 from anklumectl.client import ClientError
 
@@ -22,7 +23,7 @@ class FakeDaemon:
 
     async def call(self, path: str, iface: str, member: str, signature: str = "",
                    body: list[Any] | None = None, mutating: bool = False) -> list[Any]:
-        assert (path, member, body) == (data.DATA_PATH, "GetAll", [data.DATA_IFACE])
+        assert (path, member, body) == (DATA_PATH, "GetAll", [data.DATA_IFACE])
         self.reads += 1
         probed = self.reads > self.unprobed
         return [{"State": "absent", "DisksProbed": probed,
