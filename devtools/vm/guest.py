@@ -121,7 +121,9 @@ class Guest:
         (rundir / "config.sh").write_text(
             f"KERNEL_VERSION={shlex.quote(kernel.version)}\n"
             f"KERNEL_ROOT={shlex.quote(str(kernel.root))}\n"
-            f"CHECKOUT={shlex.quote(str(CHECKOUT))}\n")
+            f"CHECKOUT={shlex.quote(str(CHECKOUT))}\n"
+            # prepare.sh scales systemd's start timeouts by it.
+            f"SLOWNESS={slowness.factor():g}\n")
         for name, text in self.files.items():
             (rundir / name).parent.mkdir(parents=True, exist_ok=True)
             (rundir / name).write_text(text)
