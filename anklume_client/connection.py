@@ -64,6 +64,8 @@ class Connection:
         except InvalidAddressError:
             raise ClientError(USAGE, f"{address!r} is not a D-Bus address (like "
                               "unix:path=/run/dbus/system_bus_socket): fix --bus") from None
+        except OSError as e:  # dbus-fast opens the socket here already (no such file…)
+            raise ClientError(UNREACHABLE, f"cannot reach the system bus: {e}") from None
         try:
             return cls(await asyncio.wait_for(bus.connect(), CONNECT_TIMEOUT), interactive)
         except (OSError, TimeoutError, InvalidAddressError, AuthError, EOFError) as e:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import IntEnum
 
 from anklume_client.interface import ERROR_PREFIX
@@ -26,6 +27,13 @@ class ClientError(Exception):
     def short_name(self) -> str:
         """``IncorrectPassphrase`` for ``org.anklume.Live1.Error.IncorrectPassphrase``."""
         return self.name.removeprefix(ERROR_PREFIX)
+
+
+def code_of(short_name: str) -> str:
+    """The code of an error class's short name (IncorrectPassphrase →
+    incorrect-passphrase): what a job's ErrorCode holds when the daemon
+    gives no finer one."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "-", short_name).lower()
 
 
 def daemon_error(short_name: str, message: str) -> ClientError:

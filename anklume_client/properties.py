@@ -11,11 +11,10 @@ sentence (exit code 13), instead of deciding on an empty value.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
-from anklume_client.errors import INCOMPATIBLE, ClientError
+from anklume_client.errors import INCOMPATIBLE, ClientError, code_of
 from anklume_client.interface import DATA_DISK, FIRST_REVISION, JOB, MANAGER, Interface
 
 
@@ -58,7 +57,7 @@ def _error_code(props: dict[str, Any]) -> str:
     """A revision-1 job has only ErrorName: its class's code (IncorrectPassphrase
     → incorrect-passphrase), which is what a revision-2 daemon sends too when
     the raise site gives no finer one."""
-    return re.sub(r"(?<!^)(?=[A-Z])", "-", str(props["ErrorName"])).lower()
+    return code_of(str(props["ErrorName"]))
 
 
 FALLBACKS: dict[tuple[str, str], Callable[[dict[str, Any]], Any]] = {

@@ -1,43 +1,56 @@
 """The desktop clients' one way to anklumed: typed snapshots and calls.
 
-Everything the guide and the tray know of the daemon comes through here, as
-StrEnums and frozen dataclasses, never as bus dictionaries: when the typed
-client library (``anklume_client``) lands, this file alone changes.
-
-Codes, not English: the daemon is gaining reason codes (``StateReasonCodes``,
-``ProblemCodes``, ``CandidateDisks`` with ``refused_code``, a job's
-``ErrorCode``, the data disk's ``MessageCode``). Where it publishes them they
-are used; where it does not yet, the older properties are read and the code is
-derived (a refused disk without a code is ``Refusal.OTHER``, its sentence kept
-for display).
+Built on the client library (``anklume_client``): its proxies make the
+calls, its ``properties`` fill in what a daemon of another revision lacks
+(codes from nothing, records from the older tuples), its ``models`` type the
+result and its ``words`` give the plain sentence for each code. What is
+left here is the desktop's view: a summary of the manager and the data disk
+with an UNKNOWN state for a daemon that does not answer, errors as one code
+(``not-authorized``, ``unreachable``… the daemon's ErrorCode vocabulary),
+and a watch that outlives a restart of anklumed.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from dbus_fast import BusType, Message, MessageFlag, MessageType, Variant
-from dbus_fast.aio import MessageBus
-from dbus_fast.errors import AuthError, InvalidAddressError
+from dbus_fast import Message, MessageType
 
-BUS_NAME = "org.anklume.Live1"
-ROOT_PATH = "/org/anklume/Live1"
-DATA_PATH = "/org/anklume/Live1/data"
-MANAGER_IFACE = "org.anklume.Live1.Manager"
-DATA_IFACE = "org.anklume.Live1.DataDisk"
-JOB_IFACE = "org.anklume.Live1.Job"
-PROPERTIES_IFACE = "org.freedesktop.DBus.Properties"
-ERROR_PREFIX = "org.anklume.Live1.Error."
-CALL_TIMEOUT = 30.0
-INTERACTIVE_TIMEOUT = 330.0  # longer than polkit's own wait for the person
+from anklume_client import ClientError, Connection, Job, Manager
+from anklume_client import DataDisk as DataDiskProxy
+from anklume_client import words as client_words
+from anklume_client.errors import DISCONNECTED, TIMEOUT, code_of
+from anklume_client.interface import (
+    BUS_NAME,
+    DATA_DISK,
+    DATA_PATH,
+    MANAGER,
+    PROPERTIES_IFACE,
+    ROOT_PATH,
+)
+from anklume_client.models import (
+    AdoptableDisk,
+    CandidateDisk,
+    DataDiskStatus,
+    JobState,
+    JobStatus,
+    ManagerStatus,
+)
+from anklume_client.properties import complete
+
+__all__ = ["AdoptableDisk", "Backend", "BootState", "Daemon", "DaemonError", "DataDisk",
+           "DataState", "Disk", "Encryption", "JobState", "Outcome", "Progress", "Status",
+           "parse_data_disk", "parse_status"]
+
+Disk = CandidateDisk  # a disk the data may go on, with the daemon's refused_code
 
 
 class BootState(StrEnum):
+    """The library's BootState, and UNKNOWN: a state this client does not know."""
+
     GOOD = "good"
     PENDING = "pending"
     ROLLED_BACK = "rolled-back"
@@ -46,31 +59,15 @@ class BootState(StrEnum):
 
 
 class DataState(StrEnum):
+    """The library's DataState, and UNKNOWN: anklumed not answering, or a
+    state this client does not know."""
+
     ABSENT = "absent"
     LOCKED = "locked"
     UNLOCKED = "unlocked"
     MOUNTED = "mounted"
     ERROR = "error"
     UNKNOWN = "unknown"
-
-
-class JobState(StrEnum):
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-class Refusal(StrEnum):
-    """Why a disk may not hold the data (the daemon's ``refused_code``)."""
-
-    BOOT_STICK = "boot-stick"
-    HOLDS_SYSTEM = "holds-system"
-    MOUNTED = "mounted"
-    HELD = "held"
-    READ_ONLY = "read-only"
-    TOO_SMALL = "too-small"
-    OTHER = "other"  # a daemon without codes, or a code this client does not know
 
 
 class Backend(StrEnum):
@@ -83,37 +80,26 @@ class Encryption(StrEnum):
     NONE = "none"
 
 
+UNREACHABLE = "unreachable"
+
+
 class DaemonError(Exception):
-    """A refusal or failure: ``code`` a short word (``NotAuthorized``,
-    ``IncorrectPassphrase``, ``Unreachable``...), ``message`` one sentence."""
+    """A refusal or failure: ``code`` the daemon's error code
+    (``not-authorized``, ``incorrect-passphrase``…, or ``unreachable``,
+    ``timeout``, ``disconnected``), ``message`` one sentence."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
 
-
-@dataclass(frozen=True)
-class Disk:
-    name: str
-    device: str
-    model: str
-    size: int
-    bus: str
-    contents: tuple[str, ...]
-    refusal: Refusal | None
-    refusal_text: str  # the daemon's sentence, for display only
-
-    @property
-    def usable(self) -> bool:
-        return self.refusal is None
-
-
-@dataclass(frozen=True)
-class AdoptableDisk:
-    device: str
-    pool: str
-    luks_uuid: str
+    @classmethod
+    def of(cls, e: ClientError) -> DaemonError:
+        if e.name in (TIMEOUT, DISCONNECTED):
+            return cls(e.name.lower(), e.message)
+        if e.name in client_words.UNREACHABLE_NAMES:
+            return cls(UNREACHABLE, e.message or "anklumed is not reachable")
+        return cls(code_of(e.short_name), e.message)
 
 
 @dataclass(frozen=True)
@@ -122,8 +108,7 @@ class DataDisk:
     pool: str
     encrypted: bool
     device: str
-    message: str
-    message_code: str  # empty when the daemon publishes none
+    message: str  # plain words for its code, else the daemon's sentence
     pulled: bool
     attempts_left: int
     probed: bool
@@ -137,10 +122,7 @@ class Status:
     booted_slot: str
     primary_slot: str
     fallback_slot: str
-    reasons: tuple[str, ...]  # sentences, for display
-    reason_codes: tuple[str, ...]  # empty when the daemon publishes none
-    problems: tuple[str, ...]
-    problem_codes: tuple[str, ...]
+    reasons: tuple[str, ...]  # plain words for each code, else the daemon's sentence
     safe_to_remove: bool
     root_in_ram: bool
     update_running: bool
@@ -159,20 +141,8 @@ class Progress:
 @dataclass(frozen=True)
 class Outcome:
     state: JobState
-    error_code: str  # the job's ErrorCode, else its ErrorName's short form; empty on success
+    error_code: str  # the job's ErrorCode (derived from ErrorName for an older daemon)
     message: str
-
-
-def unwrap(value: Any) -> Any:
-    # anklumectl.client has the same, but importing it imports anklumed (its
-    # dbus-fast patches); anklume_client will hold the one copy.
-    if isinstance(value, Variant):
-        return unwrap(value.value)
-    if isinstance(value, dict):
-        return {k: unwrap(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [unwrap(v) for v in value]
-    return value
 
 
 E = TypeVar("E", bound=StrEnum)
@@ -185,221 +155,141 @@ def _enum(kind: type[E], value: object, default: E) -> E:
         return default
 
 
-def _refusal(code: str, text: str) -> Refusal | None:
-    if not code and not text:
-        return None
-    return _enum(Refusal, code, Refusal.OTHER)
+def status_of(m: ManagerStatus) -> Status:
+    last = m.last_update
+    return Status(
+        boot_state=_enum(BootState, m.boot_state, BootState.UNKNOWN),
+        booted_slot=m.booted_slot, primary_slot=m.primary_slot, fallback_slot=m.fallback_slot,
+        reasons=tuple(client_words.sentence(n, client_words.REASONS) for n in m.reasons),
+        safe_to_remove=m.safe_to_remove, root_in_ram=m.root_in_ram == "yes",
+        update_running=last.get("state", "") == JobState.RUNNING,
+        last_update_job=last.get("job", ""),
+        last_update_state=_enum(JobState, last["state"], JobState.FAILED)
+        if last.get("state") else None,
+        last_update_message=last.get("message", "") or last.get("error", ""))
 
 
-def parse_candidates(props: dict[str, Any]) -> tuple[Disk, ...]:
-    """``CandidateDisks`` (named, with codes) when published, else ``Candidates``."""
-    if "CandidateDisks" in props:
-        return tuple(
-            Disk(name=d["name"], device=d["device"], model=d.get("model", ""),
-                 size=int(d.get("size", 0)), bus=d.get("bus", ""),
-                 contents=tuple(d.get("contents", ())),
-                 refusal=_refusal(d.get("refused_code", ""), d.get("refused", "")),
-                 refusal_text=d.get("refused", ""))
-            for d in props["CandidateDisks"])
-    return tuple(
-        Disk(name=name, device=device, model=model, size=int(size), bus=bus,
-             contents=tuple(c for c in contents.split("; ") if c),
-             refusal=_refusal("", refused), refusal_text=refused)
-        for name, device, model, size, bus, _serial, contents, refused
-        in props.get("Candidates", []))
-
-
-def parse_adoptable(props: dict[str, Any]) -> tuple[AdoptableDisk, ...]:
-    if "AdoptableDisks" in props:
-        return tuple(AdoptableDisk(d["device"], d.get("pool", ""), d.get("luks_uuid", ""))
-                     for d in props["AdoptableDisks"])
-    return tuple(AdoptableDisk(device, pool, uuid)
-                 for device, pool, uuid in props.get("Adoptable", []))
-
-
-def parse_data_disk(props: dict[str, Any]) -> DataDisk:
+def data_disk_of(d: DataDiskStatus) -> DataDisk:
     return DataDisk(
-        state=_enum(DataState, props.get("State", ""), DataState.UNKNOWN),
-        pool=props.get("Pool", ""), encrypted=props.get("Encryption", "") != Encryption.NONE,
-        device=props.get("Device", ""),
-        message=props.get("Message", ""), message_code=props.get("MessageCode", ""),
-        pulled=bool(props.get("Pulled", False)),
-        attempts_left=int(props.get("AttemptsLeft", 0)),
-        probed=bool(props.get("DisksProbed", False)),
-        candidates=parse_candidates(props), adoptable=parse_adoptable(props))
+        state=_enum(DataState, d.state, DataState.UNKNOWN), pool=d.pool,
+        encrypted=d.encryption != Encryption.NONE, device=d.device,
+        message=client_words.sentence(d.message, client_words.MESSAGES) if d.message else "",
+        pulled=d.pulled, attempts_left=d.attempts_left, probed=d.disks_probed,
+        candidates=d.candidates, adoptable=d.adoptable)
 
 
 def parse_status(props: dict[str, Any]) -> Status:
-    last_update = props.get("LastUpdate", {})
-    return Status(
-        boot_state=_enum(BootState, props.get("BootState", ""), BootState.UNKNOWN),
-        booted_slot=props.get("BootedSlot", ""), primary_slot=props.get("PrimarySlot", ""),
-        fallback_slot=props.get("FallbackSlot", ""),
-        reasons=tuple(props.get("StateReasons", ())),
-        reason_codes=tuple(props.get("StateReasonCodes", ())),
-        problems=tuple(props.get("Problems", ())),
-        problem_codes=tuple(props.get("ProblemCodes", ())),
-        safe_to_remove=bool(props.get("SafeToRemove", False)),
-        root_in_ram=props.get("RootInRam", "") == "yes",
-        update_running=last_update.get("state", "") == JobState.RUNNING,
-        last_update_job=last_update.get("job", ""),
-        last_update_state=_enum(JobState, last_update["state"], JobState.FAILED)
-        if last_update.get("state") else None,
-        last_update_message=last_update.get("message", "") or last_update.get("error", ""))
+    """A GetAll reply (of any revision, even partial) as the desktop's view."""
+    return status_of(ManagerStatus.from_properties(complete(MANAGER, props)))
 
 
-def _outcome(props: dict[str, Any]) -> Outcome:
-    name = str(props.get("ErrorName", ""))
-    code = str(props.get("ErrorCode", "")) or name.removeprefix(ERROR_PREFIX)
-    return Outcome(_enum(JobState, props.get("State", ""), JobState.FAILED), code,
-                   str(props.get("Message", "")))
+def parse_data_disk(props: dict[str, Any]) -> DataDisk:
+    return data_disk_of(DataDiskStatus.from_properties(complete(DATA_DISK, props)))
 
 
-def _report(props: dict[str, Any], progress: Callable[[Progress], None]) -> None:
-    progress(Progress(str(props.get("Phase", "")), int(props.get("BytesDone", 0)),
-                      int(props.get("BytesTotal", 0))))
+def _outcome(job: JobStatus) -> Outcome:
+    return Outcome(_enum(JobState, job.state, JobState.FAILED), job.error_code, job.message)
 
 
 class Daemon:
     """A connection to anklumed. Mutating calls let polkit ask the person
-    through the session's agent (ALLOW_INTERACTIVE_AUTHORIZATION)."""
+    through the session's agent (an interactive Connection)."""
 
-    def __init__(self, bus: MessageBus) -> None:
-        self.bus = bus
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.bus = conn.bus
+        self.manager = Manager(conn)
+        self.data = DataDiskProxy(conn)
 
     @classmethod
     async def connect(cls, address: str | None = None) -> Daemon:
         try:
-            bus = MessageBus(bus_address=address) if address else \
-                MessageBus(bus_type=BusType.SYSTEM)
-            return cls(await asyncio.wait_for(bus.connect(), 10))
-        except (OSError, TimeoutError, InvalidAddressError, AuthError) as e:
-            raise DaemonError("Unreachable", f"cannot reach the system bus: {e}") from None
+            return cls(await Connection.connect(address, interactive=True))
+        except ClientError as e:
+            raise DaemonError.of(e) from None
 
     async def close(self) -> None:
-        if self.bus.connected:
-            self.bus.disconnect()
-        with contextlib.suppress(Exception):
-            await self.bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
-
-    async def _call(self, path: str, iface: str, member: str, signature: str = "",
-                    body: list[Any] | None = None, mutating: bool = False) -> list[Any]:
-        msg = Message(destination=BUS_NAME, path=path, interface=iface, member=member,
-                      signature=signature, body=body or [],
-                      flags=MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION if mutating
-                      else MessageFlag.NONE)
-        try:
-            reply = await asyncio.wait_for(
-                self.bus.call(msg), INTERACTIVE_TIMEOUT if mutating else CALL_TIMEOUT)
-        except TimeoutError:
-            raise DaemonError("Timeout", "anklumed did not answer in time") from None
-        except (OSError, EOFError):
-            raise DaemonError("Unreachable", "the connection to the bus was lost") from None
-        assert reply is not None
-        if reply.message_type == MessageType.ERROR:
-            name = reply.error_name or ""
-            code = name.removeprefix(ERROR_PREFIX) if name.startswith(ERROR_PREFIX) \
-                else "Unreachable" if name.endswith((".ServiceUnknown", ".NameHasNoOwner")) \
-                else name
-            raise DaemonError(code, str(reply.body[0]) if reply.body else name)
-        return [unwrap(v) for v in reply.body]
-
-    async def _props(self, path: str, iface: str) -> dict[str, Any]:
-        got = await self._call(path, PROPERTIES_IFACE, "GetAll", "s", [iface])
-        props: dict[str, Any] = got[0]
-        return props
+        await self.conn.close()
 
     async def status(self) -> Status:
-        return parse_status(await self._props(ROOT_PATH, MANAGER_IFACE))
+        try:
+            return status_of(await self.manager.status())
+        except ClientError as e:
+            raise DaemonError.of(e) from None
 
     async def data_disk(self) -> DataDisk:
-        return parse_data_disk(await self._props(DATA_PATH, DATA_IFACE))
+        try:
+            return data_disk_of(await self.data.status())
+        except ClientError as e:
+            raise DaemonError.of(e) from None
+
+    async def _job(self, started: Any) -> str:
+        try:
+            job: Job = await started
+        except ClientError as e:
+            raise DaemonError.of(e) from None
+        return job.path
 
     async def update(self, source: str) -> str:
-        got = await self._call(ROOT_PATH, MANAGER_IFACE, "Update", "ssb", [source, "", False],
-                               mutating=True)
-        return str(got[0])
+        return await self._job(self.manager.update(source, "", False))
 
     async def mark_good(self) -> None:
-        await self._call(ROOT_PATH, MANAGER_IFACE, "MarkGood", mutating=True)
+        try:
+            await self.manager.mark_good()
+        except ClientError as e:
+            raise DaemonError.of(e) from None
 
     async def rollback(self, force: bool = False) -> str:
-        got = await self._call(ROOT_PATH, MANAGER_IFACE, "Rollback", "b", [force],
-                               mutating=True)
-        return str(got[0])
+        try:
+            return await self.manager.rollback(force)
+        except ClientError as e:
+            raise DaemonError.of(e) from None
 
     async def setup(self, disk: str, pool: str, backend: Backend, encryption: Encryption,
                     passphrase: bytes) -> str:
         """Start erasing ``disk`` into the data disk; returns the job's path."""
-        got = await self._call(DATA_PATH, DATA_IFACE, "Setup", "ssssay",
-                               [disk, pool, backend.value, encryption.value, passphrase],
-                               mutating=True)
-        return str(got[0])
+        return await self._job(self.data.setup(disk, pool, backend.value, encryption.value,
+                                               passphrase))
 
     async def adopt(self, disk: str, passphrase: bytes) -> str:
-        got = await self._call(DATA_PATH, DATA_IFACE, "Adopt", "say", [disk, passphrase],
-                               mutating=True)
-        return str(got[0])
+        return await self._job(self.data.adopt(disk, passphrase))
 
     async def unlock(self, passphrase: bytes) -> str:
-        got = await self._call(DATA_PATH, DATA_IFACE, "Unlock", "ay", [passphrase],
-                               mutating=True)
-        return str(got[0])
+        return await self._job(self.data.unlock(passphrase))
 
     async def lock(self, stop_incus: bool = False) -> str:
-        got = await self._call(DATA_PATH, DATA_IFACE, "Lock", "b", [stop_incus],
-                               mutating=True)
-        return str(got[0])
+        return await self._job(self.data.lock(stop_incus))
 
     async def cancel(self, job: str) -> bool:
-        got = await self._call(job, JOB_IFACE, "Cancel", mutating=True)
-        return bool(got[0])
+        try:
+            return await Job(self.conn, job).cancel()
+        except ClientError as e:
+            raise DaemonError.of(e) from None
 
     async def reboot(self) -> None:
         """Through logind, which asks polkit as for any desktop's reboot."""
-        msg = Message(destination="org.freedesktop.login1", path="/org/freedesktop/login1",
-                      interface="org.freedesktop.login1.Manager", member="Reboot",
-                      signature="b", body=[True],
-                      flags=MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION)
-        reply = await asyncio.wait_for(self.bus.call(msg), INTERACTIVE_TIMEOUT)
-        if reply is not None and reply.message_type == MessageType.ERROR:
-            raise DaemonError((reply.error_name or "").rsplit(".", 1)[-1],
-                              str(reply.body[0]) if reply.body else "the reboot was refused")
-
-    async def _match(self, rule: str) -> None:
-        await self.bus.call(Message(
-            destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus", member="AddMatch", signature="s", body=[rule]))
+        try:
+            await self.conn.call("/org/freedesktop/login1", "org.freedesktop.login1.Manager",
+                                 "Reboot", "b", [True], mutating=True,
+                                 destination="org.freedesktop.login1")
+        except ClientError as e:
+            raise DaemonError(code_of(e.name.rsplit(".", 1)[-1]),
+                              e.message or "the reboot was refused") from None
 
     async def follow(self, job: str, progress: Callable[[Progress], None]) -> Outcome:
         """Wait for a job's end, reporting its progress; by signal, not by polling."""
-        ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        known: dict[str, Any] = {}
-
-        def handler(msg: Message) -> None:
-            if msg.path != job or msg.message_type != MessageType.SIGNAL:
-                return
-            if msg.member == "Finished" and not ended.done():
-                ended.set_result(None)
-            elif msg.member == "PropertiesChanged":
-                known.update(unwrap(msg.body[1]))
-                _report(known, progress)
-
-        self.bus.add_message_handler(handler)
+        def report(s: JobStatus) -> None:
+            progress(Progress(s.phase, s.bytes_done, s.bytes_total))
         try:
-            await self._match(f"type='signal',sender='{BUS_NAME}',path='{job}'")
-            # Read after the match is in place, so an end in between is not missed.
-            known.update({**await self._props(job, JOB_IFACE), **known})
-            if known.get("State") == JobState.RUNNING:
-                _report(known, progress)
-                await ended
-            return _outcome(await self._props(job, JOB_IFACE))
-        finally:
-            self.bus.remove_message_handler(handler)
+            return _outcome(await Job(self.conn, job).follow(report))
+        except ClientError as e:
+            raise DaemonError.of(e) from None
 
     async def watch(self, changed: Callable[[], None]) -> None:
         """Call ``changed`` on every change of the manager's or the data disk's
-        properties, and when anklumed starts or stops owning its name."""
+        properties, and when anklumed starts or stops owning its name. Not
+        Connection.subscribe: that one listens to the present owner only, and
+        the tray must keep watching across a restart of anklumed."""
         def handler(msg: Message) -> None:
             if msg.message_type != MessageType.SIGNAL:
                 return
@@ -408,7 +298,13 @@ class Daemon:
                 changed()
 
         self.bus.add_message_handler(handler)
-        await self._match(f"type='signal',sender='{BUS_NAME}',"
-                          f"interface='{PROPERTIES_IFACE}',member='PropertiesChanged'")
-        await self._match("type='signal',sender='org.freedesktop.DBus',"
-                          f"member='NameOwnerChanged',arg0='{BUS_NAME}'")
+        for rule in (f"type='signal',sender='{BUS_NAME}',interface='{PROPERTIES_IFACE}',"
+                     "member='PropertiesChanged'",
+                     "type='signal',sender='org.freedesktop.DBus',"
+                     f"member='NameOwnerChanged',arg0='{BUS_NAME}'"):
+            try:
+                await self.conn.call("/org/freedesktop/DBus", "org.freedesktop.DBus",
+                                     "AddMatch", "s", [rule],
+                                     destination="org.freedesktop.DBus")
+            except ClientError as e:
+                raise DaemonError.of(e) from None

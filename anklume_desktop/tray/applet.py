@@ -95,7 +95,7 @@ class Applet:
             return
         if self.daemon is None:
             await self.notifier.send(Notice("", "anklumed is not answering",
-                                            words.advice("Unreachable")))
+                                            words.advice("unreachable")))
             return
         try:
             if action == Action.ROLLBACK:
@@ -122,7 +122,7 @@ class Applet:
 
     async def refused(self, what: str, error: DaemonError) -> None:
         await self.notifier.send(Notice("", f"{what} was refused" if error.code ==
-                                        "NotAuthorized" else f"{what} failed",
+                                        "not-authorized" else f"{what} failed",
                                         words.explain_error(error), critical=True))
 
 

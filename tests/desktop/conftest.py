@@ -17,7 +17,7 @@ import pytest
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
-from anklume_desktop.daemon import unwrap
+from anklume_client.connection import unwrap
 from devtools.desktop_session import DesktopSession
 from tests.service.conftest import sim  # noqa: F401 - the simulation, as a fixture
 
