@@ -27,15 +27,18 @@ REFUSALS = {
 # a DaemonError's code).
 ADVICE = {
     "not-authorized": "The administrator's authorization was refused or not given: "
-                     "nothing was changed. Try again and authenticate when asked.",
+                      "nothing was changed. Try again and authenticate when asked.",
     "busy": "Another operation on the data disk is running. Wait for it to end, "
             "then try again.",
     "refused-boot-device": "This disk cannot hold the data. Choose another disk.",
     "incorrect-passphrase": "The passphrase is wrong. Check the keyboard layout "
-                           "(AZERTY/QWERTY: Alt+Shift) and try again.",
+                            "(AZERTY/QWERTY: Alt+Shift) and try again.",
     "unreachable": "anklumed, the system service, is not answering. Check it with "
                    "'systemctl status anklumed', then open the guide again.",
     "timeout": "anklumed did not answer in time. Check 'systemctl status anklumed'.",
+    "disconnected": "The connection to anklumed was lost during the operation: check "
+                    "'systemctl status anklumed' and what the guide or 'anklumectl "
+                    "jobs' says now before starting it again.",
     "cancelled": "The operation was cancelled before it changed anything that "
                  "matters: you can start it again.",
     "not-found": "The disk is gone: was it unplugged? Plug it in and try again.",
