@@ -12,7 +12,7 @@ and a watch that outlives a restart of anklumed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -223,9 +223,9 @@ class Daemon:
         except ClientError as e:
             raise DaemonError.of(e) from None
 
-    async def _job(self, started: Any) -> str:
+    async def _job(self, started: Awaitable[Job]) -> str:
         try:
-            job: Job = await started
+            job = await started
         except ClientError as e:
             raise DaemonError.of(e) from None
         return job.path
