@@ -100,6 +100,16 @@ def seconds_left(deadline: float | None, now: float) -> int:
     return max(1, math.ceil(deadline - now))
 
 
+def _block_monitor() -> pyudev.Monitor:
+    """Block-device events, from udev once it runs, else from the kernel
+    (worker thread: libudev reads its configuration)."""
+    source = "udev" if Path("/run/udev/control").exists() else "kernel"
+    monitor = pyudev.Monitor.from_netlink(pyudev.Context(), source=source)
+    monitor.filter_by("block")
+    monitor.start()
+    return monitor
+
+
 @dataclass(frozen=True, slots=True)
 class _Found:
     """Where the system runs from, as a worker thread found it."""
@@ -246,7 +256,7 @@ class LiveSystem:
     def run_background(self, init: InitSystem) -> None:
         """Once the snapshots are shown: watch the disks, probe them, keep the
         boot deadline and (``follow_systemd``) mark the boot good when it completes."""
-        self._watch_media()
+        self._spawn(self._watch_media())
         self._spawn(self._first_disk_scan())
         self._spawn(self._boot_deadline(init))
         if self.config.follow_systemd:
@@ -469,14 +479,10 @@ class LiveSystem:
             log.error("could not mark the boot good: %s", e)
 
     # ---- block devices come and go ---------------------------------------------
-    def _watch_media(self) -> None:
+    async def _watch_media(self) -> None:
         """Notice the stick being pulled or plugged (udev, or kernel uevents without it)."""
         try:
-            context = pyudev.Context()
-            source = "udev" if Path("/run/udev/control").exists() else "kernel"
-            monitor = pyudev.Monitor.from_netlink(context, source=source)
-            monitor.filter_by("block")
-            monitor.start()
+            monitor = await asyncio.to_thread(_block_monitor)
         except (OSError, ValueError) as e:
             log.warning("cannot watch block devices (%s): media status will not update", e)
             return

@@ -257,3 +257,74 @@ def test_a_job_reports_only_the_phases_it_names() -> None:
 
     job = asyncio.run(scenario())
     assert job.phase is JobPhase.WRITING and JobSnapshot.of(job).phase is JobPhase.WRITING
+
+
+class LoopGuard:
+    """Notes every file touched and program run on the event loop's thread
+    (and refuses it); worker threads may do both."""
+
+    def __init__(self) -> None:
+        self.on_loop: list[str] = []
+
+    def wrap(self, name: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                return real(*args, **kwargs)  # a worker thread
+            self.on_loop.append(f"{name}{args[:1]!r}")
+            raise Blocked(f"{name} on the event loop")
+        return guarded
+
+
+class FakeDevice:
+    """FAKE uevent: what _on_uevent reads of a pyudev.Device."""
+
+    action = "remove"
+    sys_name = "sdz"
+
+
+class FakeMonitor:
+    """FAKE udev monitor: one event waiting, then none."""
+
+    def __init__(self) -> None:
+        self.waiting = [FakeDevice()]
+
+    def poll(self, timeout: float) -> FakeDevice | None:
+        return self.waiting.pop() if self.waiting else None
+
+
+def test_the_event_loop_never_touches_a_file_or_runs_a_program(
+        core: LiveSystem, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(system, "uptime", lambda: 10_000.0)  # the deadline has passed
+    guard = LoopGuard()
+    for owner, name in ((builtins, "open"), (io, "open"), (os, "open"), (os, "stat"),
+                        (os, "lstat"), (os, "scandir"), (os, "listdir"),
+                        (subprocess, "run"), (subprocess, "Popen")):
+        monkeypatch.setattr(owner, name, guard.wrap(name, getattr(owner, name)))
+    seen = Recorder()
+    core.subscribe(seen)
+    init = FakeInit()
+
+    async def scenario() -> None:
+        await core.start()
+        core.run_background(init)  # the deadline, the first disk probe, the watch
+        await core.mark_good()
+        await core.rollback(force=False)
+        core.start_data_lock(stop_incus=False)
+        await seen.a_job_ended.wait()
+        watching, core._udev_monitor = core._udev_monitor, FakeMonitor()  # type: ignore
+        core._on_uevent()  # a disk pulled: hold, look at the stick, refresh in 0.5 s
+        core._udev_monitor = watching
+        assert core._data_refresh is not None
+        await core._data_refresh
+        for name in SlotName:
+            slot_properties(core.slot(name))
+        manager_properties(core.manager())
+        data_disk_properties(core.data_disk())
+        await core.stop()
+
+    asyncio.run(scenario())
+    assert guard.on_loop == []
+    assert init.rebooted == 1 and core.disks_probed
+    assert core.manager().boot.primary is SlotName.B
