@@ -155,6 +155,8 @@ class LiveSystem:
         self._tasks: set[asyncio.Task[None]] = set()
         self._udev_monitor: pyudev.Monitor | None = None
         self._data_refresh: asyncio.Task[None] | None = None
+        self._media_look: asyncio.Task[None] | None = None
+        self._media_dirty = False  # a block event came since the last look began
         self._persist_stale = False  # the stick was seen gone since PERSIST was read
 
     def subscribe(self, observer: Observer) -> None:
@@ -264,8 +266,9 @@ class LiveSystem:
 
     async def stop(self) -> None:
         await self.jobs.stop()
-        for task in list(self._tasks):
-            task.cancel()
+        for task in [*self._tasks, self._data_refresh, self._media_look]:
+            if task is not None:
+                task.cancel()
         if self._udev_monitor is not None:
             asyncio.get_running_loop().remove_reader(self._udev_monitor.fileno())
 
@@ -497,13 +500,19 @@ class LiveSystem:
             removed = removed or device.action == "remove"
         if removed:  # the data disk may be gone: hold its writes at once, not in 0.5 s
             self._spawn(self._hold_data_if_pulled())
-        self._spawn(self._media_changed())
+        # One look at the stick at a time, and one more after it if events came
+        # meanwhile: a burst of events (loop devices set up elsewhere) costs two.
+        self._media_dirty = True
+        if self._media_look is None or self._media_look.done():
+            self._media_look = asyncio.get_running_loop().create_task(self._media_changed())
         # A disk plugged or pulled: look again, once for a burst of events.
         if self._data_refresh is None or self._data_refresh.done():
             self._data_refresh = asyncio.get_running_loop().create_task(self._refresh_soon())
 
     async def _media_changed(self) -> None:
-        await self._look_at_media()
+        while self._media_dirty:
+            self._media_dirty = False
+            await self._look_at_media()
         self._changed()
 
     async def _hold_data_if_pulled(self) -> None:

@@ -316,8 +316,8 @@ def test_the_event_loop_never_touches_a_file_or_runs_a_program(
         watching, core._udev_monitor = core._udev_monitor, FakeMonitor()  # type: ignore
         core._on_uevent()  # a disk pulled: hold, look at the stick, refresh in 0.5 s
         core._udev_monitor = watching
-        assert core._data_refresh is not None
-        await core._data_refresh
+        assert core._data_refresh is not None and core._media_look is not None
+        await asyncio.gather(core._media_look, core._data_refresh)
         for name in SlotName:
             slot_properties(core.slot(name))
         manager_properties(core.manager())
@@ -328,3 +328,28 @@ def test_the_event_loop_never_touches_a_file_or_runs_a_program(
     assert guard.on_loop == []
     assert init.rebooted == 1 and core.disks_probed
     assert core.manager().boot.primary is SlotName.B
+
+
+def test_a_burst_of_block_events_looks_at_the_stick_at_most_twice(
+        core: LiveSystem, monkeypatch: pytest.MonkeyPatch) -> None:
+    looks: list[BootStick | None] = []
+
+    def look(found: BootStick | None) -> bool:
+        looks.append(found)
+        return False
+
+    monkeypatch.setattr(core, "_media_now", look)
+
+    async def scenario() -> None:
+        await core.start()
+        looks.clear()
+        for _ in range(50):  # loop devices set up elsewhere on the machine
+            core._udev_monitor = FakeMonitor()  # type: ignore[assignment]
+            core._on_uevent()
+        assert core._media_look is not None
+        await core._media_look
+        core._udev_monitor = None
+        await core.stop()
+
+    asyncio.run(scenario())
+    assert 1 <= len(looks) <= 2
