@@ -13,7 +13,6 @@ import os
 from dbus_fast import BusType, RequestNameReply
 from dbus_fast.aio import MessageBus
 
-from anklumed.config import Config
 from anklumed.core.snapshots import JobSnapshot
 from anklumed.core.system import LiveSystem
 from anklumed.errors import AnklumeError
@@ -55,7 +54,6 @@ def notify(state: str) -> None:
 class Daemon:
     def __init__(self, core: LiveSystem, bus_address: str | None = None) -> None:
         self.core = core
-        self.config: Config = core.config
         self.bus_address = bus_address
         self.bus: MessageBus | None = None
         # One authority for the daemon's life: its counter makes polkit
