@@ -31,13 +31,45 @@ class JobState(StrEnum):
     CANCELLED = "cancelled"
 
 
+class JobKind(StrEnum):
+    """The long operations anklumed runs (a Job's Kind)."""
+
+    UPDATE = "update"
+    DATA_SETUP = "data-setup"
+    DATA_UNLOCK = "data-unlock"
+    DATA_ADOPT = "data-adopt"
+    DATA_LOCK = "data-lock"
+
+
+class JobPhase(StrEnum):
+    """Where a job is (a Job's Phase): every phase any job reports."""
+
+    STARTING = "starting"
+    CHECKING = "checking"
+    WRITING = "writing"
+    SYNCING = "syncing"
+    VERIFYING = "verifying"
+    ACTIVATING = "activating"
+    FORMATTING = "formatting"
+    OPENING = "opening"
+    CREATING = "creating"
+    INCUS = "incus"
+    SAVING = "saving"
+    UNLOCKING = "unlocking"
+    RESUMING = "resuming"
+    MOUNTING = "mounting"
+    STOPPING_INCUS = "stopping incus"
+    UNMOUNTING = "unmounting"
+    CLOSING = "closing"
+
+
 class Job:
     def __init__(self, number: int, kind: str,
                  loop: asyncio.AbstractEventLoop, on_change: Callable[[Job], None]) -> None:
         self.number = number
         self.kind = kind
         self.state = JobState.RUNNING
-        self.phase = "starting"
+        self.phase = JobPhase.STARTING
         self.done = 0
         self.total = 0
         self.result = ""
@@ -56,11 +88,14 @@ class Job:
 
     # ---- reported by the work (any thread) ----
     def progress(self, phase: str, done: int = 0, total: int = 0) -> None:
+        """``phase`` is a JobPhase; a name that is none raises ValueError here,
+        in the work, not later where the job is published."""
+        named = JobPhase(phase)
         with self._lock:
-            new_phase = phase != self.phase
+            new_phase = named is not self.phase
             if new_phase:
                 self._phase_started, self._phase_done0 = time.monotonic(), done
-            self.phase, self.done, self.total = phase, done, total
+            self.phase, self.done, self.total = named, done, total
         now = time.monotonic()
         if new_phase or now - self._last_notify >= NOTIFY_INTERVAL or done == total:
             self._last_notify = now
@@ -121,10 +156,10 @@ class JobManager:
         self._on_change = on_change
         self._on_finished = on_finished
         self.running: dict[str, Job] = {}      # by group
-        self.last: dict[str, Job] = {}         # by kind, finished or not
+        self.last: dict[JobKind, Job] = {}     # by kind, finished or not
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def start(self, kind: str, group: str, work: JobWork) -> Job:
+    def start(self, kind: JobKind, group: str, work: JobWork) -> Job:
         if group in self.running:
             other = self.running[group]
             raise Busy(f"a {other.kind} is already running (job {other.number}); "

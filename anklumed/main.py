@@ -37,9 +37,11 @@ def _setup_logging(level: str) -> None:
 
 
 async def _serve(config_path: Path | None, bus: str | None) -> int:
+    from anklumed.core.system import LiveSystem
     from anklumed.service.app import Daemon
 
-    daemon = Daemon(load_config(config_path), bus_address=bus)
+    core = await asyncio.to_thread(LiveSystem, load_config(config_path))
+    daemon = Daemon(core, bus_address=bus)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from dbus_fast import Variant
 
-from anklumed.data.disks import Disk
+from anklumed.core.snapshots import CandidateDisk, DataDiskSnapshot
 from anklumed.data.poolconf import Backend, Encryption
 from anklumed.errors import InvalidArgument
 from anklumed.service.boundary import (
@@ -24,7 +24,7 @@ from anklumed.service.boundary import (
     record,
     ro_property,
 )
-from anklumed.service.objects import job_path
+from anklumed.service.objects import job_path, job_summary
 from anklumed.service.polkit import ACTION_DATA_LOCK, ACTION_DATA_SETUP, ACTION_DATA_UNLOCK
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ def _choice(enum: type[Backend] | type[Encryption], value: str, what: str) -> An
         raise InvalidArgument(f"{value[:20]!r} is not a {what} ({options})") from None
 
 
-def candidate_record(disk: Disk) -> dict[str, Variant]:
+def candidate_record(disk: CandidateDisk) -> dict[str, Variant]:
     """One disk of CandidateDisks: ``refused`` a sentence, ``refused_code`` a
     word of anklumed.data.disks.Refusal (both empty when it may be used)."""
     return record(name=("s", disk.name), device=("s", str(disk.device)),
@@ -91,41 +91,42 @@ def candidate_record(disk: Disk) -> dict[str, Variant]:
                   refused_code=("s", disk.refused_code.value if disk.refused_code else ""))
 
 
+def data_disk_properties(s: DataDiskSnapshot) -> dict[str, Any]:
+    """The DataDisk's properties, from the core's snapshot."""
+    conf = s.conf
+    return {
+        "State": s.state.value,
+        "Pool": conf.pool_name if conf else "",
+        "Backend": conf.pool_type.value if conf else "",
+        "Encryption": conf.encryption.value if conf else "",
+        "LuksUuid": (conf.luks_uuid or "") if conf else "",
+        "Device": s.device,
+        "Mounts": dict(s.mounts),
+        "Message": s.message,
+        "MessageCode": s.message_code,
+        "Pulled": s.pulled,
+        "AttemptsLeft": s.attempts_left,
+        "Candidates": [[c.name, str(c.device), c.model, c.size, c.bus, c.serial,
+                        "; ".join(c.contents), c.refused] for c in s.candidates],
+        "LastJob": job_summary(s.last_job),
+        "Adoptable": [[str(a.device), a.pool, a.luks_uuid] for a in s.adoptable],
+        "CandidateDisks": [candidate_record(c) for c in s.candidates],
+        "AdoptableDisks": [record(device=("s", str(a.device)), pool=("s", a.pool),
+                                  luks_uuid=("s", a.luks_uuid)) for a in s.adoptable],
+        "DisksProbed": s.disks_probed,
+    }
+
+
 class DataDiskInterface(DaemonInterface):
     IFACE = DATA_IFACE
     daemon: "Daemon"
 
     def __init__(self, daemon: "Daemon") -> None:
         super().__init__(daemon)
-        self._refresh = Coalesced(daemon.refresh_data, REFRESH_INTERVAL)
+        self._refresh = Coalesced(daemon.core.refresh_data, REFRESH_INTERVAL)
 
     def snapshot(self) -> dict[str, Any]:
-        d = self.daemon
-        snap = d.data.snapshot
-        conf = snap.conf
-        return {
-            "State": snap.state.value,
-            "Pool": conf.pool_name if conf else "",
-            "Backend": conf.pool_type.value if conf else "",
-            "Encryption": conf.encryption.value if conf else "",
-            "LuksUuid": (conf.luks_uuid or "") if conf else "",
-            "Device": snap.device,
-            "Mounts": dict(snap.mounts),
-            "Message": snap.message,
-            "MessageCode": snap.message_code,
-            "Pulled": snap.pulled,
-            "AttemptsLeft": d.data.attempts_left,
-            "Candidates": [[c.name, str(c.device), c.model, c.size, c.bus, c.serial,
-                            "; ".join(c.contents), c.refused] for c in d.data_candidates],
-            "LastJob": d.last_data_job(),
-            "Adoptable": [[str(a.device), a.pool, a.luks_uuid]
-                          for a in d.data_adoptable] if snap.conf is None else [],
-            "CandidateDisks": [candidate_record(c) for c in d.data_candidates],
-            "AdoptableDisks": [record(device=("s", str(a.device)), pool=("s", a.pool),
-                                      luks_uuid=("s", a.luks_uuid))
-                               for a in d.data_adoptable] if snap.conf is None else [],
-            "DisksProbed": d.disks_probed,
-        }
+        return data_disk_properties(self.daemon.core.data_disk())
 
     State = ro_property("State", "s")
     Pool = ro_property("Pool", "s")
@@ -151,28 +152,28 @@ class DataDiskInterface(DaemonInterface):
                     passphrase: bytes) -> str:
         """Erase ``disk`` and make it the data disk; returns the job."""
         await self.daemon.authorize(ACTION_DATA_SETUP, current_caller())
-        job = self.daemon.start_data_setup(disk, pool, _choice(Backend, backend, "backend"),
-                                           _choice(Encryption, encryption, "encryption"),
-                                           _secret(passphrase))
-        return job_path(job)
+        job = self.daemon.core.start_data_setup(
+            disk, pool, _choice(Backend, backend, "backend"),
+            _choice(Encryption, encryption, "encryption"), _secret(passphrase))
+        return job_path(job.number)
 
     @dbus_method(args=(("disk", "s"), ("passphrase", "ay")), returns="o")
     async def Adopt(self, disk: str, passphrase: bytes) -> str:
         """Take on a data disk set up from another stick (see Adoptable)."""
         await self.daemon.authorize(ACTION_DATA_SETUP, current_caller())
-        return job_path(self.daemon.start_data_adopt(disk, _secret(passphrase)))
+        return job_path(self.daemon.core.start_data_adopt(disk, _secret(passphrase)).number)
 
     @dbus_method(args=(("passphrase", "ay"),), returns="o")
     async def Unlock(self, passphrase: bytes) -> str:
         """Open and mount the data disk (an empty passphrase uses pool.conf's KEY_FILE)."""
         await self.daemon.authorize(ACTION_DATA_UNLOCK, current_caller())
-        return job_path(self.daemon.start_data_unlock(_secret(passphrase)))
+        return job_path(self.daemon.core.start_data_unlock(_secret(passphrase)).number)
 
     @dbus_method(args=(("stop_incus", "b"),), returns="o")
     async def Lock(self, stop_incus: bool) -> str:
         """Unmount and close the data disk; Busy (naming who) when it is in use."""
         await self.daemon.authorize(ACTION_DATA_LOCK, current_caller())
-        return job_path(self.daemon.start_data_lock(stop_incus))
+        return job_path(self.daemon.core.start_data_lock(stop_incus).number)
 
     @dbus_method(args=(("current", "ay"), ("new", "ay")))
     async def ChangePassphrase(self, current: bytes, new: bytes) -> None:
@@ -180,14 +181,13 @@ class DataDiskInterface(DaemonInterface):
         await self.daemon.authorize(ACTION_DATA_SETUP, current_caller())
         if not new:
             raise InvalidArgument("the new passphrase is empty")
-        await asyncio.to_thread(self.daemon.data.change_passphrase, _secret(current),
-                                _secret(new))
+        await self.daemon.core.change_passphrase(_secret(current), _secret(new))
 
     @dbus_method(args=(("current", "ay"),), returns="ay")
     async def AddRecoveryKey(self, current: bytes) -> bytes:
         """Add a random recovery key in a second keyslot; returned once, kept nowhere."""
         await self.daemon.authorize(ACTION_DATA_SETUP, current_caller())
-        return await asyncio.to_thread(self.daemon.data.add_recovery_key, _secret(current))
+        return await self.daemon.core.add_recovery_key(_secret(current))
 
     @dbus_method()
     async def Refresh(self) -> None:

@@ -6,13 +6,16 @@ from typing import TYPE_CHECKING, Any
 from dbus_fast import Variant
 from dbus_fast.service import signal
 
+from anklumed.core.snapshots import JobSnapshot, ManagerSnapshot, SlotSnapshot
 from anklumed.errors import InvalidArgument, NotAuthorized
-from anklumed.jobs import Job
+from anklumed.jobs import JobKind
+from anklumed.problems import ProblemCode
 from anklumed.service.boundary import (
     BUS_NAME,
     ROOT_PATH,
     DaemonInterface,
     StateInterface,
+    capped,
     current_caller,
     dbus_method,
     published_body,
@@ -45,13 +48,19 @@ JOB_IFACE = f"{BUS_NAME}.Job"
 # sentences, named records beside positional tuples (docs/dbus.md).
 INTERFACE_REVISION = 2
 # The polkit action that guards cancelling a job of each kind.
-JOB_ACTIONS = {"update": ACTION_UPDATE, "data-setup": ACTION_DATA_SETUP,
-               "data-unlock": ACTION_DATA_UNLOCK, "data-lock": ACTION_DATA_LOCK,
-               "data-adopt": ACTION_DATA_SETUP}
+JOB_ACTIONS = {JobKind.UPDATE: ACTION_UPDATE, JobKind.DATA_SETUP: ACTION_DATA_SETUP,
+               JobKind.DATA_UNLOCK: ACTION_DATA_UNLOCK, JobKind.DATA_LOCK: ACTION_DATA_LOCK,
+               JobKind.DATA_ADOPT: ACTION_DATA_SETUP}
+# Problems published: enough to see what is wrong with every file on PERSIST;
+# each one line a person reads (a quoted value is cut well before this). A
+# junk file on PERSIST can name thousands (a 60 KB meta made 30,000, and
+# status 2 MB).
+MAX_PROBLEMS = 20
+MAX_PROBLEM_TEXT = 300
 
 
-def job_path(job: Job) -> str:
-    return f"{ROOT_PATH}/job/{job.number}"
+def job_path(number: int) -> str:
+    return f"{ROOT_PATH}/job/{number}"
 
 
 def slot_path(slot: SlotName) -> str:
@@ -98,8 +107,47 @@ def files_request(manifest: int, options: dict[str, Variant],
                          files=files)
 
 
-def _tri(value: bool | None) -> str:
-    return "unknown" if value is None else ("yes" if value else "no")
+def manager_properties(s: ManagerSnapshot) -> dict[str, Any]:
+    """The Manager's properties, from the core's snapshot."""
+    a = s.boot
+    rollback = s.last_rollback
+    problems = capped([text for _, text in s.problems], MAX_PROBLEMS, MAX_PROBLEM_TEXT,
+                      "problems")
+    # One code a sentence; the last sentence of a cut list says how many more.
+    problem_codes = [code.value for code, _ in s.problems[:MAX_PROBLEMS]]
+    problem_codes += [ProblemCode.MORE_PROBLEMS.value] * (len(problems) - len(problem_codes))
+    return {
+        "InterfaceRevision": INTERFACE_REVISION,
+        "Version": s.version,
+        "BootedSlot": a.booted.value if a.booted else "",
+        "PrimarySlot": a.primary.value if a.primary else "",
+        "FallbackSlot": a.fallback.value if a.fallback else "",
+        "BootCount": s.boot_count,
+        "BootAttempts": s.boot_attempts,
+        "BootState": a.state.value,
+        "MarkedGood": a.marked_good,
+        "StateReasons": list(a.reasons),
+        "StateReasonCodes": [code.value for code in a.reason_codes],
+        "Problems": problems,
+        "ProblemCodes": problem_codes,
+        "LastRollback": {k.lower(): v for k, v in rollback.to_kv().items()} if rollback else {},
+        "HandoffSource": s.handoff_source,
+        "Toram": s.toram.value,
+        "Verity": s.verity.value,
+        "RootInRam": s.root_in_ram.value,
+        "BootDisk": s.boot_disk,
+        "BootMediaPresent": s.media_present,
+        "SafeToRemove": s.safe_to_remove,
+        "Partitions": [[p.label, p.number, p.size, p.device] for p in s.partitions],
+        "PartitionRecords": [record(label=("s", p.label), number=("u", p.number),
+                                    size=("t", p.size), device=("s", p.device))
+                             for p in s.partitions],
+        "MemoryEncryption": s.memory_encryption.value,
+        "RamCryptRequested": s.ram_crypt_requested,
+        "BootDeadline": s.boot_deadline,
+        "Jobs": [job_path(j.number) for j in s.jobs],
+        "LastUpdate": job_summary(s.last_update),
+    }
 
 
 class ManagerInterface(DaemonInterface):
@@ -107,44 +155,7 @@ class ManagerInterface(DaemonInterface):
     daemon: "Daemon"
 
     def snapshot(self) -> dict[str, Any]:
-        d = self.daemon
-        a = d.slots.assessment
-        st = d.slots.state
-        rollback = st.last_rollback if st else None
-        problems, problem_codes = d.problems()
-        partitions = d.partitions()
-        return {
-            "InterfaceRevision": INTERFACE_REVISION,
-            "Version": d.version,
-            "BootedSlot": a.booted.value if a.booted else "",
-            "PrimarySlot": a.primary.value if a.primary else "",
-            "FallbackSlot": a.fallback.value if a.fallback else "",
-            "BootCount": st.boot_count if st else 0,
-            "BootAttempts": st.boot_attempts if st else 0,
-            "BootState": a.state.value,
-            "MarkedGood": a.marked_good,
-            "StateReasons": list(a.reasons),
-            "StateReasonCodes": [code.value for code in a.reason_codes],
-            "Problems": problems,
-            "ProblemCodes": problem_codes,
-            "LastRollback": {k.lower(): v for k, v in rollback.to_kv().items()} if rollback else {},
-            "HandoffSource": d.handoff.source,
-            "Toram": _tri(d.handoff.toram),
-            "Verity": d.handoff.verity.value,
-            "RootInRam": _tri(d.root.in_ram),
-            "BootDisk": str(d.stick.disk) if d.stick else "",
-            "BootMediaPresent": d.media_present(),
-            "SafeToRemove": d.safe_to_remove(),
-            "Partitions": partitions,
-            "PartitionRecords": [record(label=("s", label), number=("u", number),
-                                        size=("t", size), device=("s", device))
-                                 for label, number, size, device in partitions],
-            "MemoryEncryption": d.memory_encryption.value,
-            "RamCryptRequested": bool(d.handoff.ram_crypt_requested),
-            "BootDeadline": d.deadline_remaining(),
-            "Jobs": [job_path(j) for j in d.jobs.last.values()],
-            "LastUpdate": job_summary(d.jobs.last.get("update")),
-        }
+        return manager_properties(self.daemon.core.manager())
 
     InterfaceRevision = ro_property("InterfaceRevision", "u")
     Version = ro_property("Version", "s")
@@ -191,7 +202,7 @@ class ManagerInterface(DaemonInterface):
             reader = await caller_reader(self.daemon.bus, caller.sender)
         request = UpdateRequest(source=source, verify_hash=pin,
                                 allow_downgrade=allow_downgrade, reader=reader)
-        return job_path(self.daemon.start_update(request))
+        return job_path(self.daemon.core.start_update(request).number)
 
     @dbus_method(args=(("manifest", "h"), ("options", "a{sv}")), returns="o")
     async def UpdateFromFiles(self, manifest: int, options: dict[str, Variant]) -> str:
@@ -204,7 +215,7 @@ class ManagerInterface(DaemonInterface):
         try:
             request = files_request(manifest, options, passed)
             await self.daemon.authorize(ACTION_UPDATE, current_caller())
-            return job_path(self.daemon.start_update(request))
+            return job_path(self.daemon.core.start_update(request).number)
         except BaseException:
             close_all(passed)
             raise
@@ -212,28 +223,53 @@ class ManagerInterface(DaemonInterface):
     @dbus_method()
     async def MarkGood(self) -> None:
         await self.daemon.authorize(ACTION_SWITCH_SLOT, current_caller())
-        await self.daemon.slots.mark_good()
+        await self.daemon.core.mark_good()
 
     @dbus_method(args=(("force", "b"),), returns="s")
     async def Rollback(self, force: bool) -> str:
         await self.daemon.authorize(ACTION_SWITCH_SLOT, current_caller())
-        return (await self.daemon.slots.rollback(force)).value
+        return (await self.daemon.core.rollback(force)).value
 
     @dbus_method(args=(("slot", "s"), ("force", "b")))
     async def SetPrimary(self, slot: str, force: bool) -> None:
         target = parse_slot_arg(slot)
         await self.daemon.authorize(ACTION_SWITCH_SLOT, current_caller())
-        await self.daemon.slots.set_primary(target, force)
+        await self.daemon.core.set_primary(target, force)
 
     @dbus_method(args=(("slot", "s"),))
     async def MarkBad(self, slot: str) -> None:
         target = parse_slot_arg(slot)
         await self.daemon.authorize(ACTION_SWITCH_SLOT, current_caller())
-        await self.daemon.slots.mark_bad(target)
+        await self.daemon.core.mark_bad(target)
 
 
 def _time(value: Any) -> str:
     return format_time(value) if value is not None else ""
+
+
+def slot_properties(s: SlotSnapshot) -> dict[str, Any]:
+    """A Slot's properties, from the core's snapshot."""
+    meta = s.meta or SlotMeta()
+    return {
+        "Name": s.name.value,
+        "Status": meta.status.value if s.meta else "unknown",
+        "Version": meta.version or "",
+        "Size": meta.size or 0,
+        "Sha256": meta.sha256 or "",
+        "RootHash": meta.root_hash or "",
+        "Salt": meta.salt or "",
+        "DataBlockSize": meta.data_block_size or 0,
+        "HashBlockSize": meta.hash_block_size or 0,
+        "HashAlg": meta.hash_alg or "",
+        "InstalledAt": _time(meta.installed_at),
+        "ActivatedAt": _time(meta.activated_at),
+        "LastGoodAt": _time(meta.last_good_at),
+        "Source": meta.source or "",
+        "Booted": s.booted,
+        "Primary": s.primary,
+        "Device": s.device,
+        "PartitionSize": s.partition_size,
+    }
 
 
 class SlotInterface(StateInterface):
@@ -243,30 +279,7 @@ class SlotInterface(StateInterface):
         super().__init__(SLOT_IFACE)
 
     def snapshot(self) -> dict[str, Any]:
-        st = self.daemon.slots.state
-        meta = st.meta[self.slot] if st else SlotMeta()
-        a = self.daemon.slots.assessment
-        part = self.daemon.stick.partitions.get(self.slot.label) if self.daemon.stick else None
-        return {
-            "Name": self.slot.value,
-            "Status": meta.status.value if st else "unknown",
-            "Version": meta.version or "",
-            "Size": meta.size or 0,
-            "Sha256": meta.sha256 or "",
-            "RootHash": meta.root_hash or "",
-            "Salt": meta.salt or "",
-            "DataBlockSize": meta.data_block_size or 0,
-            "HashBlockSize": meta.hash_block_size or 0,
-            "HashAlg": meta.hash_alg or "",
-            "InstalledAt": _time(meta.installed_at),
-            "ActivatedAt": _time(meta.activated_at),
-            "LastGoodAt": _time(meta.last_good_at),
-            "Source": meta.source or "",
-            "Booted": a.booted is self.slot,
-            "Primary": a.primary is self.slot,
-            "Device": str(part.device) if part and part.device else "",
-            "PartitionSize": part.size if part else 0,
-        }
+        return slot_properties(self.daemon.core.slot(self.slot))
 
     Name = ro_property("Name", "s")
     Status = ro_property("Status", "s")
@@ -288,27 +301,35 @@ class SlotInterface(StateInterface):
     PartitionSize = ro_property("PartitionSize", "t")
 
 
-def job_summary(job: Job | None) -> dict[str, str]:
+def job_summary(job: JobSnapshot | None) -> dict[str, str]:
     if job is None:
         return {}
-    return {"job": job_path(job), "state": job.state.value, "result": job.result,
+    return {"job": job_path(job.number), "state": job.state.value, "result": job.result,
             "error": job.error_name, "error_code": job.error_code, "message": job.message}
+
+
+def job_properties(j: JobSnapshot) -> dict[str, Any]:
+    """A Job's properties, from the core's snapshot."""
+    return {"Kind": j.kind.value, "State": j.state.value, "Phase": j.phase.value,
+            "BytesDone": j.done, "BytesTotal": j.total, "Rate": j.rate, "Eta": j.eta,
+            "Cancellable": j.cancellable, "Result": j.result, "ErrorName": j.error_name,
+            "ErrorCode": j.error_code, "Message": j.message}
 
 
 class JobInterface(StateInterface):
     """/org/anklume/Live1/job/N: a long operation's progress, Cancel and Finished."""
 
-    def __init__(self, daemon: "Daemon", job: Job) -> None:
+    def __init__(self, daemon: "Daemon", job: JobSnapshot) -> None:
         self.daemon = daemon
-        self.job = job
+        self.job = job  # the last snapshot the core gave of it
         super().__init__(JOB_IFACE)
 
+    def show(self, job: JobSnapshot) -> None:
+        self.job = job
+        self.publish()
+
     def snapshot(self) -> dict[str, Any]:
-        j = self.job
-        return {"Kind": j.kind, "State": j.state.value, "Phase": j.phase,
-                "BytesDone": j.done, "BytesTotal": j.total, "Rate": j.rate, "Eta": j.eta,
-                "Cancellable": j.cancellable, "Result": j.result, "ErrorName": j.error_name,
-                "ErrorCode": j.error_code, "Message": j.message}
+        return job_properties(self.job)
 
     Kind = ro_property("Kind", "s")
     State = ro_property("State", "s")
@@ -331,7 +352,7 @@ class JobInterface(StateInterface):
         if action is None:
             raise NotAuthorized("this job cannot be cancelled")
         await self.daemon.authorize(action, caller)
-        return self.job.cancel()
+        return self.daemon.core.cancel_job(self.job.number)
 
     @signal()
     def Finished(self) -> "sss":  # type: ignore[name-defined]  # noqa: F821 (a D-Bus signature)

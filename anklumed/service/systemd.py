@@ -17,7 +17,6 @@ SYSTEMD_PATH = "/org/freedesktop/systemd1"
 MANAGER = "org.freedesktop.systemd1.Manager"
 UNIT = "org.freedesktop.systemd1.Unit"
 PROPS = "org.freedesktop.DBus.Properties"
-BOOT_COMPLETE = "boot-complete.target"
 
 
 class Systemd:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from anklumectl.render import deadline_words
-from anklumed.service.app import seconds_left
+from anklumed.core.system import seconds_left
 
 
 @pytest.mark.parametrize(("deadline", "now", "left"), [

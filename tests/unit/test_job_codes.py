@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from anklumed.errors import Cancelled, ErrorCode, RefusedBootDevice
-from anklumed.jobs import Job, JobManager, JobState
+from anklumed.jobs import Job, JobKind, JobManager, JobState
 from anklumed.persist import PersistFull
 
 
@@ -21,7 +21,7 @@ async def finished_job(error: BaseException | None) -> Job:
             raise error
         return "done"
 
-    jobs.start("data-setup", "data", work)
+    jobs.start(JobKind.DATA_SETUP, "data", work)
     return await asyncio.wait_for(done, 5)
 
 

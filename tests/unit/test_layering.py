@@ -3,6 +3,8 @@
 `anklumed/slots/` and `anklumed/data/` never import each other: what both
 need lives at the package root. Only `anklumed/service/` knows D-Bus, so the
 domain can be tested, and the bus library changed, without touching it.
+`anklumed/core/` (the composition root) sits between them: it uses the
+domain, and neither the bus nor the service layer; the domain does not know it.
 """
 
 from __future__ import annotations
@@ -67,11 +69,22 @@ def test_only_the_service_layer_imports_the_dbus_library() -> None:
     assert outside == []
 
 
+def test_the_core_knows_neither_the_bus_nor_the_service_layer() -> None:
+    assert list((PACKAGE / "core").glob("*.py")), "no module in anklumed/core"
+    assert offending(PACKAGE / "core", (*DBUS_LIBRARIES, "anklumed.service")) == []
+
+
+@pytest.mark.parametrize("layer", ["slots", "data"])
+def test_the_domain_does_not_know_the_core(layer: str) -> None:
+    assert offending(PACKAGE / layer, ("anklumed.core", "anklumed.service")) == []
+
+
 def test_the_checker_sees_the_imports_it_looks_for() -> None:
     # Without this the tests above would pass on a parser that found nothing.
     assert "anklumed.stick" in imported_modules(PACKAGE / "slots" / "model.py")
     assert "anklumed.data.poolconf" in imported_modules(PACKAGE / "data" / "manager.py")
     assert any("dbus_" in line for line in offending(PACKAGE / "service", DBUS_LIBRARIES))
+    assert "anklumed.slots.controller" in imported_modules(PACKAGE / "core" / "system.py")
 
 
 def test_the_desktop_clients_never_import_the_daemon() -> None:

@@ -1,0 +1,355 @@
+"""The core without a bus: anklumed.core.system.LiveSystem driven directly.
+
+PERSIST is a plain directory (PersistStore's directory mode) and the boot
+stick a model with no disk behind it, so nothing here needs root or a loop
+device. What the service tier checks through D-Bus (tests/service) is the
+same core behind the bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import io
+import os
+import subprocess
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from anklumed import command
+from anklumed.config import Config
+from anklumed.core import system
+from anklumed.core.snapshots import JobSnapshot, Tristate
+from anklumed.core.system import LiveSystem
+from anklumed.data.disks import Disk
+from anklumed.data.manager import DataState
+from anklumed.data.poolconf import LABEL_PREFIX
+from anklumed.host import Backing
+from anklumed.jobs import Job, JobKind, JobPhase, JobState
+from anklumed.service.data_objects import data_disk_properties
+from anklumed.service.objects import job_properties, manager_properties, slot_properties
+from anklumed.slots.assessment import BootState
+from anklumed.stick import PERSIST_LABEL, BootStick, Partition, SlotName
+from tests.unit.test_persist_hostile import GOOD_META
+from tests.unit.test_persist_hostile import persist as persist_with_slot_a
+
+
+class Recorder:
+    """An observer (core.system.Observer) that notes what it is told."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, JobSnapshot | None]] = []
+        self.a_job_ended = asyncio.Event()
+
+    def state_changed(self) -> None:
+        self.calls.append(("state", None))
+
+    def job_started(self, job: JobSnapshot) -> None:
+        self.calls.append(("started", job))
+
+    def job_changed(self, job: JobSnapshot) -> None:
+        self.calls.append(("changed", job))
+
+    def job_finished(self, job: JobSnapshot) -> None:
+        self.calls.append(("finished", job))
+        self.a_job_ended.set()
+
+    def said(self, what: str) -> list[JobSnapshot | None]:
+        return [job for name, job in self.calls if name == what]
+
+
+class FakeInit:
+    """FAKE systemd (core.system.InitSystem): no PID 1 to ask in a unit test."""
+
+    def __init__(self) -> None:
+        self.rebooted = 0
+
+    async def available(self) -> bool:
+        return False
+
+    async def when_active(self, unit: str, action: Callable[[], Awaitable[None]]) -> None:
+        raise AssertionError("not followed: systemd is not available")
+
+    async def waiting_jobs(self) -> list[str]:
+        return ["anklume-boot-check.service (start)"]
+
+    async def reboot(self) -> None:
+        self.rebooted += 1
+
+
+def fake_stick(tmp_path: Path) -> BootStick:
+    """A stick with no disk behind it: its PERSIST node does not exist."""
+    parts = {label: Partition(label=label, number=n, size=n << 20, device=tmp_path / f"dev{n}")
+             for n, label in enumerate(("ANKLUME-EFI", "ANKLUME-OS-A", "ANKLUME-OS-B",
+                                        PERSIST_LABEL), start=1)}
+    return BootStick(disk=tmp_path / "stick", size=8 << 30, partitions=parts)
+
+
+@pytest.fixture
+def persist(tmp_path: Path) -> Path:
+    """Slot A primary at its first attempt, both slots ok."""
+    root = persist_with_slot_a(tmp_path)
+    (root / "slots" / "B.meta").write_text(GOOD_META)
+    return root
+
+
+@pytest.fixture
+def core(tmp_path: Path, persist: Path, monkeypatch: pytest.MonkeyPatch) -> LiveSystem:
+    (tmp_path / "boot.env").write_text("SLOT=A\nBOOT_COUNT=1\nROLLBACK=0\nTORAM=1\n"
+                                       "VERITY=signed\n")
+    (tmp_path / "cmdline").write_text("quiet\n")
+    config = Config(handoff=tmp_path / "boot.env", cmdline=tmp_path / "cmdline",
+                    persist_mountpoint=tmp_path / "mnt", data_mountpoint=tmp_path / "data",
+                    incus_state_dir=tmp_path / "incus", incus_socket=tmp_path / "incus.sock",
+                    boot_deadline=30)
+    stick = fake_stick(tmp_path)
+    monkeypatch.setattr("anklumed.core.system.stick.discover", lambda hint, partuuid: stick)
+    live = LiveSystem(config)
+    live.store.directory = persist  # FAKE PERSIST: a plain directory, not a mount
+    monkeypatch.setattr(live.data, "candidates", lambda: [])  # FAKE: no disk to offer
+    return live
+
+
+def test_the_core_reads_the_boot_and_marks_it_good_without_a_bus(
+        core: LiveSystem, persist: Path) -> None:
+    seen = Recorder()
+    core.subscribe(seen)
+
+    async def scenario() -> None:
+        await core.start()
+        before = core.manager()
+        assert (before.boot.booted, before.boot.primary) == (SlotName.A, SlotName.A)
+        assert before.boot.state is BootState.PENDING and before.boot_count == 1
+        assert before.toram is Tristate.YES and before.root_in_ram in Tristate
+        assert not before.media_present and before.safe_to_remove  # no disk behind it
+        assert [p.label for p in before.partitions][-1] == PERSIST_LABEL
+        await core.mark_good()
+
+    asyncio.run(scenario())
+    after = core.manager()
+    assert after.boot.state is BootState.GOOD and after.boot.marked_good
+    assert after.boot_count == 0 and (persist / "boot-count").read_text().strip() == "0"
+    assert core.marked_good.is_set()
+    assert seen.said("state"), "the observer was not told of the change"
+    slot_a = core.slot(SlotName.A)
+    assert slot_a.booted and slot_a.primary and slot_a.meta is not None
+    assert slot_a.meta.last_good_at is not None
+
+
+def test_a_rollback_and_a_refusal_go_to_persist_and_the_snapshots(
+        core: LiveSystem, persist: Path) -> None:
+    async def scenario() -> SlotName:
+        await core.start()
+        to = await core.rollback(force=False)
+        await core.mark_bad(SlotName.A)
+        with pytest.raises(Exception, match="not ok"):
+            await core.set_primary(SlotName.A, force=False)
+        return to
+
+    assert asyncio.run(scenario()) is SlotName.B
+    assert (persist / "ab-state").read_text().strip() == "B"
+    assert core.manager().last_rollback is not None
+    assert core.slot(SlotName.B).primary and not core.slot(SlotName.A).primary
+    assert "STATUS=failed" in (persist / "slots" / "A.meta").read_text()
+
+
+def test_a_job_is_announced_followed_and_kept(core: LiveSystem) -> None:
+    seen = Recorder()
+    core.subscribe(seen)
+
+    async def scenario() -> JobSnapshot:
+        await core.start()
+        assert core.data_disk().state is DataState.ABSENT  # no pool.conf
+        started = core.start_data_lock(stop_incus=False)
+        assert started.state is JobState.RUNNING and started.kind is JobKind.DATA_LOCK
+        await seen.a_job_ended.wait()
+        return started
+
+    started = asyncio.run(scenario())
+    assert seen.said("started") == [started]
+    finished = seen.said("finished")
+    assert len(finished) == 1 and finished[0] is not None
+    assert finished[0].number == started.number
+    assert finished[0].state is JobState.FAILED and finished[0].error_name == "NotFound"
+    assert finished[0].phase is JobPhase.CHECKING
+    assert seen.calls.index(("finished", finished[0])) < len(seen.calls) - 1
+    assert seen.calls[-1] == ("state", None)  # told after the job ended, as the bus shows
+    assert core.data_disk().last_job == core.manager().jobs[0] == JobSnapshot.of(
+        core.jobs.last[JobKind.DATA_LOCK])
+    assert not core.cancel_job(started.number)  # finished: nothing to cancel
+    assert not core.cancel_job(started.number + 100)  # never was
+
+
+def test_a_boot_that_never_completes_is_rebooted(core: LiveSystem,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(system, "uptime", lambda: 10_000.0)  # the deadline passed long ago
+    init = FakeInit()
+
+    async def scenario() -> None:
+        await core.start()
+        await core._boot_deadline(init)
+
+    asyncio.run(scenario())
+    assert init.rebooted == 1 and core.manager().boot_deadline == 0
+
+
+class Blocked(Exception):
+    """Raised by anything that would run a program or touch a file."""
+
+
+@contextlib.contextmanager
+def nothing_but_memory() -> Iterator[None]:
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise Blocked(f"{args[:1]!r}")
+
+    with pytest.MonkeyPatch.context() as patch:
+        for owner, name in ((builtins, "open"), (io, "open"), (os, "open"), (os, "stat"),
+                            (os, "lstat"), (os, "scandir"), (os, "listdir"),
+                            (subprocess, "run"), (subprocess, "Popen"), (command, "run")):
+            patch.setattr(owner, name, refuse)
+        yield
+
+
+def test_snapshots_and_their_properties_read_memory_only(
+        core: LiveSystem, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # FAKE: a disk set up from another stick (its blkid finds nothing: no such node).
+    other = Disk(name="sdz", device=tmp_path / "sdz", size=1 << 30, fstype="crypto_LUKS",
+                 label=f"{LABEL_PREFIX}tank")
+    monkeypatch.setattr(core.data, "candidates", lambda: [other])
+    seen = Recorder()
+    core.subscribe(seen)
+
+    async def scenario() -> None:
+        await core.start()
+        core.start_data_lock(stop_incus=False)  # a job to show; its end probes the disks
+        await seen.a_job_ended.wait()
+
+    asyncio.run(scenario())
+    # What the last looks found: the stick is plugged in, / is read from it.
+    core.media_present, core.root = True, Backing(in_ram=False, disks=("stick",))
+    with nothing_but_memory():
+        with pytest.raises(Blocked), open(os.devnull):  # the guard is on
+            pass
+        manager = manager_properties(core.manager())
+        slots = [slot_properties(core.slot(name)) for name in SlotName]
+        data = data_disk_properties(core.data_disk())
+        job = job_properties(core.manager().jobs[0])
+    assert manager["BootedSlot"] == "A" and manager["BootMediaPresent"] is True
+    assert not manager["SafeToRemove"]
+    assert [s["Status"] for s in slots] == ["ok", "ok"]
+    assert data["State"] == "absent" and data["LastJob"]["state"] == "failed"
+    assert data["Adoptable"] == [[str(other.device), "tank", ""]]
+    assert data["Candidates"][0][0] == "sdz"
+    assert job["Kind"] == "data-lock"
+
+
+def test_a_job_reports_only_the_phases_it_names() -> None:
+    async def scenario() -> Job:
+        job = Job(1, JobKind.UPDATE, asyncio.get_running_loop(), lambda _job: None)
+        job.progress("writing", 1, 2)
+        with pytest.raises(ValueError, match="wirting"):
+            job.progress("wirting", 2, 2)  # a typo: refused where it is made
+        return job
+
+    job = asyncio.run(scenario())
+    assert job.phase is JobPhase.WRITING and JobSnapshot.of(job).phase is JobPhase.WRITING
+
+
+class LoopGuard:
+    """Notes every file touched and program run on the event loop's thread
+    (and refuses it); worker threads may do both."""
+
+    def __init__(self) -> None:
+        self.on_loop: list[str] = []
+
+    def wrap(self, name: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                return real(*args, **kwargs)  # a worker thread
+            self.on_loop.append(f"{name}{args[:1]!r}")
+            raise Blocked(f"{name} on the event loop")
+        return guarded
+
+
+class FakeDevice:
+    """FAKE uevent: what _on_uevent reads of a pyudev.Device."""
+
+    action = "remove"
+    sys_name = "sdz"
+
+
+class FakeMonitor:
+    """FAKE udev monitor: one event waiting, then none."""
+
+    def __init__(self) -> None:
+        self.waiting = [FakeDevice()]
+
+    def poll(self, timeout: float) -> FakeDevice | None:
+        return self.waiting.pop() if self.waiting else None
+
+
+def test_the_event_loop_never_touches_a_file_or_runs_a_program(
+        core: LiveSystem, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(system, "uptime", lambda: 10_000.0)  # the deadline has passed
+    guard = LoopGuard()
+    for owner, name in ((builtins, "open"), (io, "open"), (os, "open"), (os, "stat"),
+                        (os, "lstat"), (os, "scandir"), (os, "listdir"),
+                        (subprocess, "run"), (subprocess, "Popen")):
+        monkeypatch.setattr(owner, name, guard.wrap(name, getattr(owner, name)))
+    seen = Recorder()
+    core.subscribe(seen)
+    init = FakeInit()
+
+    async def scenario() -> None:
+        await core.start()
+        core.run_background(init)  # the deadline, the first disk probe, the watch
+        await core.mark_good()
+        await core.rollback(force=False)
+        core.start_data_lock(stop_incus=False)
+        await seen.a_job_ended.wait()
+        watching, core._udev_monitor = core._udev_monitor, FakeMonitor()
+        core._on_uevent()  # a disk pulled: hold, look at the stick, refresh in 0.5 s
+        core._udev_monitor = watching
+        assert core._data_refresh is not None and core._media_look is not None
+        await asyncio.gather(core._media_look, core._data_refresh)
+        for name in SlotName:
+            slot_properties(core.slot(name))
+        manager_properties(core.manager())
+        data_disk_properties(core.data_disk())
+        await core.stop()
+
+    asyncio.run(scenario())
+    assert guard.on_loop == []
+    assert init.rebooted == 1 and core.disks_probed
+    assert core.manager().boot.primary is SlotName.B
+
+
+def test_a_burst_of_block_events_looks_at_the_stick_at_most_twice(
+        core: LiveSystem, monkeypatch: pytest.MonkeyPatch) -> None:
+    looks: list[BootStick | None] = []
+
+    def look(found: BootStick | None) -> bool:
+        looks.append(found)
+        return False
+
+    monkeypatch.setattr(core, "_media_now", look)
+
+    async def scenario() -> None:
+        await core.start()
+        looks.clear()
+        for _ in range(50):  # loop devices set up elsewhere on the machine
+            core._udev_monitor = FakeMonitor()
+            core._on_uevent()
+        assert core._media_look is not None
+        await core._media_look
+        core._udev_monitor = None
+        await core.stop()
+
+    asyncio.run(scenario())
+    assert 1 <= len(looks) <= 2
