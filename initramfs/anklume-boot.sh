@@ -45,6 +45,7 @@ TRIED=""
 FAILURES=""
 REASON=""
 RAM_CRYPT=unknown
+STICK_LOST=0
 
 # A line on the console, and in the kernel log (timestamped, kept for the
 # journal of the running system; <6> is info: the console shows it once).
@@ -326,9 +327,14 @@ open_slot() {
     [ "$(partition_bytes "$part")" -ge "$(padded_size)" ] || { REASON=short-slot; return 1; }
     data=/dev/$part
     TORAM=0
-    if [ "$TORAM_WANTED" = 1 ] && toram_fits && copy_to_ram "$data"; then
-        data=$RUN/ram/slot.img
-        TORAM=1
+    if [ "$TORAM_WANTED" = 1 ] && toram_fits; then
+        if copy_to_ram "$data"; then
+            data=$RUN/ram/slot.img
+            TORAM=1
+        elif [ "$STICK_LOST" = 1 ]; then
+            REASON=stick-removed
+            return 1
+        fi
     fi
     veritysetup open "$data" "$MAPPING" "$FILES/tree" "$ROOT_HASH" >/dev/null 2>&1 \
         || { release_ram_copy; REASON=verity; return 1; }
@@ -374,8 +380,13 @@ copy_to_ram() {
         [ $((mib - done_mib)) -lt "$step" ] && step=$((mib - done_mib))
         if ! dd if="$1" of="$RUN/ram/slot.img" bs=1M count="$step" skip="$done_mib" \
             seek="$done_mib" conv=notrunc 2>/dev/null; then
-            say "the copy to RAM failed (was the stick removed?); booting from the stick instead"
             release_ram_copy
+            if stick_lost; then
+                STICK_LOST=1
+                say "the stick was removed during the copy to RAM"
+            else
+                say "the copy to RAM failed (a read error on the stick); booting from the stick instead"
+            fi
             return 1
         fi
         done_mib=$((done_mib + step))
@@ -383,6 +394,30 @@ copy_to_ram() {
     done
     truncate -s "$bytes" "$RUN/ram/slot.img"
     [ "$(stat -c %s "$RUN/ram/slot.img")" = "$bytes" ] || { release_ram_copy; return 1; }
+}
+
+# The stick's disk is gone: the kernel drops a pulled disk a moment after
+# its reads start failing, so a read error waits a little for that.
+stick_lost() {
+    tries=0
+    while [ "$tries" -lt 15 ]; do
+        [ -e "/sys/class/block/$BOOT_DISK" ] || return 0
+        sleep 1
+        tries=$((tries + 1))
+    done
+    return 1
+}
+
+# The stick came back (the same PERSIST, whatever its new device name): the
+# boot goes on from it, without a copy. The attempt was counted already.
+wait_for_the_stick_again() {
+    STICK_LOST=0
+    TORAM_WANTED=0
+    umount -l "$PERSIST_MNT" 2>/dev/null
+    say "plug the stick back in: the boot goes on from it, without the copy to RAM"
+    find_persist || return 1
+    BOOT_DISK=$(parent_disk "$PERSIST_DEV")
+    mount_persist
 }
 
 release_ram_copy() {
@@ -474,6 +509,8 @@ main() {
     read_cmdline
     load_modules
     find_persist || no_slot "no stick with an ANKLUME-PERSIST partition${PERSIST_UUID:+ of PARTUUID=$PERSIST_UUID} appeared within $WAIT s: plug the stick in (or fix anklume.persist= in the boot entry) and restart"
+    # Also the start of the boot's own work (bench/boot.py times it from here).
+    say "found the stick: PERSIST is /dev/$PERSIST_DEV"
     BOOT_DISK=$(parent_disk "$PERSIST_DEV")
     mount_persist || no_slot "ANKLUME-PERSIST (/dev/$PERSIST_DEV) cannot be mounted: check it with e2fsck from another computer"
     record_attempt
@@ -482,6 +519,11 @@ main() {
         TRIED="$TRIED $BOOT"
         REASON=verity
         open_slot "$BOOT" && break
+        if [ "$REASON" = stick-removed ]; then
+            wait_for_the_stick_again || no_slot "the stick was removed during the copy to RAM and did not come back within $WAIT s: plug it in and restart"
+            TRIED=${TRIED% "$BOOT"}  # the same slot again, from the stick
+            continue
+        fi
         fall_through "$BOOT" "$REASON"
     done
     grep -q " $RUN/lower " /proc/mounts || no_slot "both slots failed their checks"

@@ -163,9 +163,26 @@ def install_slot(stick: stickimg.Stick, pdir: PersistDir, slot: SlotName,
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    now = datetime.now(UTC)
+    record_slot(pdir, slot, b)
+
+
+def record_slot(pdir: PersistDir, slot: SlotName, b: SlotBundle) -> None:
+    """PERSIST's half of an installed slot (tree, meta, manifest, signature),
+    as the updater's ``activate`` writes it after the image."""
     update.activate(pdir, slot, b.manifest, bundle.KeptManifest.beside(b.manifest_path),
-                    verity_tree(b), "image-builder", now)
+                    verity_tree(b), "image-builder", datetime.now(UTC))
+
+
+def filler_offset(b: SlotBundle, into: int) -> int:
+    """Where in the slot's image byte ``into`` of /filler lies: a block the
+    boot itself never reads (random data: mksquashfs stores it as it is)."""
+    filler = subprocess.run(["unsquashfs", "-cat", str(b.image), "filler"],
+                            capture_output=True, check=True).stdout
+    probe = filler[into:into + 512]
+    offset = b.image.read_bytes().find(probe)
+    if offset < 0:
+        raise RuntimeError(f"/filler's bytes are not stored as they are in {b.image}")
+    return offset
 
 
 def stickimg_part(stick: stickimg.Stick, slot: SlotName) -> Path:

@@ -54,29 +54,46 @@ def parse_report(raw: bytes) -> dict[str, str] | None:
     return report
 
 
+@dataclass(frozen=True)
+class Pull:
+    """Pull the USB disk ``serial`` when the console shows ``text``; plug
+    ``image`` back in ``replug_after`` seconds later (None: never)."""
+
+    text: str
+    serial: str
+    replug_after: float | None = None
+    image: Path | None = None
+
+
 class PullingConsole(Console):
     """The console, and a hand that pulls a USB disk when a text appears on it."""
 
     def __init__(self, proc: subprocess.Popen[bytes], log: Path, control: Control,
-                 cut_power: tuple[str, float] | None, pull_on: tuple[str, str] | None):
+                 cut_power: tuple[str, float] | None, pull: Pull | None):
         self._control = control
-        self._pull_on = pull_on
+        self._pull = pull
         super().__init__(proc, log, None, cut_power)
 
     def _watch(self, proc: subprocess.Popen[bytes], line: str) -> None:
         super()._watch(proc, line)
-        if self._pull_on is not None and self._pull_on[0] in line:
-            serial, self._pull_on = self._pull_on[1], None
-            threading.Thread(target=self._control.unplug, args=(serial,), daemon=True).start()
+        if self._pull is not None and self._pull.text in line:
+            pull, self._pull = self._pull, None
+            threading.Thread(target=self._pull_and_replug, args=(pull,), daemon=True).start()
+
+    def _pull_and_replug(self, pull: Pull) -> None:
+        self._control.unplug(pull.serial)
+        if pull.replug_after is not None and pull.image is not None:
+            time.sleep(pull.replug_after)
+            self._control.plug(pull.serial, "usb", pull.image)
 
 
 def boot(kernel: Kernel, initrd: Path, sticks: list[tuple[str, Path]], cmdline: str = "",
          memory_mb: int = 512, timeout: float = 180.0,
          cut_power: tuple[str, float] | None = None,
-         pull_on: tuple[str, str] | None = None) -> BootResult:
+         pull: Pull | None = None) -> BootResult:
     """One boot of ``sticks`` (USB serial, image); returns what the system reported.
     ``cut_power`` (text, seconds) kills QEMU that long after the console shows
-    the text; ``pull_on`` (text, serial) pulls that disk when it shows it."""
+    the text; ``pull`` pulls a disk when it shows its text (and may plug it back)."""
     rundir = Path(tempfile.mkdtemp(prefix="anklume-boot-", dir=RUN_PARENT))
     rundir.chmod(0o755)
     results = rundir / "results.img"
@@ -99,7 +116,7 @@ def boot(kernel: Kernel, initrd: Path, sticks: list[tuple[str, Path]], cmdline: 
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
     control = Control(rundir)
-    console = PullingConsole(proc, rundir / "console.log", control, cut_power, pull_on)
+    console = PullingConsole(proc, rundir / "console.log", control, cut_power, pull)
     timed_out = False
     try:
         control.start()

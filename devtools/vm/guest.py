@@ -309,19 +309,30 @@ class Control:
                 raise ValueError("the image must be inside the run directory")
         else:
             raise ValueError(f"bad disk spec {spec!r}")
+        self._attach(node, bus, image)
+
+    def _attach(self, node: str, bus: str, image: Path) -> None:
         assert self._qmp is not None
         self._qmp.command("blockdev-add", **json.loads(_blockdev(node, image)))
         props = dict(item.split("=", 1) for item in _device(node, bus).split(",")[1:])
         driver = _device(node, bus).split(",")[0]
         self._qmp.command("device_add", driver=driver, **props)
 
+    def plug(self, node: str, bus: str, image: Path) -> None:
+        """Plug a disk in now (for the host's own scenarios, not the guest's)."""
+        self._wait_for_qmp()
+        self._attach(node, bus, image)
+
     def unplug(self, node: str) -> None:
         """Pull a disk now (for the host's own scenarios, not the guest's)."""
+        self._wait_for_qmp()
+        self._unplug(node)
+
+    def _wait_for_qmp(self) -> None:
         for _ in range(100):
             if self._qmp is not None:
                 break
             time.sleep(0.05)
-        self._unplug(node)
 
     def _unplug(self, node: str) -> None:
         assert self._qmp is not None

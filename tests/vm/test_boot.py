@@ -55,10 +55,13 @@ class Kit:
         return bootrun.boot(self.kernel, self.initrd, [(STICK, stick)], timeout=240,
                             cut_power=cut_power)
 
-    def boot_pulled(self, stick: Path, text: str, cmdline: str) -> bootrun.BootResult:
-        """A boot whose stick is pulled when the console shows ``text``."""
+    def boot_pulled(self, stick: Path, text: str, cmdline: str,
+                    replug_after: float | None = None) -> bootrun.BootResult:
+        """A boot whose stick is pulled when the console shows ``text`` (and
+        plugged back in ``replug_after`` seconds later)."""
+        pull = bootrun.Pull(text, STICK, replug_after, stick)
         return bootrun.boot(self.kernel, self.initrd, [(STICK, stick)], cmdline=cmdline,
-                            timeout=240, pull_on=(text, STICK))
+                            timeout=240, pull=pull)
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +156,19 @@ def test_a_flipped_byte_falls_through_to_the_other_slot_in_the_same_boot(kit: Ki
     assert "slot A refused (verity); trying slot B" in result.console
     assert "REASON=verity" in persist(image, "last-rollback")
     assert persist(image, "ab-state").strip() == "B"
+    shutil.rmtree(result.rundir)
+
+
+def test_a_flipped_byte_the_boot_never_reads_is_caught_when_read(kit: Kit) -> None:
+    """dm-verity checks a block when it is read: a byte of /filler, which
+    nothing reads before the system runs, is found by the read, not the boot."""
+    image = kit.stick("flipped-late")
+    flip_byte(image, SlotName.A, bootimage.filler_offset(kit.slot_a, 300_000))
+    result = kit.boot(image)
+    report = booted(result)
+    assert (report["SLOT"], report["ROLLBACK"], report["TORAM"]) == ("A", "0", "0")
+    # The read fails (EIO): the changed bytes never reach the program.
+    assert report["FILLER"] == "unreadable" and int(report["CORRUPTED_BLOCKS"]) >= 1, report
     shutil.rmtree(result.rundir)
 
 
@@ -314,11 +330,61 @@ def test_no_verifiable_slot_says_what_failed_then_gives_a_shell(kit: Kit) -> Non
     shutil.rmtree(result.rundir)
 
 
+def pulled_stick(kit: Kit, name: str) -> Path:
+    """A stick whose slot A takes a while to copy (48 MiB under TCG)."""
+    big = bootimage.make_bundle(kit.work / name, "1.1.0", kit.builder_key, filler=48 << 20)
+    return bootimage.build_stick(kit.work / f"{name}.img", big, kit.slot_b, slot_mib=56)
+
+
 def test_the_stick_pulled_during_the_toram_copy_is_said_and_never_hangs(kit: Kit) -> None:
-    big = bootimage.make_bundle(kit.work / "big", "1.1.0", kit.builder_key, filler=48 << 20)
-    image = bootimage.build_stick(kit.work / "pulled.img", big, kit.slot_b, slot_mib=56)
-    result = kit.boot_pulled(image, "[INFO] Copying squashfs to RAM", "anklume.toram=1")
+    image = pulled_stick(kit, "pulled")
+    result = kit.boot_pulled(image, "[INFO] Copying squashfs to RAM",
+                             "anklume.toram=1 anklume.wait=5")
     assert result.report is None and not result.timed_out, result.explain()
-    assert "the copy to RAM failed (was the stick removed?)" in result.console, result.explain()
-    assert "no anklume slot could be verified" in result.console
+    assert "the stick was removed during the copy to RAM" in result.console, result.explain()
+    assert "plug the stick back in" in result.console
+    assert "the stick was removed during the copy to RAM and did not come back within 5 s" \
+        in result.console
+    shutil.rmtree(result.rundir)
+
+
+def test_the_stick_pulled_during_the_toram_copy_and_plugged_back_boots_from_it(
+        kit: Kit) -> None:
+    image = pulled_stick(kit, "replugged")
+    result = kit.boot_pulled(image, "[INFO] Copying squashfs to RAM", "anklume.toram=1",
+                             replug_after=3)
+    report = booted(result)
+    assert (report["SLOT"], report["TORAM"], report["BOOT_COUNT"]) == ("A", "0", "1")
+    assert report["RELEASE"] == "VERSION=1.1.0" and report["FILLER"] == "ok"
+    assert "the stick was removed during the copy to RAM" in result.console, result.explain()
+    assert "plug the stick back in" in result.console
+    assert "refused" not in result.console  # no slot counted as failed
+    assert persist(image, "boot-count").strip() == "1"
+    shutil.rmtree(result.rundir)
+
+
+def test_a_slot_shorter_than_its_meta_size_falls_through(kit: Kit) -> None:
+    """Slot A's PERSIST half is a genuine signed bundle too big for its
+    partition (a stick made for larger slots, or a cut-short write)."""
+    big = bootimage.make_bundle(kit.work / "short", "1.2.0", kit.builder_key, filler=20 << 20)
+    image = kit.stick("short-slot")  # slots of 16 MiB
+    with persist_dir(image) as pdir:
+        bootimage.record_slot(pdir, SlotName.A, big)
+    result = kit.boot(image, cmdline="anklume.toram=1")
+    report = booted(result)
+    assert (report["SLOT"], report["RELEASE"], report["VERITY"]) == ("B", "VERSION=2.0.0",
+                                                                     "signed")
+    assert "slot A refused (short-slot); trying slot B" in result.console, result.explain()
+    assert "REASON=short-slot" in persist(image, "last-rollback")
+    shutil.rmtree(result.rundir)
+
+
+def test_ram_crypt_is_reported_as_the_kernel_says_never_claimed(kit: Kit) -> None:
+    image = kit.stick("ram-crypt")
+    result = kit.boot(image, cmdline="anklume.ram_crypt=1")
+    report = booted(result)
+    # QEMU's TCG CPU has neither AMD SME nor Intel TME: nothing encrypts memory.
+    assert report["RAM_CRYPT"] == "inactive", report
+    assert "anklume: memory encryption: inactive" in result.console, result.explain()
+    assert "memory encryption: active" not in result.console
     shutil.rmtree(result.rundir)
