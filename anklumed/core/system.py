@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import pyudev
 
@@ -54,6 +54,7 @@ from anklumed.slots.update import Updater, UpdateRequest
 from anklumed.stick import BootStick, SlotName
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 BOOT_COMPLETE = "boot-complete.target"
 # BootDeadline is a countdown read from memory: it is published again this
 # often while the deadline runs, so a reader is at most this far behind, and
@@ -318,17 +319,27 @@ class LiveSystem:
 
     # ---- the slots -----------------------------------------------------------
     async def mark_good(self) -> None:
-        await self.slots.mark_good()
+        await self._then_look(self.slots.mark_good())
 
     async def mark_bad(self, slot: SlotName) -> None:
-        await self.slots.mark_bad(slot)
+        await self._then_look(self.slots.mark_bad(slot))
 
     async def rollback(self, force: bool) -> SlotName:
         """Make the other slot primary; returns it."""
-        return await self.slots.rollback(force)
+        return await self._then_look(self.slots.rollback(force))
 
     async def set_primary(self, slot: SlotName, force: bool) -> None:
-        await self.slots.set_primary(slot, force)
+        await self._then_look(self.slots.set_primary(slot, force))
+
+    async def _then_look(self, operation: Awaitable[T]) -> T:
+        """``operation``, then a look at the stick before the caller hears
+        back: a PERSIST write that failed may mean the stick is gone, and the
+        status read next must say so (not wait for the kernel's event)."""
+        try:
+            return await operation
+        finally:
+            await self._look_at_media()
+            self._changed()
 
     def start_update(self, request: UpdateRequest) -> JobSnapshot:
         updater = Updater(self.slots, lambda: self.stick, self.handoff.slot,
@@ -403,7 +414,10 @@ class LiveSystem:
     # ---- jobs ------------------------------------------------------------------
     def _start_job(self, kind: JobKind, group: str,
                    work: Callable[[Job], Awaitable[str]]) -> JobSnapshot:
-        snap = JobSnapshot.of(self.jobs.start(kind, group, work))
+        async def then_look(job: Job) -> str:  # the end is published with the stick's state
+            return await self._then_look(work(job))
+
+        snap = JobSnapshot.of(self.jobs.start(kind, group, then_look))
         for observer in self.observers:
             observer.job_started(snap)
         self._changed()

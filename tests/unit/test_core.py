@@ -28,6 +28,7 @@ from anklumed.core.system import LiveSystem
 from anklumed.data.disks import Disk
 from anklumed.data.manager import DataState
 from anklumed.data.poolconf import LABEL_PREFIX
+from anklumed.errors import InvalidArgument
 from anklumed.host import Backing
 from anklumed.jobs import Job, JobKind, JobPhase, JobState
 from anklumed.service.data_objects import data_disk_properties
@@ -353,3 +354,17 @@ def test_a_burst_of_block_events_looks_at_the_stick_at_most_twice(
 
     asyncio.run(scenario())
     assert 1 <= len(looks) <= 2
+
+
+def test_a_refused_slot_change_looks_at_the_stick_before_the_caller_hears_back(
+        core: LiveSystem, persist: Path) -> None:
+    (persist / "slots" / "B.meta").write_text("STATUS=empty\n")
+
+    async def scenario() -> None:
+        await core.start()
+        core.media_present = True  # seen when it started; its node is gone since
+        with pytest.raises(InvalidArgument, match="empty"):
+            await core.set_primary(SlotName.B, force=True)
+        assert not core.manager().media_present  # no uevent needed to say so
+
+    asyncio.run(scenario())
