@@ -47,6 +47,7 @@ from anklumed.service.objects import (
 from anklumed.service.passed_files import PassedFds
 from anklumed.service.polkit import Authority
 from anklumed.service.systemd import BOOT_COMPLETE, Systemd
+from anklumed.slots.boot_menu import BootMenu
 from anklumed.slots.controller import SlotController
 from anklumed.slots.update import Updater, UpdateRequest
 from anklumed.stick import BootStick, SlotName
@@ -98,6 +99,7 @@ class Daemon:
         self.boot_time = datetime.fromtimestamp(btime, UTC) if btime else None
         self.store = PersistStore(None, config.persist_mountpoint)
         self.slots = SlotController(self.store, self.handoff, self.boot_time)
+        self.slots.menu = BootMenu(lambda: self.stick)
         self.marked_good = asyncio.Event()
         # When the boot must have completed (time.monotonic: the wall clock
         # may jump at boot, when NTP sets it); None once marked good or passed.

@@ -127,6 +127,16 @@ def menu(state: SlotsState, with_kernel: set[SlotName], persist_partuuid: str
     return wanted_entries(state.primary, bootable, state.boot_attempts, persist_partuuid)
 
 
+def fell_back(primary: SlotName, booted: SlotName | None, present: list[str]) -> bool:
+    """The boot loader gave up on the primary by itself: the primary's
+    default entry has no tries left and the other slot is what booted. (A
+    boot that died before the initramfs never wrote PERSIST: this is how
+    PERSIST learns of it.)"""
+    return booted is primary.other and any(
+        (d := parse_default(n)) is not None and d.slot is primary and d.counter.exhausted
+        for n in present)
+
+
 def is_ours(name: str) -> bool:
     """An entry file anklume wrote (others on the ESP are left alone)."""
     return name.lower().startswith("anklume-") and name.lower().endswith(".conf")

@@ -36,7 +36,7 @@ from anklumed.command import CommandError, run
 from anklumed.errors import AnklumeError, InvalidArgument, NotFound, VerificationFailed
 from anklumed.jobs import Job
 from anklumed.persist import PersistDir
-from anklumed.slots import boot_entries, model
+from anklumed.slots import model
 from anklumed.slots.bundle import CHUNK, KeptManifest, Manifest, check_installable
 from anklumed.slots.controller import SlotController
 from anklumed.slots.esp import Esp, EspError
@@ -51,7 +51,7 @@ from anklumed.slots.source import (
     shown,
 )
 from anklumed.slots.verity_tree import VerityHasher, VerityResult
-from anklumed.stick import EFI_LABEL, BootStick, SlotName, partuuid
+from anklumed.stick import EFI_LABEL, BootStick, SlotName
 
 log = logging.getLogger(__name__)
 ALIGN = 4096
@@ -318,17 +318,6 @@ def install_kernel(esp: Esp, device: Path, target: SlotName, m: Manifest) -> Non
                        f"{e.stderr.strip()[-200:]}") from None
 
 
-def update_menu(esp: Esp, pdir: PersistDir, stick: BootStick) -> None:
-    """The ESP's entries for what PERSIST now says (after it says it)."""
-    state = model.read_slots_state(pdir)
-    uuid = partuuid(stick.persist.device) if stick.persist.device else None
-    if uuid is None:
-        raise EspError("the PERSIST partition's PARTUUID cannot be read: the boot entries "
-                       "were not rewritten")
-    wanted = boot_entries.menu(state, esp.slots_with_kernel(), uuid)
-    esp.apply(boot_entries.plan(esp.entries(), wanted, keep_counter=False))
-
-
 class Updater:
     """Runs an update as a job: checks, pending, write, verify, activate."""
 
@@ -404,17 +393,9 @@ class Updater:
             raise
         signed = f", signed by {bundle.signed_by}" if bundle.signed_by else ", unsigned"
         events.update_installed(target, m.version, bundle.signed_by)
-        menu = await self._update_menu(esp, stick)
-        return f"slot {target} holds {m.version}{signed}; it boots next{menu}"
-
-    async def _update_menu(self, esp: Esp | None, stick: BootStick) -> str:
-        """After activation nothing may fail the update: a boot menu that
-        could not be rewritten is said, and anklumed rewrites it at start."""
-        if esp is None:
-            return ""
-        try:
-            await self.slots.transact(lambda pdir, _st: update_menu(esp, pdir, stick))
-        except AnklumeError as e:
-            log.error("the boot menu was not updated: %s", e)
-            return f" (but the boot menu was not updated: {e}; anklumed retries at its start)"
-        return ""
+        menu = self.slots.menu
+        if menu is not None:
+            # After activation nothing fails the update: a menu that cannot be
+            # rewritten is logged, and compared again at the next start.
+            await self.slots.transact(lambda pdir, _st: menu.follow(pdir, renew=True))
+        return f"slot {target} holds {m.version}{signed}; it boots next"

@@ -74,3 +74,60 @@ def test_a_bundle_without_a_kernel_is_refused_on_a_stick_of_kernels(
     assert "carries no kernel" in refused.stderr
     assert sim.persist_files() == before
     assert Esp(device).listing(be.UKI_DIR) == ["slot-a.efi"]
+
+
+def rename_on_esp(device: Path, old: str, new: str) -> None:
+    """What systemd-boot does to the default entry before it starts its UKI."""
+    subprocess.run(["mmove", "-i", str(device), f"::/{be.ENTRIES_DIR}/{old}",
+                    f"::/{be.ENTRIES_DIR}/{new}"], check=True)
+
+
+def test_marking_the_boot_good_renews_the_boot_loaders_counter(
+        sim: Sim, tmp_path: Path) -> None:
+    device = esp_booting_a(sim, tmp_path)
+    rename_on_esp(device, "anklume-1-live-a+3-0.conf", "anklume-1-live-a+2-1.conf")
+    sim.stop_daemon()
+    sim.start_daemon()
+    assert "anklume-1-live-a+2-1.conf" in Esp(device).entries()  # a start keeps it used
+    done = sim.ctl("mark-good")
+    assert done.returncode == 0, done.stderr
+    entries = Esp(device).entries()
+    assert "anklume-1-live-a+3-0.conf" in entries and "anklume-1-live-a+2-1.conf" not in entries
+    assert sim.persist_files()["boot-count"].strip() == "0"
+
+
+def test_a_rollback_the_boot_loader_made_alone_is_recorded_in_persist(
+        sim: Sim, tmp_path: Path) -> None:
+    """B's kernel panicked three times: B's initramfs never ran, so only the
+    boot loader counted; it then booted slot A's entry (anklume.slot=A, which
+    writes nothing). anklumed on A must tell PERSIST."""
+    device = esp_booting_a(sim, tmp_path)
+    assert sim.ctl("update", str(bundle_of(sim, tmp_path, UKI_B))).returncode == 0
+    rename_on_esp(device, "anklume-1-live-b+3-0.conf", "anklume-1-live-b+0-3.conf")
+    sim.stop_daemon()
+    assert sim.stick is not None
+    sim.write_handoff(f"SLOT=A\nBOOT_COUNT=0\nROLLBACK=0\nTORAM=0\nVERITY=unsigned\n"
+                      f"BOOT_DISK={sim.stick.loop}\n"
+                      f"PERSIST_PARTUUID={stickimg.partuuid(sim.stick.persist)}\n")
+    sim.start_daemon()
+    files = sim.persist_files()
+    assert files["ab-state"].strip() == "A" and files["boot-count"].strip() == "1"
+    assert "REASON=boot-loader" in files["last-rollback"] and "FROM=B" in files["last-rollback"]
+    assert "STATUS=failed" in files["slots/B.meta"]
+    status = sim.status()
+    assert (status["PrimarySlot"], status["BootState"]) == ("A", "rolled-back")
+    # The menu follows: A's default entry with a fresh counter, B (failed) not offered.
+    uuid = stickimg.partuuid(sim.stick.persist)
+    assert sorted(Esp(device).entries()) == sorted(be.wanted_entries(A, {A}, 3, uuid))
+
+
+def test_a_primary_changed_by_hand_on_persist_wins_over_the_esp(
+        sim: Sim, tmp_path: Path) -> None:
+    device = esp_booting_a(sim, tmp_path)
+    assert sim.ctl("update", str(bundle_of(sim, tmp_path, UKI_B))).returncode == 0
+    sim.stop_daemon()
+    sim.edit_persist({"ab-state": "A\n", "boot-count": "0\n"})  # echo, on another computer
+    sim.start_daemon()
+    assert sim.stick is not None
+    uuid = stickimg.partuuid(sim.stick.persist)
+    assert sorted(Esp(device).entries()) == sorted(be.wanted_entries(A, {A, B}, 3, uuid))

@@ -115,3 +115,15 @@ def test_a_half_or_odd_kernel_pin_refuses_the_bundle(extra: str) -> None:
 
 def test_the_manifest_model_knows_the_keys() -> None:
     assert {"uki", "uki_size", "uki_sha256"} <= set(Manifest.model_fields)
+
+
+@pytest.mark.parametrize(("present", "booted", "gave_up"), [
+    (["anklume-1-live-b+0-3.conf", "anklume-2-slot-a.conf"], A, True),
+    (["anklume-1-live-b+1-2.conf", "anklume-2-slot-a.conf"], A, False),  # a person chose A
+    (["anklume-1-live-b+0-3.conf"], B, False),  # B booted anyway (another entry): not a rollback
+    (["anklume-1-live-a+0-3.conf"], A, False),  # an old entry of the other slot
+    ([], A, False),
+])
+def test_the_boot_loader_gave_up_only_when_the_primarys_tries_are_spent(
+        present: list[str], booted: SlotName, gave_up: bool) -> None:
+    assert be.fell_back(B, booted, present) is gave_up
