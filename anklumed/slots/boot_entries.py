@@ -81,7 +81,10 @@ def default_name(slot: SlotName, attempts: int) -> str:
 
 def _entry(sort_key: str, title: str, slot: SlotName, options: str,
            persist_partuuid: str) -> str:
-    lines = [f"title {title}", f"sort-key {sort_key}", f"uki /{uki_path(slot)}",
+    # `linux`, not systemd 258's `uki` key: Debian 13's systemd-boot is 257.
+    # A UKI is an EFI program like the kernel's own stub; systemd-boot starts
+    # it with the options as its command line, and counts `linux` entries.
+    lines = [f"title {title}", f"sort-key {sort_key}", f"linux /{uki_path(slot)}",
               f"options boot=anklume anklume.persist=PARTUUID={persist_partuuid} "
               f"anklume.kernel={slot.value} {options} panic={PANIC_REBOOT_S} quiet"]
     return "\n".join(lines) + "\n"

@@ -111,7 +111,7 @@ def test_the_esp_boots_systemd_boot_with_this_sticks_persist(built: Built,
     for name in esp.entries(guid.lower()):
         entry = sh("mtype", "-i", part, f"::/loader/entries/{name}")
         assert f"anklume.persist=PARTUUID={guid.lower()}" in entry
-        assert "boot=anklume" in entry and "uki /EFI/anklume/slot-a.efi" in entry
+        assert "boot=anklume" in entry and "linux /EFI/anklume/slot-a.efi" in entry
     assert "default" not in sh("mtype", "-i", part, "::/loader/loader.conf")
 
 

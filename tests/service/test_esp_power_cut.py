@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,6 +59,12 @@ def loop_esp(tmp_path: Path) -> Iterator[Path]:
     sh("mkfs.vfat", "-C", "-n", "ANKLUME-EFI", image, str(16 * 1024))
     device = Path(sh("losetup", "--find", "--show", image).strip())
     try:
+        # A loop device just attached may read as empty for a moment
+        # (mtools: "could not read boot sector"): wait for its size.
+        deadline = time.monotonic() + 10
+        while int(sh("blockdev", "--getsize64", device)) != image.stat().st_size:
+            assert time.monotonic() < deadline, f"{device} never showed its size"
+            time.sleep(0.05)
         yield device
     finally:
         subprocess.run(["losetup", "-d", str(device)], check=False)
@@ -104,7 +111,7 @@ def first_entry(device: Path) -> tuple[str, str]:
         fields = dict(line.split(" ", 1) for line in text.splitlines() if " " in line)
         default = be.parse_default(name)
         found.append(((default is not None and default.counter.exhausted, fields["sort-key"]),
-                      name, fields["uki"].lstrip("/")))
+                      name, fields["linux"].lstrip("/")))
     found.sort(key=lambda f: f[1], reverse=True)  # ties: the higher id first
     found.sort(key=lambda f: f[0])
     assert found, "no boot entry is left"

@@ -29,9 +29,9 @@ def test_the_default_boots_the_primary_and_the_other_slot_comes_second() -> None
     entries = be.wanted_entries(B, {A, B}, 3, UUID)
     assert order(entries) == ["anklume-1-live-b+3-0.conf", "anklume-2-slot-a.conf",
                               "anklume-3-stick-b.conf", "anklume-4-slot-b.conf"]
-    assert "uki /EFI/anklume/slot-b.efi" in entries["anklume-1-live-b+3-0.conf"]
+    assert "linux /EFI/anklume/slot-b.efi" in entries["anklume-1-live-b+3-0.conf"]
     other = entries["anklume-2-slot-a.conf"]
-    assert "uki /EFI/anklume/slot-a.efi" in other and "anklume.slot=A" in other
+    assert "linux /EFI/anklume/slot-a.efi" in other and "anklume.slot=A" in other
     for text in entries.values():
         assert f"anklume.persist=PARTUUID={UUID}" in text and "panic=10" in text
 

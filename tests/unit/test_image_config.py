@@ -96,4 +96,4 @@ def test_every_boot_entry_names_this_sticks_persist() -> None:
     for text in entries.values():
         assert "options boot=anklume anklume.persist=PARTUUID=1234-abcd anklume.kernel=A" \
             in text
-        assert "uki /EFI/anklume/slot-a.efi" in text
+        assert "linux /EFI/anklume/slot-a.efi" in text
