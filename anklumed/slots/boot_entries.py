@@ -80,13 +80,17 @@ def default_name(slot: SlotName, attempts: int) -> str:
 
 
 def _entry(sort_key: str, title: str, slot: SlotName, options: str,
-           persist_partuuid: str) -> str:
+           persist_partuuid: str, unattended: bool = False) -> str:
     # `linux`, not systemd 258's `uki` key: Debian 13's systemd-boot is 257.
     # A UKI is an EFI program like the kernel's own stub; systemd-boot starts
     # it with the options as its command line, and counts `linux` entries.
+    # The entries the boot loader picks alone reboot a panic (the kernel's,
+    # or initramfs-tools' when no slot verifies) so the attempt is counted;
+    # those only a person picks keep the console and its recovery shell.
+    panic = f" panic={PANIC_REBOOT_S}" if unattended else ""
     lines = [f"title {title}", f"sort-key {sort_key}", f"linux /{uki_path(slot)}",
               f"options boot=anklume anklume.persist=PARTUUID={persist_partuuid} "
-              f"anklume.kernel={slot.value} {options} panic={PANIC_REBOOT_S} quiet"]
+              f"anklume.kernel={slot.value} {options}{panic} quiet"]
     return "\n".join(lines) + "\n"
 
 
@@ -106,7 +110,8 @@ def wanted_entries(primary: SlotName, with_kernel: set[SlotName], attempts: int,
     s, t = primary, primary.other
     entries = {
         default_name(s, attempts): _entry(
-            "anklume-1", "anklume Live", s, "anklume.toram=1", persist_partuuid),
+            "anklume-1", "anklume Live", s, "anklume.toram=1", persist_partuuid,
+            unattended=True),
         f"anklume-3-stick-{s.value.lower()}.conf": _entry(
             "anklume-3", "anklume Live (run from the stick)", s, "anklume.toram=0",
             persist_partuuid),
@@ -117,7 +122,7 @@ def wanted_entries(primary: SlotName, with_kernel: set[SlotName], attempts: int,
     if t in with_kernel:
         entries[f"anklume-2-slot-{t.value.lower()}.conf"] = _entry(
             "anklume-2", f"anklume Live, slot {t.value}", t,
-            f"anklume.slot={t.value} anklume.toram=1", persist_partuuid)
+            f"anklume.slot={t.value} anklume.toram=1", persist_partuuid, unattended=True)
     return dict(sorted(entries.items()))
 
 
