@@ -140,9 +140,10 @@ def fell_back(primary: SlotName, booted: SlotName | None, present: list[str]) ->
     default entry has no tries left and the other slot is what booted. (A
     boot that died before the initramfs never wrote PERSIST: this is how
     PERSIST learns of it.)"""
-    return booted is primary.other and any(
-        (d := parse_default(n)) is not None and d.slot is primary and d.counter.exhausted
-        for n in present)
+    defaults = [d for n in present if (d := parse_default(n)) is not None and d.slot is primary]
+    # Of two (a renewal cut short), the one systemd-boot boots: the higher name.
+    return booted is primary.other and bool(defaults) and \
+        max(defaults, key=lambda d: d.name).counter.exhausted
 
 
 def is_ours(name: str) -> bool:
@@ -176,7 +177,9 @@ def plan(present: list[str], wanted: dict[str, str], keep_counter: bool) -> Entr
             kept = [n for n in present
                     if (old := parse_default(n)) is not None and old.slot is new.slot]
             if kept:
-                wanted[kept[0]] = wanted.pop(want)
+                # Two of them (a cut between a renewal's write and delete):
+                # the one systemd-boot boots, the higher name (more tries left).
+                wanted[max(kept)] = wanted.pop(want)
     write = {n: text for n, text in wanted.items() if n not in present}
     delete = sorted(n for n in present if n not in wanted)
     return EntryPlan(write, delete)

@@ -125,8 +125,18 @@ def test_the_manifest_model_knows_the_keys() -> None:
     (["anklume-1-live-b+1-2.conf", "anklume-2-slot-a.conf"], A, False),  # a person chose A
     (["anklume-1-live-b+0-3.conf"], B, False),  # B booted anyway (another entry): not a rollback
     (["anklume-1-live-a+0-3.conf"], A, False),  # an old entry of the other slot
+    (["anklume-1-live-b+0-3.conf", "anklume-1-live-b+3-0.conf"], A, False),  # renewed
     ([], A, False),
 ])
 def test_the_boot_loader_gave_up_only_when_the_primarys_tries_are_spent(
         present: list[str], booted: SlotName, gave_up: bool) -> None:
     assert be.fell_back(B, booted, present) is gave_up
+
+
+def test_after_a_cut_renewal_the_fresher_counter_is_the_one_kept() -> None:
+    """A renewal cut between its write and its delete leaves two default
+    entries of one slot: a start keeps the one systemd-boot boots."""
+    present = ["anklume-1-live-a+0-3.conf", "anklume-1-live-a+3-0.conf",
+               "anklume-3-stick-a.conf", "anklume-4-slot-a.conf"]
+    plan = be.plan(present, be.wanted_entries(A, {A}, 3, UUID), keep_counter=True)
+    assert plan.write == {} and plan.delete == ["anklume-1-live-a+0-3.conf"]
