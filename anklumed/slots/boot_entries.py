@@ -146,9 +146,13 @@ def fell_back(primary: SlotName, booted: SlotName | None, present: list[str]) ->
         max(defaults, key=lambda d: d.name).counter.exhausted
 
 
+_OURS = re.compile(r"^anklume-[1-4]-(live|slot|stick)-[ab](\+[0-9]-[0-9])?\.conf$")
+
+
 def is_ours(name: str) -> bool:
-    """An entry file anklume wrote (others on the ESP are left alone)."""
-    return name.lower().startswith("anklume-") and name.lower().endswith(".conf")
+    """An entry file of the names anklume writes; any other (one a person
+    added, say) is left alone."""
+    return _OURS.match(name.lower()) is not None
 
 
 @dataclass(frozen=True)

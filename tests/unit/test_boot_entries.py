@@ -140,3 +140,13 @@ def test_after_a_cut_renewal_the_fresher_counter_is_the_one_kept() -> None:
                "anklume-3-stick-a.conf", "anklume-4-slot-a.conf"]
     plan = be.plan(present, be.wanted_entries(A, {A}, 3, UUID), keep_counter=True)
     assert plan.write == {} and plan.delete == ["anklume-1-live-a+0-3.conf"]
+
+
+@pytest.mark.parametrize(("name", "ours"), [
+    ("anklume-1-live-a+3-0.conf", True), ("anklume-2-slot-b.conf", True),
+    ("anklume-3-stick-a.conf", True), ("anklume-4-slot-a.conf", True),
+    ("anklume-debug.conf", False), ("anklume-1-live-a.conf.bak", False),
+    ("other.conf", False),
+])
+def test_an_entry_a_person_added_is_never_ours_to_delete(name: str, ours: bool) -> None:
+    assert be.is_ours(name) is ours
