@@ -70,13 +70,14 @@ def build(config: BuildConfig, checkout: Path = CHECKOUT) -> Path:
         tarball = rootfs.build_rootfs(config, work, checkout, public_key)
     with stage("slot"):
         image = slot.build_squashfs(config, tarball, work)
-        manifest, bundle_dir = slot.build_bundle(config, image, work)
+        uki = work / "boot-files" / "uki" / "uki.efi"
+        manifest, bundle_dir = slot.build_bundle(config, image, work, uki)
         tree = slot.verity_tree(image, manifest)
     with stage("persist"):
         persist.stage_persist(config, manifest, bundle_dir, tree, work / "persist-files")
         persist_img = persist.make_persist(config, work / "persist-files", work / "persist.img")
     with stage("esp"):
-        esp_img = esp.make_esp(config, work / "boot-files", persist_guid, work)
+        esp_img = esp.make_esp(config, work / "boot-files", uki, persist_guid, work)
     with stage("stick"):
         part = out.with_name(out.name + ".part")
         stick.write_stick(stick.layout(config, esp_img, image, persist_img, persist_guid), part)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from anklume_image import cli_docs
+from anklume_image import cli_docs, uki
 from anklume_image.config import BuildConfig
 
 DIST_PACKAGES = "/usr/lib/python3/dist-packages"
@@ -103,6 +103,7 @@ def initramfs_hooks(checkout: Path) -> list[str]:
         f"copy-in {_q(src / 'initramfs-tools' / 'scripts' / 'anklume')} "
         "/usr/share/initramfs-tools/scripts",
         "chroot \"$1\" update-initramfs -u -k all",
+        *uki.uki_hooks(),
     ]
 
 

@@ -15,6 +15,9 @@ DEBIAN_BASE = [
     "polkitd", "kmod", "initramfs-tools", "busybox", "cryptsetup", "cryptsetup-bin",
     "btrfs-progs", "e2fsprogs", "dosfstools", "util-linux", "dmsetup", "openssl",
     "ca-certificates", "iproute2", "less", "nano", "incus",
+    # the boot chain: the slot's UKI (ukify), the ESP written without a mount
+    # (mtools), the UKI read out of a slot just written (unsquashfs)
+    "systemd-ukify", "mtools", "squashfs-tools",
     # anklumed and anklumectl (pyproject.toml's dependencies, as Debian packages)
     "python3", "python3-dbus-fast", "python3-pydantic", "python3-pyudev", "python3-parted",
     "python3-systemd", "python3-rich", "python3-cryptography", "python3-packaging",

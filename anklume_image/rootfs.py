@@ -19,10 +19,12 @@ from anklume_image.config import BuildConfig
 from anklume_image.errors import BuildError
 from anklume_image.packages import components, debian_packages
 from anklumed.command import run
+from anklumed.slots.boot_entries import UKI_IN_IMAGE
 
 DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 SOURCES_DIR = Path("/etc/apt/sources.list.d")
 FALLBACK_MIRROR = "http://deb.debian.org/debian"
+UKI_DIR_IN_IMAGE = UKI_IN_IMAGE.rsplit("/", 1)[0]
 ROOTFS_TIMEOUT = 3600.0  # zfs-dkms compiles in the chroot: minutes on 2 cores
 
 
@@ -57,7 +59,7 @@ def mmdebstrap_argv(config: BuildConfig, work: Path, checkout: Path,
     cache = config.cache_dir / "debs" / cache_key(config, mirror, packages)
     cache.mkdir(parents=True, exist_ok=True)
     boot = work / "boot-files"
-    boot.mkdir(parents=True, exist_ok=True)
+    (boot / "uki").mkdir(parents=True, exist_ok=True)
     q = shlex.quote
     argv = [
         "mmdebstrap", "--mode=unshare", "--variant=apt", f"--architectures={config.arch}",
@@ -73,6 +75,7 @@ def mmdebstrap_argv(config: BuildConfig, work: Path, checkout: Path,
           for hook in install.customize_hooks(config, checkout, public_key)],
         "--customize-hook=" + f"sync-out /boot {q(str(boot))}",
         "--customize-hook=" + f"sync-out /usr/lib/systemd/boot/efi {q(str(boot / 'efi'))}",
+        "--customize-hook=" + f"sync-out /{UKI_DIR_IN_IMAGE} {q(str(boot / 'uki'))}",
         "--customize-hook=rm -f \"$1\"/var/cache/apt/archives/*.deb",
     ]
     if DEBIAN_KEYRING.exists():

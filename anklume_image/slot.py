@@ -16,6 +16,7 @@ from anklume_image.config import BuildConfig, MiB
 from anklume_image.errors import BuildError
 from anklumed.command import run
 from anklumed.slots import bundle
+from anklumed.slots.boot_entries import UKI_IN_IMAGE
 from anklumed.slots.bundle import Manifest
 from anklumed.slots.verity_tree import VerityHasher
 
@@ -41,12 +42,17 @@ def build_squashfs(config: BuildConfig, tarball: Path, work: Path) -> Path:
     return out
 
 
-def build_bundle(config: BuildConfig, image: Path, work: Path) -> tuple[Manifest, Path]:
+def build_bundle(config: BuildConfig, image: Path, work: Path, uki: Path
+                 ) -> tuple[Manifest, Path]:
+    """``uki``: the copy of the image's UKI the rootfs stage took out, which
+    the manifest pins (the same bytes as inside the image)."""
     out = work / "bundle"
     out.mkdir(exist_ok=True)
+    if not uki.is_file():
+        raise BuildError(f"the image has no /{UKI_IN_IMAGE} (ukify did not run?)")
     manifest = bundle.create_bundle(
         image, out, version=config.version, compatible=config.compatible,
-        signing_key=config.signing_key, build_id=None)
+        signing_key=config.signing_key, build_id=None, uki=(UKI_IN_IMAGE, uki))
     return manifest, out
 
 

@@ -2,6 +2,7 @@
 
   anklume-bundle keygen builder.pem        # builder.pem (private, 0600) + builder.pub.pem
   anklume-bundle create os.squashfs --version 1.2.0 [--compatible C] [--sign builder.pem]
+      [--uki uki.efi]   # a copy of the image's /usr/lib/anklume/boot/uki.efi: pinned for the ESP
   anklume-bundle verify anklume-C-1.2.0.manifest [--keys /etc/anklume/keys.d]
 """
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from anklumed.errors import AnklumeError
 from anklumed.slots import bundle
+from anklumed.slots.boot_entries import UKI_IN_IMAGE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--sign", type=Path, metavar="KEY", help="Ed25519 private key (PEM)")
     create.add_argument("--out", type=Path, default=Path())
     create.add_argument("--build-id")
+    create.add_argument("--uki", type=Path, metavar="FILE",
+                        help=f"a copy of the slot's kernel, /{UKI_IN_IMAGE} in the image: "
+                             "the manifest pins it, the updater puts it on the ESP")
     verify = sub.add_parser("verify", help="check a manifest (and its signature)")
     verify.add_argument("manifest", type=Path)
     verify.add_argument("--keys", type=Path, default=bundle.KEYS_DIR)
@@ -38,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "create":
             m = bundle.create_bundle(args.image, args.out, version=args.version,
                                      compatible=args.compatible, signing_key=args.sign,
-                                     build_id=args.build_id)
+                                     build_id=args.build_id,
+                                     uki=(UKI_IN_IMAGE, args.uki) if args.uki else None)
             print(f"{args.out / m.image}: {m.size} bytes, root hash {m.root_hash}")
         else:
             data = args.manifest.read_bytes()

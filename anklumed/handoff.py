@@ -57,6 +57,7 @@ class Handoff(BaseModel):
     persist_partuuid: str | None = None
     boot_disk: Path | None = None
     ram_crypt_requested: bool | None = None
+    kernel: SlotName | None = None  # whose kernel runs (anklume.kernel= of the boot entry)
     problems: tuple[str, ...] = ()
 
 
@@ -83,12 +84,14 @@ def parse_cmdline(text: str) -> dict[str, str]:
 def parse_handoff(env_text: str | None, cmdline_text: str) -> Handoff:
     cmdline = parse_cmdline(cmdline_text)
     ram_crypt = _flag(cmdline.get("anklume.ram_crypt"))
+    kernel = _slot(cmdline.get("anklume.kernel"))
     if env_text is None:
         return Handoff(
             source="cmdline" if cmdline else "none",
             slot=_slot(cmdline.get("anklume.slot")),
             toram=_flag(cmdline.get("anklume.toram")),
             ram_crypt_requested=ram_crypt,
+            kernel=kernel,
         )
     values, problems = parse_kv(env_text)
     verity, verity_problems = _verity(values.get("VERITY"))
@@ -109,10 +112,18 @@ def parse_handoff(env_text: str | None, cmdline_text: str) -> Handoff:
     }
     if fields["slot"] is None:
         problems.append("SLOT is missing or not A/B")
+    problems = [f"boot.env: {p}" for p in problems]
+    if kernel is not None and fields["slot"] is not None and kernel is not fields["slot"]:
+        # The boot menu was behind PERSIST (docs/boot-chain.md): anklumed
+        # rewrites it at start, so the next boot pairs them again.
+        problems.append(f"slot {fields['slot']}'s system runs on slot {kernel}'s kernel "
+                        "this boot (the boot menu was behind ANKLUME-PERSIST; it is "
+                        "rewritten for the next boot)")
     return Handoff(
         source="boot.env",
         ram_crypt_requested=ram_crypt,
-        problems=tuple(f"boot.env: {p}" for p in problems),
+        kernel=kernel,
+        problems=tuple(problems),
         **fields,
     )
 

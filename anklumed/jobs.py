@@ -49,6 +49,7 @@ class JobPhase(StrEnum):
     WRITING = "writing"
     SYNCING = "syncing"
     VERIFYING = "verifying"
+    KERNEL = "kernel"  # an update: the slot's UKI to the ESP, before activation
     ACTIVATING = "activating"
     FORMATTING = "formatting"
     OPENING = "opening"

@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from anklumed.slots.boot_entries import UKI_IN_IMAGE
+
 MiB = 1024 * 1024
 
 
@@ -85,12 +87,16 @@ def blank_disk(image: Path, mib: int) -> Path:
     return Path(sh("losetup", "--find", "--show", image).strip())
 
 
-def make_squashfs(dest: Path, version: str, filler: int = 0) -> Path:
-    """A tiny OS image; ``filler`` bytes of random data make it as large as a test needs."""
+def make_squashfs(dest: Path, version: str, filler: int = 0, uki: bytes | None = None) -> Path:
+    """A tiny OS image; ``filler`` bytes of random data make it as large as a test needs;
+    ``uki``: the slot's kernel, where a built image carries it."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "root"
         (root / "etc").mkdir(parents=True)
         (root / "etc" / "anklume-release").write_text(f"VERSION={version}\n")
+        if uki is not None:
+            (root / UKI_IN_IMAGE).parent.mkdir(parents=True)
+            (root / UKI_IN_IMAGE).write_bytes(uki)
         if filler:
             (root / "filler").write_bytes(os.urandom(filler))
         sh("mksquashfs", root, dest, "-quiet", "-noappend", "-all-root")

@@ -49,6 +49,7 @@ from anklumed.host import boot_time as kernel_boot_time
 from anklumed.jobs import Job, JobKind, JobManager
 from anklumed.persist import PersistStore
 from anklumed.problems import ProblemCode
+from anklumed.slots.boot_menu import BootMenu
 from anklumed.slots.controller import SlotController
 from anklumed.slots.update import Updater, UpdateRequest
 from anklumed.stick import BootStick, SlotName
@@ -136,6 +137,7 @@ class LiveSystem:
         self.boot_time = datetime.fromtimestamp(btime, UTC) if btime else None
         self.store = PersistStore(None, config.persist_mountpoint)
         self.slots = SlotController(self.store, self.handoff, self.boot_time)
+        self.slots.menu = BootMenu(lambda: self.stick)
         self.marked_good = asyncio.Event()
         # When the boot must have completed (time.monotonic: the wall clock
         # may jump at boot, when NTP sets it); None once marked good or passed.

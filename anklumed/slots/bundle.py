@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from packaging.version import InvalidVersion, Version
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from anklumed.errors import AnklumeError, InvalidArgument, VerificationFailed
 from anklumed.persist import format_kv, parse_kv
@@ -44,6 +44,7 @@ MAX_MANIFEST = 64 * 1024
 MAX_SIGNATURE = 4 * 1024  # a base64 Ed25519 signature is 88 bytes
 MAX_KEY = 16 * 1024  # a PEM Ed25519 public key is 113 bytes
 MAX_KEYS = 64  # keys.d holds a few keys; more are ignored, with a warning
+MAX_UKI = 512 * 1024 * 1024  # an ESP is 512 MiB; a UKI is tens of MiB
 CHUNK = 4 * 1024 * 1024  # how the image is read, hashed and written: large and block-aligned
 _HEX = re.compile(r"^[0-9a-f]*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -82,6 +83,39 @@ class Manifest(BaseModel):
     hash_alg: str = "sha256"
     build_date: str | None = None
     build_id: str | None = None
+    # The slot's kernel (a UKI) inside the image, for the ESP: all three or none.
+    uki: str | None = None
+    uki_size: int | None = None
+    uki_sha256: str | None = None
+
+    @model_validator(mode="after")
+    def _uki_whole(self) -> Manifest:
+        given = [self.uki is not None, self.uki_size is not None, self.uki_sha256 is not None]
+        if any(given) and not all(given):
+            raise ValueError("UKI, UKI_SIZE and UKI_SHA256 go together (the slot's kernel)")
+        return self
+
+    @field_validator("uki")
+    @classmethod
+    def _uki_path(cls, value: str) -> str:
+        parts = value.split("/")
+        if len(value) > 256 or any(not _NAME.match(p) or p in (".", "..") for p in parts):
+            raise ValueError("not a relative path of plain names inside the image")
+        return value
+
+    @field_validator("uki_size")
+    @classmethod
+    def _uki_size(cls, value: int) -> int:
+        if not 0 < value <= MAX_UKI:
+            raise ValueError(f"a kernel image is between 1 byte and {MAX_UKI // 2**20} MiB")
+        return value
+
+    @field_validator("uki_sha256")
+    @classmethod
+    def _uki_sha256(cls, value: str) -> str:
+        if not _HEX.match(value) or len(value) != 64:
+            raise ValueError("not a lowercase sha256")
+        return value
 
     @field_validator("format")
     @classmethod
@@ -250,8 +284,12 @@ def generate_key(private_path: Path) -> Path:
 
 
 def create_bundle(image: Path, out_dir: Path, *, version: str, compatible: str,
-                  signing_key: Path | None = None, build_id: str | None = None) -> Manifest:
-    """Hash ``image`` and write NAME.squashfs, NAME.manifest (and .sig) to ``out_dir``."""
+                  signing_key: Path | None = None, build_id: str | None = None,
+                  uki: tuple[str, Path] | None = None) -> Manifest:
+    """Hash ``image`` and write NAME.squashfs, NAME.manifest (and .sig) to ``out_dir``.
+
+    ``uki``: the path of the slot's UKI inside the image, and a copy of it
+    to hash (the manifest pins it for the ESP)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -272,7 +310,7 @@ def create_bundle(image: Path, out_dir: Path, *, version: str, compatible: str,
                         image=f"{name}.squashfs", size=size, sha256=sha.hexdigest(),
                         root_hash=result.root_hash, salt=salt.hex(),
                         build_date=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                        build_id=build_id)
+                        build_id=build_id, **_uki_fields(uki))
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / manifest.image
     if target.resolve() != image.resolve():
@@ -287,3 +325,14 @@ def create_bundle(image: Path, out_dir: Path, *, version: str, compatible: str,
             raise InvalidArgument(f"{signing_key} is not an Ed25519 private key")
         (out_dir / f"{name}.manifest.sig").write_bytes(base64.b64encode(key.sign(text)) + b"\n")
     return manifest
+
+
+def _uki_fields(uki: tuple[str, Path] | None) -> dict[str, object]:
+    if uki is None:
+        return {}
+    path, copy = uki
+    sha = hashlib.sha256()
+    with copy.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            sha.update(chunk)
+    return {"uki": path, "uki_size": copy.stat().st_size, "uki_sha256": sha.hexdigest()}

@@ -21,6 +21,7 @@ from anklumed.handoff import Handoff
 from anklumed.persist import PersistDir, PersistStore
 from anklumed.slots import model
 from anklumed.slots.assessment import Assessment, assess
+from anklumed.slots.boot_menu import BOOT_LOADER_REASON, BootMenu
 from anklumed.slots.model import Rollback, SlotsState, SlotStatus
 from anklumed.stick import SlotName
 
@@ -68,6 +69,8 @@ class SlotController:
         self.error: str | None = None
         self._lock = asyncio.Lock()
         self.listeners: list[Callable[[], None]] = []
+        # The ESP's boot menu, kept in step with PERSIST (None: not managed here).
+        self.menu: BootMenu | None = None
 
     @property
     def assessment(self) -> Assessment:
@@ -92,6 +95,32 @@ class SlotController:
                         source)
             meta = state.meta[source].model_copy(update={"status": SlotStatus.FAILED})
             model.write_meta(pdir, source, meta)
+        if self.menu is None:
+            return
+        if self.menu.boot_loader_gave_up(state.primary, self.handoff.slot):
+            self._record_boot_loader_rollback(pdir, state)
+        self.menu.follow(pdir)
+
+    def _record_boot_loader_rollback(self, pdir: PersistDir, state: SlotsState) -> None:
+        """systemd-boot used the primary's tries (boots that died before the
+        initramfs, or never completed) and booted the other slot's entry by
+        itself, which wrote nothing: PERSIST is told here, in the initramfs's
+        order (last-rollback, boot-count, ab-state), and this boot counts as
+        the new primary's first attempt."""
+        source, target = state.primary, state.primary.other
+        log.warning("the boot loader used slot %s's tries and booted slot %s: recording the "
+                    "rollback", source, target)
+        entries = []
+        if model.meta_file(source) not in state.unreadable and \
+                state.meta[source].status is SlotStatus.OK:
+            entries.append(model.meta_entry(source, state.meta[source].model_copy(
+                update={"status": SlotStatus.FAILED})))
+        rollback = Rollback(from_slot=source, to_slot=target, at=self.clock(),
+                            reason=BOOT_LOADER_REASON)
+        pdir.write_files([*entries, model.rollback_entry(rollback),
+                          *model.primary_entries(target, 1)])
+        self.handoff = self.handoff.model_copy(update={"rollback": True,
+                                                       "rollback_from": source})
 
     async def mark_good(self) -> None:
         booted = self.handoff.slot
@@ -116,6 +145,9 @@ class SlotController:
                     raise
                 raise Failed(f"the boot is marked good (boot-count 0), but slot {booted} "
                              f"was not stamped: {e}") from None
+            finally:
+                if counted and self.menu is not None:
+                    self.menu.follow(pdir, renew=True)  # after PERSIST: the counter anew
 
         await self._transaction(change)
         events.boot_marked_good(booted)
@@ -133,6 +165,7 @@ class SlotController:
             # way) before any file changes.
             pdir.write_files([*model.primary_entries(to, 0), model.rollback_entry(rollback)])
             target.append(to)
+            self._follow(pdir)
 
         await self._transaction(change)
         events.rollback_requested(target[0].other, target[0])
@@ -144,6 +177,7 @@ class SlotController:
                 return
             check_can_become_primary(state, slot, force)
             model.write_primary(pdir, slot, 0)
+            self._follow(pdir)
 
         await self._transaction(change)
         log.info("slot %s set as primary", slot)
@@ -161,9 +195,14 @@ class SlotController:
                 # Do not leave a slot marked bad as the next boot.
                 entries += model.primary_entries(other, 0)
             pdir.write_files(entries)
+            self._follow(pdir)
 
         await self._transaction(change)
         log.info("slot %s marked bad", slot)
+
+    def _follow(self, pdir: PersistDir) -> None:
+        if self.menu is not None:
+            self.menu.follow(pdir)
 
     async def transact(self, change: Callable[[PersistDir, SlotsState], None]) -> None:
         """One PERSIST transaction for another component (the updater)."""

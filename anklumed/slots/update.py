@@ -4,8 +4,10 @@ The order is the contract and is never changed:
 refuse the booted slot → check size and compatibility → mark the target
 pending → stream the image to the partition, hashing (sha256 and the
 dm-verity tree) in the same pass → fsync → read back and compare → compare
-the root hash with the pin and the manifest → write slots/T.verity,
-slots/T.manifest (+ .sig) and slots/T.meta (ok) → ab-state=T, boot-count=0.
+the root hash with the pin and the manifest → the slot's kernel (UKI) to
+the ESP, read back → write slots/T.verity, slots/T.manifest (+ .sig) and
+slots/T.meta (ok) → ab-state=T, boot-count=0 → the ESP's boot entries for T
+(docs/boot-chain.md).
 
 Until the last step the booted slot and ab-state are untouched, and the
 initramfs never boots a pending or failed slot: a failure, a cancel or a
@@ -30,12 +32,14 @@ from datetime import datetime
 from pathlib import Path
 
 from anklumed import events
+from anklumed.command import CommandError, run
 from anklumed.errors import AnklumeError, InvalidArgument, NotFound, VerificationFailed
 from anklumed.jobs import Job
 from anklumed.persist import PersistDir
 from anklumed.slots import model
 from anklumed.slots.bundle import CHUNK, KeptManifest, Manifest, check_installable
 from anklumed.slots.controller import SlotController
+from anklumed.slots.esp import Esp, EspError
 from anklumed.slots.local_files import LocalFiles, Reader
 from anklumed.slots.model import SlotMeta, SlotsState, SlotStatus
 from anklumed.slots.source import (
@@ -47,7 +51,7 @@ from anklumed.slots.source import (
     shown,
 )
 from anklumed.slots.verity_tree import VerityHasher, VerityResult
-from anklumed.stick import BootStick, SlotName
+from anklumed.stick import EFI_LABEL, BootStick, SlotName
 
 log = logging.getLogger(__name__)
 ALIGN = 4096
@@ -273,6 +277,47 @@ def read_back(job: Job, device: Path, m: Manifest) -> None:
                                  "(read-back mismatch): the stick may be failing")
 
 
+def stick_esp(stick: BootStick) -> Esp | None:
+    """The stick's ESP, if the kernel has a device for it."""
+    partition = stick.partitions.get(EFI_LABEL)
+    return Esp(partition.device) if partition and partition.device else None
+
+
+def check_kernel(m: Manifest, esp: Esp | None, target: SlotName) -> bool:
+    """Whether the update puts a kernel on the ESP. A stick whose ESP boots
+    each slot's own UKI cannot take a bundle without one: its slot would
+    have no kernel (refused before anything is written)."""
+    if esp is None:
+        return False
+    if m.uki is None:
+        if esp.slots_with_kernel():
+            raise InvalidArgument("this bundle carries no kernel (no UKI in its manifest), and "
+                                  "this stick boots each slot with its own: build the bundle "
+                                  "with anklume-image")
+        return False
+    return True
+
+
+def install_kernel(esp: Esp, device: Path, target: SlotName, m: Manifest) -> None:
+    """The slot's UKI, read out of the slot just written and verified, to the
+    ESP; checked there against the signed manifest's UKI_SHA256."""
+    if m.uki is None or m.uki_sha256 is None:
+        return
+    uki = m.uki
+
+    def copy(esp_device: Path, path: str) -> None:
+        # unsquashfs reads the partition (its sha256 was just compared with
+        # the manifest); mcopy writes the ESP; nothing is mounted.
+        run(["sh", "-c", 'unsquashfs -cat "$0" "$1" | mcopy -i "$2" - "::/$3"',
+             device, uki, esp_device, path], timeout=600, env={"MTOOLS_SKIP_CHECK": "1"})
+
+    try:
+        esp.install_uki(target, copy, m.uki_sha256)
+    except CommandError as e:
+        raise EspError(f"cannot copy slot {target}'s kernel to the ESP: "
+                       f"{e.stderr.strip()[-200:]}") from None
+
+
 class Updater:
     """Runs an update as a job: checks, pending, write, verify, activate."""
 
@@ -320,6 +365,8 @@ class Updater:
             raise NotFound(f"the kernel has no block device for {partition.label}")
         check_request(bundle, request, state, target, self.booted, partition.size,
                       self.compatible)
+        esp = stick_esp(stick)
+        with_kernel = await asyncio.to_thread(check_kernel, bundle.manifest, esp, target)
         job.check_cancelled()
         m = bundle.manifest
         previous = state.meta[target]
@@ -329,6 +376,9 @@ class Updater:
         try:
             result = await asyncio.to_thread(write_slot, job, bundle, partition.device,
                                              touched)
+            if with_kernel and esp is not None:
+                job.progress("kernel")
+                await asyncio.to_thread(install_kernel, esp, partition.device, target, m)
             job.commit()
             job.progress("activating")
             now = self.clock()
@@ -343,4 +393,9 @@ class Updater:
             raise
         signed = f", signed by {bundle.signed_by}" if bundle.signed_by else ", unsigned"
         events.update_installed(target, m.version, bundle.signed_by)
+        menu = self.slots.menu
+        if menu is not None:
+            # After activation nothing fails the update: a menu that cannot be
+            # rewritten is logged, and compared again at the next start.
+            await self.slots.transact(lambda pdir, _st: menu.follow(pdir, renew=True))
         return f"slot {target} holds {m.version}{signed}; it boots next"

@@ -100,6 +100,20 @@ def extra_commands() -> dict[str, Any]:
     return {name: run(argv, timeout=300) for name, argv in commands.items()}
 
 
+LOADER_VARS = Path("/sys/firmware/efi/efivars")
+LOADER_GUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"  # systemd-boot's variables
+
+
+def loader_variable(name: str) -> str | None:
+    """A string systemd-boot left for the OS (efivarfs: 4 bytes of attributes,
+    then UTF-16LE)."""
+    try:
+        raw = (LOADER_VARS / f"{name}-{LOADER_GUID}").read_bytes()
+    except OSError:
+        return None
+    return raw[4:].decode("utf-16-le", errors="replace").rstrip("\0")
+
+
 def report(waited: str) -> dict[str, Any]:
     status = run(["anklumectl", "status", "--json"])
     data = run(["anklumectl", "data", "status", "--json"])
@@ -120,6 +134,8 @@ def report(waited: str) -> dict[str, Any]:
         "bus_names": run(["busctl", "list", "--acquired", "--no-legend"])["stdout"],
         "analyze": run(["systemd-analyze", "time"])["stdout"],
         "cmdline": Path("/proc/cmdline").read_text().strip(),
+        "entry_selected": loader_variable("LoaderEntrySelected"),
+        "boot_count_path": loader_variable("LoaderBootCountPath"),
         "mounts": Path("/proc/self/mountinfo").read_text().splitlines(),
         "commands": extra_commands(),
     }

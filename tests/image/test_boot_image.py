@@ -104,3 +104,24 @@ def test_first_boot_runs_slot_a_from_ram_verified_and_is_marked_good(boots: Boot
 def test_first_boot_leaves_boot_count_zero_on_persist(boots: Boots) -> None:
     files = boots.persist_after_first
     assert files["boot-count"].strip() == "0", files
+
+
+def test_the_boot_loader_counted_the_default_entry_and_the_good_boot_renewed_it(
+        boots: Boots) -> None:
+    """systemd-boot renamed the default entry +3-0 -> +2-1 before it started
+    slot A's UKI (docs/boot-chain.md); marking the boot good put a fresh
+    +3-0 back on the ESP."""
+    report = reported(boots.first)
+    assert "anklume.kernel=A" in report["cmdline"]
+    assert (report["entry_selected"] or "").startswith("anklume-1-live-a"), report
+    assert (report["boot_count_path"] or "").endswith("anklume-1-live-a+2-1.conf"), report
+    assert boots.first.powered_off, boots.first.explain()
+    esp = extract(boots.machine.stick, 1, boots.machine.rundir / "esp-first.img")
+    try:
+        listing = subprocess.run(["mdir", "-i", str(esp), "-b", "::/loader/entries"],
+                                 check=True, capture_output=True, text=True).stdout
+    finally:
+        esp.unlink()
+    names = sorted(line.rsplit("/", 1)[-1] for line in listing.split())
+    assert names == ["anklume-1-live-a+3-0.conf", "anklume-3-stick-a.conf",
+                     "anklume-4-slot-a.conf"], names

@@ -106,11 +106,26 @@ def test_the_esp_boots_systemd_boot_with_this_sticks_persist(built: Built,
     part = extract(built.image, 1, tmp_path / "esp.img")
     assert "BOOTX64" in sh("mdir", "-i", part, "::/EFI/BOOT")
     guid = sh("sgdisk", "-i", "4", built.image).split("Partition unique GUID: ")[1].split()[0]
-    for name in esp.ENTRIES:
-        entry = sh("mtype", "-i", part, f"::/loader/entries/{name}.conf")
+    names = sh("mdir", "-i", part, "-b", "::/loader/entries").split()
+    assert sorted(n.rsplit("/", 1)[-1] for n in names) == sorted(esp.entries(guid.lower()))
+    for name in esp.entries(guid.lower()):
+        entry = sh("mtype", "-i", part, f"::/loader/entries/{name}")
         assert f"anklume.persist=PARTUUID={guid.lower()}" in entry
-        assert "boot=anklume" in entry
-    assert "default anklume-1-toram.conf" in sh("mtype", "-i", part, "::/loader/loader.conf")
+        assert "boot=anklume" in entry and "linux /EFI/anklume/slot-a.efi" in entry
+    assert "default" not in sh("mtype", "-i", part, "::/loader/loader.conf")
+
+
+def test_slot_as_kernel_is_on_the_esp_and_pinned_by_its_manifest(built: Built,
+                                                                  tmp_path: Path) -> None:
+    part = extract(built.image, 1, tmp_path / "esp.img")
+    uki = tmp_path / "slot-a.efi"
+    sh("mcopy", "-i", part, "::/EFI/anklume/slot-a.efi", uki)
+    assert uki.read_bytes()[:2] == b"MZ"  # a PE binary: systemd-stub with the kernel
+    manifest = next((built.image.parent / (built.image.name + ".bundle")).glob("*.manifest"))
+    m = bundle.parse_manifest(manifest.read_bytes())
+    assert m.uki == "usr/lib/anklume/boot/uki.efi"
+    assert m.uki_sha256 == hashlib.sha256(uki.read_bytes()).hexdigest()
+    assert m.uki_size == uki.stat().st_size
 
 
 def test_the_os_runs_anklume_on_the_images_own_python(built: Built, tmp_path: Path) -> None:

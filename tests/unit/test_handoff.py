@@ -3,6 +3,7 @@
 import pytest
 
 from anklumed.handoff import VerityState, parse_handoff
+from anklumed.stick import SlotName
 
 
 @pytest.mark.parametrize(("value", "expected", "problem"), [
@@ -24,3 +25,15 @@ def test_verity(value: str | None, expected: VerityState, problem: bool) -> None
 
 def test_verity_unknown_without_a_handoff() -> None:
     assert parse_handoff(None, "anklume.slot=B").verity is VerityState.UNKNOWN
+
+
+def test_a_system_on_the_other_slots_kernel_is_said() -> None:
+    """The boot entry names the kernel's slot (docs/boot-chain.md); when the
+    initramfs booted the other slot's system on it, status says so."""
+    env = "SLOT=A\nBOOT_COUNT=1\nROLLBACK=0\nVERITY=signed\n"
+    matched = parse_handoff(env, "boot=anklume anklume.kernel=A quiet")
+    assert matched.kernel == SlotName.A and matched.problems == ()
+    crossed = parse_handoff(env, "boot=anklume anklume.kernel=B quiet")
+    assert crossed.kernel == SlotName.B
+    assert any("runs on slot B's kernel" in p for p in crossed.problems)
+    assert parse_handoff(env, "boot=anklume").kernel is None  # a stick without UKIs

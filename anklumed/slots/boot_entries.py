@@ -1,0 +1,189 @@
+"""The ESP's boot menu as the slots' state implies it (docs/boot-chain.md).
+
+Pure: which files the ESP should hold for a primary slot and the slots that
+have a kernel, and how systemd-boot's counter reads in an entry's name. The
+image builder writes these entries first; anklumed rewrites them when the
+primary changes and resets the counter when it marks a boot good.
+
+Entry files name the slot whose UKI they boot, so a change of primary is
+new files, then old ones deleted: no file is ever rewritten in place on FAT.
+The default entry carries systemd-boot's counter, fixed-width and
+pre-initialised (``+3-0``), so that systemd-boot's own rename keeps the
+name's length (uapi-group/specifications#168).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from anklumed.slots.model import SlotsState, SlotStatus
+from anklumed.stick import SlotName
+
+ENTRIES_DIR = "loader/entries"
+UKI_DIR = "EFI/anklume"
+UKI_IN_IMAGE = "usr/lib/anklume/boot/uki.efi"  # where a slot's squashfs carries its UKI
+MAX_TRIES = 9  # one digit: the counter's rename never changes the name's length
+PANIC_REBOOT_S = 10  # a panicking kernel reboots and spends a try, instead of hanging
+LOADER_CONF = "timeout 3\neditor no\n"  # no `default`: the first entry in sort order boots
+
+_COUNTED = re.compile(r"^anklume-1-live-([ab])\+([0-9])-([0-9])\.conf$")
+
+
+def uki_path(slot: SlotName) -> str:
+    return f"{UKI_DIR}/slot-{slot.value.lower()}.efi"
+
+
+def uki_temporary(slot: SlotName) -> str:
+    """Where a slot's new UKI is written before it takes the UKI's name: a
+    name no entry refers to, so a half-written one is never booted."""
+    return f"{UKI_DIR}/slot-{slot.value.lower()}.new"
+
+
+@dataclass(frozen=True)
+class Counter:
+    """systemd-boot's ``+LEFT-DONE``: tries left, tries done since the reset."""
+
+    left: int
+    done: int
+
+    @property
+    def exhausted(self) -> bool:
+        return self.left == 0
+
+
+@dataclass(frozen=True)
+class DefaultEntry:
+    """The counted default entry found on the ESP."""
+
+    name: str
+    slot: SlotName
+    counter: Counter
+
+
+def parse_default(name: str) -> DefaultEntry | None:
+    """The default entry's slot and counter from its file name (None: not one)."""
+    match = _COUNTED.match(name.lower())
+    if match is None:
+        return None
+    slot = SlotName(match[1].upper())
+    return DefaultEntry(name, slot, Counter(int(match[2]), int(match[3])))
+
+
+def tries(attempts: int) -> int:
+    """The counter's start: PERSIST's boot-attempts, within one digit."""
+    return max(1, min(attempts, MAX_TRIES))
+
+
+def default_name(slot: SlotName, attempts: int) -> str:
+    return f"anklume-1-live-{slot.value.lower()}+{tries(attempts)}-0.conf"
+
+
+def _entry(sort_key: str, title: str, slot: SlotName, options: str,
+           persist_partuuid: str, unattended: bool = False) -> str:
+    # `linux`, not systemd 258's `uki` key: Debian 13's systemd-boot is 257.
+    # A UKI is an EFI program like the kernel's own stub; systemd-boot starts
+    # it with the options as its command line, and counts `linux` entries.
+    # The entries the boot loader picks alone reboot a panic (the kernel's,
+    # or initramfs-tools' when no slot verifies) so the attempt is counted;
+    # those only a person picks keep the console and its recovery shell.
+    panic = f" panic={PANIC_REBOOT_S}" if unattended else ""
+    lines = [f"title {title}", f"sort-key {sort_key}", f"linux /{uki_path(slot)}",
+              f"options boot=anklume anklume.persist=PARTUUID={persist_partuuid} "
+              f"anklume.kernel={slot.value} {options}{panic} quiet"]
+    return "\n".join(lines) + "\n"
+
+
+def wanted_entries(primary: SlotName, with_kernel: set[SlotName], attempts: int,
+                   persist_partuuid: str) -> dict[str, str]:
+    """File name → content of every entry the ESP should hold.
+
+    Order (systemd-boot's ``sort-key``): the default, the other slot (where
+    the boot loader falls back once the default has no tries left), the
+    default without toram, the primary forced. A slot without a kernel on
+    the ESP gets no entry; neither does anything when the primary has none.
+    An entry's text depends only on its name and the stick, so an entry is
+    never rewritten in place: a change is a new name.
+    """
+    if primary not in with_kernel:
+        return {}
+    s, t = primary, primary.other
+    entries = {
+        default_name(s, attempts): _entry(
+            "anklume-1", "anklume Live", s, "anklume.toram=1", persist_partuuid,
+            unattended=True),
+        f"anklume-3-stick-{s.value.lower()}.conf": _entry(
+            "anklume-3", "anklume Live (run from the stick)", s, "anklume.toram=0",
+            persist_partuuid),
+        f"anklume-4-slot-{s.value.lower()}.conf": _entry(
+            "anklume-4", f"anklume Live, slot {s.value}", s,
+            f"anklume.slot={s.value} anklume.toram=0", persist_partuuid),
+    }
+    if t in with_kernel:
+        entries[f"anklume-2-slot-{t.value.lower()}.conf"] = _entry(
+            "anklume-2", f"anklume Live, slot {t.value}", t,
+            f"anklume.slot={t.value} anklume.toram=1", persist_partuuid, unattended=True)
+    return dict(sorted(entries.items()))
+
+
+def menu(state: SlotsState, with_kernel: set[SlotName], persist_partuuid: str
+         ) -> dict[str, str]:
+    """The entries for what PERSIST says: its primary, and the other slot
+    only while it is ``ok`` (the boot loader falls back to it by itself)."""
+    bootable = {s for s in with_kernel
+                if s is state.primary or state.meta[s].status is SlotStatus.OK}
+    return wanted_entries(state.primary, bootable, state.boot_attempts, persist_partuuid)
+
+
+def fell_back(primary: SlotName, booted: SlotName | None, present: list[str]) -> bool:
+    """The boot loader gave up on the primary by itself: the primary's
+    default entry has no tries left and the other slot is what booted. (A
+    boot that died before the initramfs never wrote PERSIST: this is how
+    PERSIST learns of it.)"""
+    defaults = [d for n in present if (d := parse_default(n)) is not None and d.slot is primary]
+    # Of two (a renewal cut short), the one systemd-boot boots: the higher name.
+    return booted is primary.other and bool(defaults) and \
+        max(defaults, key=lambda d: d.name).counter.exhausted
+
+
+_OURS = re.compile(r"^anklume-[1-4]-(live|slot|stick)-[ab](\+[0-9]-[0-9])?\.conf$")
+
+
+def is_ours(name: str) -> bool:
+    """An entry file of the names anklume writes; any other (one a person
+    added, say) is left alone."""
+    return _OURS.match(name.lower()) is not None
+
+
+@dataclass(frozen=True)
+class EntryPlan:
+    """How to go from the entries on the ESP to the wanted ones: write first,
+    then delete, so the default entry is never missing."""
+
+    write: dict[str, str]
+    delete: list[str]
+
+    @property
+    def empty(self) -> bool:
+        return not self.write and not self.delete
+
+
+def plan(present: list[str], wanted: dict[str, str], keep_counter: bool) -> EntryPlan:
+    """``present``: the names of our entry files on the ESP. With
+    ``keep_counter`` a default entry of the wanted slot stays as it is, used
+    counter included: only marking a boot good renews the counter."""
+    wanted = dict(wanted)
+    if keep_counter:
+        for want in list(wanted):
+            new = parse_default(want)
+            if new is None:
+                continue
+            kept = [n for n in present
+                    if (old := parse_default(n)) is not None and old.slot is new.slot]
+            if kept:
+                # Two of them (a cut between a renewal's write and delete):
+                # the one systemd-boot boots, the higher name (more tries left).
+                wanted[max(kept)] = wanted.pop(want)
+    write = {n: text for n, text in wanted.items() if n not in present}
+    delete = sorted(n for n in present if n not in wanted)
+    return EntryPlan(write, delete)

@@ -1,0 +1,68 @@
+"""The ESP's boot menu kept in step with PERSIST (docs/boot-chain.md).
+
+PERSIST decides and the ESP follows: after every change of the primary the
+entries are rewritten for it; marking a boot good renews the default
+entry's counter; at start, a default entry with no tries left while the
+other slot booted is a rollback the boot loader made alone, and PERSIST
+records it. Each runs inside a PERSIST transaction, after PERSIST's own
+writes; an ESP that cannot be written never undoes them (logged, and
+compared again at the next start).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from anklumed.errors import AnklumeError
+from anklumed.persist import PersistDir
+from anklumed.slots import boot_entries, model
+from anklumed.slots.esp import Esp
+from anklumed.stick import EFI_LABEL, BootStick, SlotName, partuuid
+
+log = logging.getLogger(__name__)
+BOOT_LOADER_REASON = "boot-loader"  # last-rollback's REASON for a rollback systemd-boot made
+
+
+class BootMenu:
+    def __init__(self, stick: Callable[[], BootStick | None]) -> None:
+        self.stick = stick
+
+    def _esp(self) -> tuple[Esp, str] | None:
+        """The ESP and this stick's PERSIST PARTUUID, when the stick boots
+        its slots' own kernels (an ESP without them is not ours to manage)."""
+        stick = self.stick()
+        if stick is None:
+            return None
+        efi = stick.partitions.get(EFI_LABEL)
+        if efi is None or efi.device is None or stick.persist.device is None:
+            return None
+        esp = Esp(efi.device)
+        if not esp.slots_with_kernel():
+            return None
+        uuid = partuuid(stick.persist.device)
+        return (esp, uuid) if uuid else None
+
+    def follow(self, pdir: PersistDir, renew: bool = False) -> None:
+        """Rewrite the entries for what PERSIST says; ``renew``: the boot was
+        marked good, the default entry's counter starts again."""
+        try:
+            found = self._esp()
+            if found is None:
+                return
+            esp, uuid = found
+            state = model.read_slots_state(pdir)
+            wanted = boot_entries.menu(state, esp.slots_with_kernel(), uuid)
+            esp.apply(boot_entries.plan(esp.entries(), wanted, keep_counter=not renew))
+        except AnklumeError as e:
+            log.error("the boot menu on the ESP was not updated: %s (compared again at the "
+                      "next start)", e)
+
+    def boot_loader_gave_up(self, primary: SlotName, booted: SlotName | None) -> bool:
+        try:
+            found = self._esp()
+            return found is not None and boot_entries.fell_back(primary, booted,
+                                                                found[0].entries())
+        except AnklumeError as e:
+            log.error("the boot menu on the ESP cannot be read: %s", e)
+            return False
