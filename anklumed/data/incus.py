@@ -49,6 +49,24 @@ def request(socket_path: Path, method: str, path: str,
     return answer
 
 
+SYSTEMD_RUNTIME = Path("/run/systemd/system")  # exists when systemd is PID 1
+
+
+def running(socket_path: Path) -> bool:
+    """Incus answers on its socket now. Under systemd the socket is systemd's
+    (socket activation): it exists from early boot, and a request to it starts
+    incus.service -- which is ordered after the data disk's units, hence after
+    the first-boot setup making the request: the request waits for the setup
+    that waits for it, until its timeout (the image's unattended first boot
+    failed so). So a socket counts only with incus.service active."""
+    if not socket_path.exists():
+        return False
+    if not SYSTEMD_RUNTIME.is_dir():
+        return True  # no systemd: whoever made the socket answers on it
+    proc = run(["systemctl", "is-active", "--quiet", "incus.service"], timeout=30, check=False)
+    return proc.returncode == 0
+
+
 def create_storage_pool(socket_path: Path, name: str, driver: str, source: str) -> None:
     existing = request(socket_path, "GET", "/1.0/storage-pools").get("metadata") or []
     if f"/1.0/storage-pools/{name}" in existing:
@@ -60,7 +78,7 @@ def create_storage_pool(socket_path: Path, name: str, driver: str, source: str) 
 
 def stop_service() -> None:
     """Stop Incus (service and socket) so nothing holds the data disk."""
-    if not Path("/run/systemd/system").is_dir():
+    if not SYSTEMD_RUNTIME.is_dir():
         return  # not booted with systemd: no Incus service to stop
     try:
         run(["systemctl", "stop", "incus.service", "incus.socket"], timeout=120)

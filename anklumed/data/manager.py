@@ -300,7 +300,7 @@ class DataDisk:
 
     def _incus_pool(self, job: Job, conf: PoolConf) -> str:
         job.progress("incus")
-        if not self.paths.incus_socket.exists():
+        if not incus.running(self.paths.incus_socket):
             # Incus has not started yet (first boot): its state goes to the disk now.
             self._bind_incus_state()
             return "; Incus is not running: no Incus storage pool was created"
