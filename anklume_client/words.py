@@ -70,6 +70,8 @@ REASONS = {
 # ProblemCodes (anklumed/problems.py ProblemCode)
 PROBLEMS = {
     "handoff-damaged": "the boot left damaged information for the system",
+    "kernel-of-other-slot":
+        "this boot runs on the other slot's kernel; the next boot pairs them again",
     "boot-stick-unknown": "the boot stick cannot be found",
     "persist-damaged": "a file on the boot stick is damaged",
     "persist-unreadable": "the boot stick's state partition cannot be read",

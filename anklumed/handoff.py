@@ -60,6 +60,15 @@ class Handoff(BaseModel):
     kernel: SlotName | None = None  # whose kernel runs (anklume.kernel= of the boot entry)
     problems: tuple[str, ...] = ()
 
+    def kernel_mismatch(self) -> str | None:
+        """The sentence when this slot's system runs on the other slot's
+        kernel: the boot menu was behind PERSIST (docs/boot-chain.md);
+        anklumed rewrites it at start, so the next boot pairs them again."""
+        if self.kernel is None or self.slot is None or self.kernel is self.slot:
+            return None
+        return (f"slot {self.slot}'s system runs on slot {self.kernel}'s kernel this boot "
+                "(the boot menu was behind ANKLUME-PERSIST; it is rewritten for the next boot)")
+
 
 def _slot(value: str | None) -> SlotName | None:
     return SlotName.parse(value) if value is not None else None
@@ -112,18 +121,11 @@ def parse_handoff(env_text: str | None, cmdline_text: str) -> Handoff:
     }
     if fields["slot"] is None:
         problems.append("SLOT is missing or not A/B")
-    problems = [f"boot.env: {p}" for p in problems]
-    if kernel is not None and fields["slot"] is not None and kernel is not fields["slot"]:
-        # The boot menu was behind PERSIST (docs/boot-chain.md): anklumed
-        # rewrites it at start, so the next boot pairs them again.
-        problems.append(f"slot {fields['slot']}'s system runs on slot {kernel}'s kernel "
-                        "this boot (the boot menu was behind ANKLUME-PERSIST; it is "
-                        "rewritten for the next boot)")
     return Handoff(
         source="boot.env",
         ram_crypt_requested=ram_crypt,
         kernel=kernel,
-        problems=tuple(problems),
+        problems=tuple(f"boot.env: {p}" for p in problems),
         **fields,
     )
 

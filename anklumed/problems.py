@@ -12,6 +12,7 @@ from enum import StrEnum
 
 class ProblemCode(StrEnum):
     HANDOFF_DAMAGED = "handoff-damaged"  # a value of the boot hand-off cannot be used
+    KERNEL_OF_OTHER_SLOT = "kernel-of-other-slot"  # the system runs on the other slot's kernel
     BOOT_STICK_UNKNOWN = "boot-stick-unknown"  # not found, ambiguous, or without PERSIST
     PERSIST_DAMAGED = "persist-damaged"  # a PERSIST file or value cannot be used
     PERSIST_UNREADABLE = "persist-unreadable"  # ANKLUME-PERSIST cannot be read at all

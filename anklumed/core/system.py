@@ -220,6 +220,9 @@ class LiveSystem:
     def problems(self) -> tuple[tuple[ProblemCode, str], ...]:
         """What is wrong: each sentence with the ProblemCode of its source."""
         found = [(ProblemCode.HANDOFF_DAMAGED, p) for p in self.handoff.problems]
+        mismatch = self.handoff.kernel_mismatch()
+        if mismatch:
+            found.append((ProblemCode.KERNEL_OF_OTHER_SLOT, mismatch))
         if self.stick_error:
             found.append((ProblemCode.BOOT_STICK_UNKNOWN, self.stick_error))
         if self.slots.state:

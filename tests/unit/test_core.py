@@ -29,8 +29,10 @@ from anklumed.data.disks import Disk
 from anklumed.data.manager import DataState
 from anklumed.data.poolconf import LABEL_PREFIX
 from anklumed.errors import InvalidArgument
+from anklumed.handoff import parse_handoff
 from anklumed.host import Backing
 from anklumed.jobs import Job, JobKind, JobPhase, JobState
+from anklumed.problems import ProblemCode
 from anklumed.service.data_objects import data_disk_properties
 from anklumed.service.objects import job_properties, manager_properties, slot_properties
 from anklumed.slots.assessment import BootState
@@ -368,3 +370,13 @@ def test_a_refused_slot_change_looks_at_the_stick_before_the_caller_hears_back(
         assert not core.manager().media_present  # no uevent needed to say so
 
     asyncio.run(scenario())
+
+
+def test_a_system_on_the_other_slots_kernel_is_a_problem_of_its_own_code(
+        core: LiveSystem) -> None:
+    # Not a damaged hand-off: the boot menu was behind PERSIST (boot-chain.md).
+    core.handoff = parse_handoff("SLOT=A\nBOOT_COUNT=1\nROLLBACK=0\nVERITY=signed\n",
+                                 "boot=anklume anklume.kernel=B")
+    problems = core.manager().problems
+    assert [code for code, _ in problems] == [ProblemCode.KERNEL_OF_OTHER_SLOT]
+    assert "runs on slot B's kernel" in problems[0][1]
