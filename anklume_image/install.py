@@ -17,6 +17,9 @@ from anklume_image import cli_docs, uki
 from anklume_image.config import BuildConfig
 
 DIST_PACKAGES = "/usr/lib/python3/dist-packages"
+# The project's Python packages the system runs (anklumectl stands on the
+# client library): copied whole into dist-packages.
+PYTHON_PACKAGES = ("anklumed", "anklumectl", "anklume_client")
 ENTRY_POINTS = {
     "anklumed": "anklumed.main",
     "anklumectl": "anklumectl.main",
@@ -40,14 +43,14 @@ def _entry_point(name: str, module: str) -> str:
 
 
 def python_hooks(checkout: Path) -> list[str]:
-    hooks = [f"copy-in {_q(checkout / 'anklumed')} {_q(checkout / 'anklumectl')} "
-             f"{DIST_PACKAGES}",
+    sources = " ".join(_q(checkout / p) for p in PYTHON_PACKAGES)
+    installed = " ".join(f"{DIST_PACKAGES}/{p}" for p in PYTHON_PACKAGES)
+    in_root = " ".join(f"\"$1\"{DIST_PACKAGES}/{p}" for p in PYTHON_PACKAGES)
+    hooks = [f"copy-in {sources} {DIST_PACKAGES}",
              # What the checkout's editable install or tests left behind.
-             f"find \"$1\"{DIST_PACKAGES}/anklumed \"$1\"{DIST_PACKAGES}/anklumectl "
-             "-name __pycache__ -prune -exec rm -rf {} +"]
+             f"find {in_root} -name __pycache__ -prune -exec rm -rf {{}} +"]
     hooks += [_entry_point(name, module) for name, module in ENTRY_POINTS.items()]
-    hooks.append(f"chroot \"$1\" python3 -m compileall -q {DIST_PACKAGES}/anklumed "
-                 f"{DIST_PACKAGES}/anklumectl")
+    hooks.append(f"chroot \"$1\" python3 -m compileall -q {installed}")
     return hooks
 
 

@@ -142,7 +142,7 @@ def test_the_os_runs_anklume_on_the_images_own_python(built: Built, tmp_path: Pa
     version = sh("chroot", root, "python3", "-c", "import sys; print(sys.version_info[:2])")
     assert version.strip() == "(3, 13)"
     sh("chroot", root, "python3", "-c", "import anklumed.main, anklumed.service.app, "
-       "anklumectl.main, anklumed.data.manager, anklumed.slots.update")
+       "anklumectl.main, anklume_client.proxies, anklumed.data.manager, anklumed.slots.update")
     assert "usage: anklumectl" in sh("chroot", root, "anklumectl", "--help")
 
 
