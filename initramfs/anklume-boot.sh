@@ -343,11 +343,21 @@ open_slot() {
     if ! mount -t squashfs -o ro "/dev/mapper/$MAPPING" "$RUN/lower" 2>/dev/null; then
         # A block that fails its hash fails the mount: that is verity's doing.
         REASON=mount
-        [ "$(corruption_reports)" -gt "$corrupted" ] && REASON=verity
+        if verity_corrupted || [ "$(corruption_reports)" -gt "$corrupted" ]; then
+            REASON=verity
+        fi
         veritysetup close "$MAPPING" 2>/dev/null
         release_ram_copy
         return 1
     fi
+}
+
+# dm-verity's own word on the open mapping: "status: corrupted" once any
+# block failed its hash. Its kernel messages alone are not enough: they are
+# rate-limited, and a second slot tried within seconds of the first may log
+# none (seen: slot B's refusal read as a mount failure).
+verity_corrupted() {
+    veritysetup status "$MAPPING" 2>/dev/null | grep -q 'status:[[:space:]]*corrupted'
 }
 
 # How many blocks dm-verity has refused so far (its kernel messages).
