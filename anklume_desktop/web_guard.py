@@ -20,12 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import html
 import logging
+import os
 import secrets
 import shlex
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -197,3 +201,18 @@ async def serve_until_stopped(server: GuardedServer, opened: Callable[[str], Non
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
+
+
+def launcher_page(url: str, directory: Path | None = None) -> Path:
+    """A page only this user can read that sends the browser on to ``url``.
+
+    Opening ``url`` itself would put the one-time token on the browser's
+    command line, which every local user reads in /proc; the command line
+    names this file instead (Jupyter does the same). The caller removes it
+    once the server stops."""
+    where = directory or Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+    fd, name = tempfile.mkstemp(prefix="anklume-guide-", suffix=".html", dir=where)  # 0600
+    with os.fdopen(fd, "w") as page:
+        page.write(f'<!doctype html><meta http-equiv="refresh" content="0;url={html.escape(url)}">'
+                   f'<a href="{html.escape(url)}">the welcome guide</a>\n')
+    return Path(name)

@@ -10,6 +10,7 @@ import contextlib
 import os
 import sys
 import webbrowser
+from pathlib import Path
 
 from anklume_desktop.daemon import Daemon, DaemonError, DataState
 from anklume_desktop.guide import first_login
@@ -27,19 +28,32 @@ async def _data_state(address: str | None) -> DataState:
 
 
 def _serve_web(open_browser: bool) -> int:
-    from anklume_desktop.web_guard import Guard, GuardedServer, guide_command, serve_until_stopped
+    from anklume_desktop.web_guard import (
+        Guard,
+        GuardedServer,
+        guide_command,
+        launcher_page,
+        serve_until_stopped,
+    )
 
     server = GuardedServer(guide_command(), Guard(port=0))
     server.initialize_logging()
 
+    pages: list[Path] = []
+
     def opened(url: str) -> None:
         # The token is spent by the first visit: printing it is for this person only.
         print(f"The guide is at {url}  (this link works once; Ctrl-C stops)", flush=True)
-        if open_browser:
-            webbrowser.open(url)
+        if open_browser:  # the token through a private page, never on a command line
+            pages.append(launcher_page(url))
+            webbrowser.open(pages[-1].as_uri())
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_until_stopped(server, opened))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve_until_stopped(server, opened))
+    finally:
+        for page in pages:
+            page.unlink(missing_ok=True)
     return 0
 
 
