@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from anklumed.slots import model, selection
+from anklumed.slots import boot_decision, selection
 from anklumed.stick import SlotName
 from tests.vm.test_boot import Kit, booted, kit, persist_dir  # noqa: F401 (the fixture)
 
@@ -30,10 +30,13 @@ MARK = "anklume: counting the attempt"
 
 
 def state_of(image: Path) -> tuple[SlotName, int, list[str], selection.Decision]:
+    # The whole rule, as the initramfs applies it: the last-good stamps and
+    # the last-rollback marker too (after B's three attempts following a
+    # rollback from A, the boot stays on B degraded, count 4, rather than
+    # ping-pong back to A; the bare status rule predicted a rollback there).
     with persist_dir(image) as pdir:
-        state = model.read_slots_state(pdir)
-    decision = selection.select_boot(state.primary, state.boot_count, state.boot_attempts,
-                                     {s: m.status for s, m in state.meta.items()})
+        decision, inputs = boot_decision.decide(pdir)
+    state = inputs.state
     return state.primary, state.boot_count, list(state.problems), decision
 
 
