@@ -57,7 +57,8 @@ class DesktopSession:
         return {
             "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(self.runtime),
             "USER": self.user.pw_name, "XDG_RUNTIME_DIR": str(self.runtime),
-            "XDG_STATE_HOME": str(self.runtime / "state"), "WAYLAND_DISPLAY": "wayland-1",
+            "XDG_STATE_HOME": str(self.runtime / "state"),
+            "XDG_CONFIG_HOME": str(self.runtime / "config"), "WAYLAND_DISPLAY": "wayland-1",
             "DBUS_SESSION_BUS_ADDRESS": self.bus_address, "LANG": "C.UTF-8",
             "WLR_BACKENDS": "headless", "WLR_RENDERER": "pixman",
             "WLR_LIBINPUT_NO_DEVICES": "1", "NO_AT_BRIDGE": "1",
@@ -65,6 +66,17 @@ class DesktopSession:
 
     def _write(self, name: str, text: str) -> Path:
         path = self.runtime / name
+        path.write_text(text)
+        os.chown(path, self.user.pw_uid, self.user.pw_gid)
+        return path
+
+    def configure(self, name: str, text: str) -> Path:
+        """A file of the user's configuration (``$XDG_CONFIG_HOME/NAME``), the user's own."""
+        path = self.runtime / "config" / name
+        for directory in reversed([p for p in path.parents if p.is_relative_to(self.runtime)
+                                   and p != self.runtime]):
+            directory.mkdir(exist_ok=True)
+            os.chown(directory, self.user.pw_uid, self.user.pw_gid)
         path.write_text(text)
         os.chown(path, self.user.pw_uid, self.user.pw_gid)
         return path

@@ -15,13 +15,15 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from dbus_fast.aio import MessageBus
 from dbus_fast.errors import AuthError, InvalidAddressError
 
 from anklume_desktop import words
-from anklume_desktop.daemon import Daemon, DaemonError
+from anklume_desktop.daemon import Daemon, DaemonError, DataDisk, Progress, Status
 from anklume_desktop.guide.first_login import state_dir
 from anklume_desktop.tray.notices import REBOOT, Memory, Notice, Notifier, notices
 from anklume_desktop.tray.sni import TrayItem
@@ -29,7 +31,9 @@ from anklume_desktop.tray.view import Action, view
 
 log = logging.getLogger("anklume-tray")
 RETRY = 2.0  # seconds between attempts to reach anklumed
-UPDATE_SOURCE = Path("/etc/anklume/update-source")  # one line: the bundle's URL
+# Where "Update now" finds the bundle's URL (one line): the person's own file,
+# else the image's (the distributor's channel).
+SYSTEM_UPDATE_SOURCE = Path("/etc/anklume/update-source")
 
 
 class Applet:
@@ -41,6 +45,9 @@ class Applet:
         self.notifier = Notifier(session, self.notice_action)
         self.changed = asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.shown: tuple[Status, DataDisk] | None = None
+        self.progress: Progress | None = None
+        self.following = ""  # the update job whose progress the icon shows
 
     async def run(self) -> None:
         await self.item.start()
@@ -57,7 +64,10 @@ class Applet:
             await self.daemon.watch(self.changed.set)
             while True:
                 status, data = await self.daemon.status(), await self.daemon.data_disk()
-                self.item.show(view(status, data))
+                self.shown = status, data
+                if status.update_running and status.last_update_job != self.following:
+                    self.follow_update(status.last_update_job)
+                self.render()
                 for notice in self.memory.fresh(notices(status, data)):
                     await self.notifier.send(notice)
                 self.changed.clear()
@@ -65,14 +75,41 @@ class Applet:
         except DaemonError as e:
             log.info("anklumed: %s", e.message)
         finally:
+            self.shown, self.progress, self.following = None, None, ""
             if self.daemon is not None:
                 await self.daemon.close()
                 self.daemon = None
 
-    def act(self, action: Action) -> None:
-        task = asyncio.get_running_loop().create_task(self.run_action(action))
+    def render(self) -> None:
+        status, data = self.shown or (None, None)
+        self.item.show(view(status, data, self.progress))
+
+    def follow_update(self, job: str) -> None:
+        """The job's progress, by its signals, on the icon and in the tooltip."""
+        assert self.daemon is not None
+        daemon, self.following, self.progress = self.daemon, job, None
+
+        def progressed(progress: Progress) -> None:
+            if self.following == job:
+                self.progress = progress
+                self.render()
+
+        async def follow() -> None:
+            try:
+                await daemon.follow(job, progressed)
+            except DaemonError as e:  # the daemon went: follow_daemon sees it too
+                log.info("update %s: %s", job, e.message)
+            if self.following == job:
+                self.progress = None
+        self.spawn(follow())
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+    def act(self, action: Action) -> None:
+        self.spawn(self.run_action(action))
 
     def notice_action(self, action: str) -> None:
         if action == REBOOT:
@@ -85,9 +122,7 @@ class Applet:
                     await self.daemon.reboot()
             except DaemonError as e:
                 await self.refused("The reboot", e)
-        task = asyncio.get_running_loop().create_task(reboot())
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.spawn(reboot())
 
     async def run_action(self, action: Action) -> None:
         if action in (Action.GUIDE, Action.UNLOCK):  # a passphrase needs the guide's screen
@@ -115,8 +150,8 @@ class Applet:
         source = update_source()
         if not source:
             await self.notifier.send(Notice("", "No update source is configured",
-                                            f"Write the update's URL into {UPDATE_SOURCE}, "
-                                            "or run 'anklumectl update URL'."))
+                                            f"Write the update's URL into {user_update_source()}"
+                                            ", or run 'anklumectl update URL'."))
             return
         await self.daemon.update(source)
 
@@ -130,11 +165,21 @@ MENU_WORDS = {Action.ROLLBACK: "The rollback", Action.LOCK: "Locking the data di
               Action.UPDATE: "The update"}
 
 
+def user_update_source() -> Path:
+    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(config) / "anklume" / "update-source"
+
+
 def update_source() -> str:
-    try:
-        return UPDATE_SOURCE.read_text().strip()
-    except OSError:
-        return ""
+    """The first line of the person's file, else of the image's; "" when none."""
+    for path in (user_update_source(), SYSTEM_UPDATE_SOURCE):
+        try:
+            lines = path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if lines and lines[0].strip():
+            return lines[0].strip()
+    return ""
 
 
 def open_guide() -> None:

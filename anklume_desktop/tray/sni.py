@@ -19,7 +19,7 @@ from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from anklume_desktop.tray import pixmap
-from anklume_desktop.tray.view import COLOURS, Action, View
+from anklume_desktop.tray.view import COLOURS, REMAINING, Action, View
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class TrayItem:
     # -- what is published ------------------------------------------------
     def item_props(self) -> dict[str, Any]:
         v = self.view
-        drawn = pixmap.icon(COLOURS[v.look])
+        drawn = pixmap.icon(COLOURS[v.look], v.done, REMAINING)
         return {
             "Category": "SystemServices", "Id": "anklume-live", "Title": v.title,
             "Status": v.status, "WindowId": 0, "IconName": v.icon_name,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from anklume_desktop.daemon import BootState, DataDisk, DataState, Status
+from anklume_desktop.daemon import BootState, DataDisk, DataState, Progress, Status
 
 
 class Look(StrEnum):
@@ -37,6 +37,8 @@ COLOURS = {
     Look.LOCKED: (255, 0, 170, 170),
     Look.GOOD: (255, 40, 180, 60),
 }
+# The part of the updating disc not done yet (the done part has UPDATING's colour).
+REMAINING = (255, 160, 200, 245)
 ATTENTION = {Look.UNREACHABLE, Look.DEGRADED, Look.ROLLED_BACK, Look.PULLED}
 
 
@@ -61,6 +63,7 @@ class View:
     title: str
     tooltip: str
     menu: tuple[MenuEntry, ...]
+    done: float = 1.0  # the part of a running update done (the icon's pie)
 
     @property
     def icon_name(self) -> str:
@@ -104,7 +107,21 @@ def _look(status: Status, data: DataDisk) -> Look:
     return Look.GOOD
 
 
-def view(status: Status | None, data: DataDisk | None, progress: str = "") -> View:
+def progress_words(progress: Progress | None) -> tuple[str, float]:
+    """``writing 40%`` and 0.4; the phase alone (and a whole disc) while the
+    total is not known yet."""
+    if progress is None:
+        return "", 1.0
+    phase = progress.phase or "starting"
+    if progress.total <= 0:
+        return phase, 1.0
+    # Whole percents: the icon is redrawn (and the host told) only when one passes.
+    percent = min(max(progress.done * 100 // progress.total, 0), 100)
+    return f"{phase} {percent}%", percent / 100
+
+
+def view(status: Status | None, data: DataDisk | None,
+         progress: Progress | None = None) -> View:
     """The tray for this state; ``None`` for both: anklumed is not reachable."""
     if status is None or data is None:
         return View(Look.UNREACHABLE, "anklume Live",
@@ -113,8 +130,9 @@ def view(status: Status | None, data: DataDisk | None, progress: str = "") -> Vi
     look = _look(status, data)
     lines = [BOOT_WORDS[status.boot_state].capitalize() + f" (slot {status.booted_slot or '?'})",
              DATA_WORDS[data.state].capitalize() + (" — unplugged!" if data.pulled else "")]
+    said, done = progress_words(progress if status.update_running else None)
     if status.update_running:
-        lines.append("Update running" + (f": {progress}" if progress else ""))
+        lines.append("Update running" + (f": {said}" if said else ""))
     if status.safe_to_remove:
         lines.append("The USB stick can be safely removed")
     lines += list(status.reasons[:2])
@@ -128,4 +146,5 @@ def view(status: Status | None, data: DataDisk | None, progress: str = "") -> Vi
         MenuEntry(Action.UNLOCK, "Unlock the data disk", data.state == DataState.LOCKED),
         MenuEntry(Action.GUIDE, "Open the welcome guide", True),
     )
-    return View(look, "anklume Live", "\n".join(lines), menu)
+    return View(look, "anklume Live", "\n".join(lines), menu,
+                done if look == Look.UPDATING else 1.0)

@@ -5,16 +5,21 @@ after waybar restarts, and its notifications reach mako."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
+from pathlib import Path
 
 from dbus_fast import Variant
 
 from anklume_desktop.tray.sni import ITEM_IFACE, ITEM_PATH, MENU_IFACE, MENU_PATH
-from anklume_desktop.tray.view import COLOURS, Look
+from anklume_desktop.tray.view import COLOURS, REMAINING, Look
+from devtools.bundle_server import Faults, serving
 from devtools.desktop_session import BAR, DesktopSession
 from tests.desktop.conftest import session_call
 from tests.service.conftest import Sim
+from tests.service.test_update import make_bundle
+from tests.service.test_update_http import IMAGE_FILLER, fast_downloads
 
 WATCHER = "org.kde.StatusNotifierWatcher"
 OK_B = "STATUS=ok\nVERSION=1.1.0\nROOT_HASH=ab12\n"
@@ -47,6 +52,21 @@ def tooltip(session: DesktopSession) -> str:
         session, item_name(session), ITEM_PATH, "org.freedesktop.DBus.Properties", "Get",
         "ss", [ITEM_IFACE, "ToolTip"])
     return str(text)
+
+
+def menu_entry(session: DesktopSession, label: str) -> int:
+    """The id of the menu entry with this label, as a host reads the layout."""
+    _revision, layout = session_call(session, item_name(session), MENU_PATH, MENU_IFACE,
+                                     "GetLayout", "iias", [0, -1, []])
+    ids = {child[1]["label"]: child[0] for child in layout[2]}
+    found: int = ids[label]
+    return found
+
+
+def click_entry(session: DesktopSession, label: str) -> None:
+    """The host's libdbusmenu's call when the person clicks the entry."""
+    session_call(session, item_name(session), MENU_PATH, MENU_IFACE, "Event", "isvu",
+                 [menu_entry(session, label), "clicked", Variant("s", ""), 0])
 
 
 def mako_notices(session: DesktopSession) -> list[dict[str, object]]:
@@ -160,3 +180,35 @@ def test_a_right_click_on_the_icon_asks_the_item_for_its_menu(
     finally:
         monitor.terminate()
         monitor.wait(5)
+
+
+def test_update_now_runs_the_update_and_the_icon_shows_its_progress(
+        sim: Sim, session: DesktopSession, tmp_path: Path) -> None:
+    manifest = make_bundle(sim, tmp_path, filler=IMAGE_FILLER)
+    fast_downloads(sim)
+    # The server stalls past 5 MiB: many seconds in the writing phase, part done.
+    faults = Faults(stall_at=[(5 << 20) + i for i in range(20)], stall_seconds=3)
+    with serving(manifest.parent, faults) as server:
+        session.start_tray(sim.bus.address)
+        session.wait_for(lambda: shows(session, Look.PENDING), "the icon")
+        click_entry(session, "Update now")  # no source yet: the person is told where
+        session.wait_for(lambda: "No update source is configured" in summaries(session),
+                         "the missing source's notification")
+        # The person's own source (the image's /etc/anklume/update-source is the default).
+        session.configure("anklume/update-source", f"{server.url}/{manifest.name}\n")
+        click_entry(session, "Update now")
+        session.wait_for(lambda: re.search(r"Update running: writing \d+%", tooltip(session))
+                         is not None, "the update's progress in the tooltip")
+        match = re.search(r"writing (\d+)%", tooltip(session))
+        assert match is not None
+        percent = int(match.group(1))
+        assert 0 < percent < 100
+        # The icon: a disc whose done part has the updating colour, the rest another.
+        done, rest = session.bar_pixels(rgb(Look.UPDATING)), session.bar_pixels(REMAINING[1:])
+        assert done > 0 and rest > 0
+        assert abs(done / (done + rest) - percent / 100) < 0.15, (done, rest, percent)
+        assert sim.ctl("cancel").returncode == 0
+        session.wait_for(lambda: "The update did not finish" in summaries(session),
+                         "the cancelled update's notification")
+        session.wait_for(lambda: shows(session, Look.PENDING), "the icon after the update")
+    assert "Update running" not in tooltip(session)

@@ -7,8 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from anklume_desktop.daemon import BootState, DataState, JobState, parse_data_disk, parse_status
-from anklume_desktop.tray import pixmap
+from anklume_desktop.daemon import (
+    BootState,
+    DataState,
+    JobState,
+    Progress,
+    parse_data_disk,
+    parse_status,
+)
+from anklume_desktop.tray import applet, pixmap
 from anklume_desktop.tray.notices import Memory, notices
 from anklume_desktop.tray.view import COLOURS, Action, Look, view
 
@@ -42,10 +49,43 @@ def test_nothing_the_person_must_see_is_passive() -> None:
 
 
 def test_an_update_shows_its_progress_and_disables_update_now() -> None:
-    shown = view(dataclasses.replace(STATUS, update_running=True), DATA, "writing 40%")
+    shown = view(dataclasses.replace(STATUS, update_running=True), DATA,
+                 Progress("writing", 40, 100))
     assert shown.look == Look.UPDATING
     assert "Update running: writing 40%" in shown.tooltip
+    assert shown.done == 0.4
     assert {e.action: e.enabled for e in shown.menu}[Action.UPDATE] is False
+    unknown = view(dataclasses.replace(STATUS, update_running=True), DATA,
+                   Progress("checking", 0, 0))
+    assert "Update running: checking" in unknown.tooltip and unknown.done == 1.0
+
+
+def test_an_updates_icon_is_a_pie_of_its_progress() -> None:
+    rest = (255, 1, 2, 3)
+    size = pixmap.SIZES[-1]
+    pixels = pixmap.icon(COLOURS[Look.UPDATING], 0.25, rest)[-1][2]
+    assert isinstance(pixels, bytes)
+    cells = [pixels[i:i + 4] for i in range(0, len(pixels), 4)]
+    done, left = cells.count(bytes(COLOURS[Look.UPDATING])), cells.count(bytes(rest))
+    assert abs(done / (done + left) - 0.25) < 0.03
+    top_right = cells[size // 4 * size + size * 3 // 4]  # clockwise from twelve: done first
+    assert top_right == bytes(COLOURS[Look.UPDATING])
+
+
+def test_the_persons_update_source_comes_before_the_images(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    system = tmp_path / "etc-update-source"
+    monkeypatch.setattr(applet, "SYSTEM_UPDATE_SOURCE", system)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    assert applet.update_source() == ""
+    system.write_text("https://example.org/channel/os.manifest\n")
+    assert applet.update_source() == "https://example.org/channel/os.manifest"
+    mine = tmp_path / "config" / "anklume" / "update-source"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"\xff\xfe")  # not text: skipped, not a traceback
+    assert applet.update_source() == "https://example.org/channel/os.manifest"
+    mine.write_text("  /media/stick/os.manifest  \nignored\n")
+    assert applet.update_source() == "/media/stick/os.manifest"
 
 
 def test_the_menu_offers_what_can_be_done() -> None:
