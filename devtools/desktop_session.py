@@ -174,6 +174,31 @@ class DesktopSession:
         wanted = bytes(rgb)
         return sum(1 for i in range(0, width * BAR * 3, 3) if pixels[i:i + 3] == wanted)
 
+    def menu_rows(self) -> list[tuple[int, int]]:
+        """Where each entry of an open popup menu is (x, y of its label's middle),
+        top to bottom; [] when no menu is open. A menu is GTK's white box; each
+        label is a band of rows with dark (text) pixels in it."""
+        width, _height, pixels = self.screenshot()
+
+        def rgb(x: int, y: int) -> bytes:
+            i = (y * width + x) * 3
+            return pixels[i:i + 3]
+        white = [(i // 3 % width, i // 3 // width) for i in range(0, len(pixels), 3)
+                 if pixels[i:i + 3] == b"\xff\xff\xff"]
+        if len(white) < 1000:
+            return []
+        left, right = min(x for x, _ in white), max(x for x, _ in white)
+        top, bottom = min(y for _, y in white), max(y for _, y in white)
+        inked = [y for y in range(top, bottom + 1)
+                 if any(sum(rgb(x, y)) < 600 for x in range(left + 4, right - 4))]
+        bands: list[list[int]] = []
+        for y in inked:
+            if bands and y == bands[-1][-1] + 1:
+                bands[-1].append(y)
+            else:
+                bands.append([y])
+        return [((left + right) // 2, (band[0] + band[-1]) // 2) for band in bands]
+
     def wait_for(self, check: object, what: str, timeout: float = 30) -> None:
         assert callable(check)
         deadline = time.monotonic() + timeout

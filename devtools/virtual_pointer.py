@@ -1,7 +1,10 @@
 """Click somewhere on a wlroots compositor, as a person with a mouse would:
 a minimal Wayland client (the wire protocol by hand, no library) that creates
 a zwlr_virtual_pointer_v1 and sends one absolute move and one click. The
-desktop tier's pointer (Debian 12 has no wlrctl).
+desktop tier's pointer (Debian 12 has no wlrctl). By hand rather than
+pywayland (a cffi build against libwayland, and the wlr protocol's XML to
+generate from) or a C client (wayland-scanner and a compiler in setup-dev):
+four requests of a stable wire format, in the standard library.
 
   python -m devtools.virtual_pointer X Y WIDTH HEIGHT [left|right]
 """
@@ -50,6 +53,13 @@ class Wayland:
             found.append((obj, opcode, body))
 
 
+def now() -> int:
+    """An event's time in milliseconds. Each event's own: GTK subtracts a
+    press's from its release's, unsigned, and closes a menu whose release
+    seems to come 4294967295 ms late."""
+    return int(time.monotonic() * 1000) & 0xFFFFFFFF
+
+
 def string(text: str) -> bytes:
     raw = text.encode() + b"\0"
     return struct.pack("<I", len(raw)) + raw + b"\0" * (-len(raw) % 4)
@@ -80,13 +90,12 @@ def click(x: int, y: int, width: int, height: int, button: str) -> None:
     pointer = wl.new_id()
     wl.send(manager, 0, struct.pack("<II", seat, pointer))  # create_virtual_pointer
     wl.events()
-    stamp = int(time.monotonic() * 1000) & 0xFFFFFFFF
-    wl.send(pointer, 1, struct.pack("<IIIII", stamp, x, y, width, height))  # motion_absolute
+    wl.send(pointer, 1, struct.pack("<IIIII", now(), x, y, width, height))  # motion_absolute
     wl.send(pointer, 4)  # frame
     wl.events()
     time.sleep(0.2)  # the client under the pointer gets its enter first
     for state in (1, 0):
-        wl.send(pointer, 2, struct.pack("<III", stamp + 200 + state, BUTTONS[button],
+        wl.send(pointer, 2, struct.pack("<III", now(), BUTTONS[button],
                                         state))  # button
         wl.send(pointer, 4)
         wl.events()
