@@ -37,8 +37,8 @@ _SESSION_BUS = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Conf
   </policy>
 </busconfig>
 """
-WAYBAR_CONFIG = json.dumps({"layer": "top", "position": "top", "height": BAR,
-                            "modules-right": ["tray"], "tray": {"icon-size": 22, "spacing": 4}})
+WAYBAR_CONFIG = {"layer": "top", "position": "top", "height": BAR, "modules-right": ["tray"],
+                 "tray": {"icon-size": 22, "spacing": 4}}
 # One flat colour behind the tray, so the icon's pixels are the only others there.
 WAYBAR_STYLE = "* { font-size: 12px; } window#waybar { background: #101010; }"
 SWAY_CONFIG = f"output HEADLESS-1 resolution {WIDTH}x{HEIGHT}\n"
@@ -113,16 +113,16 @@ class DesktopSession:
         self.wait_for(lambda: (self.runtime / "bus").exists(), "the session bus")
         self.spawn("sway", ["sway", "-c", str(self._write("sway.conf", SWAY_CONFIG))])
         self.wait_for(lambda: (self.runtime / "wayland-1").exists(), "sway")
-        self._write("waybar.json", WAYBAR_CONFIG)
         self._write("waybar.css", WAYBAR_STYLE)
         self.start_waybar()
         self.spawn("mako", ["mako", "--default-timeout", "0"])
         self.wait_for(lambda: self.has_owner("org.freedesktop.Notifications"), "mako")
         return self
 
-    def start_waybar(self) -> None:
-        self.spawn("waybar", ["waybar", "-c", str(self.runtime / "waybar.json"),
-                              "-s", str(self.runtime / "waybar.css")])
+    def start_waybar(self, name: str = "waybar", position: str = "top") -> None:
+        """A bar with the tray (a tray host; the first also owns the watcher)."""
+        config = self._write(f"{name}.json", json.dumps({**WAYBAR_CONFIG, "position": position}))
+        self.spawn(name, ["waybar", "-c", str(config), "-s", str(self.runtime / "waybar.css")])
         self.wait_for(lambda: self.has_owner("org.kde.StatusNotifierWatcher"), "waybar's watcher")
 
     def stop_process(self, name: str) -> None:
@@ -168,11 +168,13 @@ class DesktopSession:
         width, height = (int(n) for n in size.split())
         return width, height, pixels
 
-    def bar_pixels(self, rgb: tuple[int, int, int]) -> int:
-        """How many pixels of the bar have this colour."""
-        width, _height, pixels = self.screenshot()
+    def bar_pixels(self, rgb: tuple[int, int, int], position: str = "top") -> int:
+        """How many pixels of the bar (at the top or the bottom) have this colour."""
+        width, height, pixels = self.screenshot()
+        first = 0 if position == "top" else height - BAR
         wanted = bytes(rgb)
-        return sum(1 for i in range(0, width * BAR * 3, 3) if pixels[i:i + 3] == wanted)
+        return sum(1 for i in range(first * width * 3, (first + BAR) * width * 3, 3)
+                   if pixels[i:i + 3] == wanted)
 
     def menu_rows(self) -> list[tuple[int, int]]:
         """Where each entry of an open popup menu is (x, y of its label's middle),

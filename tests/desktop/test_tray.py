@@ -36,6 +36,12 @@ def registered(session: DesktopSession) -> list[str]:
     return found
 
 
+def watcher_owner(session: DesktopSession) -> str:
+    owner: str = session_call(session, "org.freedesktop.DBus", "/org/freedesktop/DBus",
+                              "org.freedesktop.DBus", "GetNameOwner", "s", [WATCHER])
+    return owner
+
+
 def item_name(session: DesktopSession) -> str:
     proc = session.procs["tray"]
     return f"org.kde.StatusNotifierItem-{proc.pid}-1"
@@ -103,6 +109,28 @@ def test_the_item_comes_back_after_waybar_restarts(sim: Sim, session: DesktopSes
     session.wait_for(lambda: any(n.startswith(item_name(session)) for n in registered(session)),
                      "the item registered with the new watcher")
     session.wait_for(lambda: shows(session, Look.PENDING), "the icon after the restart")
+
+
+def test_two_tray_hosts_show_it_and_the_survivor_keeps_it(
+        sim: Sim, session: DesktopSession) -> None:
+    # Two bars, two hosts, each with its own watcher: waybar takes the
+    # watcher's name from whoever has it (and queues the first for it). The
+    # item registers with the new owner, so both bars show it, and the second
+    # keeps it, following the state, when the first bar goes.
+    session.start_tray(sim.bus.address)
+    session.wait_for(lambda: shows(session, Look.PENDING), "the icon in the first bar")
+    first_owner = watcher_owner(session)
+    session.start_waybar("waybar-bottom", "bottom")
+    session.wait_for(lambda: watcher_owner(session) != first_owner,
+                     "the second bar taking the watcher's name")
+    session.wait_for(lambda: session.bar_pixels(rgb(Look.PENDING), "bottom") > 100,
+                     "the icon in the second bar")
+    assert shows(session, Look.PENDING)  # and still in the first
+    session.stop_process("waybar")
+    assert sim.ctl("mark-good").returncode == 0
+    session.wait_for(lambda: session.bar_pixels(rgb(Look.GOOD), "bottom") > 100,
+                     "the good icon in the surviving bar")
+    assert any(n.startswith(item_name(session)) for n in registered(session))
 
 
 def test_a_menu_click_reaches_the_daemon_and_notifies(sim: Sim, session: DesktopSession) -> None:
