@@ -128,3 +128,43 @@ async def test_mount_unlocks_the_locked_data_disk(sim: Sim) -> None:
         await settle(app, pilot)
         assert text(app, "#result") == "Done: the data disk is mounted."
     assert data_status(sim)["State"] == "mounted"
+
+
+async def test_closing_the_guide_during_a_setup_leaves_the_job_to_the_daemon(sim: Sim) -> None:
+    # The person closes the guide as soon as the setup started: the job is
+    # anklumed's, it ends by itself (failing here: no device-mapper), and
+    # nothing is left looking set up: no data disk, no pool on PERSIST.
+    assert sim.data_disk is not None
+    disk = sim.data_disk.name
+    before = sim.persist_files()
+    app = GuideApp(address=sim.bus.address)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("1")
+        await settle(app, pilot)
+        screen = app.screen
+        assert isinstance(screen, SetupScreen)
+        table = screen.query_one("#disks", DataTable)
+        table.move_cursor(row=[str(table.get_row_at(i)[0])
+                               for i in range(table.row_count)].index(disk))
+        await type_into(pilot, "#confirm", disk)
+        await type_into(pilot, "#pool", "vault")
+        await type_into(pilot, "#pass1", "a long enough passphrase")
+        await type_into(pilot, "#pass2", "a long enough passphrase")
+        await start(pilot)
+        for _ in range(200):  # the job asked for and started, not ended
+            if screen.job:
+                break
+            await pilot.pause(0.02)
+        assert screen.job.startswith("/org/anklume/Live1/job/")
+        assert " running " in sim.ctl("jobs").stdout  # closed in the middle of it
+        await app.action_quit()
+    job = screen.job.rsplit("/", 1)[1]
+    waited = sim.ctl("wait", job)
+    assert waited.returncode == 1, waited.stderr  # it went on, then failed: no dm-crypt here
+    assert "Traceback" not in waited.stdout + waited.stderr
+    jobs = sim.ctl("jobs").stdout
+    assert " failed " in jobs and " running " not in jobs, jobs
+    status = data_status(sim)
+    assert status["State"] == "absent"
+    after = sim.persist_files()
+    assert sorted(after) == sorted(before)  # no pool configuration left on PERSIST
