@@ -133,6 +133,8 @@ def view(status: Status | None, data: DataDisk | None,
     said, done = progress_words(progress if status.update_running else None)
     if status.update_running:
         lines.append("Update running" + (f": {said}" if said else ""))
+    if status.primary_slot and status.booted_slot and status.primary_slot != status.booted_slot:
+        lines.append(f"Slot {status.primary_slot} boots next")
     if status.safe_to_remove:
         lines.append("The USB stick can be safely removed")
     lines += list(status.reasons[:2])

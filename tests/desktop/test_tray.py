@@ -133,6 +133,28 @@ def test_two_tray_hosts_show_it_and_the_survivor_keeps_it(
     assert any(n.startswith(item_name(session)) for n in registered(session))
 
 
+def test_without_a_tray_host_the_notifications_still_come(
+        sim: Sim, session: DesktopSession) -> None:
+    # This boot is a rollback, and no bar is there: the person is told by a
+    # notification; a bar that comes later shows the icon; a second login (the
+    # tray started again) does not announce it again.
+    sim.write_handoff(sim.handoff.read_text().replace("ROLLBACK=0", "ROLLBACK=1\nROLLBACK_FROM=B"))
+    sim.restart_daemon()
+    session.stop_process("waybar")
+    session.wait_for(lambda: not session.has_owner(WATCHER), "no tray host")
+    session.start_tray(sim.bus.address)
+    session.wait_for(lambda: "The previous system was restored" in summaries(session),
+                     "the rollback's notification")
+    session.start_waybar()
+    session.wait_for(lambda: shows(session, Look.ROLLED_BACK), "the icon once a bar is there")
+    session.stop_process("tray")
+    session.start_tray(sim.bus.address)  # the next login
+    session.wait_for(lambda: any(n.startswith(item_name(session)) for n in registered(session))
+                     and shows(session, Look.ROLLED_BACK), "the icon of the next login")
+    time.sleep(1)  # its notices went out with its first icon
+    assert summaries(session).count("The previous system was restored") == 1
+
+
 def test_a_menu_click_reaches_the_daemon_and_notifies(sim: Sim, session: DesktopSession) -> None:
     sim.edit_persist({"slots/B.meta": OK_B})
     sim.restart_daemon()  # B is ready: the menu offers the rollback
@@ -216,6 +238,7 @@ def test_a_pointer_click_on_a_menu_entry_reaches_the_daemon(
     session.click(*rows[labels.index("Roll back to slot B")])
     session.wait_for(lambda: "Slot B boots next" in summaries(session), "the rollback's notice")
     assert sim.status()["PrimarySlot"] == "B"
+    session.wait_for(lambda: "Slot B boots next" in tooltip(session), "the next boot's slot")
     assert session.menu_rows() == []  # the menu closed
 
 

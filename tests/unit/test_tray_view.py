@@ -132,3 +132,28 @@ def test_a_pulled_disk_is_announced_again_when_pulled_again(tmp_path: Path) -> N
     assert memory.fresh(notices(STATUS, pulled)) == []
     assert memory.fresh(notices(STATUS, DATA)) == []  # back: forgotten
     assert [n.key for n in memory.fresh(notices(STATUS, pulled))] == ["pulled"]
+
+
+@pytest.mark.parametrize(("status", "data", "key", "summary"), [
+    (dataclasses.replace(STATUS, boot_state=BootState.DEGRADED, reasons=("PERSIST is full",)),
+     DATA, "degraded", "The system is degraded"),
+    (dataclasses.replace(STATUS, safe_to_remove=True, root_in_ram=True), DATA,
+     "safe-to-remove", "The USB stick can be safely removed"),
+    (STATUS, dataclasses.replace(DATA, state=DataState.LOCKED, attempts_left=0),
+     "unlock-paused", "Unlocking is paused"),
+    (dataclasses.replace(STATUS, last_update_job="/j/4", last_update_state=JobState.FAILED,
+                         last_update_message="the signature is wrong"), DATA,
+     "update-/j/4", "The update did not finish"),
+])
+def test_each_event_has_its_notice(status: object, data: object, key: str,
+                                   summary: str) -> None:
+    made = {n.key: n for n in notices(status, data)}  # type: ignore[arg-type]
+    assert list(made) == [key]
+    assert made[key].summary == summary
+
+
+def test_the_tooltip_says_the_next_slot_and_a_removable_stick() -> None:
+    shown = view(dataclasses.replace(STATUS, primary_slot="B", safe_to_remove=True), DATA)
+    assert "Slot B boots next" in shown.tooltip
+    assert "The USB stick can be safely removed" in shown.tooltip
+    assert "boots next" not in view(dataclasses.replace(STATUS, primary_slot="A"), DATA).tooltip
