@@ -175,9 +175,10 @@ class GuardedServer(Server):
         pass  # textual-serve prints its logo and the bare URL; the launcher says what to open
 
 
-def guide_command() -> str:
+def guide_command(opening: str = "") -> str:
     """The command each browser session runs: the guide, in its own process."""
-    return shlex.join([sys.executable, "-m", "anklume_desktop.guide"])
+    return shlex.join([sys.executable, "-m", "anklume_desktop.guide",
+                       *(["--open", opening] if opening else [])])
 
 
 async def start(server: GuardedServer) -> web.AppRunner:

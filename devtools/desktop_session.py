@@ -142,9 +142,10 @@ class DesktopSession:
         if done.returncode != 0:
             raise RuntimeError(f"the virtual pointer failed: {done.stderr[-500:]}")
 
-    def start_tray(self, system_bus: str) -> subprocess.Popen[bytes]:
+    def start_tray(self, system_bus: str,
+                   env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         return self.spawn("tray", [sys.executable, "-m", "anklume_desktop.tray",
-                                   "--bus", system_bus], cwd=REPO)
+                                   "--bus", system_bus], env=env, cwd=REPO)
 
     def stop(self) -> None:
         for name in reversed(list(self.procs)):

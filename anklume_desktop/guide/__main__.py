@@ -27,7 +27,7 @@ async def _data_state(address: str | None) -> DataState:
         return DataState.UNKNOWN
 
 
-def _serve_web(open_browser: bool) -> int:
+def _serve_web(open_browser: bool, opening: str) -> int:
     from anklume_desktop.web_guard import (
         Guard,
         GuardedServer,
@@ -36,7 +36,7 @@ def _serve_web(open_browser: bool) -> int:
         serve_until_stopped,
     )
 
-    server = GuardedServer(guide_command(), Guard(port=0))
+    server = GuardedServer(guide_command(opening), Guard(port=0))
     server.initialize_logging()
 
     pages: list[Path] = []
@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true",
                         help="with --first-login: open nothing, exit 0 if it would open, "
                              "1 if not (for a session script: ... && foot anklume-guide)")
+    parser.add_argument("--open", choices=("setup", "mount", "tour", "shortcuts"),
+                        default="", help="open this screen over the welcome screen")
     parser.add_argument("--bus", help="the system bus's address (tests)")
     args = parser.parse_args(argv)
     address = args.bus or os.environ.get("DBUS_SYSTEM_BUS_ADDRESS")
@@ -78,10 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         if not opens:
             return 0
     if args.web:
-        return _serve_web(not args.no_browser)
+        return _serve_web(not args.no_browser, args.open)
     from anklume_desktop.guide.app import GuideApp
 
-    GuideApp(address).run()
+    GuideApp(address, opening=args.open).run()
     return 0
 
 

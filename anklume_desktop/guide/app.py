@@ -37,10 +37,14 @@ class GuideApp(App[None]):
     """
     BINDINGS: ClassVar[list[BindingType]] = [Binding("q", "quit", "Quit")]
 
-    def __init__(self, address: str | None = None, state_dir: Path | None = None) -> None:
+    def __init__(self, address: str | None = None, state_dir: Path | None = None,
+                 opening: str = "") -> None:
+        """``opening``: one of the welcome screen's choices to open over it
+        (the tray's "Unlock" opens ``mount``), else the welcome screen."""
         super().__init__()
         self.address = address
         self.state_dir = state_dir or first_login.state_dir()
+        self.opening = opening
         self._daemon: Daemon | None = None
 
     async def daemon(self) -> Daemon:
@@ -50,7 +54,10 @@ class GuideApp(App[None]):
         return self._daemon
 
     def on_mount(self) -> None:
-        self.push_screen(WelcomeScreen())
+        welcome = WelcomeScreen()
+        self.push_screen(welcome)
+        if self.opening:
+            welcome.action_open(self.opening)
 
     async def on_unmount(self) -> None:
         # A running job is anklumed's: closing the guide stops following it, not it.

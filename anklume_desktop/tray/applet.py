@@ -126,7 +126,7 @@ class Applet:
 
     async def run_action(self, action: Action) -> None:
         if action in (Action.GUIDE, Action.UNLOCK):  # a passphrase needs the guide's screen
-            open_guide()
+            open_guide("mount" if action == Action.UNLOCK else "")
             return
         if self.daemon is None:
             await self.notifier.send(Notice("", "anklumed is not answering",
@@ -182,9 +182,11 @@ def update_source() -> str:
     return ""
 
 
-def open_guide() -> None:
-    """In a terminal when there is one (foot on the image), else in the browser."""
-    guide = [sys.executable, "-m", "anklume_desktop.guide"]
+def open_guide(opening: str = "") -> None:
+    """In a terminal when there is one (foot on the image), else in the browser;
+    ``opening``: the guide's screen to open (``mount`` to unlock)."""
+    guide = [sys.executable, "-m", "anklume_desktop.guide",
+             *(["--open", opening] if opening else [])]
     terminal = os.environ.get("ANKLUME_TERMINAL", "foot")
     argv = [terminal, *guide] if shutil.which(terminal) else [*guide, "--web"]
     subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)

@@ -242,6 +242,30 @@ def test_a_pointer_click_on_a_menu_entry_reaches_the_daemon(
     assert session.menu_rows() == []  # the menu closed
 
 
+def test_the_icon_and_unlock_open_the_guide(sim: Sim, session: DesktopSession) -> None:
+    # A left click on the icon opens the welcome guide; "Unlock the data disk"
+    # opens it on its mount screen (a passphrase needs the guide). The
+    # terminal here records the command it was given.
+    assert sim.data_disk is not None
+    assert sim.ctl("data", "setup", "--disk", str(sim.data_disk), "--fs", "btrfs",
+                   "--encryption", "none", "--pool-name", "vault", "--yes").returncode == 0
+    assert sim.ctl("data", "lock").returncode == 0
+    assert sim.ctl("mark-good").returncode == 0  # else "not confirmed" is the look
+    opened = session.runtime / "guide-opened"
+    terminal = session.runtime / "terminal"
+    terminal.write_text(f'#!/bin/sh\necho "$*" >> {opened}\n')
+    terminal.chmod(0o755)
+    session.start_tray(sim.bus.address, {"ANKLUME_TERMINAL": str(terminal)})
+    session.wait_for(lambda: shows(session, Look.LOCKED), "the locked icon")
+    session.click(*icon_spot(session, Look.LOCKED))
+    session.wait_for(opened.exists, "the guide opened by a click on the icon")
+    click_entry(session, "Unlock the data disk")
+    session.wait_for(lambda: len(opened.read_text().splitlines()) == 2, "the guide for unlocking")
+    first, second = opened.read_text().splitlines()
+    assert first.endswith("-m anklume_desktop.guide")
+    assert second.endswith("-m anklume_desktop.guide --open mount")
+
+
 def test_update_now_runs_the_update_and_the_icon_shows_its_progress(
         sim: Sim, session: DesktopSession, tmp_path: Path) -> None:
     manifest = make_bundle(sim, tmp_path, filler=IMAGE_FILLER)

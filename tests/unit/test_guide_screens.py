@@ -12,6 +12,7 @@ from textual.widgets import Button, DataTable, Static
 from anklume_desktop.daemon import DataState
 from anklume_desktop.guide import first_login, keybindings, tour
 from anklume_desktop.guide.app import GuideApp, WelcomeScreen
+from anklume_desktop.guide.mount import MountScreen
 from anklume_desktop.guide.passphrase import Verdict, judge
 from anklume_desktop.guide.shortcuts import ShortcutsScreen
 from anklume_desktop.guide.tour import TourScreen
@@ -39,6 +40,17 @@ async def test_welcome_says_the_daemon_is_unreachable(app: GuideApp) -> None:
         assert isinstance(app.screen, WelcomeScreen)
         assert "cannot reach the system bus" in text(app, "#data-state")
         assert_snapshot(app, "guide_welcome_unreachable")
+
+
+async def test_the_guide_can_open_on_a_screen_over_the_welcome(tmp_path: Path) -> None:
+    # The tray's "Unlock the data disk" opens the guide on its mount screen.
+    app = GuideApp(address=f"unix:path={tmp_path}/no-bus", state_dir=tmp_path / "state",
+                   opening="mount")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert isinstance(app.screen, MountScreen)
+        await pilot.press("escape")
+        assert isinstance(app.screen, WelcomeScreen)
 
 
 async def test_the_four_choices_open_their_screens(app: GuideApp) -> None:
