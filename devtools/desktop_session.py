@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from devtools.slowness import scaled
+
 REPO = Path(__file__).resolve().parent.parent
 WIDTH, HEIGHT, BAR = 640, 480, 30
 
@@ -96,7 +98,7 @@ class DesktopSession:
             cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(argv, env=self.env, cwd=cwd or self.runtime, user=self.user.pw_uid,
                               group=self.user.pw_gid, extra_groups=[], capture_output=True,
-                              text=True, timeout=timeout, check=False)
+                              text=True, timeout=scaled(timeout), check=False)
 
     def prepare(self) -> DesktopSession:
         """The user's runtime directory only (enough for a headless browser)."""
@@ -163,7 +165,7 @@ class DesktopSession:
         """The whole output as (width, height, RGB bytes), by grim (screencopy)."""
         done = subprocess.run(["grim", "-t", "ppm", "-"], env=self.env, user=self.user.pw_uid,
                               group=self.user.pw_gid, extra_groups=[], capture_output=True,
-                              timeout=20, check=True)
+                              timeout=scaled(20), check=True)
         magic, size, _maxval, pixels = done.stdout.split(b"\n", 3)
         assert magic == b"P6", magic
         width, height = (int(n) for n in size.split())
@@ -204,6 +206,7 @@ class DesktopSession:
 
     def wait_for(self, check: object, what: str, timeout: float = 30) -> None:
         assert callable(check)
+        timeout = scaled(timeout)
         deadline = time.monotonic() + timeout
         while not check():
             if time.monotonic() > deadline:

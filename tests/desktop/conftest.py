@@ -19,6 +19,7 @@ from dbus_fast.aio import MessageBus
 
 from anklume_client.connection import unwrap
 from devtools.desktop_session import DesktopSession
+from devtools.slowness import scaled
 from tests.service.conftest import sim  # noqa: F401 - the simulation, as a fixture
 
 pytestmark = pytest.mark.desktop
@@ -60,7 +61,7 @@ def session_call(session: DesktopSession, dest: str, path: str, iface: str, memb
         try:
             reply = await asyncio.wait_for(bus.call(Message(
                 destination=dest, path=path, interface=iface, member=member,
-                signature=signature, body=body or [])), 10)
+                signature=signature, body=body or [])), scaled(10))
         finally:
             bus.disconnect()
             with contextlib.suppress(Exception):  # the reader's EOF on our own hang-up
