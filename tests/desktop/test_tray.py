@@ -177,6 +177,9 @@ def test_a_menu_click_reaches_the_daemon_and_notifies(sim: Sim, session: Desktop
                  [rollback_id, "clicked", Variant("s", ""), 0])
     session.wait_for(lambda: "The rollback was refused" in summaries(session),
                      "the refusal's notification")
+    refusal = next(n for n in mako_notices(session)
+                   if n["summary"]["data"] == "The rollback was refused")  # type: ignore[index]
+    assert "nothing was changed" in str(refusal["body"]["data"])  # type: ignore[index]
     assert sim.status()["PrimarySlot"] == "A"
 
     sim.set_polkit("allow")
@@ -204,6 +207,9 @@ def test_the_tray_says_when_anklumed_is_gone_and_reconnects(sim: Sim,
     assert "not answering" in tooltip(session)
     sim.start_daemon()
     session.wait_for(lambda: shows(session, Look.PENDING), "the icon after anklumed is back")
+    sim.restart_daemon()  # a quick restart: the tray follows the new daemon
+    assert sim.ctl("mark-good").returncode == 0
+    session.wait_for(lambda: shows(session, Look.GOOD), "the icon after a restart and mark-good")
 
 
 def icon_spot(session: DesktopSession, look: Look) -> tuple[int, int]:
