@@ -19,6 +19,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from dbus_fast import NameFlag, RequestNameReply
 from dbus_fast.aio import MessageBus
 from dbus_fast.errors import AuthError, InvalidAddressError
 
@@ -31,6 +32,7 @@ from anklume_desktop.tray.view import Action, view
 
 log = logging.getLogger("anklume-tray")
 RETRY = 2.0  # seconds between attempts to reach anklumed
+INSTANCE_NAME = "org.anklume.Tray"  # owned by the session's one tray
 # Where "Update now" finds the bundle's URL (one line): the person's own file,
 # else the image's (the distributor's channel).
 SYSTEM_UPDATE_SOURCE = Path("/etc/anklume/update-source")
@@ -192,6 +194,14 @@ def open_guide(opening: str = "") -> None:
     subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
 
 
+async def first_in_session(session: MessageBus) -> bool:
+    """Whether this is the session's only tray: started twice (an autostart
+    entry and the compositor's config), the second would show a second icon
+    and announce everything twice."""
+    reply = await session.request_name(INSTANCE_NAME, NameFlag.DO_NOT_QUEUE)
+    return reply == RequestNameReply.PRIMARY_OWNER
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="anklume-tray", description=__doc__)
     parser.add_argument("--bus", help="the system bus's address (tests)")
@@ -201,16 +211,20 @@ def main(argv: list[str] | None = None) -> int:
         print("anklume-tray runs in a desktop session, not as root", file=sys.stderr)
         return 2
 
-    async def run() -> None:
+    async def run() -> int:
         session = await MessageBus().connect()
+        if not await first_in_session(session):
+            print("anklume-tray: already running in this session; this one stops",
+                  file=sys.stderr)
+            return 0
         address = args.bus or os.environ.get("DBUS_SYSTEM_BUS_ADDRESS")
         await Applet(session, address, Memory(state_dir())).run()
+        return 0
 
     try:
-        asyncio.run(run())
+        return asyncio.run(run())
     except KeyboardInterrupt:
         return 0
     except (OSError, InvalidAddressError, AuthError) as e:
         print(f"anklume-tray: cannot reach the session bus: {e}", file=sys.stderr)
         return 1
-    return 0

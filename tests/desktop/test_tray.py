@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from dbus_fast import Variant
 from anklume_desktop.tray.sni import ITEM_IFACE, ITEM_PATH, MENU_IFACE, MENU_PATH
 from anklume_desktop.tray.view import COLOURS, REMAINING, Look
 from devtools.bundle_server import Faults, serving
-from devtools.desktop_session import BAR, DesktopSession
+from devtools.desktop_session import BAR, REPO, DesktopSession
 from tests.desktop.conftest import session_call
 from tests.service.conftest import Sim
 from tests.service.test_update import make_bundle
@@ -98,6 +99,21 @@ def test_the_tray_shows_the_state_and_follows_it(sim: Sim, session: DesktopSessi
     session.wait_for(lambda: shows(session, Look.GOOD), "the good icon after mark-good")
     assert not shows(session, Look.PENDING)
     assert "This boot is confirmed" in tooltip(session)
+
+
+def test_a_second_tray_in_the_same_session_steps_aside(sim: Sim,
+                                                       session: DesktopSession) -> None:
+    # Started twice (an autostart entry and the compositor's config both):
+    # one icon, one set of notifications; the second says so and exits.
+    session.start_tray(sim.bus.address)
+    session.wait_for(lambda: shows(session, Look.PENDING), "the icon")
+    second = session.run([sys.executable, "-m", "anklume_desktop.tray", "--bus",
+                          sim.bus.address], cwd=REPO)
+    assert second.returncode == 0
+    assert "already running in this session" in second.stderr
+    assert "Traceback" not in second.stderr
+    items = registered(session)
+    assert len(items) == 1 and items[0].startswith(item_name(session)), items
 
 
 def test_the_item_comes_back_after_waybar_restarts(sim: Sim, session: DesktopSession) -> None:
