@@ -66,6 +66,8 @@ class SetupScreen(Screen[None]):
     async def on_mount(self) -> None:
         table = self.query_one("#disks", DataTable)
         table.add_columns("disk", "size", "can it be used?", "model", "holds")
+        # Shown once a job runs: idle, an indeterminate bar would only bounce.
+        self.query_one("#progress", ProgressBar).display = False
         self.run_worker(self.load(), exclusive=True, group="load")
 
     async def load(self) -> None:
@@ -158,6 +160,7 @@ class SetupScreen(Screen[None]):
         backend = self.query_one("#backend", Select).value
         assert isinstance(backend, Backend)
         self.say(f"Setting up {disk.name}… closing the guide does not stop it.")
+        self.query_one("#progress", ProgressBar).display = True
         try:
             daemon = await daemon_of(self)
             self.job = await daemon.setup(disk.device, pool, backend, Encryption.LUKS2,

@@ -67,6 +67,18 @@ async def test_the_four_choices_open_their_screens(app: GuideApp) -> None:
         assert type(app.screen).__name__ == "MountScreen"
 
 
+async def test_the_setup_screen_says_why_it_cannot_list_disks(app: GuideApp) -> None:
+    # Screen 1's form, and what it says when anklumed does not answer.
+    async with app.run_test(size=(100, 50)) as pilot:
+        await pilot.press("1")
+        await pilot.pause()
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert type(app.screen).__name__ == "SetupScreen"
+        assert "cannot reach the system bus" in text(app, "#result")
+        assert_snapshot(app, "guide_setup_unreachable")
+
+
 async def test_the_tour_turns_its_pages_and_names_missing_commands(
         app: GuideApp, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("anklume_desktop.guide.tour.shutil.which",
