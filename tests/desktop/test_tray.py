@@ -318,3 +318,12 @@ def test_update_now_runs_the_update_and_the_icon_shows_its_progress(
                          "the cancelled update's notification")
         session.wait_for(lambda: shows(session, Look.PENDING), "the icon after the update")
     assert "Update running" not in tooltip(session)
+    with serving(manifest.parent) as server:  # a server that behaves: the update ends
+        session.configure("anklume/update-source", f"{server.url}/{manifest.name}\n")
+        click_entry(session, "Update now")
+        session.wait_for(lambda: "The update is ready" in summaries(session),
+                         "the finished update's notification", timeout=60)
+    ready = next(n for n in mako_notices(session)
+                 if n["summary"]["data"] == "The update is ready")  # type: ignore[index]
+    assert ready["actions"]["data"] == {"reboot": "Reboot now"}  # type: ignore[index]
+    session.wait_for(lambda: "Slot B boots next" in tooltip(session), "the new slot next")
