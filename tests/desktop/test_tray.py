@@ -303,15 +303,22 @@ def test_update_now_runs_the_update_and_the_icon_shows_its_progress(
         # The person's own source (the image's /etc/anklume/update-source is the default).
         session.configure("anklume/update-source", f"{server.url}/{manifest.name}\n")
         click_entry(session, "Update now")
-        session.wait_for(lambda: re.search(r"Update running: writing \d+%", tooltip(session))
-                         is not None, "the update's progress in the tooltip")
-        match = re.search(r"writing (\d+)%", tooltip(session))
-        assert match is not None
-        percent = int(match.group(1))
-        assert 0 < percent < 100
-        # The icon: a disc whose done part has the updating colour, the rest another.
-        done, rest = session.bar_pixels(rgb(Look.UPDATING)), session.bar_pixels(REMAINING[1:])
-        assert done > 0 and rest > 0
+        # The icon: a disc whose done part has the updating colour, the rest
+        # another; read between two equal tooltips (the progress may move).
+        seen: list[int] = []
+
+        def steady_progress() -> bool:
+            before = re.search(r"Update running: writing ([1-9]\d*)%", tooltip(session))
+            seen[:] = [session.bar_pixels(rgb(Look.UPDATING)),
+                       session.bar_pixels(REMAINING[1:])]
+            after = re.search(r"Update running: writing ([1-9]\d*)%", tooltip(session))
+            if before is None or after is None or before.group(1) != after.group(1):
+                return False
+            seen.append(int(before.group(1)))
+            return True
+        session.wait_for(steady_progress, "the update's progress in the tooltip")
+        done, rest, percent = seen
+        assert percent < 100 and done > 0 and rest > 0
         assert abs(done / (done + rest) - percent / 100) < 0.15, (done, rest, percent)
         assert sim.ctl("cancel").returncode == 0
         session.wait_for(lambda: "The update did not finish" in summaries(session),
