@@ -60,7 +60,10 @@ def main() -> int:
     try:
         desktops = offered(DESKTOPS_FILE.read_text())
         name, note = choose(CMDLINE.read_text(), desktops)
-    except (OSError, SessionError) as e:
+    except OSError as e:
+        print(f"anklume-session: cannot read {e.filename}: {e.strerror}", file=sys.stderr)
+        return 1
+    except SessionError as e:
         print(f"anklume-session: {e}", file=sys.stderr)
         return 1
     if note:

@@ -3,6 +3,7 @@ login, the boot menu's desktop entries and the session each entry starts."""
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 import xml.etree.ElementTree as ET
@@ -253,3 +254,29 @@ def test_the_guides_web_mode_without_textual_serve_says_so(
     assert main(["--web", "--no-browser"]) == 1
     err = capsys.readouterr().err
     assert "the web mode needs textual_serve" in err and "Traceback" not in err
+
+
+def test_anklume_session_execs_the_chosen_desktop_with_its_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "desktops").write_text("sway\nkde\n")
+    (tmp_path / "cmdline").write_text("boot=anklume anklume.desktop=kde quiet\n")
+    monkeypatch.setattr(session, "DESKTOPS_FILE", tmp_path / "desktops")
+    monkeypatch.setattr(session, "CMDLINE", tmp_path / "cmdline")
+    started: list[list[str]] = []
+
+    def execvp(file: str, args: list[str]) -> None:
+        started.append(args)
+        raise FileNotFoundError(2, "No such file or directory")  # FAKE: no compositor here
+
+    monkeypatch.setattr(os, "execvp", execvp)
+    for name in ("XDG_CURRENT_DESKTOP", "XDG_SESSION_DESKTOP", "XDG_SESSION_TYPE"):
+        monkeypatch.delenv(name, raising=False)
+    assert session.main() == 1
+    assert started == [["startplasma-wayland"]]
+    assert (os.environ["XDG_CURRENT_DESKTOP"], os.environ["XDG_SESSION_TYPE"]) == ("KDE", "wayland")
+    assert "cannot start kde: No such file or directory" in capsys.readouterr().err
+    (tmp_path / "desktops").unlink()
+    assert session.main() == 1
+    assert f"cannot read {tmp_path / 'desktops'}: No such file" in capsys.readouterr().err
+    assert len(started) == 1
