@@ -29,8 +29,11 @@ DEBIAN_ZFS = ["linux-headers-amd64", "zfs-dkms", "zfsutils-linux"]
 # session, docs/desktop.md), the session bus the tray needs, the welcome
 # guide's textual (Debian 13: 2.1.2) and a font for the terminals. The
 # guide's web mode also needs textual-serve, which Debian 13 does not
-# package: the image has no web mode (docs/desktop.md says so).
-DEBIAN_GRAPHICAL = ["greetd", "dbus-user-session", "python3-textual", "fonts-dejavu-core"]
+# package: the image has no web mode (docs/desktop.md says so). `login`
+# is no longer essential in Debian 13, and greetd's PAM file includes its
+# /etc/pam.d/login: without it greetd fails at its start.
+DEBIAN_GRAPHICAL = ["greetd", "login", "dbus-user-session", "python3-textual",
+                    "fonts-dejavu-core"]
 
 # What each desktop adds (seed 000: sway and labwc share foot, fuzzel, the
 # keyboard shortcuts, waybar with the tray, mako; KDE is the large one and

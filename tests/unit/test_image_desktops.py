@@ -50,7 +50,7 @@ def test_each_desktop_chooses_its_packages_and_the_login(
         desktop: Desktop, has: set[str], lacks: set[str]) -> None:
     chosen = set(packages.debian_packages(config(desktop)))
     # greetd logs in every desktop; the tray needs a session bus, the guide textual.
-    assert has | {"greetd", "dbus-user-session", "python3-textual"} <= chosen
+    assert has | {"greetd", "login", "dbus-user-session", "python3-textual"} <= chosen
     assert not chosen & lacks
 
 
@@ -108,7 +108,8 @@ def test_greetd_starts_the_live_users_session_away_from_tty1() -> None:
     greetd = tomllib.loads((ROOT / "desktop/greetd/config.toml").read_text())
     assert greetd["initial_session"] == {"command": "anklume-session",
                                          "user": install.LIVE_USER}
-    assert greetd["default_session"]["command"].endswith("--cmd anklume-session")
+    # greetd's user has no /usr/sbin in its PATH: agreety by its full name.
+    assert greetd["default_session"]["command"] == "/usr/sbin/agreety --cmd anklume-session"
     # tty1 is the first-boot wizard's (units/anklume-first-boot.service).
     assert "TTYPath=/dev/tty1" in (ROOT / "units/anklume-first-boot.service").read_text()
     assert greetd["terminal"]["vt"] != 1
