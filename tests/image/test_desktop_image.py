@@ -131,7 +131,7 @@ def test_sway_accepts_the_images_configuration(root: Path) -> None:
     """sway's own check (-C) of /etc/sway/config with what it includes. It
     exits 0 even on errors, which it logs as [ERROR] lines; it makes a
     backend first: a headless one here, drawn by pixman."""
-    env = {"PATH": "/usr/bin:/bin", "HOME": "/root", "XDG_RUNTIME_DIR": "/tmp",
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "XDG_RUNTIME_DIR": "/tmp",
            "WLR_BACKENDS": "headless", "WLR_RENDERER": "pixman"}
     proc = subprocess.run(["chroot", str(root), "sway", "-C"], capture_output=True,
                           text=True, check=False, env=env, timeout=scaled(60))
