@@ -26,6 +26,17 @@ class Desktop(StrEnum):
     ALL = "all"          # every desktop, chosen in the boot menu
 
 
+# The graphical sessions an image offers, the default first (the boot menu's
+# default entry starts it; the others get entries of their own).
+SESSIONS: dict[Desktop, tuple[Desktop, ...]] = {
+    Desktop.MINIMAL: (),
+    Desktop.SWAY: (Desktop.SWAY,),
+    Desktop.LABWC: (Desktop.LABWC,),
+    Desktop.KDE: (Desktop.KDE,),
+    Desktop.ALL: (Desktop.SWAY, Desktop.LABWC, Desktop.KDE),
+}
+
+
 # Partition sizes from the seed's "Boot Media Layout".
 DEFAULT_EFI_MIB = 512
 DEFAULT_SLOT_MIB = 1536
@@ -81,6 +92,10 @@ class BuildConfig(BaseModel):
     def work_dir(self) -> Path:
         """Intermediate files, beside the output (same filesystem: renames are atomic)."""
         return self.out.with_name(self.out.name + ".build")
+
+    @property
+    def sessions(self) -> tuple[Desktop, ...]:
+        return SESSIONS[self.desktop]
 
     @property
     def arch_efi(self) -> str:

@@ -5,7 +5,8 @@ it); slot A's UKI (made by the rootfs stage, docs/boot-chain.md) is
 ``EFI/anklume/slot-a.efi``. The boot menu is what anklumed keeps it as
 (``anklumed/slots/boot_entries.py``): the default entry, counted by
 systemd-boot, then the default without toram and slot A forced; slot B,
-empty, has no kernel and so no entry. Every entry names this stick's PERSIST
+empty, has no kernel and so no entry; an image with several desktops has an
+entry for each one after the first. Every entry names this stick's PERSIST
 partition, so that with two anklume sticks plugged in the initramfs never
 reads the other one's state.
 """
@@ -24,10 +25,11 @@ from anklumed.stick import SlotName
 ESP_LABEL = "ANKLUME-EFI"  # FAT labels hold 11 characters: this one fits exactly
 
 
-def entries(persist_partuuid: str) -> dict[str, str]:
-    """The first boot menu: slot A primary, the only slot with a kernel."""
+def entries(persist_partuuid: str, desktops: tuple[str, ...] = ()) -> dict[str, str]:
+    """The first boot menu: slot A primary, the only slot with a kernel;
+    an entry for each desktop after the image's default one."""
     return boot_entries.wanted_entries(SlotName.A, {SlotName.A}, DEFAULT_ATTEMPTS,
-                                       persist_partuuid)
+                                       persist_partuuid, desktops)
 
 
 def make_esp(config: BuildConfig, boot: Path, uki: Path, persist_partuuid: str,
@@ -42,7 +44,7 @@ def make_esp(config: BuildConfig, boot: Path, uki: Path, persist_partuuid: str,
     loader = work / "esp-files"
     (loader / "entries").mkdir(parents=True, exist_ok=True)
     (loader / "loader.conf").write_text(boot_entries.LOADER_CONF)
-    for name, text in entries(persist_partuuid).items():
+    for name, text in entries(persist_partuuid, tuple(d.value for d in config.sessions)).items():
         (loader / "entries" / name).write_text(text)
     systemd_boot = boot / "efi" / f"systemd-boot{config.arch_efi}.efi"
     if not systemd_boot.exists():

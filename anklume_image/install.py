@@ -6,6 +6,10 @@ the three entry points as small scripts. Units, the bus policy and the polkit
 policy go where a Debian package would put them, and the units are enabled.
 The initramfs gets the boot half (initramfs/) through its initramfs-tools
 hook, with the public key that verifies slot manifests.
+
+An image with a desktop also gets the desktop clients (anklume_desktop: the
+tray, the guide, the session greetd starts), the live user greetd logs in,
+and each desktop's session files from desktop/ (docs/desktop.md).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import shlex
 from pathlib import Path
 
 from anklume_image import cli_docs, uki
-from anklume_image.config import BuildConfig
+from anklume_image.config import BuildConfig, Desktop
 
 DIST_PACKAGES = "/usr/lib/python3/dist-packages"
 # The project's Python packages the system runs (anklumectl stands on the
@@ -25,6 +29,17 @@ ENTRY_POINTS = {
     "anklumectl": "anklumectl.main",
     "anklume-bundle": "anklumed.bundle_tool",
 }
+# The desktop clients, in images with a desktop.
+DESKTOP_PACKAGES = ("anklume_desktop",)
+DESKTOP_ENTRY_POINTS = {
+    "anklume-guide": "anklume_desktop.guide.__main__",
+    "anklume-tray": "anklume_desktop.tray.applet",
+    "anklume-session": "anklume_desktop.session",
+}
+LIVE_USER = "anklume"  # greetd logs it in at boot (desktop/greetd/config.toml)
+# video, render, input: the compositor's devices when logind has not given them
+LIVE_USER_GROUPS = "audio,video,render,input"
+DESKTOPS_FILE = "/usr/share/anklume/desktops"  # read by anklume-session and anklumed
 UNITS = ("anklumed.service", "anklume-boot-check.service", "anklume-data-mount.service",
          "anklume-first-boot.service")
 DROP_INS = ("anklume-data-mount.service.d", "anklume-first-boot.service.d")
@@ -42,15 +57,72 @@ def _entry_point(name: str, module: str) -> str:
             f"chmod 0755 \"$1\"/usr/bin/{name}")
 
 
-def python_hooks(checkout: Path) -> list[str]:
-    sources = " ".join(_q(checkout / p) for p in PYTHON_PACKAGES)
-    installed = " ".join(f"{DIST_PACKAGES}/{p}" for p in PYTHON_PACKAGES)
-    in_root = " ".join(f"\"$1\"{DIST_PACKAGES}/{p}" for p in PYTHON_PACKAGES)
+def python_hooks(checkout: Path, config: BuildConfig) -> list[str]:
+    packages = PYTHON_PACKAGES + (DESKTOP_PACKAGES if config.sessions else ())
+    entry_points = {**ENTRY_POINTS, **(DESKTOP_ENTRY_POINTS if config.sessions else {})}
+    sources = " ".join(_q(checkout / p) for p in packages)
+    installed = " ".join(f"{DIST_PACKAGES}/{p}" for p in packages)
+    in_root = " ".join(f"\"$1\"{DIST_PACKAGES}/{p}" for p in packages)
     hooks = [f"copy-in {sources} {DIST_PACKAGES}",
              # What the checkout's editable install or tests left behind.
              f"find {in_root} -name __pycache__ -prune -exec rm -rf {{}} +"]
-    hooks += [_entry_point(name, module) for name, module in ENTRY_POINTS.items()]
+    hooks += [_entry_point(name, module) for name, module in entry_points.items()]
     hooks.append(f"chroot \"$1\" python3 -m compileall -q {installed}")
+    return hooks
+
+
+# Each desktop's session files: (file in the checkout, path in the image).
+_GRAPHICAL_FILES = [
+    ("desktop/greetd/config.toml", "/etc/greetd/config.toml"),
+    ("anklume_desktop/guide/KEYBINDINGS.txt", "/usr/share/anklume/KEYBINDINGS.txt"),
+]
+_WAYBAR = ("desktop/waybar/config.jsonc", "/etc/xdg/waybar/config.jsonc")
+_DESKTOP_FILES: dict[Desktop, list[tuple[str, str]]] = {
+    Desktop.SWAY: [("desktop/sway/config", "/etc/sway/config"),
+                   ("desktop/sway/anklume.conf", "/etc/sway/config.d/anklume.conf"), _WAYBAR],
+    Desktop.LABWC: [("desktop/labwc/rc.xml", "/etc/xdg/labwc/rc.xml"),
+                    ("desktop/labwc/environment", "/etc/xdg/labwc/environment"),
+                    ("desktop/labwc/autostart", "/etc/xdg/labwc/autostart"), _WAYBAR],
+    # Plasma runs XDG autostart (sway and labwc do not: their files above).
+    Desktop.KDE: [("desktop/autostart/anklume-tray.desktop",
+                   "/etc/xdg/autostart/anklume-tray.desktop"),
+                  ("desktop/autostart/anklume-guide.desktop",
+                   "/etc/xdg/autostart/anklume-guide.desktop")],
+}
+
+
+def session_files(config: BuildConfig) -> list[tuple[str, str]]:
+    """The desktop/ files this image installs, and where (none when minimal)."""
+    if not config.sessions:
+        return []
+    files = list(_GRAPHICAL_FILES)
+    for desktop in config.sessions:
+        files += [f for f in _DESKTOP_FILES[desktop] if f not in files]
+    return files
+
+
+def desktop_hooks(config: BuildConfig, checkout: Path) -> list[str]:
+    """The session files, the desktops' list, the live user, the login."""
+    if not config.sessions:
+        return []
+    hooks = []
+    for source, target in session_files(config):
+        # copy-in puts a file into a directory under its own name (each
+        # target keeps its source's name: tests/unit/test_image_desktops.py).
+        directory = str(Path(target).parent)
+        hooks += [f"mkdir -p \"$1\"{directory}", f"copy-in {_q(checkout / source)} {directory}"]
+    listing = "".join(f"{d.value}\n" for d in config.sessions)
+    hooks += [
+        f"printf %s {_q(listing)} > \"$1\"{DESKTOPS_FILE}",
+        f"chroot \"$1\" useradd --create-home --user-group --groups {LIVE_USER_GROUPS} "
+        f"--shell /bin/bash --comment 'anklume Live' {LIVE_USER}",
+        # No password: greetd logs the live user in at boot; after a log out,
+        # agreety takes an empty one (pam_unix nullok). Not in sudo: changes
+        # to the system go through anklumed and polkit.
+        f"chroot \"$1\" passwd --delete {LIVE_USER}",
+        "chroot \"$1\" systemctl enable greetd.service",
+        "chroot \"$1\" systemctl set-default graphical.target",
+    ]
     return hooks
 
 
@@ -112,5 +184,6 @@ def initramfs_hooks(checkout: Path) -> list[str]:
 
 def customize_hooks(config: BuildConfig, checkout: Path,
                     public_key: Path | None = None) -> list[str]:
-    return [*python_hooks(checkout), *system_hooks(checkout), *key_hooks(public_key),
-            *cli_docs_hooks(config.work_dir / "cli-docs"), *initramfs_hooks(checkout)]
+    return [*python_hooks(checkout, config), *system_hooks(checkout), *key_hooks(public_key),
+            *cli_docs_hooks(config.work_dir / "cli-docs"), *desktop_hooks(config, checkout),
+            *initramfs_hooks(checkout)]

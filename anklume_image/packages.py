@@ -25,13 +25,24 @@ DEBIAN_BASE = [
 ]
 DEBIAN_ZFS = ["linux-headers-amd64", "zfs-dkms", "zfsutils-linux"]
 
+# What every graphical image adds: the login (greetd starts the live user's
+# session, docs/desktop.md), the session bus the tray needs, the welcome
+# guide's textual (Debian 13: 2.1.2) and a font for the terminals. The
+# guide's web mode also needs textual-serve, which Debian 13 does not
+# package: the image has no web mode (docs/desktop.md says so). `login`
+# is no longer essential in Debian 13, and greetd's PAM file includes its
+# /etc/pam.d/login: without it greetd fails at its start.
+DEBIAN_GRAPHICAL = ["greetd", "login", "dbus-user-session", "python3-textual",
+                    "fonts-dejavu-core"]
+
 # What each desktop adds (seed 000: sway and labwc share foot, fuzzel, the
-# keyboard shortcuts; KDE is the large one).
+# keyboard shortcuts, waybar with the tray, mako; KDE is the large one and
+# has its own bar, tray and notifications).
 DEBIAN_DESKTOPS: dict[Desktop, list[str]] = {
     Desktop.MINIMAL: [],
-    Desktop.SWAY: ["sway", "swaybg", "waybar", "foot", "fuzzel", "mako-notifier", "grim"],
-    Desktop.LABWC: ["labwc", "foot", "fuzzel", "mako-notifier", "waybar"],
-    Desktop.KDE: ["plasma-desktop", "sddm", "konsole"],
+    Desktop.SWAY: ["sway", "waybar", "foot", "fuzzel", "mako-notifier"],
+    Desktop.LABWC: ["labwc", "waybar", "foot", "fuzzel", "mako-notifier"],
+    Desktop.KDE: ["plasma-desktop", "plasma-workspace", "kwin-wayland", "konsole"],
 }
 
 
@@ -39,11 +50,9 @@ def debian_packages(config: BuildConfig) -> list[str]:
     wanted = list(DEBIAN_BASE)
     if config.zfs:
         wanted += DEBIAN_ZFS
-    desktops = (
-        [d for d in Desktop if d not in (Desktop.ALL, Desktop.MINIMAL)]
-        if config.desktop is Desktop.ALL else [config.desktop]
-    )
-    for desktop in desktops:
+    if config.sessions:
+        wanted += DEBIAN_GRAPHICAL
+    for desktop in config.sessions:
         wanted += DEBIAN_DESKTOPS[desktop]
     return sorted(set(wanted))
 

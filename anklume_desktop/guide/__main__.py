@@ -28,13 +28,18 @@ async def _data_state(address: str | None) -> DataState:
 
 
 def _serve_web(open_browser: bool, opening: str) -> int:
-    from anklume_desktop.web_guard import (
-        Guard,
-        GuardedServer,
-        guide_command,
-        launcher_page,
-        serve_until_stopped,
-    )
+    try:
+        from anklume_desktop.web_guard import (
+            Guard,
+            GuardedServer,
+            guide_command,
+            launcher_page,
+            serve_until_stopped,
+        )
+    except ImportError as e:  # the image: Debian 13 packages no textual-serve
+        print(f"anklume-guide: the web mode needs {e.name or 'textual-serve'}, which is not "
+              "installed; 'anklume-guide' opens the guide in this terminal", file=sys.stderr)
+        return 1
 
     server = GuardedServer(guide_command(opening), Guard(port=0))
     server.initialize_logging()

@@ -10,6 +10,11 @@ new files, then old ones deleted: no file is ever rewritten in place on FAT.
 The default entry carries systemd-boot's counter, fixed-width and
 pre-initialised (``+3-0``), so that systemd-boot's own rename keeps the
 name's length (uapi-group/specifications#168).
+
+An image with several desktops (``anklume-image build --desktop all``)
+boots its first one from the default entry; each other desktop gets an entry
+of the primary slot that asks for it (``anklume.desktop=NAME``, read by
+``anklume-session``), uncounted like every entry only a person picks.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ MAX_TRIES = 9  # one digit: the counter's rename never changes the name's length
 PANIC_REBOOT_S = 10  # a panicking kernel reboots and spends a try, instead of hanging
 LOADER_CONF = "timeout 3\neditor no\n"  # no `default`: the first entry in sort order boots
 
+_DESKTOP = re.compile(r"^[a-z][a-z0-9]{0,15}$")  # goes into entry file names
 _COUNTED = re.compile(r"^anklume-1-live-([ab])\+([0-9])-([0-9])\.conf$")
 
 
@@ -95,15 +101,16 @@ def _entry(sort_key: str, title: str, slot: SlotName, options: str,
 
 
 def wanted_entries(primary: SlotName, with_kernel: set[SlotName], attempts: int,
-                   persist_partuuid: str) -> dict[str, str]:
+                   persist_partuuid: str, desktops: tuple[str, ...] = ()) -> dict[str, str]:
     """File name → content of every entry the ESP should hold.
 
     Order (systemd-boot's ``sort-key``): the default, the other slot (where
     the boot loader falls back once the default has no tries left), the
-    default without toram, the primary forced. A slot without a kernel on
-    the ESP gets no entry; neither does anything when the primary has none.
-    An entry's text depends only on its name and the stick, so an entry is
-    never rewritten in place: a change is a new name.
+    default without toram, the primary forced, then the default with each
+    desktop after the first (``desktops``: the image's, its default first).
+    A slot without a kernel on the ESP gets no entry; neither does anything
+    when the primary has none. An entry's text depends only on its name and
+    the stick, so an entry is never rewritten in place: a change is a new name.
     """
     if primary not in with_kernel:
         return {}
@@ -123,16 +130,29 @@ def wanted_entries(primary: SlotName, with_kernel: set[SlotName], attempts: int,
         entries[f"anklume-2-slot-{t.value.lower()}.conf"] = _entry(
             "anklume-2", f"anklume Live, slot {t.value}", t,
             f"anklume.slot={t.value} anklume.toram=1", persist_partuuid, unattended=True)
+    for desktop in desktops[1:]:
+        if not _DESKTOP.match(desktop):
+            raise ValueError(f"{desktop!r} is not a desktop's name")
+        entries[f"anklume-5-desktop-{s.value.lower()}-{desktop}.conf"] = _entry(
+            f"anklume-5-{desktop}", f"anklume Live ({desktop})", s,
+            f"anklume.toram=1 anklume.desktop={desktop}", persist_partuuid)
     return dict(sorted(entries.items()))
 
 
-def menu(state: SlotsState, with_kernel: set[SlotName], persist_partuuid: str
-         ) -> dict[str, str]:
+def menu(state: SlotsState, with_kernel: set[SlotName], persist_partuuid: str,
+         desktops: tuple[str, ...] = ()) -> dict[str, str]:
     """The entries for what PERSIST says: its primary, and the other slot
     only while it is ``ok`` (the boot loader falls back to it by itself)."""
     bootable = {s for s in with_kernel
                 if s is state.primary or state.meta[s].status is SlotStatus.OK}
-    return wanted_entries(state.primary, bootable, state.boot_attempts, persist_partuuid)
+    return wanted_entries(state.primary, bootable, state.boot_attempts, persist_partuuid,
+                          desktops)
+
+
+def read_desktops(text: str) -> tuple[str, ...]:
+    """The image's desktops file (one name a line, its default first); a
+    name that could not be an entry's is left out."""
+    return tuple(name for line in text.splitlines() if _DESKTOP.match(name := line.strip()))
 
 
 def fell_back(primary: SlotName, booted: SlotName | None, present: list[str]) -> bool:
@@ -146,7 +166,8 @@ def fell_back(primary: SlotName, booted: SlotName | None, present: list[str]) ->
         max(defaults, key=lambda d: d.name).counter.exhausted
 
 
-_OURS = re.compile(r"^anklume-[1-4]-(live|slot|stick)-[ab](\+[0-9]-[0-9])?\.conf$")
+_OURS = re.compile(r"^anklume-([1-4]-(live|slot|stick)-[ab](\+[0-9]-[0-9])?"
+                   r"|5-desktop-[ab]-[a-z][a-z0-9]{0,15})\.conf$")
 
 
 def is_ours(name: str) -> bool:

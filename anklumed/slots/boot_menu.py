@@ -7,12 +7,19 @@ other slot booted is a rollback the boot loader made alone, and PERSIST
 records it. Each runs inside a PERSIST transaction, after PERSIST's own
 writes; an ESP that cannot be written never undoes them (logged, and
 compared again at the next start).
+
+The desktops the menu offers are those of the running system's image
+(``/usr/share/anklume/desktops``, written by the image builder): a slot
+updated to an image with other desktops gets them at its first boot's
+rewrite; until then an entry of a desktop it lacks starts its default one
+(``anklume-session`` says so).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 from anklumed.errors import AnklumeError
 from anklumed.persist import PersistDir
@@ -21,12 +28,25 @@ from anklumed.slots.esp import Esp
 from anklumed.stick import EFI_LABEL, BootStick, SlotName, partuuid
 
 log = logging.getLogger(__name__)
+DESKTOPS_FILE = Path("/usr/share/anklume/desktops")
 BOOT_LOADER_REASON = "boot-loader"  # last-rollback's REASON for a rollback systemd-boot made
 
 
 class BootMenu:
-    def __init__(self, stick: Callable[[], BootStick | None]) -> None:
+    def __init__(self, stick: Callable[[], BootStick | None],
+                 desktops_file: Path = DESKTOPS_FILE) -> None:
         self.stick = stick
+        self.desktops_file = desktops_file
+
+    def desktops(self) -> tuple[str, ...]:
+        try:
+            return boot_entries.read_desktops(self.desktops_file.read_text())
+        except FileNotFoundError:
+            return ()  # a console-only image
+        except (OSError, UnicodeDecodeError) as e:
+            log.error("%s cannot be read (%s): the boot menu offers no other desktop",
+                      self.desktops_file, e)
+            return ()
 
     def _esp(self) -> tuple[Esp, str] | None:
         """The ESP and this stick's PERSIST PARTUUID, when the stick boots
@@ -52,7 +72,7 @@ class BootMenu:
                 return
             esp, uuid = found
             state = model.read_slots_state(pdir)
-            wanted = boot_entries.menu(state, esp.slots_with_kernel(), uuid)
+            wanted = boot_entries.menu(state, esp.slots_with_kernel(), uuid, self.desktops())
             esp.apply(boot_entries.plan(esp.entries(), wanted, keep_counter=not renew))
         except AnklumeError as e:
             log.error("the boot menu on the ESP was not updated: %s (compared again at the "

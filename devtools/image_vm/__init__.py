@@ -115,7 +115,8 @@ class Machine:
         self.memory_mib = memory_mib
         self.boots = 0
 
-    def argv(self, bootdir: Path, credentials: Mapping[str, bytes]) -> list[str]:
+    def argv(self, bootdir: Path, credentials: Mapping[str, bytes],
+             target: str = "multi-user.target") -> list[str]:
         argv = ["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-cpu", "max",
                 "-smp", "1", "-m", str(self.memory_mib), "-no-reboot", "-nic", "none",
                 "-display", "none", "-monitor", "none",
@@ -131,7 +132,8 @@ class Machine:
                 "-device", "virtio-serial-pci",
                 "-chardev", f"file,id=report,path={bootdir / 'report.json'}",
                 "-device", f"virtserialport,chardev=report,name={REPORT_PORT}",
-                "-smbios", smbios_string(f"io.systemd.boot.kernel-cmdline-extra={SERIAL_CONSOLE}")]
+                "-smbios", smbios_string("io.systemd.boot.kernel-cmdline-extra="
+                                         f"{SERIAL_CONSOLE} systemd.unit={target}")]
         for name, value in credentials.items():
             argv += ["-smbios", smbios_credential(name, value)]
         return argv
@@ -139,8 +141,12 @@ class Machine:
     def boot(self, credentials: Mapping[str, bytes] | None = None,
              commands: Mapping[str, list[str]] | None = None,
              settle: list[str] | None = None,
-             wait: float = 300.0, timeout: float = 600.0) -> Boot:
-        """One boot, up to the guest's report and its poweroff. ``credentials``
+             wait: float = 300.0, timeout: float = 600.0,
+             target: str = "multi-user.target") -> Boot:
+        """One boot, up to the guest's report and its poweroff. ``target``:
+        the boot's goal (an image with a desktop starts it at
+        graphical.target; the tests that do not look at it boot no further
+        than multi-user.target, as fast as a console image). ``credentials``
         are system credentials for the image's own units; ``commands`` (name:
         argv) are run by the report script and their output reported; the
         report waits for boot-complete.target and for ``settle``'s units to
@@ -156,7 +162,7 @@ class Machine:
             "anklume-test.commands": json.dumps(dict(commands or {})).encode(),
             **(credentials or {}),
         }
-        argv = self.argv(bootdir, creds)
+        argv = self.argv(bootdir, creds, target)
         (bootdir / "qemu.argv").write_text("\n".join(argv) + "\n")
         started = time.monotonic()
         report_file = bootdir / "report.json"

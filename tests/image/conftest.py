@@ -46,7 +46,9 @@ def built() -> Iterator[Built]:
     WORK.mkdir(parents=True)
     key = WORK / "signing.pem"
     public_key = bundle.generate_key(key)
-    config = small_config(WORK / "anklume-live.img", signing_key=key)
+    # A sway image: the desktop tests (test_desktop_image.py) read and boot it;
+    # the other boots stop at multi-user.target, as with a console image.
+    config = small_config(WORK / "anklume-live.img", signing_key=key, desktop="sway")
     image = build(config)
     yield Built(config, image, key, public_key)
     shutil.rmtree(WORK, ignore_errors=True)

@@ -1,0 +1,82 @@
+"""``anklume-session``: the desktop session greetd starts for the live user.
+
+The image lists the desktops it has in ``/usr/share/anklume/desktops``, its
+default first. The boot menu's default entry starts that one; each other
+desktop has an entry of its own, which asks for it with
+``anklume.desktop=NAME`` on the kernel command line. A name this image does
+not have (an entry written for the other slot's image, whose desktops may
+differ) starts the default, and says so.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+DESKTOPS_FILE = Path("/usr/share/anklume/desktops")
+CMDLINE = Path("/proc/cmdline")
+_ASKED = re.compile(r"(?:^|\s)anklume\.desktop=([a-z0-9-]+)(?=\s|$)")
+
+
+@dataclass(frozen=True)
+class Session:
+    argv: tuple[str, ...]
+    current_desktop: str  # XDG_CURRENT_DESKTOP: portals and autostart read it
+
+
+SESSIONS = {
+    "sway": Session(("sway",), "sway"),
+    "labwc": Session(("labwc",), "labwc:wlroots"),
+    "kde": Session(("startplasma-wayland",), "KDE"),
+}
+
+
+class SessionError(Exception):
+    pass
+
+
+def offered(text: str) -> list[str]:
+    """The desktops file: one name a line, the default first."""
+    return [name for line in text.splitlines() if (name := line.strip()) in SESSIONS]
+
+
+def choose(cmdline: str, desktops: list[str]) -> tuple[str, str | None]:
+    """The desktop to start and, when it is not the one asked for, why."""
+    if not desktops:
+        raise SessionError("this image has no desktop (built with --desktop minimal?)")
+    asked = _ASKED.findall(cmdline)
+    if not asked or asked[-1] == desktops[0]:
+        return desktops[0], None
+    if asked[-1] in desktops:
+        return asked[-1], None
+    return desktops[0], (f"the boot menu asked for {asked[-1]!r}, which this system does "
+                         f"not have: starting {desktops[0]}")
+
+
+def main() -> int:
+    try:
+        desktops = offered(DESKTOPS_FILE.read_text())
+        name, note = choose(CMDLINE.read_text(), desktops)
+    except OSError as e:
+        print(f"anklume-session: cannot read {e.filename}: {e.strerror}", file=sys.stderr)
+        return 1
+    except SessionError as e:
+        print(f"anklume-session: {e}", file=sys.stderr)
+        return 1
+    if note:
+        print(f"anklume-session: {note}", file=sys.stderr)
+    session = SESSIONS[name]
+    os.environ.update({"XDG_CURRENT_DESKTOP": session.current_desktop,
+                       "XDG_SESSION_DESKTOP": name, "XDG_SESSION_TYPE": "wayland"})
+    try:
+        os.execvp(session.argv[0], list(session.argv))  # noqa: S606 (a fixed argv)
+    except OSError as e:
+        print(f"anklume-session: cannot start {name}: {e.strerror}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

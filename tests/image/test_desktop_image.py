@@ -1,0 +1,187 @@
+"""The session's image is a sway image (conftest's ``built``): what a desktop
+adds, read out of slot A's squashfs without mounting it (``unsquashfs -cat``,
+``-lln``), and one boot to graphical.target, where greetd logs the live user
+in and sway starts waybar (the tray's watcher), mako, the tray applet and the
+welcome guide -- judged from what the booted system reports.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from anklume_desktop.guide import keybindings
+from anklume_image import install
+from anklume_image.config import Desktop
+from anklumed.persist import PersistDir
+from anklumed.slots import model
+from anklumed.stick import SlotName
+from devtools.image_vm import Boot, Machine
+from devtools.slowness import scaled
+from tests.image.conftest import Built
+from tests.image.test_build import extract, sh
+
+pytestmark = pytest.mark.image
+ROOT = Path(__file__).resolve().parents[2]
+MACHINES = Path("/var/tmp/anklume-image-desktop")
+PROGRAMS = ("/usr/bin/sway", "/usr/bin/waybar", "/usr/bin/foot", "/usr/bin/fuzzel",
+            "/usr/bin/mako", "/usr/sbin/greetd", "/usr/sbin/agreety", "/usr/bin/anklume-guide",
+            "/usr/bin/anklume-tray", "/usr/bin/anklume-session")
+
+
+@pytest.fixture(scope="module")
+def slot(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    assert built.config.desktop is Desktop.SWAY, "the session's image must be a sway image"
+    work = tmp_path_factory.mktemp("desktop-slot")
+    part = extract(built.image, 4, work / "persist.img")
+    files = work / "persist"
+    files.mkdir()
+    sh("debugfs", "-R", f"rdump / {files}", part)
+    meta = model.read_slots_state(PersistDir(files)).meta[SlotName.A]
+    assert meta.size is not None
+    return extract(built.image, 2, work / "slot-a.img", meta.size)
+
+
+def cat(slot: Path, path: str) -> bytes:
+    return subprocess.run(["unsquashfs", "-cat", str(slot), path], check=True,
+                          capture_output=True).stdout
+
+
+@pytest.fixture(scope="module")
+def listing(slot: Path) -> dict[str, str]:
+    """Path → the listing's line (mode, numeric owner, size, target of a link)."""
+    out = sh("unsquashfs", "-lln", "-d", "", slot)
+    lines = {}
+    for line in out.splitlines():
+        words = line.split(maxsplit=5)
+        if len(words) == 6 and words[0][:1] in "-dlcbps":
+            lines[words[5].split(" -> ")[0]] = line
+    assert "/usr/bin/python3" in lines, out[:2000]
+    return lines
+
+
+def test_the_session_files_and_keybindings_are_installed_as_in_the_checkout(
+        built: Built, slot: Path) -> None:
+    files = install.session_files(built.config)
+    assert files
+    for source, target in files:
+        assert cat(slot, target) == (ROOT / source).read_bytes(), target
+    assert cat(slot, str(keybindings.IMAGE_PATH)) == keybindings.PACKAGED.read_bytes()
+    assert cat(slot, install.DESKTOPS_FILE) == b"sway\n"
+
+
+def test_the_login_starts_the_live_users_session(slot: Path,
+                                                 listing: dict[str, str]) -> None:
+    for program in PROGRAMS:
+        assert program in listing, program
+    # waybar reads `config` before `config.jsonc` in a directory: none may hide ours.
+    assert "/etc/xdg/waybar/config.jsonc" in listing and "/etc/xdg/waybar/config" not in listing
+    assert listing["/etc/systemd/system/default.target"].endswith(
+        "-> /usr/lib/systemd/system/graphical.target")
+    assert listing["/etc/systemd/system/display-manager.service"].endswith(
+        "-> /usr/lib/systemd/system/greetd.service")
+    passwd = {line.split(":")[0]: line.split(":") for line in
+              cat(slot, "/etc/passwd").decode().splitlines()}
+    user = passwd[install.LIVE_USER]
+    assert user[5] == f"/home/{install.LIVE_USER}" and user[6] == "/bin/bash"
+    assert "_greetd" in passwd  # default_session's user, made by the package
+    # greetd's PAM file includes login's (not essential in Debian 13: the
+    # first boot of a sway image found greetd failing without it).
+    assert b"@include login" in cat(slot, "/etc/pam.d/greetd")
+    assert cat(slot, "/etc/pam.d/login")
+    home = listing[f"/home/{install.LIVE_USER}"].split()
+    assert home[0].startswith("d") and home[1] == f"{user[2]}/{user[3]}"
+    shadow = {line.split(":")[0]: line.split(":")[1]
+              for line in cat(slot, "/etc/shadow").decode().splitlines()}
+    assert shadow[install.LIVE_USER] == ""  # no password: logged in at boot
+    groups = {line.split(":")[0]: line.split(":")[3].split(",")
+              for line in cat(slot, "/etc/group").decode().splitlines()}
+    for group in install.LIVE_USER_GROUPS.split(","):
+        assert install.LIVE_USER in groups[group], group
+    assert install.LIVE_USER not in groups["sudo"]
+
+
+@pytest.fixture(scope="module")
+def root(slot: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("desktop-root") / "root"
+    sh("unsquashfs", "-q", "-n", "-d", path, slot)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_the_clients_run_on_debian_13s_python_packages(root: Path) -> None:
+    """The tray and the guide on the image's python3-dbus-fast and
+    python3-textual; the session's program chooses from the image's list."""
+    out = sh("chroot", root, "python3", "-c",
+             "import textual, dbus_fast, anklume_desktop.tray.applet, "
+             "anklume_desktop.guide.app, anklume_desktop.session as s; "
+             "print(textual.__version__); "
+             "print(s.choose('anklume.desktop=kde', s.offered(open(str(s.DESKTOPS_FILE)).read())))")
+    version, chosen = out.splitlines()
+    assert tuple(int(n) for n in version.split(".")[:2]) >= (2, 1)
+    assert chosen.startswith("('sway', ") and "does not have" in chosen
+    assert "usage: anklume-guide" in sh("chroot", root, "anklume-guide", "--help")
+
+
+def test_sway_accepts_the_images_configuration(root: Path) -> None:
+    """sway's own check (-C) of /etc/sway/config with what it includes. It
+    exits 0 even on errors, which it logs as [ERROR] lines; it makes a
+    backend first: a headless one here, drawn by pixman."""
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "XDG_RUNTIME_DIR": "/tmp",
+           "WLR_BACKENDS": "headless", "WLR_RENDERER": "pixman"}
+    proc = subprocess.run(["chroot", str(root), "sway", "-C"], capture_output=True,
+                          text=True, check=False, env=env, timeout=scaled(60))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[ERROR]" not in proc.stderr, proc.stderr[-3000:]
+
+
+# Run in the booted system by the report script: waits for the session, then
+# prints what it found, one fact a line.
+SESSION_CHECK = r"""
+user=anklume; deadline=$(( $(date +%s) + WAIT ))
+items() { busctl --user -M "$user@.host" get-property org.kde.StatusNotifierWatcher \
+          /StatusNotifierWatcher org.kde.StatusNotifierWatcher RegisteredStatusNotifierItems \
+          2>/dev/null; }
+until items | grep -q StatusNotifierItem && pgrep -u "$user" -f anklume-guide >/dev/null \
+      || [ "$(date +%s)" -ge "$deadline" ]; do sleep 2; done
+for p in sway waybar mako foot; do echo "process $p $(pgrep -u "$user" -x $p | head -1)"; done
+echo "guide $(pgrep -u "$user" -f 'python3 /usr/bin/anklume-guide' | head -1)"
+echo "items $(items)"
+busctl --user -M "$user@.host" list --no-legend 2>/dev/null | awk '{print "name " $1}'
+echo "session $(loginctl list-sessions --no-legend | grep " $user " | head -1)"
+echo "vt $(cat /sys/class/tty/tty0/active)"
+journalctl -b --no-pager -o cat -n 60 _UID="$(id -u "$user")" -u greetd | sed 's/^/journal /'
+"""
+
+
+@pytest.fixture(scope="module")
+def desktop_boot(built: Built) -> Boot:
+    shutil.rmtree(MACHINES, ignore_errors=True)
+    machine = Machine(built.image, MACHINES / "machine", data_mib=512)
+    script = SESSION_CHECK.replace("WAIT", str(int(scaled(150))))
+    return machine.boot(commands={"session": ["sh", "-c", script]},
+                        target="graphical.target")
+
+
+def test_the_first_login_is_sway_with_the_tray_notifications_and_the_guide(
+        desktop_boot: Boot) -> None:
+    report = desktop_boot.report
+    assert report is not None, desktop_boot.explain()
+    result = report["commands"]["session"]
+    facts = result["stdout"].splitlines()
+    assert result["rc"] == 0, result
+    for program in ("sway", "waybar", "mako", "foot"):
+        line = next(f for f in facts if f.startswith(f"process {program} "))
+        assert line.split()[2:], f"{program} is not running: {facts}"
+    assert next(f for f in facts if f.startswith("guide")).split()[1:], facts
+    items = next(f for f in facts if f.startswith("items "))
+    assert "StatusNotifierItem" in items, facts  # the tray registered with waybar's watcher
+    names = {f.split()[1] for f in facts if f.startswith("name ")}
+    assert "org.freedesktop.Notifications" in names and "org.kde.StatusNotifierWatcher" in names
+    assert any(n.startswith("org.kde.StatusNotifierItem-") for n in names), names
+    assert "tty7" in next(f for f in facts if f.startswith("vt ")), facts
+    assert report["units"]["anklumed.service"]["ActiveState"] == "active"
