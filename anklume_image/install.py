@@ -26,7 +26,7 @@ ENTRY_POINTS = {
     "anklume-bundle": "anklumed.bundle_tool",
 }
 UNITS = ("anklumed.service", "anklume-boot-check.service", "anklume-data-mount.service",
-         "anklume-first-boot.service")
+         "anklume-first-boot.service", "anklume-incus-pool.service")
 DROP_INS = ("anklume-data-mount.service.d", "anklume-first-boot.service.d")
 INITRAMFS_LIB = "/usr/lib/anklume/initramfs"
 PUBLIC_KEY_NAME = "anklume-image.pem"
