@@ -114,7 +114,9 @@ class DataBoots:
 
     def __init__(self, built: Built):
         shutil.rmtree(MACHINES, ignore_errors=True)
-        self.machine = Machine(built.image, MACHINES / "machine", data_mib=DATA_MIB)
+        # Two vCPUs: the boot's parallel work (udev, anklumed and anklumectl
+        # starting side by side, Incus) on both cores.
+        self.machine = Machine(built.image, MACHINES / "machine", data_mib=DATA_MIB, cpus=2)
         self.token = secrets.token_hex(8)  # the file's content, new each run
 
     def container_checks(self) -> dict[str, list[str]]:
