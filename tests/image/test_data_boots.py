@@ -64,7 +64,7 @@ root=$work/rootfs
 mkdir -p "$root/bin" "$root/sbin" "$root/root" "$root/proc" "$root/sys" "$root/dev" \
     "$root/tmp" "$root/etc" "$root/run"
 cp /usr/bin/busybox "$root/bin/busybox"
-for lib in $(ldd /usr/bin/busybox | grep -o '/[^ ]*'); do cp --parents "$lib" "$root"; done
+for lib in $(ldd /usr/bin/busybox | grep -o '/[^ ]*'); do cp -L --parents "$lib" "$root"; done
 cat > "$root/sbin/init" <<'INIT'
 #!/bin/busybox sh
 trap 'exit 0' PWR TERM
