@@ -8,6 +8,7 @@ when Incus is not installed.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import socket
 from pathlib import Path
@@ -17,6 +18,7 @@ from anklumed.command import CommandError, run
 from anklumed.errors import Failed
 from anklumed.persist import PersistDir
 
+log = logging.getLogger(__name__)
 TIMEOUT = 60.0
 
 
@@ -112,8 +114,10 @@ def listen_again() -> None:
     try:
         run(["systemctl", "try-restart", *SOCKET_UNITS], timeout=120)
     except CommandError as e:
-        if e.returncode not in (5, 127):  # 5: no such unit; 127: no systemctl
-            raise
+        # The data is mounted by now: a socket that cannot be restarted is
+        # said, not a failed unlock (5: no such unit; 127: no systemctl).
+        if e.returncode not in (5, 127):
+            log.warning("Incus's socket could not listen again over the data disk: %s", e)
 
 
 def stop_service() -> None:

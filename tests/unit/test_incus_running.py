@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from anklumed.command import CommandError
 from anklumed.data import incus
 from anklumed.errors import Failed
 
@@ -103,3 +104,17 @@ def test_without_systemd_no_socket_unit_is_touched(tmp_path: Path,
                                                    calls: list[list[str]]) -> None:
     incus.listen_again()
     assert calls == []
+
+
+def test_a_socket_that_cannot_restart_is_said_not_a_failed_unlock(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    def failing(argv: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        if "try-restart" in argv:
+            raise CommandError(argv, 1, "Unit incus.socket is masked.")
+        return subprocess.CompletedProcess(argv, 3, "", "")
+
+    monkeypatch.setattr(incus, "run", failing)
+    monkeypatch.setattr(incus, "SYSTEMD_RUNTIME", tmp_path)
+    incus.listen_again()
+    assert "could not listen again" in caplog.text
