@@ -41,7 +41,7 @@ LIVE_USER = "anklume"  # greetd logs it in at boot (desktop/greetd/config.toml)
 LIVE_USER_GROUPS = "audio,video,render,input"
 DESKTOPS_FILE = "/usr/share/anklume/desktops"  # read by anklume-session and anklumed
 UNITS = ("anklumed.service", "anklume-boot-check.service", "anklume-data-mount.service",
-         "anklume-first-boot.service")
+         "anklume-first-boot.service", "anklume-incus-pool.service")
 DROP_INS = ("anklume-data-mount.service.d", "anklume-first-boot.service.d")
 INITRAMFS_LIB = "/usr/lib/anklume/initramfs"
 PUBLIC_KEY_NAME = "anklume-image.pem"

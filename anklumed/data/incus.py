@@ -8,13 +8,17 @@ when Incus is not installed.
 from __future__ import annotations
 
 import json
+import logging
+import re
 import socket
 from pathlib import Path
 from typing import Any
 
 from anklumed.command import CommandError, run
 from anklumed.errors import Failed
+from anklumed.persist import PersistDir
 
+log = logging.getLogger(__name__)
 TIMEOUT = 60.0
 
 
@@ -74,6 +78,46 @@ def create_storage_pool(socket_path: Path, name: str, driver: str, source: str) 
     request(socket_path, "POST", "/1.0/storage-pools",
             {"name": name, "driver": driver, "config": {"source": source},
              "description": "anklume Live data disk"})
+
+
+PENDING_POOL = "incus-pool.env"  # on the data disk; units/anklume-incus-pool.service
+
+
+def write_pending_pool(data_root: Path, name: str, driver: str, source: str) -> Path:
+    """The storage pool Incus should get once it runs, as a systemd
+    EnvironmentFile at the data disk's root: anklume-incus-pool.service makes
+    the pool after incus.service starts (in this boot or, after a power cut,
+    the next one) and removes the file. Written atomically."""
+    for value in (name, driver, source):
+        if not re.fullmatch(r"[A-Za-z0-9_./-]+", value):
+            raise Failed(f"unexpected character in Incus pool setting {value!r}")
+    text = f"POOL={name}\nDRIVER={driver}\nSOURCE={source}\n"
+    PersistDir(data_root, writable=True).write_text(PENDING_POOL, text)
+    return data_root / PENDING_POOL
+
+
+SOCKET_UNITS = ("incus.socket", "incus-user.socket")
+
+
+def listen_again() -> None:
+    """After the data disk's state is bound over /var/lib/incus: systemd's
+    incus.socket has listened there since early boot, and the bind hides its
+    node, so no client reaches Incus nor starts it (seen on the image: "The
+    incus daemon doesn't appear to be started"). Restarted while incus.service
+    is not running, the socket units listen again, in the bound directory.
+    A running Incus keeps the descriptor it was given: left alone."""
+    if not SYSTEMD_RUNTIME.is_dir():
+        return  # not booted with systemd: no socket units
+    if run(["systemctl", "is-active", "--quiet", "incus.service"], timeout=30,
+           check=False).returncode == 0:
+        return
+    try:
+        run(["systemctl", "try-restart", *SOCKET_UNITS], timeout=120)
+    except CommandError as e:
+        # The data is mounted by now: a socket that cannot be restarted is
+        # said, not a failed unlock (5: no such unit; 127: no systemctl).
+        if e.returncode not in (5, 127):
+            log.warning("Incus's socket could not listen again over the data disk: %s", e)
 
 
 def stop_service() -> None:

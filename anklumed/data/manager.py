@@ -300,12 +300,15 @@ class DataDisk:
 
     def _incus_pool(self, job: Job, conf: PoolConf) -> str:
         job.progress("incus")
-        if not incus.running(self.paths.incus_socket):
-            # Incus has not started yet (first boot): its state goes to the disk now.
-            self._bind_incus_state()
-            return "; Incus is not running: no Incus storage pool was created"
         source = f"{conf.pool_name}/{INCUS_SUBVOLUME}" if conf.pool_type is Backend.ZFS \
             else str(self.paths.mountpoint / INCUS_SUBVOLUME)
+        if not incus.running(self.paths.incus_socket):
+            # Incus has not started yet (first boot): its state goes to the disk
+            # now, and its pool is made once it runs (anklume-incus-pool.service).
+            self._bind_incus_state()
+            incus.write_pending_pool(self.paths.mountpoint, conf.pool_name,
+                                     conf.pool_type.value, source)
+            return "; Incus is not running yet: its storage pool is made when it starts"
         incus.create_storage_pool(self.paths.incus_socket, conf.pool_name,
                                   conf.pool_type.value, source)
         return f"; Incus storage pool {conf.pool_name} created"
@@ -414,6 +417,7 @@ class DataDisk:
             return
         self.paths.incus_state.mkdir(parents=True, exist_ok=True)
         run(for_system(["mount", "--bind", state, self.paths.incus_state]))
+        incus.listen_again()  # the bind hid the socket's node
 
     # ---- adopt ----
     def adopt(self, job: Job, device: str, secret: bytes) -> str:

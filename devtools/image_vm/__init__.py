@@ -101,7 +101,8 @@ class Machine:
     """A PC with the stick plugged in: its disks and firmware variables stay
     from one boot to the next, as on a real machine."""
 
-    def __init__(self, image: Path, rundir: Path, data_mib: int = 2048, memory_mib: int = 2048):
+    def __init__(self, image: Path, rundir: Path, data_mib: int = 2048, memory_mib: int = 2048,
+                 cpus: int = 1):
         rundir.mkdir(parents=True, exist_ok=True)
         self.rundir = rundir
         self.stick = rundir / "stick.img"
@@ -113,12 +114,15 @@ class Machine:
         self.vars = rundir / "OVMF_VARS.fd"
         shutil.copyfile(OVMF_VARS, self.vars)
         self.memory_mib = memory_mib
+        # More than one: each vCPU is a host thread (multi-threaded TCG), so a
+        # boot's parallel work (udev, Python starts) uses a second core.
+        self.cpus = cpus
         self.boots = 0
 
     def argv(self, bootdir: Path, credentials: Mapping[str, bytes],
              target: str = "multi-user.target") -> list[str]:
         argv = ["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-cpu", "max",
-                "-smp", "1", "-m", str(self.memory_mib), "-no-reboot", "-nic", "none",
+                "-smp", str(self.cpus), "-m", str(self.memory_mib), "-no-reboot", "-nic", "none",
                 "-display", "none", "-monitor", "none",
                 "-serial", f"file:{bootdir / 'console.log'}",
                 "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",

@@ -22,7 +22,7 @@ PORT = Path("/dev/virtio-ports/org.anklume.test.report")
 UNIT = "anklume-test-report.service"
 UNITS = ("anklumed.service", "anklume-boot-check.service", "anklume-first-boot.service",
          "anklume-data-mount.service", "boot-complete.target", "multi-user.target",
-         "incus.service")
+         "incus.service", "incus-startup.service", "anklume-incus-pool.service")
 SHOWN = ("ActiveState", "SubState", "Result", "ActiveEnterTimestampMonotonic")
 
 
@@ -133,6 +133,8 @@ def report(waited: str) -> dict[str, Any]:
                                 "-u", "anklume*", "-u", "incus*"])["stdout"].splitlines(),
         "bus_names": run(["busctl", "list", "--acquired", "--no-legend"])["stdout"],
         "analyze": run(["systemd-analyze", "time"])["stdout"],
+        # Where a slow boot's time went, for a person (not judged).
+        "blame": run(["systemd-analyze", "blame", "--no-pager"])["stdout"].splitlines()[:25],
         "cmdline": Path("/proc/cmdline").read_text().strip(),
         "entry_selected": loader_variable("LoaderEntrySelected"),
         "boot_count_path": loader_variable("LoaderBootCountPath"),

@@ -34,6 +34,9 @@ def test_setup_lock_unlock_keeps_the_data(sim: Sim) -> None:
     status = data_status(sim)
     assert (status["State"], status["Pool"], status["Backend"]) == ("mounted", "vault", "btrfs")
     data = Path(status["Mounts"]["data"])
+    # No Incus answers here: its pool waits on the disk for anklume-incus-pool.service.
+    assert (data / "incus-pool.env").read_text() == \
+        f"POOL=vault\nDRIVER=btrfs\nSOURCE={data / 'incus'}\n"
     (data / "incus-state" / "note.txt").write_text("kept\n")
     conf = sim.persist_files()["pool.conf"]
     assert "POOL_NAME=vault" in conf and "POOL_TYPE=btrfs" in conf and "ENCRYPTION=none" in conf

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from anklumed.command import CommandError
 from anklumed.data import incus
+from anklumed.errors import Failed
 
 
 @pytest.fixture
@@ -55,3 +57,64 @@ def test_under_systemd_an_active_service_is_running(tmp_path: Path, calls: list[
     (tmp_path / "systemd").mkdir()
     monkeypatch.setattr(incus, "run", lambda argv, **_: subprocess.CompletedProcess(argv, 0))
     assert incus.running(socket_file(tmp_path))
+
+
+def test_a_pool_for_later_is_written_whole_for_its_unit(tmp_path: Path) -> None:
+    """The first boot's setup, Incus not running yet: the pool's settings wait
+    on the data disk for units/anklume-incus-pool.service (an EnvironmentFile)."""
+    written = incus.write_pending_pool(tmp_path, "anklume", "btrfs", "/mnt/anklume-data/incus")
+    assert written == tmp_path / incus.PENDING_POOL
+    assert written.read_text() == \
+        "POOL=anklume\nDRIVER=btrfs\nSOURCE=/mnt/anklume-data/incus\n"
+    assert [p.name for p in tmp_path.iterdir()] == [incus.PENDING_POOL]  # no temporary left
+
+
+@pytest.mark.parametrize("source", ["/mnt/a b", "/mnt/x\nPOOL=other", "/mnt/'q'", "$HOME"])
+def test_a_pool_setting_the_unit_would_misread_is_refused(tmp_path: Path, source: str) -> None:
+    with pytest.raises(Failed):
+        incus.write_pending_pool(tmp_path, "anklume", "btrfs", source)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_sockets_listen_again_in_the_bound_directory(tmp_path: Path,
+                                                         calls: list[list[str]]) -> None:
+    """The bind over /var/lib/incus hid incus.socket's node: restarted while
+    incus.service is not running (the fake answers 'inactive')."""
+    (tmp_path / "systemd").mkdir()
+    incus.listen_again()
+    assert calls == [["systemctl", "is-active", "--quiet", "incus.service"],
+                     ["systemctl", "try-restart", "incus.socket", "incus-user.socket"]]
+
+
+def test_a_running_incus_keeps_its_socket(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[list[str]] = []
+
+    def active(argv: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        made.append(argv)
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(incus, "run", active)
+    monkeypatch.setattr(incus, "SYSTEMD_RUNTIME", tmp_path)
+    incus.listen_again()
+    assert made == [["systemctl", "is-active", "--quiet", "incus.service"]]
+
+
+def test_without_systemd_no_socket_unit_is_touched(tmp_path: Path,
+                                                   calls: list[list[str]]) -> None:
+    incus.listen_again()
+    assert calls == []
+
+
+def test_a_socket_that_cannot_restart_is_said_not_a_failed_unlock(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    def failing(argv: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        if "try-restart" in argv:
+            raise CommandError(argv, 1, "Unit incus.socket is masked.")
+        return subprocess.CompletedProcess(argv, 3, "", "")
+
+    monkeypatch.setattr(incus, "run", failing)
+    monkeypatch.setattr(incus, "SYSTEMD_RUNTIME", tmp_path)
+    incus.listen_again()
+    assert "could not listen again" in caplog.text
