@@ -192,7 +192,7 @@ def read_back(target: Path, size: int, sha256: str) -> None:
 
 
 def hash_tree(image: Path, threads: int | None) -> None:
-    hasher = VerityHasher(VerityParams(salt=os.urandom(32)), threads=threads)
+    hasher = VerityHasher(VerityParams(salt=os.urandom(32)), cores=threads)
     with image.open("rb") as f:
         while chunk := f.read(4 << 20):
             hasher.update(chunk)

@@ -11,24 +11,28 @@ See cryptsetup's lib/verity/verity_hash.c and the kernel's dm-verity docs.
 Only the leaf digests stay in memory while streaming (32 bytes per 4 KiB
 block: 8 MiB per GiB of image); the image itself is never held.
 
-The leaves of a large chunk are hashed on every core the process may use:
-hashlib releases the GIL while it hashes a block of 2 KiB or more, so
-threads hash side by side (``veritysetup format`` hashes on one core).
+The leaves of a large chunk are hashed on every core the process may use,
+by the calling thread and helper processes (``verity_leaves``: threads gain
+nothing on blocks this small); ``veritysetup format`` hashes on one core.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import struct
 import uuid as uuidlib
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+
+from anklumed.slots.verity_leaves import PART_MAX, LeafHelper, leaf_digests
+
+log = logging.getLogger(__name__)
 
 SUPERBLOCK_SIZE = 512
 SIGNATURE = b"verity\0\0"
 HASH_TYPE_NORMAL = 1  # format 1: salt first
-# Below this, handing blocks to another thread costs more than it saves.
+# Below this, handing blocks to a helper process costs more than it saves.
 PARALLEL_MIN = 256 * 1024
 
 
@@ -61,18 +65,26 @@ class VerityHasher:
 
     The image length must be a multiple of the data block size (callers pad
     the last block with zeros, as it will read back from the partition).
-    ``threads``: how many threads hash the leaves of a large chunk (the
-    calling one included); by default one per core this process may use.
+    ``cores``: how many cores hash the leaves of a large chunk (the calling
+    thread and ``cores - 1`` helper processes, started at the first large
+    chunk); by default every core this process may use. ``close()`` (or
+    ``finish()``, or leaving a ``with`` block) stops the helpers.
     """
 
-    def __init__(self, params: VerityParams, threads: int | None = None) -> None:
+    def __init__(self, params: VerityParams, cores: int | None = None) -> None:
         self.params = params
         self._salted = hashlib.new(params.hash_alg)
         self._salted.update(params.salt)
         self._partial = bytearray()
         self._leaves: list[bytes] = []
-        self._threads = max(1, threads or len(os.sched_getaffinity(0)))
-        self._pool: ThreadPoolExecutor | None = None  # made at the first large chunk
+        self._cores = max(1, cores or len(os.sched_getaffinity(0)))
+        self._helpers: list[LeafHelper] | None = None  # started at the first large chunk
+
+    def __enter__(self) -> VerityHasher:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
     def update(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -89,40 +101,55 @@ class VerityHasher:
         self._partial += view[whole:]
 
     def _leaf_digests_parallel(self, view: memoryview) -> list[bytes]:
-        """The digests of whole blocks, in order: one contiguous part per thread."""
-        if self._threads == 1 or len(view) < PARALLEL_MIN:
+        """The digests of whole blocks, in order: one contiguous part per core."""
+        helpers = self._started_helpers() if len(view) >= PARALLEL_MIN else []
+        if not helpers:
             return self._leaf_digests(view)
         size = self.params.data_block_size
-        per = -(-len(view) // size // self._threads) * size
-        parts = [view[i:i + per] for i in range(0, len(view), per)]
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self._threads - 1,
-                                            thread_name_prefix="verity-leaves")
-        others: list[Future[list[bytes]]] = [self._pool.submit(self._leaf_digests, part)
-                                             for part in parts[1:]]
-        try:
-            digests = self._leaf_digests(parts[0])
-        finally:  # the caller may reuse its buffer once update() returns, even by raising
-            for other in others:
-                other.exception()
-        for other in others:
-            digests.extend(other.result())
+        digests: list[bytes] = []
+        # Rounds of at most PART_MAX per core: a helper's buffer holds one part.
+        step = PART_MAX * (len(helpers) + 1)
+        for start in range(0, len(view), step):
+            chunk = view[start:start + step]
+            per = -(-len(chunk) // size // (len(helpers) + 1)) * size
+            parts = [chunk[i:i + per] for i in range(0, len(chunk), per)]
+            busy = helpers[:len(parts) - 1]
+            for helper, part in zip(busy, parts[1:], strict=True):
+                helper.submit(part)
+            digests += self._leaf_digests(parts[0])
+            for helper in busy:
+                digests += helper.result()
         return digests
 
+    def _started_helpers(self) -> list[LeafHelper]:
+        """The helper processes, started once; none on one core or when they
+        cannot start (the calling thread then hashes alone, as fast as before)."""
+        if self._helpers is None:
+            self._helpers = []
+            try:
+                for _ in range(self._cores - 1):
+                    self._helpers.append(LeafHelper(self.params.hash_alg, self.params.salt,
+                                                    self.params.data_block_size))
+            except OSError as e:
+                log.warning("the dm-verity tree is hashed on one core: %s", e)
+        return self._helpers
+
     def _leaf_digests(self, view: memoryview) -> list[bytes]:
-        size = self.params.data_block_size
-        digest = self._digest
-        return [digest(view[i:i + size]) for i in range(0, len(view), size)]
+        return leaf_digests(self._salted, view, self.params.data_block_size)
 
     def _digest(self, block: bytes | bytearray | memoryview) -> bytes:
         h = self._salted.copy()
         h.update(block)
         return h.digest()
 
+    def close(self) -> None:
+        """Stop the helper processes (idempotent)."""
+        helpers, self._helpers = self._helpers or [], None
+        for helper in helpers:
+            helper.close()
+
     def finish(self) -> VerityResult:
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
+        self.close()
         if self._partial:
             raise ValueError(f"image size is not a multiple of {self.params.data_block_size}")
         if not self._leaves:
