@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import mmap
 import os
+import select
 import struct
 import subprocess
 import sys
@@ -71,6 +72,11 @@ class LeafHelper:
         self._shared[:len(view)] = view
         self._pending = len(view) // self.block_size
         self._send(_REQUEST.pack(0, len(view)))
+
+    def ready(self) -> bool:
+        """Whether the helper has begun answering (it answers a part at once)."""
+        assert self._process.stdout is not None
+        return bool(select.select([self._process.stdout], [], [], 0)[0])
 
     def result(self) -> list[bytes]:
         """The digests of the part last submitted, in order."""

@@ -22,6 +22,7 @@ import hashlib
 import logging
 import os
 import struct
+import time
 import uuid as uuidlib
 from dataclasses import dataclass
 
@@ -34,6 +35,10 @@ SIGNATURE = b"verity\0\0"
 HASH_TYPE_NORMAL = 1  # format 1: salt first
 # Below this, handing blocks to a helper process costs more than it saves.
 PARALLEL_MIN = 256 * 1024
+# What each helper's share of a round may shrink to (a busy core) and grow to
+# (over all helpers: the caller always hashes something).
+SHARE_MIN = 1 / 32
+SHARE_MAX = 0.9
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,7 @@ class VerityHasher:
         self._leaves: list[bytes] = []
         self._cores = max(1, cores or len(os.sched_getaffinity(0)))
         self._helpers: list[LeafHelper] | None = None  # started at the first large chunk
+        self._share = 1 / self._cores  # of a round, for each helper: see _balance
 
     def __enter__(self) -> VerityHasher:
         return self
@@ -101,7 +107,8 @@ class VerityHasher:
         self._partial += view[whole:]
 
     def _leaf_digests_parallel(self, view: memoryview) -> list[bytes]:
-        """The digests of whole blocks, in order: one contiguous part per core."""
+        """The digests of whole blocks, in order: the caller hashes the front
+        of each round, every helper an equal part of the rest."""
         helpers = self._started_helpers() if len(view) >= PARALLEL_MIN else []
         if not helpers:
             return self._leaf_digests(view)
@@ -111,15 +118,33 @@ class VerityHasher:
         step = PART_MAX * (len(helpers) + 1)
         for start in range(0, len(view), step):
             chunk = view[start:start + step]
-            per = -(-len(chunk) // size // (len(helpers) + 1)) * size
-            parts = [chunk[i:i + per] for i in range(0, len(chunk), per)]
-            busy = helpers[:len(parts) - 1]
-            for helper, part in zip(busy, parts[1:], strict=True):
-                helper.submit(part)
-            digests += self._leaf_digests(parts[0])
-            for helper in busy:
+            part = min(PART_MAX, int(len(chunk) * self._share) // size * size)
+            mine = len(chunk) - part * len(helpers)
+            for i, helper in enumerate(helpers):
+                helper.submit(chunk[mine + i * part:mine + (i + 1) * part])
+            began = time.monotonic()
+            digests += self._leaf_digests(chunk[:mine])
+            hashed = time.monotonic() - began
+            waited = 0.0
+            for helper in helpers:
+                ready = helper.ready()
+                began = time.monotonic()
                 digests += helper.result()
+                waited = max(waited, 0.0 if ready else time.monotonic() - began)
+            self._balance(mine, hashed, part, waited, len(helpers))
         return digests
+
+    def _balance(self, mine: int, hashed: float, part: int, waited: float,
+                 helpers: int) -> None:
+        """Give helpers the share of a round that makes them finish with the
+        caller: a helper on a core that something else keeps busy gets less,
+        so the tree is never much slower than on one core."""
+        if waited == 0.0:  # the helpers were done first: they can take more
+            self._share = min(SHARE_MAX / helpers, self._share * 1.1)
+        elif part and mine and hashed > 0:
+            mine_rate, part_rate = mine / hashed, part / (hashed + waited)
+            even = part_rate / (mine_rate + helpers * part_rate)
+            self._share = max(SHARE_MIN, (self._share + even) / 2)
 
     def _started_helpers(self) -> list[LeafHelper]:
         """The helper processes, started once; none on one core or when they

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -88,8 +89,8 @@ def test_leaves_of_large_chunks_are_hashed_by_helper_processes(
     result = hasher.finish()
     assert (result.root_hash, result.tree) == reference(image, tmp_path, b"salt")
     assert len(helpers) == cores - 1 and os.getpid() not in helpers
-    # The caller hashed about its share, the helpers the rest.
-    assert in_caller[0] < 3001 * 2 // cores
+    # The helpers hashed some of the blocks (how many depends on the load).
+    assert in_caller[0] < 3001
     for pid in helpers:  # stopped and reaped by finish()
         with pytest.raises(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
@@ -104,6 +105,24 @@ def test_a_helper_that_dies_is_an_error_not_a_wrong_tree() -> None:
         with pytest.raises(OSError, match=rf"leaf hasher \(pid {pid}\) stopped"):
             hasher.update(data)
     assert hasher._helpers is None
+
+
+def test_a_helper_on_a_busy_core_is_given_less(tmp_path: Path) -> None:
+    data = random.Random(3).randbytes(12 << 20)
+    image = tmp_path / "image"
+    image.write_bytes(data)
+    hasher = VerityHasher(VerityParams(salt=b"salt", uuid=UUID), cores=2)
+    hasher.update(data[:4 << 20])
+    share = hasher._share
+    (pid,) = helper_processes(hasher)
+    # The helper is stopped for 0.5 s: the caller waits, as for a busy core.
+    os.kill(pid, signal.SIGSTOP)
+    threading.Timer(0.5, os.kill, (pid, signal.SIGCONT)).start()
+    hasher.update(data[4 << 20:8 << 20])
+    assert hasher._share < share * 0.6  # halved at least, in one round
+    hasher.update(data[8 << 20:])
+    result = hasher.finish()
+    assert (result.root_hash, result.tree) == reference(image, tmp_path, b"salt")
 
 
 def test_without_helpers_the_caller_hashes_alone(
