@@ -24,12 +24,14 @@ import select
 import struct
 import subprocess
 import sys
+import time
 from typing import IO, Any
 
 # The most each helper is handed per round (its shared buffer's size).
 PART_MAX = 4 * 1024 * 1024
 _REQUEST = struct.Struct("<QQ")  # offset and length in the shared buffer
 _HELLO = struct.Struct("<QHH")  # block size, salt length, algorithm name length
+_CPU = struct.Struct("<d")  # before the digests: the CPU seconds the part took
 _STOP_TIMEOUT = 5.0
 
 
@@ -78,12 +80,14 @@ class LeafHelper:
         assert self._process.stdout is not None
         return bool(select.select([self._process.stdout], [], [], 0)[0])
 
-    def result(self) -> list[bytes]:
-        """The digests of the part last submitted, in order."""
+    def result(self) -> tuple[list[bytes], float]:
+        """The digests of the part last submitted, in order, and the CPU time
+        the helper spent on them."""
         size = self.digest_size
-        data = self._receive(self._pending * size)
+        data = self._receive(_CPU.size + self._pending * size)
         self._pending = 0
-        return [data[i:i + size] for i in range(0, len(data), size)]
+        (cpu,) = _CPU.unpack_from(data)
+        return [data[i:i + size] for i in range(_CPU.size, len(data), size)], cpu
 
     def close(self) -> None:
         """Stop the helper and free the buffer: it ends at the end of its
@@ -145,8 +149,9 @@ def _serve(fd: int) -> None:
     view = memoryview(shared)
     while len(request := _read_exactly(requests, _REQUEST.size)) == _REQUEST.size:
         offset, length = _REQUEST.unpack(request)
-        answer = memoryview(b"".join(leaf_digests(salted, view[offset:offset + length],
-                                                  block_size)))
+        began = time.thread_time()
+        digests = leaf_digests(salted, view[offset:offset + length], block_size)
+        answer = memoryview(_CPU.pack(time.thread_time() - began) + b"".join(digests))
         while answer:
             answer = answer[os.write(answers, answer):]
 

@@ -39,6 +39,9 @@ PARALLEL_MIN = 256 * 1024
 # (over all helpers: the caller always hashes something).
 SHARE_MIN = 1 / 32
 SHARE_MAX = 0.9
+# How long the caller hashes alone when the other cores were busy (rounds of
+# up to PART_MAX per core: 128 MiB on 2 cores).
+SOLO_ROUNDS = 16
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,8 @@ class VerityHasher:
         self._cores = max(1, cores or len(os.sched_getaffinity(0)))
         self._helpers: list[LeafHelper] | None = None  # started at the first large chunk
         self._share = 1 / self._cores  # of a round, for each helper: see _balance
+        self._solo_rounds = 0
+        self._helpers_warm = False
 
     def __enter__(self) -> VerityHasher:
         return self
@@ -118,28 +123,43 @@ class VerityHasher:
         step = PART_MAX * (len(helpers) + 1)
         for start in range(0, len(view), step):
             chunk = view[start:start + step]
+            if self._solo_rounds:  # the other cores were found busy: alone for a while
+                self._solo_rounds -= 1
+                digests += self._leaf_digests(chunk)
+                continue
             part = min(PART_MAX, int(len(chunk) * self._share) // size * size)
             mine = len(chunk) - part * len(helpers)
             for i, helper in enumerate(helpers):
                 helper.submit(chunk[mine + i * part:mine + (i + 1) * part])
-            began = time.monotonic()
+            began, began_cpu = time.monotonic(), time.thread_time()
             digests += self._leaf_digests(chunk[:mine])
-            hashed = time.monotonic() - began
+            hashed, cpu = time.monotonic() - began, time.thread_time() - began_cpu
             waited = 0.0
             for helper in helpers:
                 ready = helper.ready()
-                began = time.monotonic()
-                digests += helper.result()
-                waited = max(waited, 0.0 if ready else time.monotonic() - began)
-            self._balance(mine, hashed, part, waited, len(helpers))
+                waiting = time.monotonic()
+                theirs, their_cpu = helper.result()
+                digests += theirs
+                cpu += their_cpu
+                waited = max(waited, 0.0 if ready else time.monotonic() - waiting)
+            if self._helpers_warm:  # not the first round: the helpers' start
+                self._balance(mine, hashed, part, waited, len(helpers),
+                              parallel=cpu / (time.monotonic() - began))
+            self._helpers_warm = True
         return digests
 
     def _balance(self, mine: int, hashed: float, part: int, waited: float,
-                 helpers: int) -> None:
+                 helpers: int, parallel: float) -> None:
         """Give helpers the share of a round that makes them finish with the
-        caller: a helper on a core that something else keeps busy gets less,
-        so the tree is never much slower than on one core."""
-        if waited == 0.0:  # the helpers were done first: they can take more
+        caller, so the tree is never much slower than on one core.
+        ``parallel``: the CPU seconds the round took per second of it; near 1,
+        the caller and its helpers took turns on one core (the others busy
+        elsewhere): the caller hashes alone for SOLO_ROUNDS rounds, then
+        tries its helpers again."""
+        if parallel < 1 + helpers / 4:
+            self._solo_rounds = SOLO_ROUNDS
+            self._share = 1 / (helpers + 1)
+        elif waited == 0.0:  # the helpers were done first: they can take more
             self._share = min(SHARE_MAX / helpers, self._share * 1.1)
         elif part and mine and hashed > 0:
             mine_rate, part_rate = mine / hashed, part / (hashed + waited)
