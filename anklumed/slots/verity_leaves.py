@@ -7,6 +7,8 @@ and two threads spend their time handing the GIL to each other (measured on
 thread hashes one part of a chunk and helper processes hash the others, each
 in its own interpreter, reading its part from shared memory (a memfd both
 map) and answering with the digests on a pipe: 1.8x of one thread here.
+How much each gets follows how fast it answers (``VerityHasher._balance``):
+on a machine whose other cores are busy, the caller hashes alone.
 
 This file is also the helper itself: ``python -I -S verity_leaves.py`` (the
 standard library only, so it starts in about 15 ms and nothing from the

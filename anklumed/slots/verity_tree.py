@@ -144,7 +144,7 @@ class VerityHasher:
                 waited = max(waited, 0.0 if ready else time.monotonic() - waiting)
             if self._helpers_warm:  # not the first round: the helpers' start
                 self._balance(mine, hashed, part, waited, len(helpers),
-                              parallel=cpu / (time.monotonic() - began))
+                              parallel=cpu / max(time.monotonic() - began, 1e-6))
             self._helpers_warm = True
         return digests
 
