@@ -34,6 +34,7 @@ PART_MAX = 4 * 1024 * 1024
 _REQUEST = struct.Struct("<QQ")  # offset and length in the shared buffer
 _HELLO = struct.Struct("<QHH")  # block size, salt length, algorithm name length
 _CPU = struct.Struct("<d")  # before the digests: the CPU seconds the part took
+_UP = b"up"  # the helper's first answer: ready for parts
 _STOP_TIMEOUT = 5.0
 
 
@@ -69,7 +70,15 @@ class LeafHelper:
             os.close(self._fd)
             raise
         self._pending = 0
+        self._up = False
         self._send(_HELLO.pack(block_size, len(salt), len(alg)) + salt + alg.encode())
+
+    def up(self) -> bool:
+        """Whether the helper has started (it says so once): until then the
+        caller hashes alone rather than wait for an interpreter to start."""
+        if not self._up and self.ready():
+            self._up = self._receive(len(_UP)) == _UP
+        return self._up
 
     def submit(self, view: memoryview) -> None:
         """Hand a part (whole blocks, at most PART_MAX) to the helper."""
@@ -149,6 +158,7 @@ def _serve(fd: int) -> None:
     salted.update(salt_alg[:salt_len])
     shared = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
     view = memoryview(shared)
+    os.write(answers, _UP)
     while len(request := _read_exactly(requests, _REQUEST.size)) == _REQUEST.size:
         offset, length = _REQUEST.unpack(request)
         began = time.thread_time()

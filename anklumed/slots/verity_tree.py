@@ -115,6 +115,7 @@ class VerityHasher:
         """The digests of whole blocks, in order: the caller hashes the front
         of each round, every helper an equal part of the rest."""
         helpers = self._started_helpers() if len(view) >= PARALLEL_MIN else []
+        helpers = [helper for helper in helpers if helper.up()]
         if not helpers:
             return self._leaf_digests(view)
         size = self.params.data_block_size

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,14 @@ def helper_processes(hasher: VerityHasher) -> list[int]:
         b"verity_leaves.py") >= 0 and os.waitpid(pid, os.WNOHANG) == (0, 0)]
 
 
+def wait_until_up(hasher: VerityHasher) -> None:
+    """Until the hasher's helpers have started (until then it hashes alone)."""
+    deadline = time.monotonic() + 30
+    while not all(helper.up() for helper in hasher._helpers or []):
+        assert time.monotonic() < deadline, "the helpers did not start"
+        time.sleep(0.01)
+
+
 @pytest.mark.parametrize("cores", [2, 3])
 def test_leaves_of_large_chunks_are_hashed_by_helper_processes(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cores: int) -> None:
@@ -84,6 +93,7 @@ def test_leaves_of_large_chunks_are_hashed_by_helper_processes(
     cut = 1001 * 4096 + 3
     for i in range(0, cut, (1 << 20) + 5):
         hasher.update(data[i:min(i + (1 << 20) + 5, cut)])
+        wait_until_up(hasher)
     helpers = helper_processes(hasher)
     hasher.update(data[cut:])
     result = hasher.finish()
@@ -100,6 +110,7 @@ def test_a_helper_that_dies_is_an_error_not_a_wrong_tree() -> None:
     data = random.Random(1).randbytes(1 << 20)
     with VerityHasher(VerityParams(salt=b"salt"), cores=2) as hasher:
         hasher.update(data)
+        wait_until_up(hasher)
         (pid,) = helper_processes(hasher)
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(OSError, match=rf"leaf hasher \(pid {pid}\) stopped"):
@@ -108,19 +119,22 @@ def test_a_helper_that_dies_is_an_error_not_a_wrong_tree() -> None:
 
 
 def test_a_helper_on_a_busy_core_is_left_alone_for_a_while(tmp_path: Path) -> None:
-    data = random.Random(3).randbytes(12 << 20)
+    mib4 = 4 << 20
+    data = random.Random(3).randbytes(4 * mib4)
     image = tmp_path / "image"
     image.write_bytes(data)
     hasher = VerityHasher(VerityParams(salt=b"salt", uuid=UUID), cores=2)
-    hasher.update(data[:4 << 20])
+    hasher.update(data[:mib4])
+    wait_until_up(hasher)
+    hasher.update(data[mib4:2 * mib4])  # the helper's first round (not judged)
     (pid,) = helper_processes(hasher)
     # The helper is stopped for 0.5 s: the caller waits, as for a busy core,
     # then hashes alone for a while.
     os.kill(pid, signal.SIGSTOP)
     threading.Timer(0.5, os.kill, (pid, signal.SIGCONT)).start()
-    hasher.update(data[4 << 20:8 << 20])
+    hasher.update(data[2 * mib4:3 * mib4])
     assert hasher._solo_rounds == SOLO_ROUNDS
-    hasher.update(data[8 << 20:])
+    hasher.update(data[3 * mib4:])
     result = hasher.finish()
     assert (result.root_hash, result.tree) == reference(image, tmp_path, b"salt")
 
