@@ -1,6 +1,6 @@
 """Benchmarks of the A/B update write path (prints figures; not a test).
 
-  .venv/bin/python -m bench.update [--mib 256] [--runs 3]
+  flock /tmp/anklume-heavy.lock .venv/bin/python -m bench.update [--mib 256] [--runs 3]
 
 On a simulated stick (loop device over a file in /var/tmp) with a slot of
 the image's size, all in one run and on the same target, each against a
