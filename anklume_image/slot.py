@@ -60,11 +60,11 @@ def verity_tree(image: Path, manifest: Manifest) -> bytes:
     """The slot's dm-verity tree, as PERSIST keeps it, from the bundle's own
     parameters (the same hasher the updater streams through)."""
     hasher = VerityHasher(manifest.verity_params())
-    with image.open("rb") as f:
+    with hasher, image.open("rb") as f:
         while chunk := f.read(bundle.CHUNK):
             hasher.update(chunk)
-    hasher.update(b"\0" * (-manifest.size % manifest.data_block_size))
-    result = hasher.finish()
+        hasher.update(b"\0" * (-manifest.size % manifest.data_block_size))
+        result = hasher.finish()
     if result.root_hash != manifest.root_hash:
         raise BuildError(f"{image} changed while the build hashed it: build again")
     return result.tree

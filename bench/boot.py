@@ -13,9 +13,10 @@ line share its clock; anklume.test=bench):
   init: PERSIST, the count, the signature, verity, the overlay, the hand-off
   and switch_root, without module loading and the device wait (the issue's
   figure), from the stick and with the toram copy;
-- toram copy: the initramfs's copy of the slot to RAM (its 64 MiB dd steps
-  and progress lines), against a plain ``dd bs=4M`` of the same MiB from the
-  same partition into a tmpfs in the same guest, page cache dropped first;
+- toram copy: the initramfs's copy of the slot to RAM (its 64 MiB steps of
+  ``dd bs=4M iflag=direct`` and progress lines), against a plain buffered
+  ``dd bs=4M`` of the same MiB from the same partition into a tmpfs in the
+  same guest, page cache dropped first;
   the ratio of their throughputs is the figure to watch (target >= 0.9);
 - verity read: every block of the RAM copy read once through dm-verity
   (what finding a flipped byte at boot, not on read, would add to a copy).

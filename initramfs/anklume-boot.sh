@@ -388,8 +388,11 @@ copy_to_ram() {
     while [ "$done_mib" -lt "$mib" ]; do
         step=$TORAM_CHUNK_MIB
         [ $((mib - done_mib)) -lt "$step" ] && step=$((mib - done_mib))
-        if ! dd if="$1" of="$RUN/ram/slot.img" bs=1M count="$step" skip="$done_mib" \
-            seek="$done_mib" conv=notrunc 2>/dev/null; then
+        # O_DIRECT reads: the stick's bytes go straight into the copy, not
+        # through a page cache that would hold them a second time in RAM.
+        if ! dd if="$1" of="$RUN/ram/slot.img" bs=4M iflag=direct,skip_bytes,count_bytes \
+            oflag=seek_bytes skip=$((done_mib * MIB)) seek=$((done_mib * MIB)) \
+            count=$((step * MIB)) conv=notrunc 2>/dev/null; then
             release_ram_copy
             if stick_lost; then
                 STICK_LOST=1

@@ -298,13 +298,13 @@ def create_bundle(image: Path, out_dir: Path, *, version: str, compatible: str,
     sha = hashlib.sha256()
     hasher = VerityHasher(params)
     size = 0
-    with image.open("rb") as f:
+    with hasher, image.open("rb") as f:
         while chunk := f.read(CHUNK):
             sha.update(chunk)
             size += len(chunk)
             hasher.update(chunk)
-    hasher.update(b"\0" * (-size % params.data_block_size))  # as it reads from the slot
-    result = hasher.finish()
+        hasher.update(b"\0" * (-size % params.data_block_size))  # as it reads from the slot
+        result = hasher.finish()
     name = f"anklume-{compatible}-{version}"
     manifest = Manifest(format=FORMAT, compatible=compatible, version=version,
                         image=f"{name}.squashfs", size=size, sha256=sha.hexdigest(),

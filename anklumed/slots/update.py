@@ -184,7 +184,7 @@ def _stream(job: Job, src: ImageStream, fd: int, m: Manifest,
     hasher = VerityHasher(m.verity_params())
     buffers = [mmap.mmap(-1, CHUNK), mmap.mmap(-1, CHUNK)]
     try:
-        with ThreadPoolExecutor(1, thread_name_prefix="slot-writer") as writer:
+        with hasher, ThreadPoolExecutor(1, thread_name_prefix="slot-writer") as writer:
             in_flight: Future[None] | None = None
             offset, index = 0, 0
             while offset < m.padded_size:
