@@ -12,12 +12,16 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from anklume_image.build import build
 from anklume_image.config import BuildConfig
 from anklumed.slots import bundle
+
+if TYPE_CHECKING:
+    from tests.image.test_boot_image import Boots
 
 pytestmark = pytest.mark.image
 WORK = Path(os.environ.get("ANKLUME_IMAGE_TEST_DIR", "/var/tmp/anklume-image-test"))
@@ -52,3 +56,12 @@ def built() -> Iterator[Built]:
     image = build(config)
     yield Built(config, image, key, public_key)
     shutil.rmtree(WORK, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def boots(built: Built) -> Iterator[Boots]:
+    """The machine of test_boot_image.py, whose first boot more than one
+    file reads (a boot costs minutes under TCG: each is made once)."""
+    from tests.image.test_boot_image import Boots  # a test module: imported late
+
+    yield Boots(built)

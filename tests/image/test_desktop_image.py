@@ -1,8 +1,8 @@
 """The session's image is a sway image (conftest's ``built``): what a desktop
 adds, read out of slot A's squashfs without mounting it (``unsquashfs -cat``,
-``-lln``), and one boot to graphical.target, where greetd logs the live user
-in and sway starts waybar (the tray's watcher), mako, the tray applet and the
-welcome guide -- judged from what the booted system reports.
+``-lln``), and the first boot (``boots.first``, to graphical.target), where greetd logs
+the live user in and sway starts waybar (the tray's watcher), mako, the tray
+applet and the welcome guide -- judged from what the booted system reports.
 """
 
 from __future__ import annotations
@@ -20,14 +20,13 @@ from anklume_image.config import Desktop
 from anklumed.persist import PersistDir
 from anklumed.slots import model
 from anklumed.stick import SlotName
-from devtools.image_vm import Boot, Machine
 from devtools.slowness import scaled
 from tests.image.conftest import Built
+from tests.image.test_boot_image import Boots, reported
 from tests.image.test_build import extract, sh
 
 pytestmark = pytest.mark.image
 ROOT = Path(__file__).resolve().parents[2]
-MACHINES = Path("/var/tmp/anklume-image-desktop")
 PROGRAMS = ("/usr/bin/sway", "/usr/bin/waybar", "/usr/bin/foot", "/usr/bin/fuzzel",
             "/usr/bin/mako", "/usr/sbin/greetd", "/usr/sbin/agreety", "/usr/bin/anklume-guide",
             "/usr/bin/anklume-tray", "/usr/bin/anklume-session")
@@ -139,38 +138,10 @@ def test_sway_accepts_the_images_configuration(root: Path) -> None:
     assert "[ERROR]" not in proc.stderr, proc.stderr[-3000:]
 
 
-# Run in the booted system by the report script: waits for the session, then
-# prints what it found, one fact a line.
-SESSION_CHECK = r"""
-user=anklume; deadline=$(( $(date +%s) + WAIT ))
-items() { busctl --user -M "$user@.host" get-property org.kde.StatusNotifierWatcher \
-          /StatusNotifierWatcher org.kde.StatusNotifierWatcher RegisteredStatusNotifierItems \
-          2>/dev/null; }
-until items | grep -q StatusNotifierItem && pgrep -u "$user" -f anklume-guide >/dev/null \
-      || [ "$(date +%s)" -ge "$deadline" ]; do sleep 2; done
-for p in sway waybar mako foot; do echo "process $p $(pgrep -u "$user" -x $p | head -1)"; done
-echo "guide $(pgrep -u "$user" -f 'python3 /usr/bin/anklume-guide' | head -1)"
-echo "items $(items)"
-busctl --user -M "$user@.host" list --no-legend 2>/dev/null | awk '{print "name " $1}'
-echo "session $(loginctl list-sessions --no-legend | grep " $user " | head -1)"
-echo "vt $(cat /sys/class/tty/tty0/active)"
-journalctl -b --no-pager -o cat -n 60 _UID="$(id -u "$user")" -u greetd | sed 's/^/journal /'
-"""
-
-
-@pytest.fixture(scope="module")
-def desktop_boot(built: Built) -> Boot:
-    shutil.rmtree(MACHINES, ignore_errors=True)
-    machine = Machine(built.image, MACHINES / "machine", data_mib=512)
-    script = SESSION_CHECK.replace("WAIT", str(int(scaled(150))))
-    return machine.boot(commands={"session": ["sh", "-c", script]},
-                        target="graphical.target")
-
-
 def test_the_first_login_is_sway_with_the_tray_notifications_and_the_guide(
-        desktop_boot: Boot) -> None:
-    report = desktop_boot.report
-    assert report is not None, desktop_boot.explain()
+        boots: Boots) -> None:
+    # The first boot of test_boot_image.py, to graphical.target as a person's.
+    report = reported(boots.first)
     result = report["commands"]["session"]
     facts = result["stdout"].splitlines()
     assert result["rc"] == 0, result
