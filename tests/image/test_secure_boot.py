@@ -9,7 +9,7 @@ with that key enrolled as PK, KEK and db in a copy of OVMF's variable store
 - the same stick with its UKI unsigned is refused by the firmware: the
   signed systemd-boot runs (it counts the default entry on the ESP) but its
   UKI never starts (no report, PERSIST untouched), and
-  systemd-boot says the firmware's status (a security violation).
+  systemd-boot says the firmware's status (Debian 12's OVMF: access denied).
 
 Each machine is its own copy of the stick and of the variable store, so
 the other image tests never see these boots.
