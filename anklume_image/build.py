@@ -19,10 +19,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from anklume_image import esp, persist, rootfs, slot, stick
+from anklume_image import esp, persist, rootfs, secure_boot, slot, stick
 from anklume_image.config import BuildConfig
 from anklume_image.errors import BuildError
 from anklume_image.signing import public_key_of
+from anklumed.slots.boot_entries import UKI_IN_IMAGE
 
 log = logging.getLogger(__name__)
 CHECKOUT = Path(__file__).resolve().parent.parent
@@ -59,6 +60,7 @@ def build(config: BuildConfig, checkout: Path = CHECKOUT) -> Path:
     out = config.out.absolute()
     check_output(out)
     public_key = public_key_of(config.signing_key) if config.signing_key else None
+    sb_pair = _secure_boot_pair(config)
     work = config.work_dir
     shutil.rmtree(work, ignore_errors=True)  # what an interrupted build left
     checksum = out.with_name(out.name + ".sha256")
@@ -68,9 +70,12 @@ def build(config: BuildConfig, checkout: Path = CHECKOUT) -> Path:
     persist_guid = str(uuid.uuid4())
     with stage("rootfs"):
         tarball = rootfs.build_rootfs(config, work, checkout, public_key)
+    uki = work / "boot-files" / "uki" / "uki.efi"
+    if sb_pair is not None:
+        with stage("secure-boot"):
+            _sign_boot_chain(config, sb_pair, work / "boot-files", tarball)
     with stage("slot"):
         image = slot.build_squashfs(config, tarball, work)
-        uki = work / "boot-files" / "uki" / "uki.efi"
         manifest, bundle_dir = slot.build_bundle(config, image, work, uki)
         tree = slot.verity_tree(image, manifest)
     with stage("persist"):
@@ -88,6 +93,34 @@ def build(config: BuildConfig, checkout: Path = CHECKOUT) -> Path:
     _keep_bundle(bundle_dir, out)
     shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def _secure_boot_pair(config: BuildConfig) -> secure_boot.SigningPair | None:
+    key, cert = config.secure_boot_key, config.secure_boot_cert
+    if key is None and cert is None:
+        return None
+    if key is None or cert is None:
+        raise BuildError("--secure-boot-key and --secure-boot-cert go together")
+    if config.signing_key is None:
+        # Without it the initramfs mounts the slot on the unsigned meta's root
+        # hash: the firmware's check would end at the initramfs.
+        raise BuildError("--secure-boot-key needs --signing-key: the signed UKI carries the "
+                         "key that verifies the slot, and without it nothing does")
+    return secure_boot.check_pair(key, cert)
+
+
+def _sign_boot_chain(config: BuildConfig, pair: secure_boot.SigningPair, boot: Path,
+                     tarball: Path) -> None:
+    """systemd-boot for the ESP, and the UKI both on the ESP and in the slot."""
+    systemd_boot = boot / "efi" / f"systemd-boot{config.arch_efi}.efi"
+    if not systemd_boot.exists():
+        raise BuildError(f"the image has no {systemd_boot.name} (systemd-boot-efi)")
+    secure_boot.sign(pair, systemd_boot)
+    uki = boot / "uki" / "uki.efi"
+    if not uki.is_file():
+        raise BuildError(f"the image has no /{UKI_IN_IMAGE} (ukify did not run?)")
+    secure_boot.sign(pair, uki)
+    secure_boot.replace_in_tarball(tarball, UKI_IN_IMAGE, uki)
 
 
 def _keep_bundle(bundle_dir: Path, out: Path) -> None:

@@ -2,7 +2,8 @@
 
   anklume-image build --out anklume-live.img [--base debian] [--suite trixie]
       [--arch amd64] [--desktop minimal|sway|labwc|kde|all] [--no-zfs]
-      [--signing-key KEY.pem] [--version V]
+      [--signing-key KEY.pem] [--secure-boot-key DB.key --secure-boot-cert DB.crt]
+      [--version V]
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ def parser() -> argparse.ArgumentParser:
                    help="leave ZFS out (no zfs-dkms build: minutes faster; BTRFS only)")
     b.add_argument("--signing-key", type=Path, metavar="KEY",
                    help="Ed25519 key (anklume-bundle keygen) that signs the slot manifest")
+    b.add_argument("--secure-boot-key", type=Path, metavar="KEY",
+                   help="RSA key (PEM) that signs systemd-boot and the UKI for Secure Boot "
+                        "(needs --signing-key and --secure-boot-cert)")
+    b.add_argument("--secure-boot-cert", type=Path, metavar="CERT",
+                   help="the certificate of --secure-boot-key, as enrolled in the firmware's db")
     b.add_argument("--mirror", help="Debian mirror (default: the one this host's apt uses)")
     b.add_argument("--efi-size", type=int, default=None, metavar="MIB")
     b.add_argument("--slot-size", type=int, default=None, metavar="MIB")
@@ -52,6 +58,7 @@ def config_from(args: argparse.Namespace) -> BuildConfig:
         "out": args.out, "base": args.base, "suite": args.suite, "arch": args.arch,
         "desktop": args.desktop, "version": args.version, "zfs": not args.no_zfs,
         "signing_key": args.signing_key, "mirror": args.mirror,
+        "secure_boot_key": args.secure_boot_key, "secure_boot_cert": args.secure_boot_cert,
         "efi_mib": args.efi_size, "slot_mib": args.slot_size,
         "persist_mib": args.persist_size, "compression_level": args.compression_level,
     }

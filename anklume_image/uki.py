@@ -7,8 +7,8 @@ the build host). No ``.cmdline``: the boot entries give the command line.
 The UKI stays in the image at /usr/lib/anklume/boot/uki.efi, so the slot's
 bundle carries its kernel, and the ESP stage copies it out for slot A.
 
-Secure Boot (not built yet) signs the UKI here: ukify's ``--secureboot-private-key``
-and ``--secureboot-certificate`` (sbsign), with the command lines as profiles.
+With Secure Boot the build signs this UKI afterwards, on the build host
+(secure_boot.py): the private key never enters the image's tree.
 """
 
 from __future__ import annotations

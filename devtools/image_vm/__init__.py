@@ -23,7 +23,7 @@ import json
 import shutil
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,9 @@ from devtools.slowness import scaled
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+# Secure Boot: this build verifies images against db, and keeps its variable
+# store behind SMM so the OS cannot rewrite db (QEMU needs smm=on for it).
+OVMF_CODE_SECURE = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
 REPORT_PORT = "org.anklume.test.report"
 REPORT_UNIT = "anklume-test-report.service"
 REPORT_SCRIPT = Path(__file__).with_name("report.py")
@@ -102,7 +105,9 @@ class Machine:
     from one boot to the next, as on a real machine."""
 
     def __init__(self, image: Path, rundir: Path, data_mib: int = 2048, memory_mib: int = 2048,
-                 cpus: int = 1):
+                 cpus: int = 1, vars_template: Path = OVMF_VARS, secure_boot: bool = False):
+        """``secure_boot``: the firmware that enforces it, with ``vars_template``
+        holding the keys enrolled (tests/image/test_secure_boot.py)."""
         rundir.mkdir(parents=True, exist_ok=True)
         self.rundir = rundir
         self.stick = rundir / "stick.img"
@@ -112,7 +117,8 @@ class Machine:
         with self.data.open("wb") as f:
             f.truncate(data_mib * 1024 * 1024)
         self.vars = rundir / "OVMF_VARS.fd"
-        shutil.copyfile(OVMF_VARS, self.vars)
+        shutil.copyfile(vars_template, self.vars)
+        self.secure_boot = secure_boot
         self.memory_mib = memory_mib
         # More than one: each vCPU is a host thread (multi-threaded TCG), so a
         # boot's parallel work (udev, Python starts) uses a second core.
@@ -121,11 +127,16 @@ class Machine:
 
     def argv(self, bootdir: Path, credentials: Mapping[str, bytes],
              target: str = "multi-user.target") -> list[str]:
-        argv = ["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-cpu", "max",
+        machine, code = "q35", OVMF_CODE
+        if self.secure_boot:
+            machine, code = "q35,smm=on", OVMF_CODE_SECURE
+        argv = ["qemu-system-x86_64", "-machine", machine, "-accel", "tcg", "-cpu", "max",
                 "-smp", str(self.cpus), "-m", str(self.memory_mib), "-no-reboot", "-nic", "none",
                 "-display", "none", "-monitor", "none",
                 "-serial", f"file:{bootdir / 'console.log'}",
-                "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+                *(["-global", "driver=cfi.pflash01,property=secure,value=on"]
+                  if self.secure_boot else []),
+                "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
                 "-drive", f"if=pflash,format=raw,unit=1,file={self.vars}",
                 "-device", "qemu-xhci,id=xhci",
                 "-drive", f"if=none,id=stick,format=raw,file={self.stick}",
@@ -146,7 +157,8 @@ class Machine:
              commands: Mapping[str, list[str]] | None = None,
              settle: list[str] | None = None,
              wait: float = 300.0, timeout: float = 600.0,
-             target: str = "multi-user.target") -> Boot:
+             target: str = "multi-user.target",
+             stop_when: Callable[[Path], bool] | None = None) -> Boot:
         """One boot, up to the guest's report and its poweroff. ``target``:
         the boot's goal (an image with a desktop starts it at
         graphical.target; the tests that do not look at it boot no further
@@ -154,7 +166,9 @@ class Machine:
         are system credentials for the image's own units; ``commands`` (name:
         argv) are run by the report script and their output reported; the
         report waits for boot-complete.target and for ``settle``'s units to
-        finish starting (at most ``wait`` seconds of the guest's time)."""
+        finish starting (at most ``wait`` seconds of the guest's time).
+        ``stop_when(bootdir)``, checked each second, ends a boot that will
+        never report (one the firmware refused) without waiting for ``timeout``."""
         self.boots += 1
         bootdir = self.rundir / f"boot-{self.boots}"
         bootdir.mkdir()
@@ -183,6 +197,8 @@ class Machine:
                 if now - started > scaled(timeout) or \
                         (reported_at is not None and now - reported_at > SHUTDOWN_GRACE):
                     timed_out = reported_at is None
+                    break
+                if stop_when is not None and stop_when(bootdir):
                     break
                 time.sleep(1)
         finally:

@@ -1,14 +1,17 @@
 """Image tier: the stick image built once per session by the real builder.
 
 A small image (no ZFS, small partitions, fast compression) signed with a key
-made for the session; the package download is cached by its inputs under
-/var/cache/anklume-image, so only the first build on a machine fetches.
+made for the session, and for Secure Boot with a test key (firmware without
+Secure Boot boots it all the same; test_secure_boot.py enrolls the key); the
+package download is cached by its inputs under /var/cache/anklume-image, so
+only the first build on a machine fetches.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +36,8 @@ class Built:
     image: Path
     key: Path
     public_key: Path
+    secure_boot_key: Path
+    secure_boot_cert: Path
 
 
 def small_config(out: Path, **overrides: object) -> BuildConfig:
@@ -50,11 +55,16 @@ def built() -> Iterator[Built]:
     WORK.mkdir(parents=True)
     key = WORK / "signing.pem"
     public_key = bundle.generate_key(key)
-    # A sway image: the desktop tests (test_desktop_image.py) read and boot it;
-    # the other boots stop at multi-user.target, as with a console image.
-    config = small_config(WORK / "anklume-live.img", signing_key=key, desktop="sway")
+    sb_key, sb_cert = WORK / "db.key", WORK / "db.crt"
+    subprocess.run(["openssl", "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes",
+                    "-days", "30", "-subj", "/CN=anklume test db/", "-keyout", sb_key,
+                    "-out", sb_cert], check=True, capture_output=True)
+    # A sway image (test_desktop_image.py reads it and its first boot's
+    # session), signed for Secure Boot (test_secure_boot.py).
+    config = small_config(WORK / "anklume-live.img", signing_key=key, desktop="sway",
+                          secure_boot_key=sb_key, secure_boot_cert=sb_cert)
     image = build(config)
-    yield Built(config, image, key, public_key)
+    yield Built(config, image, key, public_key, sb_key, sb_cert)
     shutil.rmtree(WORK, ignore_errors=True)
 
 

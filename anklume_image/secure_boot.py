@@ -1,0 +1,116 @@
+"""Secure Boot: systemd-boot and the slot's UKI signed with the builder's key.
+
+The firmware checks systemd-boot and each UKI against its ``db``; the UKI
+carries the kernel and the initramfs, and the initramfs carries the Ed25519
+key that verifies slot manifests (install.key_hooks, the initramfs-tools
+hook), so one signature covers the chain down to dm-verity's root hash
+(docs/boot-chain.md). Signing is done on the build host with sbsign
+(Debian's sbsigntool), so the private key never enters the image's tree:
+the UKI is signed after mmdebstrap made it, and the signed file replaces the
+unsigned one inside the rootfs tarball, so the squashfs, the bundle's
+manifest and the ESP all carry the same signed bytes. An update therefore
+delivers a UKI that was signed when its bundle was built; nothing on the
+stick signs or re-makes one.
+
+The key and the certificate are checked before any build work: a key that
+does not parse, a certificate that does not, or one that belongs to another
+key stops the build with a sentence, and nothing is made.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from anklume_image.errors import BuildError
+from anklumed.command import run
+
+SIGN_TIMEOUT = 120.0
+TAR_TIMEOUT = 600.0
+_MAKE_ONE = ("make a pair with: openssl req -new -x509 -newkey rsa:2048 -nodes -days 3650 "
+             "-subj '/CN=anklume Live Secure Boot/' -keyout db.key -out db.crt")
+
+
+@dataclass(frozen=True)
+class SigningPair:
+    key: Path
+    cert: Path
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise BuildError(f"cannot read the Secure Boot {what} {path}: {e.strerror}") from None
+
+
+def check_pair(key: Path, cert: Path) -> SigningPair:
+    """The pair sbsign will use, or a clear error: an unencrypted PEM RSA key
+    (UEFI firmware verifies RSA-2048 signatures) and an X.509 certificate
+    (PEM or DER) of that same key."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+
+    try:
+        private = serialization.load_pem_private_key(_read(key, "key"), password=None)
+    except (ValueError, TypeError):
+        raise BuildError(f"{key} is not an unencrypted PEM private key ({_MAKE_ONE})") from None
+    if not isinstance(private, RSAPrivateKey):
+        raise BuildError(f"{key} is not an RSA key: UEFI firmware checks RSA signatures "
+                         f"({_MAKE_ONE})")
+    data = _read(cert, "certificate")
+    try:
+        certificate = (x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data
+                       else x509.load_der_x509_certificate(data))
+    except ValueError:
+        raise BuildError(f"{cert} is not an X.509 certificate (PEM or DER) ({_MAKE_ONE})"
+                         ) from None
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    if certificate.public_key().public_bytes(der, spki) != \
+            private.public_key().public_bytes(der, spki):
+        raise BuildError(f"the certificate {cert} is not the one of the key {key}: "
+                         "give the certificate made with that key")
+    if shutil.which("sbsign") is None:
+        raise BuildError("sbsign is not installed: apt-get install sbsigntool")
+    return SigningPair(key, cert)
+
+
+def sign(pair: SigningPair, efi: Path) -> None:
+    """Sign ``efi`` in place (a new file renamed over it), then check the
+    signature with the certificate, so a build never ships a file the
+    firmware would refuse for a reason found only at boot."""
+    signed = efi.with_name(efi.name + ".signed")
+    run(["sbsign", "--key", pair.key, "--cert", pair.cert, "--output", signed, efi],
+        timeout=SIGN_TIMEOUT)
+    run(["sbverify", "--cert", pair.cert, signed], timeout=SIGN_TIMEOUT)
+    signed.replace(efi)
+
+
+def replace_in_tarball(tarball: Path, member_path: str, new: Path) -> None:
+    """Put ``new`` in the rootfs tarball in place of ``member_path`` (owner,
+    mode and time kept): GNU tar deletes the old member, and tarfile appends
+    the new one with the old one's header."""
+    with tarfile.open(tarball) as tar:
+        names = [n for n in (member_path, "./" + member_path) if _has(tar, n)]
+        if not names:
+            raise BuildError(f"the rootfs has no /{member_path} to sign")
+        old = tar.getmember(names[0])
+    run(["tar", "--delete", "--file", tarball, old.name], timeout=TAR_TIMEOUT)
+    info = tarfile.TarInfo(old.name)
+    info.mode, info.uid, info.gid = old.mode, old.uid, old.gid
+    info.uname, info.gname, info.mtime = old.uname, old.gname, old.mtime
+    info.size = new.stat().st_size
+    with tarfile.open(tarball, "a") as tar, new.open("rb") as f:
+        tar.addfile(info, f)
+
+
+def _has(tar: tarfile.TarFile, name: str) -> bool:
+    try:
+        tar.getmember(name)
+    except KeyError:
+        return False
+    return True

@@ -1,0 +1,161 @@
+"""Secure Boot, end to end: the session's image (signed with its test key,
+tests/image/conftest.py) under the OVMF build that enforces Secure Boot,
+with that key enrolled as PK, KEK and db in a copy of OVMF's variable store
+(virt-fw-vars) and no Microsoft key.
+
+- the signed stick boots: the booted system reports Secure Boot on and in
+  user mode (the firmware's own variables), the slot verified by its signed
+  manifest, the boot marked good;
+- the same stick with its UKI unsigned is refused by the firmware: the
+  signed systemd-boot runs (it counts the default entry on the ESP) but its
+  UKI never starts (no report, PERSIST untouched), and
+  systemd-boot says the firmware's status (Debian 12's OVMF: access denied).
+
+Each machine is its own copy of the stick and of the variable store, so
+the other image tests never see these boots.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from anklume_image import stick
+from anklume_image.build import sha256_file
+from anklumed.slots import boot_entries
+from anklumed.stick import SlotName
+from devtools.image_vm import OVMF_CODE_SECURE, OVMF_VARS, Boot, Machine
+from tests.image.conftest import Built
+from tests.image.test_boot_image import DATA_MIB, reported
+from tests.image.test_build import extract
+
+pytestmark = pytest.mark.image
+MACHINES = Path("/var/tmp/anklume-image-secure-boot")
+EFI_GLOBAL = "8be4df61-93ca-11d2-aa0d-00e098032b8c"  # the UEFI specification's variables
+OWNER = "5c3b8f0e-7a4d-4f6b-9d7e-2a1c0b9e4f11"  # the test key's owner GUID (any GUID)
+# The firmware's refusal as systemd-boot prints it: EFI_SECURITY_VIOLATION
+# (edk2's answer for an image no db entry vouches for), or EFI_ACCESS_DENIED.
+REFUSALS = ("security violation", "access denied")
+
+
+def efi_variable(name: str) -> list[str]:
+    """The report's command for one firmware variable: its bytes as numbers
+    (four of attributes, then the value)."""
+    return ["od", "-An", "-tu1", f"/sys/firmware/efi/efivars/{name}-{EFI_GLOBAL}"]
+
+
+def value_of(report_command: dict[str, object]) -> int:
+    assert report_command["rc"] == 0, report_command
+    return int(str(report_command["stdout"]).split()[-1])
+
+
+def enrolled_vars(cert: Path, out: Path) -> Path:
+    """OVMF's empty variable store with the test certificate as PK, KEK and
+    db, and Secure Boot on: a machine whose owner enrolled anklume's key."""
+    tool = Path(sys.executable).with_name("virt-fw-vars")
+    subprocess.run([tool, "--input", OVMF_VARS, "--output", out, "--no-microsoft",
+                    "--set-pk", OWNER, cert, "--add-kek", OWNER, cert, "--add-db", OWNER, cert,
+                    "--sb"], check=True, capture_output=True)
+    return out
+
+
+def esp_offset(image: Path) -> int:
+    return stick.partition_starts(image)[1] * stick.SECTOR
+
+
+def unsign_uki(image: Path, work: Path) -> None:
+    """Slot A's UKI on the stick's ESP replaced by the same UKI without its
+    signature (sbattach --remove): only the signature differs."""
+    target = f"::/{boot_entries.uki_path(SlotName.A)}"
+    fat = f"{image}@@{esp_offset(image)}"
+    uki = work / "slot-a.efi"
+    subprocess.run(["mcopy", "-n", "-i", fat, target, uki], check=True)
+    subprocess.run(["sbattach", "--remove", uki], check=True, capture_output=True)
+    subprocess.run(["mcopy", "-o", "-i", fat, uki, target], check=True)
+
+
+def esp_entries(machine: Machine) -> list[str]:
+    listing = subprocess.run(["mdir", "-i", f"{machine.stick}@@{esp_offset(machine.stick)}",
+                              "-b", f"::/{boot_entries.ENTRIES_DIR}"],
+                             check=True, capture_output=True, text=True).stdout
+    return sorted(line.rsplit("/", 1)[-1] for line in listing.split())
+
+
+def refused(bootdir: Path) -> bool:
+    console = bootdir / "console.log"
+    text = console.read_text(errors="replace").lower() if console.exists() else ""
+    return any(refusal in text for refusal in REFUSALS)
+
+
+class SecureBoots:
+    def __init__(self, built: Built):
+        shutil.rmtree(MACHINES, ignore_errors=True)
+        MACHINES.mkdir(parents=True)
+        self.built = built
+        self.vars = enrolled_vars(built.secure_boot_cert, MACHINES / "OVMF_VARS.enrolled.fd")
+
+    def machine(self, name: str) -> Machine:
+        return Machine(self.built.image, MACHINES / name, data_mib=DATA_MIB,
+                       vars_template=self.vars, secure_boot=True)
+
+    @functools.cached_property
+    def signed(self) -> Boot:
+        return self.machine("signed").boot(commands={
+            "secure_boot": efi_variable("SecureBoot"), "setup_mode": efi_variable("SetupMode")})
+
+    @functools.cached_property
+    def unsigned(self) -> tuple[Machine, Boot]:
+        machine = self.machine("unsigned")
+        unsign_uki(machine.stick, machine.rundir)
+        # Firmware and systemd-boot take well under a minute under TCG; the
+        # refusal ends the boot as soon as systemd-boot reports it.
+        return machine, machine.boot(timeout=240.0, stop_when=refused)
+
+
+@pytest.fixture(scope="module")
+def secure(built: Built) -> Iterator[SecureBoots]:
+    if not OVMF_CODE_SECURE.exists():
+        pytest.fail(f"{OVMF_CODE_SECURE} is missing: apt-get install ovmf (./setup-dev --tests)")
+    yield SecureBoots(built)
+
+
+def test_the_enrolled_store_trusts_the_test_key_and_no_microsoft_key(
+        secure: SecureBoots) -> None:
+    printed = subprocess.run([Path(sys.executable).with_name("virt-fw-vars"), "--input",
+                              secure.vars, "--print", "--verbose"],
+                             check=True, capture_output=True, text=True).stdout
+    assert "anklume test db" in printed, printed
+    assert "Microsoft" not in printed, printed
+
+
+def test_the_signed_image_boots_with_secure_boot_enforced(secure: SecureBoots) -> None:
+    report = reported(secure.signed)
+    commands = report["commands"]
+    assert value_of(commands["secure_boot"]) == 1, commands
+    assert value_of(commands["setup_mode"]) == 0, commands  # user mode: db is enforced
+    env = report["boot_env"]
+    assert env is not None, "the initramfs wrote no hand-off"
+    assert (env["SLOT"], env["VERITY"]) == ("A", "signed"), env
+    status = report["status"]
+    assert status is not None, report["status_raw"]
+    assert (status["BootedSlot"], status["BootState"]) == ("A", "good"), status
+
+
+def test_an_unsigned_uki_is_refused_by_the_firmware(secure: SecureBoots) -> None:
+    machine, boot = secure.unsigned
+    assert boot.report is None, "the unsigned UKI ran"
+    # systemd-boot (signed) ran and counted the default entry before it asked
+    # the firmware to load the UKI ...
+    assert "anklume-1-live-a+2-1.conf" in esp_entries(machine), esp_entries(machine)
+    # ... which never started: the initramfs did not write PERSIST (its first
+    # write counts the boot), so the partition is as built, byte for byte.
+    persist = [sha256_file(extract(image, 4, machine.rundir / f"persist-{name}.img"))
+               for name, image in (("built", secure.built.image), ("after", machine.stick))]
+    assert persist[0] == persist[1], "the initramfs ran and wrote PERSIST"
+    assert refused(boot.rundir), boot.explain()

@@ -1,0 +1,143 @@
+"""Secure Boot's key and certificate, checked before any build work; the
+signed UKI put in the rootfs tarball in place of the unsigned one."""
+
+from __future__ import annotations
+
+import datetime
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from cryptography.x509.oid import NameOID
+
+from anklume_image import cli, secure_boot
+from anklume_image.build import build
+from anklume_image.config import BuildConfig
+from anklume_image.errors import BuildError
+from anklumed.slots import bundle
+
+PEM = serialization.Encoding.PEM
+
+
+def write_key(path: Path, key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey) -> Path:
+    path.write_bytes(key.private_bytes(PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    return path
+
+
+def write_cert(path: Path, key: rsa.RSAPrivateKey, der: bool = False) -> Path:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "anklume test db")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    path.write_bytes(cert.public_bytes(serialization.Encoding.DER if der else PEM))
+    return path
+
+
+@pytest.fixture
+def rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def test_a_matching_pair_passes_pem_or_der(tmp_path: Path, rsa_key: rsa.RSAPrivateKey,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shutil.which", lambda name: f"/usr/bin/{name}")
+    key = write_key(tmp_path / "db.key", rsa_key)
+    for der in (False, True):
+        cert = write_cert(tmp_path / f"db-{der}.crt", rsa_key, der=der)
+        assert secure_boot.check_pair(key, cert) == secure_boot.SigningPair(key, cert)
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("garbage-key", "is not an unencrypted PEM private key"),
+    ("missing-key", "cannot read the Secure Boot key"),
+    ("ed25519-key", "is not an RSA key"),
+    ("garbage-cert", "is not an X.509 certificate"),
+    ("other-cert", "is not the one of the key"),
+])
+def test_a_bad_pair_is_refused_with_a_sentence(tmp_path: Path, rsa_key: rsa.RSAPrivateKey,
+                                               case: str, message: str) -> None:
+    key = write_key(tmp_path / "db.key", rsa_key)
+    cert = write_cert(tmp_path / "db.crt", rsa_key)
+    if case == "garbage-key":
+        key.write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    elif case == "missing-key":
+        key.unlink()
+    elif case == "ed25519-key":
+        write_key(key, ed25519.Ed25519PrivateKey.generate())
+    elif case == "garbage-cert":
+        cert.write_bytes(b"\x30\x03\x02\x01\x00")
+    elif case == "other-cert":
+        write_cert(cert, rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    with pytest.raises(BuildError, match=message):
+        secure_boot.check_pair(key, cert)
+
+
+def test_a_bad_pair_stops_the_build_before_it_touches_anything(
+        tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> None:
+    signing = tmp_path / "signing.pem"
+    bundle.generate_key(signing)
+    key = write_key(tmp_path / "db.key", rsa_key)
+    other = write_cert(tmp_path / "other.crt",
+                       rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    out = tmp_path / "anklume-live.img"
+    # A previous build's image stays: a refused build removes nothing.
+    out.write_bytes(b"previous image")
+    (tmp_path / "anklume-live.img.sha256").write_text("x  anklume-live.img\n")
+    config = BuildConfig(out=out, signing_key=signing, secure_boot_key=key,
+                         secure_boot_cert=other)
+    with pytest.raises(BuildError, match="is not the one of the key"):
+        build(config)
+    assert not config.work_dir.exists()
+    assert out.read_bytes() == b"previous image"
+    alone = config.model_copy(update={"secure_boot_cert": None})
+    with pytest.raises(BuildError, match="go together"):
+        build(alone)
+    unsigned_slot = config.model_copy(update={"signing_key": None})
+    with pytest.raises(BuildError, match="needs --signing-key"):
+        build(unsigned_slot)
+    assert not config.work_dir.exists()
+
+
+def test_the_cli_says_what_is_wrong_with_the_key(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    signing = tmp_path / "signing.pem"
+    bundle.generate_key(signing)
+    (tmp_path / "db.key").write_text("not a key\n")
+    (tmp_path / "db.crt").write_text("not a cert\n")
+    code = cli.main(["build", "--out", str(tmp_path / "x.img"), "--signing-key", str(signing),
+                     "--secure-boot-key", str(tmp_path / "db.key"),
+                     "--secure-boot-cert", str(tmp_path / "db.crt")])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "db.key is not an unencrypted PEM private key" in err
+    assert "Traceback" not in err
+
+
+def test_the_signed_uki_replaces_the_unsigned_one_in_the_tarball(tmp_path: Path) -> None:
+    tarball = tmp_path / "rootfs.tar"
+    member = "usr/lib/anklume/boot/uki.efi"
+    with tarfile.open(tarball, "w") as tar:
+        for name, data in (("./etc/os-release", b"ID=debian\n"), (f"./{member}", b"unsigned"),
+                           ("./usr/lib/zzz", b"after")):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 1_700_000_000
+            tar.addfile(info, io.BytesIO(data))
+    signed = tmp_path / "uki.efi"
+    signed.write_bytes(b"unsigned+signature")
+    secure_boot.replace_in_tarball(tarball, member, signed)
+    with tarfile.open(tarball) as tar:
+        names = tar.getnames()
+        assert names == ["./etc/os-release", "./usr/lib/zzz", f"./{member}"]
+        info = tar.getmember(f"./{member}")
+        assert (info.mode, info.mtime) == (0o644, 1_700_000_000)
+        extracted = tar.extractfile(info)
+        assert extracted is not None and extracted.read() == b"unsigned+signature"
+    with pytest.raises(BuildError, match="has no /usr/lib/none"):
+        secure_boot.replace_in_tarball(tarball, "usr/lib/none", signed)
