@@ -11,9 +11,12 @@ runs them.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -42,9 +45,27 @@ def efivars(tmp_path: Path, entries: list[str]) -> Path:
     return d
 
 
+@functools.cache
+def busybox_applets() -> str:
+    """A directory of busybox's applets, first on PATH under busybox sh: the
+    initramfs has busybox's od, wc, dd, not coreutils'."""
+    applets = Path(tempfile.mkdtemp(prefix="anklume-busybox-"))
+    atexit.register(shutil.rmtree, applets, True)
+    busybox = shutil.which("busybox")
+    assert busybox is not None
+    listed = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True)
+    for name in listed.stdout.split():
+        (applets / name).symlink_to(busybox)
+    return str(applets)
+
+
 def sh(shell: str, script: Path, *args: str | Path, tmp: Path | None = None,
        path: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": path or os.environ["PATH"], **({"TMPDIR": str(tmp)} if tmp else {})}
+    if path is None:
+        path = os.environ["PATH"]
+        if shell.startswith("busybox"):
+            path = f"{busybox_applets()}:{path}"
+    env = {"PATH": path, **({"TMPDIR": str(tmp)} if tmp else {})}
     program, *options = shell.split()
     argv = [shutil.which(program) or program, *options, str(script), *map(str, args)]
     return subprocess.run(argv, capture_output=True,
@@ -121,7 +142,7 @@ def test_an_immutable_variable_left_set_is_replaced(tmp_path: Path, shell: str) 
         bare = tmp_path / "bin"
         bare.mkdir()
         for tool in ("tail", "od", "awk", "dd", "cmp", "wc", "rm", "head", "tr"):
-            found = shutil.which(tool)
+            found = shutil.which(tool, path=f"{busybox_applets()}:{os.environ['PATH']}")
             assert found is not None
             (bare / tool).symlink_to(found)
         refused = sh(shell, REDIRECT, "set", d, "anklume-3-stick-a.conf", tmp=tmp_path,
