@@ -298,3 +298,115 @@ def test_a_cut_before_the_mark_counts_the_next_boot_as_a_new_attempt(tmp_path: P
         assert lines(sh(shell, STATE, "redirect-take", persist,
                         cmdline(tmp_path, kernel))) == {"REDIRECT": "none"}
     assert lines(sh(shell, STATE, "record", persist, cmdline(tmp_path, "A")))["BOOT_COUNT"] == "2"
+
+
+# ---- anklume-boot.sh's part: when it restarts, and when it says why not -----------
+
+DRIVER = """
+say() { echo "anklume: $*"; }
+mount_efivars() { [ -d "$EFIVARS" ]; }  # FAKE: the tests' directory needs no mount
+release_efivars() { :; }
+unmount_persist() { echo UNMOUNTED; }
+reboot() { echo "RESTART $*"; exit 0; }  # FAKE: the machine restarts here
+PERSIST_MNT=$TEST_PERSIST
+PERSIST_DEV=test
+read_cmdline
+record_attempt
+redirect_if_needed
+echo "GOES_ON BOOT=$BOOT BOOT_COUNT=$BOOT_COUNT"
+"""
+
+
+def boot(shell: str, tmp_path: Path, persist: Path, kernel: str | None,
+         vars_dir: Path) -> list[str]:
+    """anklume-boot.sh up to the slot's opening: its functions, the real state
+    and redirect scripts, a FAKE restart."""
+    script = (INITRAMFS / "anklume-boot.sh").read_text()
+    assert script.endswith('main "$@"\n')
+    harness = tmp_path / "boot-harness.sh"
+    harness.write_text(script.removesuffix('main "$@"\n') + DRIVER)
+    words = "boot=anklume anklume.toram=1" + (f" anklume.kernel={kernel}" if kernel else "")
+    (tmp_path / "cmdline").write_text(words + "\n")
+    env = {"ANKLUME_LIB": str(INITRAMFS), "ANKLUME_CMDLINE": str(tmp_path / "cmdline"),
+           "ANKLUME_EFIVARS": str(vars_dir), "TEST_PERSIST": str(persist), "TMPDIR": str(tmp_path)}
+    program, *options = shell.split()
+    path = os.environ["PATH"]
+    if program == "busybox":
+        path = f"{busybox_applets()}:{path}"
+    result = subprocess.run([shutil.which(program) or program, *options, str(harness)],
+                            capture_output=True, text=True, timeout=60, check=False,
+                            env={"PATH": path, **env})
+    assert result.returncode == 0, result.stdout + result.stderr
+    return [line for line in result.stdout.splitlines() if not line.startswith("anklume: count")]
+
+
+def one_shot(vars_dir: Path) -> bytes | None:
+    path = vars_dir / f"LoaderEntryOneShot-{GUID}"
+    return path.read_bytes()[4:] if path.exists() else None
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_rollback_on_the_other_kernel_restarts_then_boots_counted_once(tmp_path: Path,
+                                                                        shell: str) -> None:
+    persist = exhausted_a(tmp_path)
+    vars_dir = efivars(tmp_path, MENU_A)
+    first = boot(shell, tmp_path, persist, "A", vars_dir)
+    assert first[-2:] == ["UNMOUNTED", "RESTART -f"], first
+    assert any("restarting into boot entry anklume-2-slot-b.conf" in line for line in first)
+    assert one_shot(vars_dir) == utf16("anklume-2-slot-b.conf")
+    assert (persist / "redirect").exists() and (persist / "boot-count").read_text() == "1\n"
+    (vars_dir / f"LoaderEntryOneShot-{GUID}").unlink()  # systemd-boot read it
+    second = boot(shell, tmp_path, persist, "B", vars_dir)
+    assert second[-1] == "GOES_ON BOOT=B BOOT_COUNT=1", second
+    assert (persist / "boot-count").read_text() == "1\n"
+    assert not (persist / "redirect").exists()
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_redirect_that_did_not_land_is_not_made_again(tmp_path: Path, shell: str) -> None:
+    persist = exhausted_a(tmp_path)
+    vars_dir = efivars(tmp_path, MENU_A)
+    boot(shell, tmp_path, persist, "A", vars_dir)
+    again = boot(shell, tmp_path, persist, "A", vars_dir)  # the firmware ignored it
+    assert again[-1] == "GOES_ON BOOT=B BOOT_COUNT=2", again
+    assert any("boots on slot A's kernel for this boot: the previous boot already restarted"
+               in line for line in again), again
+    assert not (persist / "redirect").exists()
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize(("setup", "why"), [
+    ("no-efivars", "the firmware offers no EFI variables"),
+    ("no-entry", "the boot menu has no entry of slot B's own kernel"),
+    ("write-fails", "LoaderEntryOneShot) could not be set"),
+    ("persist-fails", "the restart could not be recorded on PERSIST"),
+])
+def test_without_a_way_to_redirect_the_slot_boots_on_this_kernel(tmp_path: Path, shell: str,
+                                                                 setup: str, why: str) -> None:
+    persist = exhausted_a(tmp_path)
+    vars_dir = efivars(tmp_path, ["anklume-1-live-a+1-2.conf"] if setup == "no-entry"
+                       else MENU_A)
+    if setup == "no-efivars":
+        shutil.rmtree(vars_dir)
+    if setup == "write-fails":
+        (vars_dir / f"LoaderEntryOneShot-{GUID}").mkdir()
+    if setup == "persist-fails":
+        (persist / "redirect.tmp").mkdir()
+    out = boot(shell, tmp_path, persist, "A", vars_dir)
+    assert out[-1] == "GOES_ON BOOT=B BOOT_COUNT=1", out
+    said = [line for line in out if "slot B boots on slot A's kernel for this boot" in line]
+    assert len(said) == 1 and why in said[0], out
+    assert not (persist / "redirect").exists()
+    if setup != "write-fails":
+        assert not (vars_dir / f"LoaderEntryOneShot-{GUID}").exists()
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("kernel", [None, "B"])
+def test_no_redirect_when_the_kernel_is_the_slots_own_or_unknown(tmp_path: Path, shell: str,
+                                                                  kernel: str | None) -> None:
+    persist = exhausted_a(tmp_path)
+    vars_dir = efivars(tmp_path, MENU_A)
+    out = boot(shell, tmp_path, persist, kernel, vars_dir)
+    assert out[-1] == "GOES_ON BOOT=B BOOT_COUNT=1", out
+    assert one_shot(vars_dir) is None and not (persist / "redirect").exists()
