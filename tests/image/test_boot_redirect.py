@@ -166,7 +166,8 @@ def test_the_boot_that_follows_runs_slot_bs_own_kernel_counted_once(redirect: Re
     assert (env["SLOT"], env["BOOT_COUNT"], env["ROLLBACK"], env["DEGRADED"]) == \
         ("B", "1", "0", "0"), env
     assert "anklume.kernel=B" in report["cmdline"], report["cmdline"]
-    assert report["entry_selected"] == "anklume-2-slot-b.conf", report
+    # systemd 257 keeps ".conf" in an entry's id; the specification drops it.
+    assert (report["entry_selected"] or "").removesuffix(".conf") == "anklume-2-slot-b", report
     stub = report["commands"]["stub_image"]
     assert stub["stdout"].strip().lower().endswith("\\efi\\anklume\\slot-b.efi"), stub
     status = report["status"]
