@@ -37,7 +37,9 @@ fail() {
 # unit beyond ASCII reads as '?': no id of ours has one).
 strings16() {
 	[ -f "$1" ] || return 1
-	tail -c +5 "$1" | od -An -v -tu1 | awk '
+	# Read through a pipe: efivarfs files cannot seek (coreutils' tail -c
+	# fails on them with "Illegal seek").
+	cat "$1" | tail -c +5 | od -An -v -tu1 | awk '
 	{
 		for (i = 1; i <= NF; i++) {
 			if (!odd) { low = $i; odd = 1; continue }

@@ -45,8 +45,9 @@ MACHINES = Path("/var/tmp/anklume-image-redirect")
 GUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
 CHUNK = 4 * 1024 * 1024
 # The UKI systemd-stub says it was started as (a path on the ESP, UTF-16).
-STUB_IMAGE = ["sh", "-c", f"tail -c +5 /sys/firmware/efi/efivars/StubImageIdentifier-{GUID}"
-                          " | tr -d '\\000'"]
+# efivarfs files cannot seek: read through a pipe.
+STUB_IMAGE = ["sh", "-c", f"cat /sys/firmware/efi/efivars/StubImageIdentifier-{GUID}"
+                          " | tail -c +5 | tr -d '\\000'"]
 
 
 def put_back(image: Path, number: int, part: Path) -> None:
