@@ -9,7 +9,10 @@
 # first (anklume.toram=1), and mounts squashfs + a tmpfs overlay at ROOTMNT.
 # It writes the hand-off /run/anklume/boot.env (moved with /run into the new
 # root) and prepares /run/initramfs for the shutdown. A slot that fails any
-# check falls through to the other one in the same boot.
+# check falls through to the other one in the same boot. A slot whose own
+# kernel is not the one running is started by a redirect: systemd-boot is
+# asked for that slot's entry and the machine restarts at once
+# (docs/boot-chain.md).
 #
 # Exit status: 0 the root is mounted; 1 no slot could be verified (the
 # console says why and how to recover; the caller then opens a shell).
@@ -21,6 +24,7 @@ KEYS=${ANKLUME_KEYS:-/etc/anklume/keys.d}
 CMDLINE=${ANKLUME_CMDLINE:-/proc/cmdline}
 RUN=${ANKLUME_RUN:-/run/anklume}
 PERSIST_MNT=/run/anklume-persist
+EFIVARS=${ANKLUME_EFIVARS:-/sys/firmware/efi/efivars}
 FILES=$RUN/boot             # the slot's tree, meta, manifest and signature
 MAPPING=anklume-root
 MIB=1048576
@@ -46,6 +50,10 @@ FAILURES=""
 REASON=""
 RAM_CRYPT=unknown
 STICK_LOST=0
+KERNEL=""                   # whose UKI runs: anklume.kernel= of the boot entry
+AB_STATE=""
+REDIRECT_SEEN=0             # this boot found the previous one's redirect: it makes none
+EFIVARS_MOUNTED=0
 
 # A line on the console, and in the kernel log (timestamped, kept for the
 # journal of the running system; <6> is info: the console shows it once).
@@ -67,6 +75,7 @@ read_cmdline() {
             anklume.toram|anklume.toram=1|anklume.toram=yes) TORAM_WANTED=1 ;;
             anklume.ram_crypt|anklume.ram_crypt=1|anklume.ram_crypt=yes) RAM_CRYPT_WANTED=1 ;;
             anklume.wait=*) WAIT=$(number "${arg#anklume.wait=}" 30) ;;
+            anklume.kernel=A|anklume.kernel=B) KERNEL=${arg#anklume.kernel=} ;;
         esac
     done
     set +f
@@ -183,6 +192,7 @@ take_decision() {
     while IFS== read -r key value; do
         case "$key" in
             BOOT) BOOT=$value ;;
+            AB_STATE) AB_STATE=$value ;;
             BOOT_COUNT) BOOT_COUNT=$value ;;
             ROLLBACK_REASON) ROLLBACK_REASON=$value ;;
             DEGRADED) DEGRADED=$value ;;
@@ -196,10 +206,94 @@ EOF
 
 record_attempt() {
     say "counting the attempt on PERSIST (/dev/$PERSIST_DEV)"
+    out=$(sh "$LIB/anklume-state.sh" redirect-take "$PERSIST_MNT" "$CMDLINE")
+    case "$out" in
+        REDIRECT=landed*)
+            REDIRECT_SEEN=1
+            take_decision "$out"
+            say "slot $BOOT on its own kernel, as the previous boot asked: its attempt was counted there"
+            report_decision
+            return 0 ;;
+        REDIRECT=none) ;;
+        REDIRECT=missed*)
+            REDIRECT_SEEN=1
+            say "the previous boot restarted for slot $(echo "$out" | sed -n 's/^SLOT=//p')'s own kernel, but slot ${KERNEL:-?}'s runs (the firmware ignored the request, or that boot died before its initramfs); this boot counts" ;;
+        *)
+            REDIRECT_SEEN=1
+            say "the previous boot's restart request is set aside ($(echo "$out" | sed -n 's/^REDIRECT=//p'): PERSIST changed since, or it cannot be read or removed); this boot counts" ;;
+    esac
     out=$(sh "$LIB/anklume-state.sh" record "$PERSIST_MNT" "$CMDLINE") \
         || say "could not write the boot count to PERSIST (the stick may be read-only or full); booting anyway"
     take_decision "$out"
+    report_decision
+}
+
+report_decision() {
     say "slot $BOOT, attempt $BOOT_COUNT${ROLLBACK_REASON:+, rolled back ($ROLLBACK_REASON)}$( [ "$DEGRADED" = 1 ] && echo ', degraded: no other good slot')"
+}
+
+# ---- the redirect ----------------------------------------------------------------
+#
+# The slot decided is not the one whose kernel runs (a rollback, a
+# fall-through, ab-state edited, a cut between PERSIST's write and the
+# ESP's): systemd-boot is asked to start that slot's own entry once
+# (LoaderEntryOneShot), PERSIST gets the decision (redirect), and the
+# machine restarts. The next boot takes the decision without counting again.
+# Without EFI variables, an entry or a write, the slot boots on this kernel
+# for this one boot, as before, and anklumed rewrites the menu.
+
+mount_efivars() {
+    [ -d /sys/firmware/efi ] || return 1
+    grep -q " $EFIVARS efivarfs " /proc/mounts && return 0
+    modprobe -q efivarfs 2>/dev/null
+    mount -t efivarfs efivarfs "$EFIVARS" 2>/dev/null || return 1
+    EFIVARS_MOUNTED=1
+}
+
+release_efivars() {
+    [ "$EFIVARS_MOUNTED" = 1 ] && umount "$EFIVARS" 2>/dev/null
+    EFIVARS_MOUNTED=0
+}
+
+# redirect_if_needed: returns only when this boot goes on here.
+redirect_if_needed() {
+    [ -n "$KERNEL" ] && [ -n "$BOOT" ] && [ "$BOOT" != "$KERNEL" ] || return 0
+    here="slot $BOOT boots on slot $KERNEL's kernel for this boot"
+    if [ "$REDIRECT_SEEN" = 1 ]; then
+        say "$here: the previous boot already restarted for a kernel (never twice in a row)"
+        return 0
+    fi
+    if ! mount_efivars; then
+        say "$here: the firmware offers no EFI variables to ask the boot loader for slot $BOOT's own"
+        return 0
+    fi
+    entry=$(sh "$LIB/anklume-redirect.sh" entry "$EFIVARS" "$BOOT" "$TORAM_WANTED") || {
+        say "$here: the boot menu has no entry of slot $BOOT's own kernel"
+        release_efivars
+        return 0
+    }
+    if ! sh "$LIB/anklume-redirect.sh" set "$EFIVARS" "$entry"; then
+        say "$here: the boot loader's one-shot entry (LoaderEntryOneShot) could not be set"
+        release_efivars
+        return 0
+    fi
+    if ! sh "$LIB/anklume-state.sh" redirect-mark "$PERSIST_MNT" "$BOOT" "$AB_STATE" \
+            "$BOOT_COUNT" "$ROLLBACK_REASON" "$DEGRADED"; then
+        sh "$LIB/anklume-redirect.sh" clear "$EFIVARS"
+        say "$here: the restart could not be recorded on PERSIST"
+        release_efivars
+        return 0
+    fi
+    say "slot $BOOT's own kernel is not the one running (slot $KERNEL's): restarting into boot entry $entry"
+    release_efivars
+    unmount_persist
+    reboot -f
+    # Still here: the restart failed. Take the request back and go on.
+    mount_persist || no_slot "ANKLUME-PERSIST (/dev/$PERSIST_DEV) cannot be mounted again"
+    sh "$LIB/anklume-state.sh" redirect-take "$PERSIST_MNT" >/dev/null
+    mount_efivars && sh "$LIB/anklume-redirect.sh" clear "$EFIVARS"
+    release_efivars
+    say "$here: the restart failed"
 }
 
 # fall_through SLOT REASON: the slot failed in this boot; the state script
@@ -527,6 +621,7 @@ main() {
     BOOT_DISK=$(parent_disk "$PERSIST_DEV")
     mount_persist || no_slot "ANKLUME-PERSIST (/dev/$PERSIST_DEV) cannot be mounted: check it with e2fsck from another computer"
     record_attempt
+    redirect_if_needed
     while [ -n "$BOOT" ]; do
         case " $TRIED " in *" $BOOT "*) break ;; esac
         TRIED="$TRIED $BOOT"
@@ -538,6 +633,7 @@ main() {
             continue
         fi
         fall_through "$BOOT" "$REASON"
+        redirect_if_needed
     done
     grep -q " $RUN/lower " /proc/mounts || no_slot "both slots failed their checks"
     unmount_persist

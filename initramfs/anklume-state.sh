@@ -9,6 +9,8 @@
 #   anklume-state.sh record      PERSIST_DIR [CMDLINE_FILE]
 #   anklume-state.sh fallthrough PERSIST_DIR FAILED_SLOT REASON
 #   anklume-state.sh slot-info   PERSIST_DIR SLOT
+#   anklume-state.sh redirect-mark PERSIST_DIR BOOT AB_STATE BOOT_COUNT ROLLBACK_REASON DEGRADED
+#   anklume-state.sh redirect-take PERSIST_DIR [CMDLINE_FILE]
 #
 # The rule is the same as anklumed/slots/selection.py's; both are checked
 # against the raw cases in spec/boot-cases/ (tests/unit/test_boot_cases.py).
@@ -254,16 +256,19 @@ rollback() {
 	BOOT=$OTHER; AB_STATE=$OTHER; BOOT_COUNT=1; ROLLBACK_REASON=$1
 }
 
-# forced CMDLINE_FILE: the slot named by the last anklume.slot= word, if any
-# and valid.
-forced_slot() {
+# cmdline_slot CMDLINE_FILE KEY: the slot named by the last KEY=... word of
+# the kernel command line, if any and valid.
+cmdline_slot() {
 	[ -n "${1:-}" ] && [ -f "$1" ] || return 0
 	last=
 	for word in $(tr '\000' '?' < "$1"); do
-		case $word in anklume.slot=*) last=${word#anklume.slot=} ;; esac
+		case $word in "$2="*) last=${word#"$2="} ;; esac
 	done
 	slot_name "$last" || true
 }
+
+# forced_slot CMDLINE_FILE: the slot a boot-menu entry forces (anklume.slot=).
+forced_slot() { cmdline_slot "${1:-}" anklume.slot; }
 
 print_decision() {
 	printf 'BOOT=%s\nAB_STATE=%s\nBOOT_COUNT=%s\nROLLBACK_REASON=%s\nDEGRADED=%s\nLAST_GOOD=%s\n' \
@@ -382,6 +387,74 @@ cmd_fallthrough() {
 	return $rc
 }
 
+# --- the redirect (docs/boot-chain.md) -----------------------------------------
+#
+# A boot that decided a slot whose kernel is not the one running asks the
+# boot loader for that slot's own entry and restarts at once. Its decision
+# (already written, its attempt counted) goes to PERSIST's `redirect` first,
+# so that the boot it restarts into takes that decision instead of counting
+# the same attempt again. Every boot removes the file it finds, before it
+# uses it; a boot that found one never redirects (anklume-boot.sh): so no two
+# boots in a row redirect, and the chain always ends.
+
+cmd_redirect_mark() {
+	slot=$(slot_name "${1:-}") && ab=$(slot_name "${2:-}") &&
+		n=$(count "${3:-}" '' 0 $MAX_BOOT_COUNT) &&
+		case ${5:-} in 0 | 1) ;; *) false ;; esac &&
+		case ${4:-} in *[!a-z-]*) false ;; esac || {
+		echo "anklume-state: redirect-mark needs BOOT AB_STATE BOOT_COUNT ROLLBACK_REASON DEGRADED." >&2
+		return 2
+	}
+	put redirect "SLOT=$slot
+AB_STATE=$ab
+BOOT_COUNT=$n
+ROLLBACK_REASON=${4:-}
+DEGRADED=$5"
+}
+
+# Prints REDIRECT=none (no file), landed (this boot runs the kernel the
+# previous boot asked for and PERSIST is as it left it: its decision
+# follows, nothing is counted), missed (another kernel runs: the firmware
+# ignored the request, or the boot it started died before its initramfs),
+# stale (PERSIST changed since, or the file is garbage), stuck (the file
+# could not be removed: exit 1).
+cmd_redirect_take() {
+	f=$PERSIST/redirect
+	if [ ! -e "$f" ]; then
+		echo REDIRECT=none
+		return 0
+	fi
+	kv_load "$f"
+	m_slot=$(slot_name "$(kv SLOT)")
+	m_ab=$(slot_name "$(kv AB_STATE)")
+	m_count=$(count "$(kv BOOT_COUNT)" '' 0 $MAX_BOOT_COUNT)
+	m_reason=$(kv ROLLBACK_REASON)
+	m_degraded=$(kv DEGRADED)
+	read_state
+	if ! rm -f "$f" 2>/dev/null || [ -e "$f" ] || ! sync "$PERSIST" 2>/dev/null; then
+		echo REDIRECT=stuck
+		echo "anklume-state: could not remove redirect from PERSIST ($PERSIST); this boot counts its attempt." >&2
+		return 1
+	fi
+	case $m_reason in *[!a-z-]*) m_slot= ;; esac
+	case $m_degraded in 0 | 1) ;; *) m_slot= ;; esac
+	if [ -z "$m_slot" ] || [ -z "$m_ab" ] || [ -z "$m_count" ]; then
+		echo REDIRECT=stale
+		return 0
+	fi
+	if [ "$(cmdline_slot "${1:-}" anklume.kernel)" != "$m_slot" ]; then
+		printf 'REDIRECT=missed\nSLOT=%s\n' "$m_slot"
+		return 0
+	fi
+	if [ "$PRIMARY" != "$m_ab" ] || [ "$N_COUNT" != "$m_count" ]; then
+		echo REDIRECT=stale
+		return 0
+	fi
+	BOOT=$m_slot AB_STATE=$m_ab BOOT_COUNT=$m_count ROLLBACK_REASON=$m_reason DEGRADED=$m_degraded
+	echo REDIRECT=landed
+	print_decision
+}
+
 # The meta's fields the boot needs, validated; an invalid or missing one is
 # printed empty, so the boot script never parses a meta itself.
 cmd_slot_info() {
@@ -421,7 +494,7 @@ main() {
 	cmd=${1:-}
 	PERSIST=${2:-}
 	if [ -z "$PERSIST" ]; then
-		echo "usage: anklume-state.sh decide|record PERSIST_DIR [CMDLINE_FILE] | fallthrough PERSIST_DIR SLOT REASON | slot-info PERSIST_DIR SLOT" >&2
+		echo "usage: anklume-state.sh decide|record PERSIST_DIR [CMDLINE_FILE] | fallthrough PERSIST_DIR SLOT REASON | slot-info PERSIST_DIR SLOT | redirect-mark PERSIST_DIR BOOT AB_STATE BOOT_COUNT ROLLBACK_REASON DEGRADED | redirect-take PERSIST_DIR [CMDLINE_FILE]" >&2
 		return 2
 	fi
 	shift 2
@@ -430,7 +503,9 @@ main() {
 	record) cmd_record "$@" ;;
 	fallthrough) cmd_fallthrough "$@" ;;
 	slot-info) cmd_slot_info "$@" ;;
-	*) echo "anklume-state: unknown command '$cmd' (decide, record, fallthrough, slot-info)." >&2; return 2 ;;
+	redirect-mark) cmd_redirect_mark "$@" ;;
+	redirect-take) cmd_redirect_take "$@" ;;
+	*) echo "anklume-state: unknown command '$cmd' (decide, record, fallthrough, slot-info, redirect-mark, redirect-take)." >&2; return 2 ;;
 	esac
 }
 

@@ -74,7 +74,7 @@ def build_initramfs(kernel: Kernel, keys_dir: Path | None, cache: Path = CACHE) 
         src, conf, nokeys = work / "src", work / "conf", work / "nokeys"
         for d in (src, conf / "hooks", conf / "scripts", conf / "conf.d", nokeys):
             d.mkdir(parents=True)
-        for name in ("anklume-boot.sh", "anklume-shutdown.sh"):
+        for name in ("anklume-boot.sh", "anklume-redirect.sh", "anklume-shutdown.sh"):
             shutil.copy2(INITRAMFS_DIR / name, src / name)
         shutil.copy2(state, src / "anklume-state.sh")
         shutil.copy2(INITRAMFS_DIR / "initramfs-tools/hooks/anklume", conf / "hooks/anklume")

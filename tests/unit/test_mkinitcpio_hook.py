@@ -33,7 +33,7 @@ add_runscript() { echo runscript; }
 def run_build(tmp_path: Path, keys: list[str]) -> list[str]:
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("anklume-boot.sh", "anklume-shutdown.sh"):
+    for name in ("anklume-boot.sh", "anklume-redirect.sh", "anklume-shutdown.sh"):
         shutil.copy2(REPO / "initramfs" / name, src / name)
     (src / "anklume-state.sh").write_text("#!/bin/sh\n")  # its content is decide's
     keys_dir = tmp_path / "keys.d"
@@ -54,11 +54,12 @@ def run_build(tmp_path: Path, keys: list[str]) -> list[str]:
 def test_the_install_hook_adds_the_shared_boot_its_tools_modules_and_keys(
         tmp_path: Path) -> None:
     lines = run_build(tmp_path, ["builder.pem", "second.pem"])
-    for name in ("anklume-boot.sh", "anklume-state.sh", "anklume-shutdown.sh"):
+    for name in ("anklume-boot.sh", "anklume-state.sh", "anklume-redirect.sh",
+                 "anklume-shutdown.sh"):
         assert f"file {tmp_path}/src/{name} -> /lib/anklume/{name}" in lines
-    for binary in ("veritysetup", "dmsetup", "blkid", "openssl"):
+    for binary in ("veritysetup", "dmsetup", "blkid", "openssl", "chattr"):
         assert f"binary {binary}" in lines
-    for module in ("dm_verity", "squashfs", "overlay", "loop", "ext4"):
+    for module in ("dm_verity", "squashfs", "overlay", "loop", "ext4", "efivarfs"):
         assert f"module {module}" in lines
     assert f"file {tmp_path}/keys.d/builder.pem -> /etc/anklume/keys.d/builder.pem" in lines
     assert f"file {tmp_path}/keys.d/second.pem -> /etc/anklume/keys.d/second.pem" in lines
