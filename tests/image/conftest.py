@@ -15,16 +15,12 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
 from anklume_image.build import build
 from anklume_image.config import BuildConfig
 from anklumed.slots import bundle
-
-if TYPE_CHECKING:
-    from tests.image.test_boot_image import Boots
 
 pytestmark = pytest.mark.image
 WORK = Path(os.environ.get("ANKLUME_IMAGE_TEST_DIR", "/var/tmp/anklume-image-test"))
@@ -59,19 +55,10 @@ def built() -> Iterator[Built]:
     subprocess.run(["openssl", "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes",
                     "-days", "30", "-subj", "/CN=anklume test db/", "-keyout", sb_key,
                     "-out", sb_cert], check=True, capture_output=True)
-    # A sway image (test_desktop_image.py reads it and its first boot's
-    # session), signed for Secure Boot (test_secure_boot.py).
+    # A sway image (test_desktop_image.py reads it; the boots stop at
+    # multi-user.target, as a console image's), signed for Secure Boot (test_secure_boot.py).
     config = small_config(WORK / "anklume-live.img", signing_key=key, desktop="sway",
                           secure_boot_key=sb_key, secure_boot_cert=sb_cert)
     image = build(config)
     yield Built(config, image, key, public_key, sb_key, sb_cert)
     shutil.rmtree(WORK, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def boots(built: Built) -> Iterator[Boots]:
-    """The machine of test_boot_image.py, whose first boot more than one
-    file reads (a boot costs minutes under TCG: each is made once)."""
-    from tests.image.test_boot_image import Boots  # a test module: imported late
-
-    yield Boots(built)

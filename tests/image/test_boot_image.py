@@ -17,13 +17,13 @@ from __future__ import annotations
 import functools
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from devtools.image_vm import Boot, Machine
-from devtools.slowness import scaled
 from tests.image.conftest import Built
 from tests.image.test_build import extract
 
@@ -48,25 +48,6 @@ def persist_files(machine: Machine, name: str) -> dict[str, str]:
         part.unlink()
 
 
-# Run in the booted system by the report script: waits for the session, then
-# prints what it found, one fact a line.
-SESSION_CHECK = r"""
-user=anklume; deadline=$(( $(date +%s) + WAIT ))
-items() { busctl --user -M "$user@.host" get-property org.kde.StatusNotifierWatcher \
-          /StatusNotifierWatcher org.kde.StatusNotifierWatcher RegisteredStatusNotifierItems \
-          2>/dev/null; }
-until items | grep -q StatusNotifierItem && pgrep -u "$user" -f anklume-guide >/dev/null \
-      || [ "$(date +%s)" -ge "$deadline" ]; do sleep 2; done
-for p in sway waybar mako foot; do echo "process $p $(pgrep -u "$user" -x $p | head -1)"; done
-echo "guide $(pgrep -u "$user" -f 'python3 /usr/bin/anklume-guide' | head -1)"
-echo "items $(items)"
-busctl --user -M "$user@.host" list --no-legend 2>/dev/null | awk '{print "name " $1}'
-echo "session $(loginctl list-sessions --no-legend | grep " $user " | head -1)"
-echo "vt $(cat /sys/class/tty/tty0/active)"
-journalctl -b --no-pager -o cat -n 60 _UID="$(id -u "$user")" -u greetd | sed 's/^/journal /'
-"""
-
-
 def reported(boot: Boot) -> dict[str, Any]:
     assert boot.report is not None, boot.explain()
     return boot.report
@@ -81,16 +62,18 @@ class Boots:
 
     @functools.cached_property
     def first(self) -> Boot:
-        # No person at the keyboard: the wizard waits on tty1 for one, and
-        # the sway session starts on tty7 (test_desktop_image.py reads it).
-        script = SESSION_CHECK.replace("WAIT", str(int(scaled(150))))
-        return self.machine.boot(commands={"session": ["sh", "-c", script]},
-                                 target="graphical.target")
+        # No person at the keyboard: the wizard waits on tty1 for one.
+        return self.machine.boot()
 
     @functools.cached_property
     def persist_after_first(self) -> dict[str, str]:
         assert self.first.powered_off, self.first.explain()
         return persist_files(self.machine, "first")
+
+
+@pytest.fixture(scope="module")
+def boots(built: Built) -> Iterator[Boots]:
+    yield Boots(built)
 
 
 def unit(report: dict[str, Any], name: str) -> dict[str, str]:
