@@ -23,6 +23,7 @@ from anklume_image import esp, persist, rootfs, secure_boot, slot, stick
 from anklume_image.config import BuildConfig
 from anklume_image.errors import BuildError
 from anklume_image.signing import public_key_of
+from anklume_image.tarball import replace_member
 from anklumed.slots.boot_entries import UKI_IN_IMAGE
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ def _sign_boot_chain(config: BuildConfig, pair: secure_boot.SigningPair, boot: P
     if not uki.is_file():
         raise BuildError(f"the image has no /{UKI_IN_IMAGE} (ukify did not run?)")
     secure_boot.sign(pair, uki)
-    secure_boot.replace_in_tarball(tarball, UKI_IN_IMAGE, uki)
+    replace_member(tarball, UKI_IN_IMAGE, uki)
 
 
 def _keep_bundle(bundle_dir: Path, out: Path) -> None:

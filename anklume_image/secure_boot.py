@@ -7,7 +7,7 @@ hook), so one signature covers the chain down to dm-verity's root hash
 (docs/boot-chain.md). Signing is done on the build host with sbsign
 (Debian's sbsigntool), so the private key never enters the image's tree:
 the UKI is signed after mmdebstrap made it, and the signed file replaces the
-unsigned one inside the rootfs tarball, so the squashfs, the bundle's
+unsigned one inside the rootfs tarball (tarball.py), so the squashfs, the bundle's
 manifest and the ESP all carry the same signed bytes. An update therefore
 delivers a UKI that was signed when its bundle was built; nothing on the
 stick signs or re-makes one.
@@ -20,7 +20,6 @@ key stops the build with a sentence, and nothing is made.
 from __future__ import annotations
 
 import shutil
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +27,6 @@ from anklume_image.errors import BuildError
 from anklumed.command import run
 
 SIGN_TIMEOUT = 120.0
-TAR_TIMEOUT = 600.0
 _MAKE_ONE = ("make a pair with: openssl req -new -x509 -newkey rsa:2048 -nodes -days 3650 "
              "-subj '/CN=anklume Live Secure Boot/' -keyout db.key -out db.crt")
 
@@ -88,29 +86,3 @@ def sign(pair: SigningPair, efi: Path) -> None:
         timeout=SIGN_TIMEOUT)
     run(["sbverify", "--cert", pair.cert, signed], timeout=SIGN_TIMEOUT)
     signed.replace(efi)
-
-
-def replace_in_tarball(tarball: Path, member_path: str, new: Path) -> None:
-    """Put ``new`` in the rootfs tarball in place of ``member_path`` (owner,
-    mode and time kept): GNU tar deletes the old member, and tarfile appends
-    the new one with the old one's header."""
-    with tarfile.open(tarball) as tar:
-        names = [n for n in (member_path, "./" + member_path) if _has(tar, n)]
-        if not names:
-            raise BuildError(f"the rootfs has no /{member_path} to sign")
-        old = tar.getmember(names[0])
-    run(["tar", "--delete", "--file", tarball, old.name], timeout=TAR_TIMEOUT)
-    info = tarfile.TarInfo(old.name)
-    info.mode, info.uid, info.gid = old.mode, old.uid, old.gid
-    info.uname, info.gname, info.mtime = old.uname, old.gname, old.mtime
-    info.size = new.stat().st_size
-    with tarfile.open(tarball, "a") as tar, new.open("rb") as f:
-        tar.addfile(info, f)
-
-
-def _has(tar: tarfile.TarFile, name: str) -> bool:
-    try:
-        tar.getmember(name)
-    except KeyError:
-        return False
-    return True

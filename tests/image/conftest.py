@@ -5,6 +5,10 @@ made for the session, and for Secure Boot with a test key (firmware without
 Secure Boot boots it all the same; test_secure_boot.py enrolls the key); the
 package download is cached by its inputs under /var/cache/anklume-image, so
 only the first build on a machine fetches.
+
+ANKLUME_IMAGE_REUSE=1 (for a developer iterating on a boot test, never in CI)
+keeps the image and its keys after the session and takes them again when the
+image is there: each boot copies the stick, so the image itself stays as built.
 """
 
 from __future__ import annotations
@@ -47,18 +51,32 @@ def small_config(out: Path, **overrides: object) -> BuildConfig:
 def built() -> Iterator[Built]:
     if os.geteuid() != 0:
         pytest.skip("the image tier needs root (mmdebstrap, mke2fs -d as root)")
+    reuse = os.environ.get("ANKLUME_IMAGE_REUSE") == "1" and os.environ.get("CI") != "true"
+    if reuse and (WORK / "anklume-live.img").exists():
+        yield _built(WORK / "anklume-live.img", _sway_config(WORK))
+        return
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
-    key = WORK / "signing.pem"
-    public_key = bundle.generate_key(key)
-    sb_key, sb_cert = WORK / "db.key", WORK / "db.crt"
+    bundle.generate_key(WORK / "signing.pem")
     subprocess.run(["openssl", "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes",
-                    "-days", "30", "-subj", "/CN=anklume test db/", "-keyout", sb_key,
-                    "-out", sb_cert], check=True, capture_output=True)
-    # A sway image (test_desktop_image.py reads it; the boots stop at
-    # multi-user.target, as a console image's), signed for Secure Boot (test_secure_boot.py).
-    config = small_config(WORK / "anklume-live.img", signing_key=key, desktop="sway",
-                          secure_boot_key=sb_key, secure_boot_cert=sb_cert)
-    image = build(config)
-    yield Built(config, image, key, public_key, sb_key, sb_cert)
-    shutil.rmtree(WORK, ignore_errors=True)
+                    "-days", "30", "-subj", "/CN=anklume test db/", "-keyout", WORK / "db.key",
+                    "-out", WORK / "db.crt"], check=True, capture_output=True)
+    config = _sway_config(WORK)
+    yield _built(build(config), config)
+    if not reuse:
+        shutil.rmtree(WORK, ignore_errors=True)
+
+
+def _sway_config(work: Path) -> BuildConfig:
+    """A sway image (test_desktop_image.py reads it; the boots stop at
+    multi-user.target, as a console image's), signed for Secure Boot
+    (test_secure_boot.py)."""
+    return small_config(work / "anklume-live.img", signing_key=work / "signing.pem",
+                        desktop="sway", secure_boot_key=work / "db.key",
+                        secure_boot_cert=work / "db.crt")
+
+
+def _built(image: Path, config: BuildConfig) -> Built:
+    assert config.signing_key and config.secure_boot_key and config.secure_boot_cert
+    return Built(config, image, config.signing_key, config.signing_key.with_suffix(".pub.pem"),
+                 config.secure_boot_key, config.secure_boot_cert)

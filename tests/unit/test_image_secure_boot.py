@@ -4,8 +4,6 @@ signed UKI put in the rootfs tarball in place of the unsigned one."""
 from __future__ import annotations
 
 import datetime
-import io
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -118,26 +116,3 @@ def test_the_cli_says_what_is_wrong_with_the_key(tmp_path: Path,
     err = capsys.readouterr().err
     assert "db.key is not an unencrypted PEM private key" in err
     assert "Traceback" not in err
-
-
-def test_the_signed_uki_replaces_the_unsigned_one_in_the_tarball(tmp_path: Path) -> None:
-    tarball = tmp_path / "rootfs.tar"
-    member = "usr/lib/anklume/boot/uki.efi"
-    with tarfile.open(tarball, "w") as tar:
-        for name, data in (("./etc/os-release", b"ID=debian\n"), (f"./{member}", b"unsigned"),
-                           ("./usr/lib/zzz", b"after")):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), 0o644, 1_700_000_000
-            tar.addfile(info, io.BytesIO(data))
-    signed = tmp_path / "uki.efi"
-    signed.write_bytes(b"unsigned+signature")
-    secure_boot.replace_in_tarball(tarball, member, signed)
-    with tarfile.open(tarball) as tar:
-        names = tar.getnames()
-        assert names == ["./etc/os-release", "./usr/lib/zzz", f"./{member}"]
-        info = tar.getmember(f"./{member}")
-        assert (info.mode, info.mtime) == (0o644, 1_700_000_000)
-        extracted = tar.extractfile(info)
-        assert extracted is not None and extracted.read() == b"unsigned+signature"
-    with pytest.raises(BuildError, match="has no /usr/lib/none"):
-        secure_boot.replace_in_tarball(tarball, "usr/lib/none", signed)
