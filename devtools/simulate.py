@@ -79,6 +79,9 @@ class Simulation:
             f'cmdline = "{self.workdir / "cmdline"}"\n'
             'deadline_action = "log"\nfollow_systemd = false\n'
             f'keys_dir = "{self.workdir / "keys"}"\n'
+            # no firmware and no running UKI of its own: never the host's
+            f'efivars = "{self.workdir / "efivars"}"\n'
+            f'running_uki = "{self.workdir / "running-uki.efi"}"\n'
             f'data_mountpoint = "{self.workdir / "data"}"\n'
             f'incus_state_dir = "{self.workdir / "incus-state"}"\n'
             f'incus_socket = "{self.workdir / "incus.socket"}"\n'
