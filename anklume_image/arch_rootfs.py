@@ -157,6 +157,7 @@ def build_rootfs(config: BuildConfig, work: Path, checkout: Path,
 
 
 _NOT_FOUND = re.compile(r"^error: target not found: (\S+)", re.MULTILINE)
+_UNSIGNED = re.compile(r"^error: (\S+): missing required signature", re.MULTILINE)
 
 
 def failure_sentence(output: str, server: str, wanted: list[str]) -> str:
@@ -169,12 +170,20 @@ def failure_sentence(output: str, server: str, wanted: list[str]) -> str:
         return (f"Arch's repositories have no package {', '.join(missing)} (pacman: target "
                 "not found): the image's Arch package list (anklume_image/packages.py) "
                 "names something Arch does not package, or the mirror is not Arch's")
-    if "unknown trust" in output or "invalid or corrupted package (PGP signature)" in output:
+    unsigned = _UNSIGNED.findall(output)
+    if unsigned:
+        return (f"pacman refused {len(unsigned)} package(s) without a valid signature "
+                f"({', '.join(unsigned[:3])}{', ...' if len(unsigned) > 3 else ''}): "
+                f"the mirror {server} does not serve Arch's signed packages")
+    if "unknown trust" in output or re.search(r'key "[^"]+" is unknown', output):
         return ("pacman refused a package's signature: this host's archlinux-keyring "
                 f"({pacman.ARCH_KEYRING}) does not know its packager's key; a newer "
                 "archlinux-keyring is needed")
+    if "invalid or corrupted package" in output:
+        return f"pacman found a damaged or altered package on the mirror {server}"
     if "failed retrieving file" in output or "failed to synchronize" in output:
-        return f"pacman could not download from the Arch mirror {server}"
+        return (f"pacman could not download every file it needs (packages and their "
+                f"signatures) from the Arch mirror {server}")
     errors = [line for line in output.splitlines()
               if line.startswith(("error:", "==> ERROR:", "E:"))]
     return f"the Arch rootfs failed ({'; '.join(errors[:3]) or 'no message'})"

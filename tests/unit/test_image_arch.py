@@ -7,6 +7,7 @@ is tests/service/test_image_arch.py; what has never run is docs/arch.md's.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import os
@@ -90,20 +91,26 @@ def test_a_mirror_that_is_no_url_is_refused(bad: str) -> None:
         pacman.server_line(bad)
 
 
-@pytest.fixture
-def mirror(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A web server on this machine serving a directory laid out as a mirror."""
-    served = tmp_path / "mirror"
-    served.mkdir()
+@contextlib.contextmanager
+def serve(served: Path) -> Iterator[str]:
+    """A web server on this machine serving a directory laid out as a
+    mirror; yields its Server line."""
+    served.mkdir(exist_ok=True)
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/$repo/os/$arch", served
+        yield f"http://127.0.0.1:{server.server_address[1]}/$repo/os/$arch"
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def mirror(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    with serve(tmp_path / "mirror") as server:
+        yield server, tmp_path / "mirror"
 
 
 def databases(served: Path, *repositories: str) -> None:
@@ -241,8 +248,13 @@ def test_the_hook_commands_do_what_mmdebstraps_do(tmp_path: Path) -> None:
     ("error: target not found: a\nerror: target not found: b\n", "hold none of the image's 2"),
     ("error: python-rich: signature from \"X <x@archlinux.org>\" is unknown trust\n",
      "a newer archlinux-keyring is needed"),
+    ('error: key "ABCD" is unknown\n', "a newer archlinux-keyring is needed"),
     ("error: failed retrieving file 'core.db' from m.example : Could not resolve host\n",
-     "could not download from the Arch mirror"),
+     "could not download every file it needs"),
+    ("error: a: missing required signature\nerror: failed to commit transaction (invalid or "
+     "corrupted package (PGP signature))\n", "refused 1 package(s) without a valid signature"),
+    ("error: failed to commit transaction (invalid or corrupted package (checksum))\n",
+     "a damaged or altered package"),
     ("==> ERROR: Failed to install packages to new root\n", "Failed to install packages"),
 ])
 def test_pacstrap_failures_become_sentences(output: str, sentence: str) -> None:
