@@ -121,6 +121,10 @@ def desktop_hooks(config: BuildConfig, checkout: Path) -> list[str]:
         # target keeps its source's name: tests/unit/test_image_desktops.py).
         directory = str(Path(target).parent)
         hooks += [f"mkdir -p \"$1\"{directory}", f"copy-in {_q(checkout / source)} {directory}"]
+    if config.base is Base.ARCH:
+        # Arch's greetd package names its greeter user "greeter" (Debian's: _greetd).
+        hooks.append("sed -i 's/^user = \"_greetd\"$/user = \"greeter\"/' "
+                     "\"$1\"/etc/greetd/config.toml")
     listing = "".join(f"{d.value}\n" for d in config.sessions)
     hooks += [
         f"printf %s {_q(listing)} > \"$1\"{DESKTOPS_FILE}",

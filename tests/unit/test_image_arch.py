@@ -11,6 +11,7 @@ import contextlib
 import functools
 import http.server
 import os
+import shutil
 import socket
 import subprocess
 import threading
@@ -259,3 +260,30 @@ def test_the_hook_commands_do_what_mmdebstraps_do(tmp_path: Path) -> None:
 ])
 def test_pacstrap_failures_become_sentences(output: str, sentence: str) -> None:
     assert sentence in arch_rootfs.failure_sentence(output, "S", ["a", "b"])
+
+
+def test_greetds_user_is_arch_s_greeter(tmp_path: Path) -> None:
+    """The shared desktop/greetd/config.toml, as the Arch hook leaves it."""
+    etc = tmp_path / "root" / "etc" / "greetd"
+    etc.mkdir(parents=True)
+    shutil.copy2(REPO / "desktop" / "greetd" / "config.toml", etc)
+    hooks = install.desktop_hooks(arch(tmp_path, desktop=Desktop.SWAY), REPO)
+    [edit] = [h for h in hooks if h.startswith("sed ")]
+    subprocess.run(["bash", "-c", edit, "_", str(tmp_path / "root")], check=True)
+    edited = (etc / "config.toml").read_text()
+    assert 'user = "greeter"' in edited and "_greetd" not in edited
+    assert 'user = "anklume"' in edited  # the live user's session is untouched
+    debian = install.desktop_hooks(BuildConfig(out=tmp_path / "x", desktop=Desktop.SWAY), REPO)
+    assert not [h for h in debian if "greeter" in h]
+
+
+def test_docs_arch_lists_every_arch_package() -> None:
+    """docs/arch.md's table names each package the Arch image installs, and
+    says plainly that no Arch image has been built."""
+    page = (REPO / "docs" / "arch.md").read_text()
+    table = "\n".join(line for line in page[page.index("| role |"):].splitlines()
+                      if line.startswith("|"))
+    everything = {*packages.ARCH_BASE, *packages.ARCH_GRAPHICAL,
+                  *(p for names in packages.ARCH_DESKTOPS.values() for p in names)}
+    assert [p for p in sorted(everything) if f"`{p}`" not in table] == []
+    assert page.startswith("# `anklume-image build --base arch`") and "**Never built.**" in page
