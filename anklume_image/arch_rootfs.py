@@ -116,7 +116,10 @@ def build_script(config: BuildConfig, work: Path, checkout: Path,
         f"sync-out /boot {q(str(boot))}",
         f"sync-out /usr/lib/systemd/boot/efi {q(str(boot / 'efi'))}",
         f"sync-out /{UKI_DIR_IN_IMAGE} {q(str(boot / 'uki'))}",
-        'umount -R "$root/proc" "$root/sys" "$root/dev" "$root/run" "$root/tmp"',
+        # lazily: a process a hook left in the chroot must not stop the build
+        # (tar's --one-file-system keeps what is still mounted out of the tree)
+        'umount --recursive --lazy "$root/proc" "$root/sys" "$root/dev" "$root/run" '
+        '"$root/tmp"',
         # As mmdebstrap leaves it: each boot of the live system is a first boot.
         'printf "uninitialized\\n" > "$root/etc/machine-id"',
         f"tar --create --file {q(str(work / 'rootfs.tar.part'))} --directory \"$root\" "

@@ -218,7 +218,7 @@ def test_the_build_script_is_bash_and_installs_every_package(tmp_path: Path) -> 
     assert pacstrap.split()[-len(packages.arch_packages(config)):] == \
         packages.arch_packages(config)
     # the tree is packed only after the chroot's mounts are gone
-    assert script.index('umount -R "$root/proc"') < script.index("tar --create")
+    assert script.index('umount --recursive --lazy "$root/proc"') < script.index("tar --create")
 
 
 def test_the_hook_commands_do_what_mmdebstraps_do(tmp_path: Path) -> None:
