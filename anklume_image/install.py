@@ -164,12 +164,19 @@ def catalog_hooks(checkout: Path) -> list[str]:
             "chroot \"$1\" journalctl --update-catalog"]
 
 
-def cli_docs_hooks(out: Path) -> list[str]:
+# Where Arch's shells look instead of Debian's (zsh: Debian's vendor-completions
+# is not in Arch's fpath).
+_ARCH_PLACES = {"/usr/share/zsh/vendor-completions": "/usr/share/zsh/site-functions"}
+
+
+def cli_docs_hooks(out: Path, base: Base = Base.DEBIAN) -> list[str]:
     """anklumectl's shell completions and man page: made from its parser now, on
     the build host (shtab, argparse-manpage), then copied to their places."""
     hooks = []
     for path in cli_docs.write(out).values():
         target = "/" + str(path.parent.relative_to(out))
+        if base is Base.ARCH:
+            target = _ARCH_PLACES.get(target, target)
         hooks += [f"mkdir -p \"$1\"{target}", f"copy-in {_q(path)} {target}"]
     return hooks
 
@@ -232,5 +239,5 @@ def mkinitcpio_hooks(checkout: Path) -> list[str]:
 def customize_hooks(config: BuildConfig, checkout: Path,
                     public_key: Path | None = None) -> list[str]:
     return [*python_hooks(checkout, config), *system_hooks(checkout), *key_hooks(public_key),
-            *cli_docs_hooks(config.work_dir / "cli-docs"), *desktop_hooks(config, checkout),
-            *initramfs_hooks(checkout, config.base)]
+            *cli_docs_hooks(config.work_dir / "cli-docs", config.base),
+            *desktop_hooks(config, checkout), *initramfs_hooks(checkout, config.base)]

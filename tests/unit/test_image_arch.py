@@ -287,3 +287,10 @@ def test_docs_arch_lists_every_arch_package() -> None:
                   *(p for names in packages.ARCH_DESKTOPS.values() for p in names)}
     assert [p for p in sorted(everything) if f"`{p}`" not in table] == []
     assert page.startswith("# `anklume-image build --base arch`") and "**Never built.**" in page
+
+
+def test_zsh_finds_the_completion_on_arch(tmp_path: Path) -> None:
+    hooks = install.cli_docs_hooks(tmp_path, Base.ARCH)
+    assert f"copy-in {tmp_path}/usr/share/zsh/vendor-completions/_anklumectl " \
+           "/usr/share/zsh/site-functions" in hooks
+    assert not [h for h in hooks if h.endswith("/usr/share/zsh/vendor-completions")]
