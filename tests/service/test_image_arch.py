@@ -2,8 +2,9 @@
 keyring, against mirrors served from this machine (Arch's own mirror is not
 reachable here): what an Arch mirror that is not one, and packages without
 Arch's signatures, make of the build. Root: pacstrap mounts in the tree (in
-the build's own namespaces). About 20 s the first time (the keyring is
-populated once, 15 s, and cached under /var/cache/anklume-image), 5 s after.
+the build's own namespaces). Measured on the shared 2 cores: 11 to 17 s the
+first time (the keyring is populated once and cached under
+/var/cache/anklume-image), 2.5 s after.
 
 FAKE: the repositories are made here (a sync database and .PKGINFO-only
 packages under the names the image asks for); nothing from Arch is in them,
