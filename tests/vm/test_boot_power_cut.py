@@ -12,9 +12,11 @@ last boot, uncut, must then decide by that rule from what the cuts left.
 Two sticks are cut side by side, each by boots of one CPU (one host core
 each, under TCG): 20 cuts in about the time of 10. One chain of cuts starts
 from slot A's first attempt and walks A's attempts towards the rollback;
-the other starts with A's attempts spent (boot-count 3), so its cuts land
-in the rollback's two writes, then B's attempts and the degraded boot that
-follows them: together the states one chain of 20 cuts walked through.
+the other starts with A's attempts spent (boot-count 3), so its first cuts
+fall in the rollback's two writes, which a chain from the first attempt
+reaches only if its cuts keep landing after the writes (seen under load:
+none of 10 did; the chain from boot-count 3 was cut between the rollback's
+two writes, A still primary with B's fresh count).
 """
 
 from __future__ import annotations
