@@ -59,10 +59,13 @@ class Config(BaseModel):
     # Time the LUKS2 key derivation (argon2id) should take on this machine when
     # the disk is set up: the cost of each guess for a thief, and of each unlock.
     luks_unlock_ms: int = Field(default=DataPaths.luks_unlock_ms, ge=50, le=30000)
+    # Its memory in MiB; unset: a quarter of the available RAM, 64 MiB to 1 GiB.
+    luks_memory_mib: int | None = Field(default=None, ge=32, le=4096)
 
     def data_paths(self) -> DataPaths:
         return DataPaths(self.data_mountpoint, self.incus_state_dir, self.incus_socket,
-                         self.luks_unlock_ms)
+                         self.luks_unlock_ms,
+                         None if self.luks_memory_mib is None else self.luks_memory_mib * 1024)
 
     def kernel_machine(self) -> kernel_signer.Machine:
         return kernel_signer.Machine(self.efivars, self.running_uki)

@@ -132,6 +132,7 @@ class Simulation:
             f'incus_socket = "{self.workdir / "incus.socket"}"\n'
             "allow_loop_disks = true\n"
             "luks_unlock_ms = 200\n"  # a simulation: keep each unlock short
+            "luks_memory_mib = 64\n"  # ... and small (argon2id's MiB cost most under TCG)
         )
 
     def start_daemon(self, extra_env: dict[str, str] | None = None) -> float:
