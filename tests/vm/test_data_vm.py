@@ -72,10 +72,12 @@ def test_luks2_data_disk_full_cycle(sim: Sim, tmp_path: Path, fs: str) -> None:
     assert Path("/dev/mapper/anklume-data-vault").exists()
     assert run(["cryptsetup", "luksUUID", str(sim.data_disk)]).stdout.decode().strip() \
         == st["LuksUuid"]
-    # argon2id at the simulation's luks_memory_mib (64), not the RAM-sized
-    # default the image tier's data disk gets (tests/image/test_data_boots.py)
+    # argon2id within the simulation's luks_memory_mib (64), not the RAM-sized
+    # default the image tier's data disk gets (cryptsetup may take less when
+    # the emulated CPU cannot reach the iteration time with it)
     dump = run(["cryptsetup", "luksDump", str(sim.data_disk)]).stdout.decode()
-    assert re.search(r"PBKDF:\s+argon2id", dump) and re.search(r"Memory:\s+65536\b", dump), dump
+    memory = [int(kib) for kib in re.findall(r"Memory:\s+(\d+)", dump)]
+    assert "argon2id" in dump and memory and max(memory) <= 64 * 1024, dump
     data = Path(st["Mounts"]["data"])
     (data / "incus-state" / "kept.txt").write_text("survives\n")
     if fs == "zfs":
