@@ -38,7 +38,9 @@ DEBIAN_GRAPHICAL = ["greetd", "login", "dbus-user-session", "python3-textual",
 # The polkit agent of sway and labwc, started by their session files (GTK 3,
 # which waybar brings already; 47 kB, and lxsession-data's 0.8 MB; mate-polkit
 # would add accountsservice, a daemon). Plasma starts its own,
-# polkit-kde-agent-1. docs/dbus.md, "polkit", says what it is for.
+# polkit-kde-agent-1, and lxpolkit's XDG autostart entry says NotShowIn=KDE:
+# an image with every desktop runs one agent in each. docs/dbus.md, "polkit",
+# says what it is for.
 POLKIT_AGENT = "lxpolkit"
 
 # What each desktop adds (seed 000: sway and labwc share foot, fuzzel, the
