@@ -64,9 +64,15 @@ def open_session(unit: str, user: str, tty: str | None) -> Session:
     found: list[str] = []
 
     def opened() -> bool:
+        """The session whose leader is the unit's process (pam_systemd
+        registers the process that opened the PAM session, which then runs
+        the command)."""
         pid = sh("systemctl", "show", unit, "-p", "MainPID", "--value").stdout.strip()
-        cgroup = Path(f"/proc/{pid}/cgroup").read_text() if pid not in ("", "0") else ""
-        found[:] = re.findall(r"/session-(\w+)\.scope", cgroup)
+        listed = sh("loginctl", "list-sessions", "--no-legend").stdout.split("\n")
+        ids = [line.split()[0] for line in listed if line.strip()]
+        found[:] = [i for i in ids if pid not in ("", "0") and sh(
+            "loginctl", "show-session", i, "-p", "Leader", "--value",
+            check=False).stdout.strip() == pid]
         return bool(found)
 
     try:
