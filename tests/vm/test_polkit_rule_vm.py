@@ -6,7 +6,8 @@ opens the live user's: one on a VT of seat0 (local; active while its VT is
 the foreground one, switched with ``loginctl activate``) and one without a
 seat (what an ssh login gets: polkit counts it as not local). A process of
 the user is put into a session's scope, then polkitd is asked about it
-(``pkcheck``, and anklumectl's calls through the daemon). Runs in the same
+(``pkcheck``, and anklumectl's calls through the daemon); the rule taken
+away, the same session falls back to the defaults. Runs in the same
 guest boot as test_systemd.py (same mode): no boot of its own.
 """
 
@@ -130,6 +131,20 @@ def test_the_group_acts_from_its_active_local_session_only(users: None) -> None:
     through = member.run(MEMBER, "anklumectl", "--no-ask-password", "mark-bad", "B")
     assert through.returncode not in (0, NOT_AUTHORIZED), through.stderr
     assert "slot B is empty" in through.stderr
+
+    # The rule is what grants it: taken away, polkitd (which watches its
+    # rules directories) falls back to the defaults for the same session.
+    rule = Path("/usr/share/polkit-1/rules.d") / install.POLKIT_RULE
+    aside = rule.with_name(rule.name + ".aside")  # polkitd reads *.rules only
+    rule.rename(aside)
+    try:
+        wait_for("polkitd without the rule",
+                 lambda: not allowed(member, MEMBER, "org.anklume.live1.update"), 60)
+        assert answers(member, MEMBER) == {a: a in ACTIVE_DEFAULT_YES for a in ACTIONS}
+    finally:
+        aside.rename(rule)
+    wait_for("polkitd with the rule again",
+             lambda: allowed(member, MEMBER, "org.anklume.live1.update"), 60)
 
     # The same member from a session without a seat, while its VT session is
     # still the active one: not local, refused.
