@@ -46,8 +46,12 @@ DESKTOP_ENTRY_POINTS = {
     "anklume-session": "anklume_desktop.session",
 }
 LIVE_USER = "anklume"  # greetd logs it in at boot (desktop/greetd/config.toml)
+# The group polkit/50-org.anklume.live1.rules lets use anklumed's actions
+# from an active local session, without a password (docs/dbus.md, "polkit").
+ADMIN_GROUP = "anklume-admin"
+POLKIT_RULE = "50-org.anklume.live1.rules"
 # video, render, input: the compositor's devices when logind has not given them
-LIVE_USER_GROUPS = "audio,video,render,input"
+LIVE_USER_GROUPS = f"audio,video,render,input,{ADMIN_GROUP}"
 DESKTOPS_FILE = "/usr/share/anklume/desktops"  # read by anklume-session and anklumed
 UNITS = ("anklumed.service", "anklume-boot-check.service", "anklume-data-mount.service",
          "anklume-first-boot.service", "anklume-incus-pool.service")
@@ -132,7 +136,8 @@ def desktop_hooks(config: BuildConfig, checkout: Path) -> list[str]:
         f"--shell /bin/bash --comment 'anklume Live' {LIVE_USER}",
         # No password: greetd logs the live user in at boot; after a log out,
         # agreety takes an empty one (pam_unix nullok). Not in sudo: changes
-        # to the system go through anklumed and polkit.
+        # to the system go through anklumed, which polkit lets ADMIN_GROUP
+        # use from the active local session.
         f"chroot \"$1\" passwd --delete {LIVE_USER}",
         "chroot \"$1\" systemctl enable greetd.service",
         "chroot \"$1\" systemctl set-default graphical.target",
@@ -150,6 +155,9 @@ def system_hooks(checkout: Path) -> list[str]:
         "/usr/share/dbus-1/system-services",
         f"copy-in {_q(checkout / 'polkit' / 'org.anklume.live1.policy')} "
         "/usr/share/polkit-1/actions",
+        f"copy-in {_q(checkout / 'polkit' / POLKIT_RULE)} /usr/share/polkit-1/rules.d",
+        # In every image (a minimal one too): an administrator may add a user.
+        f"chroot \"$1\" groupadd --system {ADMIN_GROUP}",
         "chroot \"$1\" systemctl enable " + " ".join(UNITS),
         *catalog_hooks(checkout),
         # squashfs stores no POSIX ACLs, and journald's directory has some:

@@ -38,14 +38,23 @@ DEBIAN_ZFS = ["linux-headers-amd64", "zfs-dkms", "zfsutils-linux"]
 DEBIAN_GRAPHICAL = ["greetd", "login", "dbus-user-session", "python3-textual",
                     "fonts-dejavu-core"]
 
+# The polkit agent of sway and labwc, started by their session files (GTK 3,
+# which waybar brings already; 47 kB, and lxsession-data's 0.8 MB; mate-polkit
+# would add accountsservice, a daemon). Plasma starts its own,
+# polkit-kde-agent-1, and lxpolkit's XDG autostart entry says NotShowIn=KDE:
+# an image with every desktop runs one agent in each. docs/dbus.md, "polkit",
+# says what it is for.
+POLKIT_AGENT = "lxpolkit"
+
 # What each desktop adds (seed 000: sway and labwc share foot, fuzzel, the
 # keyboard shortcuts, waybar with the tray, mako; KDE is the large one and
 # has its own bar, tray and notifications).
 DEBIAN_DESKTOPS: dict[Desktop, list[str]] = {
     Desktop.MINIMAL: [],
-    Desktop.SWAY: ["sway", "waybar", "foot", "fuzzel", "mako-notifier"],
-    Desktop.LABWC: ["labwc", "waybar", "foot", "fuzzel", "mako-notifier"],
-    Desktop.KDE: ["plasma-desktop", "plasma-workspace", "kwin-wayland", "konsole"],
+    Desktop.SWAY: ["sway", "waybar", "foot", "fuzzel", "mako-notifier", POLKIT_AGENT],
+    Desktop.LABWC: ["labwc", "waybar", "foot", "fuzzel", "mako-notifier", POLKIT_AGENT],
+    Desktop.KDE: ["plasma-desktop", "plasma-workspace", "kwin-wayland", "konsole",
+                  "polkit-kde-agent-1"],
 }
 
 
