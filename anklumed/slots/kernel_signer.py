@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from anklumed.command import CommandError, run
@@ -187,7 +187,7 @@ def _trusted_by(cert: x509.Certificate, db: Signers) -> bool:
         try:
             cert.verify_directly_issued_by(anchor)
             return True
-        except (ValueError, TypeError, InvalidSignature):
+        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
             continue
     return False
 
