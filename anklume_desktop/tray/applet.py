@@ -65,6 +65,9 @@ class Applet:
             self.daemon = await Daemon.connect(self.system_address)
             await self.daemon.watch(self.changed.set)
             while True:
+                # Cleared before the reads: a change signalled while they (or a
+                # notification) are awaited must wake the next round, not be lost.
+                self.changed.clear()
                 status, data = await self.daemon.status(), await self.daemon.data_disk()
                 self.shown = status, data
                 if status.update_running and status.last_update_job != self.following:
@@ -72,7 +75,6 @@ class Applet:
                 self.render()
                 for notice in self.memory.fresh(notices(status, data)):
                     await self.notifier.send(notice)
-                self.changed.clear()
                 await self.changed.wait()
         except DaemonError as e:
             log.info("anklumed: %s", e.message)

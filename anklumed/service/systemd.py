@@ -17,6 +17,7 @@ SYSTEMD_PATH = "/org/freedesktop/systemd1"
 MANAGER = "org.freedesktop.systemd1.Manager"
 UNIT = "org.freedesktop.systemd1.Unit"
 PROPS = "org.freedesktop.DBus.Properties"
+MISSED_SIGNAL_NET = 30  # seconds: when_active reads the state again after this
 
 
 class Systemd:
@@ -59,11 +60,13 @@ class Systemd:
                                      interface="org.freedesktop.DBus", member="AddMatch",
                                      signature="s", body=[rule]))
         try:
-            while await self._active_state(path) != "active":
-                changed.clear()
+            while True:
+                changed.clear()  # before the read: a change during it wakes the wait
+                if await self._active_state(path) == "active":
+                    break
                 # The timeout is a safety net in case a signal is missed.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), 30)
+                    await asyncio.wait_for(changed.wait(), MISSED_SIGNAL_NET)
         finally:
             self.bus.remove_message_handler(on_signal)
         await action()

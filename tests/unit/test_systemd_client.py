@@ -1,0 +1,62 @@
+"""anklumed's systemd client (anklumed.service.systemd) against a FAKE bus."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from dbus_fast import Message, MessageType, Variant
+
+from anklumed.service import systemd
+
+
+class FakeBus:
+    """FAKE system bus: the unit becomes active while anklumed reads its state,
+    so the change's signal comes during that read."""
+
+    def __init__(self) -> None:
+        self.handlers: list[Callable[[Message], None]] = []
+        self.reads = 0
+
+    def add_message_handler(self, handler: Callable[[Message], None]) -> None:
+        self.handlers.append(handler)
+
+    def remove_message_handler(self, handler: Callable[[Message], None]) -> None:
+        self.handlers.remove(handler)
+
+    def answer(self, msg: Message) -> list[Any]:
+        if msg.member == "LoadUnit":
+            return ["/unit/boot_2dcomplete_2etarget"]
+        if msg.member == "Get":
+            self.reads += 1
+            if self.reads == 1:
+                for handler in list(self.handlers):
+                    handler(Message.new_signal("/unit/boot_2dcomplete_2etarget",
+                                               systemd.PROPS, "PropertiesChanged"))
+                return [Variant("s", "inactive")]
+            return [Variant("s", "active")]
+        return []
+
+
+def test_a_change_signalled_during_the_state_read_is_not_lost(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    bus = FakeBus()
+
+    async def call(_: object, msg: Message) -> Message:
+        return Message(message_type=MessageType.METHOD_RETURN, reply_serial=1,
+                       signature="s" if msg.member == "LoadUnit" else "v" if
+                       msg.member == "Get" else "", body=bus.answer(msg))
+    monkeypatch.setattr(systemd, "call", call)
+    monkeypatch.setattr(systemd, "MISSED_SIGNAL_NET", 3600)  # a lost signal would hang
+    ran: list[str] = []
+
+    async def action() -> None:
+        ran.append("action")
+
+    async def wait() -> None:
+        client = systemd.Systemd(bus)  # type: ignore[arg-type]
+        await asyncio.wait_for(client.when_active("boot-complete.target", action), 10)
+    asyncio.run(wait())
+    assert ran == ["action"] and bus.reads == 2

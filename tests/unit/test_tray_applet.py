@@ -1,0 +1,91 @@
+"""The tray's loop over anklumed's state (anklume_desktop.tray.applet), with a
+FAKE daemon: the order of its reads against the change signals."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from anklume_desktop.daemon import Daemon, JobState, parse_data_disk, parse_status
+from anklume_desktop.tray import applet
+from anklume_desktop.tray.notices import Memory, Notice
+
+RUNNING = dataclasses.replace(
+    parse_status({"BootState": "good", "BootedSlot": "A", "FallbackSlot": "B"}),
+    update_running=True, last_update_job="/org/anklume/Live1/Job/2",
+    last_update_state=JobState.RUNNING)
+FINISHED = dataclasses.replace(RUNNING, update_running=False,
+                               last_update_state=JobState.SUCCEEDED)
+DATA = parse_data_disk({"State": "mounted", "Pool": "vault", "Encryption": "luks2"})
+
+
+class FakeDaemon:
+    """FAKE anklumed: its update ends while the tray is reading the state that
+    still says it runs, so the end's signal comes during that read."""
+
+    def __init__(self) -> None:
+        self.changed: Callable[[], None] = lambda: None
+        self.reads = 0
+
+    async def watch(self, changed: Callable[[], None]) -> None:
+        self.changed = changed
+
+    async def status(self) -> Any:
+        self.reads += 1
+        if self.reads == 1:
+            self.changed()  # the job's end, signalled before this read returns
+            return RUNNING
+        return FINISHED
+
+    async def data_disk(self) -> Any:
+        return DATA
+
+    async def follow(self, job: str, progress: Callable[[Any], None]) -> None:
+        await asyncio.Event().wait()  # the progress does not matter here
+
+    async def close(self) -> None:
+        pass
+
+
+class Sent:
+    def __init__(self) -> None:
+        self.notices: list[Notice] = []
+
+    async def send(self, notice: Notice) -> bool:
+        self.notices.append(notice)
+        return True
+
+
+async def run_until_announced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    fake = FakeDaemon()
+
+    async def connect(address: str | None = None) -> FakeDaemon:
+        return fake
+    monkeypatch.setattr(Daemon, "connect", connect)
+    # No session bus: the parts that would use it are replaced below.
+    tray = applet.Applet(None, None, Memory(tmp_path, boot_id="b1"))  # type: ignore[arg-type]
+    sent = Sent()
+    tray.notifier = sent  # type: ignore[assignment]
+    tray.item.show = lambda view: None  # type: ignore[method-assign]
+    loop = asyncio.create_task(tray.follow_daemon())
+    for _ in range(200):
+        if sent.notices:
+            break
+        await asyncio.sleep(0.01)
+    loop.cancel()
+    await asyncio.gather(loop, return_exceptions=True)
+    return [n.summary for n in sent.notices]
+
+
+def test_a_change_signalled_during_a_read_is_not_lost(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Seen in CI: the update's end came while the tray read the state that
+    # still said "running"; the tray then waited for a change already made and
+    # never said the update was ready.
+    summaries = asyncio.run(run_until_announced(tmp_path, monkeypatch))
+    assert summaries == ["The update is ready"]
