@@ -19,103 +19,25 @@ with the attempt counted once.
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from anklume_image import stick
-from anklumed.persist import PersistDir
-from anklumed.slots import boot_entries
-from anklumed.slots.bundle import KeptManifest, Manifest, parse_manifest
-from anklumed.slots.esp import Esp
-from anklumed.slots.update import activate, install_kernel
-from anklumed.slots.verity_tree import VerityHasher
 from anklumed.stick import SlotName
 from devtools.image_vm import Boot, Machine
 from tests.image.conftest import Built
+from tests.image.slot_install import esp_entries, install_slot_b
 from tests.image.test_boot_image import DATA_MIB, persist_files, reported
-from tests.image.test_build import extract, sh
 
 pytestmark = pytest.mark.image
 MACHINES = Path("/var/tmp/anklume-image-redirect")
 GUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
-CHUNK = 4 * 1024 * 1024
 # The UKI systemd-stub says it was started as (a path on the ESP, UTF-16).
 # efivarfs files cannot seek: read through a pipe.
 STUB_IMAGE = ["sh", "-c", f"cat /sys/firmware/efi/efivars/StubImageIdentifier-{GUID}"
                           " | tail -c +5 | tr -d '\\000'"]
-
-
-def put_back(image: Path, number: int, part: Path) -> None:
-    """A partition's image written back at its place on the stick."""
-    start = stick.partition_starts(image)[number] * stick.SECTOR
-    with part.open("rb") as src, image.open("r+b") as dst:
-        dst.seek(start)
-        while chunk := src.read(CHUNK):
-            dst.write(chunk)
-
-
-def write_slot(image: Path, squashfs: Path, manifest: Manifest) -> bytes:
-    """The slot's bytes at ANKLUME-OS-B and their dm-verity tree (the updater's
-    pass: the root hash must be the manifest's)."""
-    hasher = VerityHasher(manifest.verity_params())
-    start = stick.partition_starts(image)[3] * stick.SECTOR
-    with squashfs.open("rb") as src, image.open("r+b") as dst:
-        dst.seek(start)
-        while chunk := src.read(CHUNK):
-            dst.write(chunk)
-            hasher.update(chunk)
-    hasher.update(bytes(manifest.padded_size - manifest.size))
-    result = hasher.finish()
-    assert result.root_hash == manifest.root_hash
-    return result.tree
-
-
-def persist_partuuid(image: Path) -> str:
-    return sh("sgdisk", "-i", "4", image).split("Partition unique GUID: ")[1].split()[0].lower()
-
-
-def install_slot_b(machine: Machine, built: Built) -> None:
-    bundle_dir = built.image.with_name(built.image.name + ".bundle")
-    manifest_file = next(bundle_dir.glob("*.manifest"))
-    manifest = parse_manifest(manifest_file.read_bytes())
-    squashfs = bundle_dir / manifest.image
-    tree = write_slot(machine.stick, squashfs, manifest)
-    # The kernel phase: B's UKI to the ESP, read back against UKI_SHA256.
-    esp_file = extract(machine.stick, 1, machine.rundir / "esp.img")
-    esp = Esp(esp_file)
-    install_kernel(esp, squashfs, SlotName.B, manifest)
-    # The menu of primary A with B ok: what it was before activation's
-    # rewrite (B's kernel reachable through its own entry only).
-    wanted = boot_entries.wanted_entries(SlotName.A, {SlotName.A, SlotName.B},
-                                         3, persist_partuuid(machine.stick))
-    esp.apply(boot_entries.plan(esp.entries(), wanted, keep_counter=True))
-    put_back(machine.stick, 1, esp_file)
-    esp_file.unlink()
-    # Activation: tree, manifest, signature, meta ok, boot-count 0, ab-state B.
-    part = extract(machine.stick, 4, machine.rundir / "persist.img")
-    mnt = machine.rundir / "persist-mnt"
-    mnt.mkdir()
-    subprocess.run(["mount", "-o", "loop", str(part), str(mnt)], check=True)
-    try:
-        activate(PersistDir(mnt), SlotName.B, manifest, KeptManifest.beside(manifest_file),
-                 tree, "test: the build's bundle", datetime.now(UTC))
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
-    put_back(machine.stick, 4, part)
-    part.unlink()
-
-
-def esp_entries(machine: Machine, name: str) -> list[str]:
-    esp = extract(machine.stick, 1, machine.rundir / f"esp-{name}.img")
-    try:
-        return sorted(Esp(esp).entries())
-    finally:
-        esp.unlink()
 
 
 @dataclass
@@ -133,7 +55,9 @@ class Redirect:
 def redirect(built: Built) -> Iterator[Redirect]:
     shutil.rmtree(MACHINES, ignore_errors=True)
     machine = Machine(built.image, MACHINES / "machine", data_mib=DATA_MIB)
-    install_slot_b(machine, built)
+    # The menu before activation's rewrite (B's kernel reachable through its
+    # own entry only).
+    install_slot_b(machine, built, menu_for=SlotName.A)
     menu_before = esp_entries(machine, "before")
     # A restart goes through the initramfs only: far less than a whole boot.
     restart = machine.boot(timeout=300)
