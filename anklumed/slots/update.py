@@ -312,7 +312,7 @@ def install_kernel(esp: Esp, device: Path, target: SlotName, m: Manifest) -> Non
              device, uki, esp_device, path], timeout=600, env={"MTOOLS_SKIP_CHECK": "1"})
 
     try:
-        esp.install_uki(target, copy, m.uki_sha256)
+        esp.install_uki(target, copy, m.uki_sha256, m.uki_size)
     except CommandError as e:
         raise EspError(f"cannot copy slot {target}'s kernel to the ESP: "
                        f"{e.stderr.strip()[-200:]}") from None
