@@ -4,11 +4,14 @@ the stick back on the good slot with the reason on PERSIST and in
 ``anklumectl status``.
 
 One machine for the file, its state carried from step to step (each step
-starts from the good boot on slot A the step before ended with):
+starts on the stick the step before left, slot A booted after a rollback):
 
 1. tamper -- slot B installed and primary, one byte of its data flipped;
 2. a B whose kernel panics, three times;
 3. a B whose system never reaches boot-complete.target, three times.
+
+(The steps run in the file's order; each starts with slot B installed and
+activated again, so one that failed leaves the next a stick it can use.)
 
 Before each step slot B is installed again from the build's bundle on the
 host, with the updater's own steps (tests/image/slot_install.py), and then
@@ -108,14 +111,12 @@ class Steps:
 
     @functools.cached_property
     def panic(self) -> ThreeAttempts:
-        assert self.tamper.landed.report, "the step before did not end on slot A"
         self.install_b()
         edit_esp_file(self.machine, boot_entries.uki_path(SlotName.B), without_initrd)
         return self.three_attempts("panic")
 
     @functools.cached_property
     def hang(self) -> ThreeAttempts:
-        assert self.panic.back.report, "the step before did not end on slot A"
         self.install_b()
         edit_esp_file(self.machine, B_DEFAULT_ENTRY,
                       lambda text: text.replace(b" quiet\n", b" init=/usr/bin/false quiet\n"))
@@ -162,8 +163,9 @@ def assert_back_on_a_after_boot_loader_fallback(run: ThreeAttempts) -> dict[str,
     files = run.persist_after
     last = key_values(files["last-rollback"])
     assert (last["FROM"], last["TO"], last["REASON"]) == ("B", "A", "boot-loader"), last
-    # This boot is A's first attempt (not marked good here: its power is cut).
-    assert (files["ab-state"].strip(), files["boot-count"].strip()) == ("A", "1"), files
+    # A's first attempt: 1, or 0 once anklumed marked it good while the
+    # report was being gathered (seen: the report takes tens of seconds).
+    assert files["ab-state"].strip() == "A" and files["boot-count"].strip() in ("0", "1"), files
     assert key_values(files["slots/B.meta"])["STATUS"] == "failed", files["slots/B.meta"]
     # The menu is slot A's again, with a fresh counter and no entry of B.
     assert run.menu_after == ["anklume-1-live-a+3-0.conf", "anklume-3-stick-a.conf",
@@ -209,7 +211,9 @@ def test_tamper_the_other_slot_boots_and_status_names_the_check(steps: Steps) ->
     assert (rollback["from"], rollback["to"], rollback["reason"]) == ("B", "A", "verity"), status
     files = steps.tamper.persist_after
     assert "redirect" not in files, files
-    assert (files["ab-state"].strip(), files["boot-count"].strip()) == ("A", "1"), files
+    # A's first attempt: 1, or 0 once anklumed marked it good while the
+    # report was being gathered (seen: the report takes tens of seconds).
+    assert files["ab-state"].strip() == "A" and files["boot-count"].strip() in ("0", "1"), files
     assert key_values(files["last-rollback"])["REASON"] == "verity", files
     assert key_values(files["slots/B.meta"])["STATUS"] == "failed", files["slots/B.meta"]
 
