@@ -1,13 +1,13 @@
 """Slot B installed on a machine's stick from the host, between two boots,
 with the updater's own steps (anklumed.slots.update), and the stick's
 partitions read and changed there: what the image tier's boot tests share
-(test_boot_redirect.py, test_broken_boots.py).
+(test_broken_boots.py).
 
 Installing on the host is what ``anklume-bundle`` would do from another
 computer, and far quicker than an update inside TCG: the slot's image
 written to ANKLUME-OS-B with its dm-verity tree computed on the way, its UKI
-copied to the ESP and checked against the manifest, then ``activate``
-(PERSIST names B).
+checked against the signer of the kernel slot A runs, copied to the ESP and
+checked against the manifest, then ``activate`` (PERSIST names B).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from anklume_image import stick
 from anklumed.persist import PersistDir
-from anklumed.slots import boot_entries
+from anklumed.slots import boot_entries, kernel_signer
 from anklumed.slots.bundle import KeptManifest, Manifest, parse_manifest
 from anklumed.slots.esp import MTOOLS_ENV, Esp
 from anklumed.slots.update import activate, install_kernel
@@ -88,18 +88,28 @@ def persist_mounted(machine: Machine) -> Iterator[PersistDir]:
             subprocess.run(["umount", str(mnt)], check=True)
 
 
-def install_slot_b(machine: Machine, built: Built, menu_for: SlotName) -> None:
+def install_slot_b(machine: Machine, built: Built) -> None:
     """The build's bundle as slot B, activated (PERSIST: B ok and primary,
-    boot-count 0). ``menu_for``: the primary the boot menu is written for --
-    B, as the updater rewrites it after activation; A, the menu as it was
-    before (a power cut between PERSIST's write and the ESP's)."""
+    boot-count 0), and the boot menu rewritten for B as the updater does
+    after activation."""
     bundle_dir = built.image.with_name(built.image.name + ".bundle")
     manifest_file = next(bundle_dir.glob("*.manifest"))
     manifest = parse_manifest(manifest_file.read_bytes())
     squashfs = bundle_dir / manifest.image
     tree = write_slot(machine.stick, squashfs, manifest)
     with partition(machine, ESP, "esp") as esp_file:
-        # The kernel phase: B's UKI to the ESP, read back against UKI_SHA256.
+        # The kernel phase: B's UKI signed as the kernel slot A runs (the
+        # machine's firmware has no Secure Boot: no db to read), then to the
+        # ESP, read back against UKI_SHA256.
+        assert manifest.uki is not None
+        running = machine.rundir / "running-uki.efi"
+        running.write_bytes(_mtools("mcopy", "-i", esp_file,
+                                    f"::/{boot_entries.uki_path(SlotName.A)}", "-"))
+        try:
+            kernel_signer.check_new_kernel(squashfs, manifest.uki, kernel_signer.Machine(
+                efivars=machine.rundir / "no-efivars", running_uki=running))
+        finally:
+            running.unlink()
         install_kernel(Esp(esp_file), squashfs, SlotName.B, manifest)
     # Activation: tree, manifest, signature, meta ok, boot-count 0, ab-state B.
     with persist_mounted(machine) as pdir:
@@ -109,7 +119,7 @@ def install_slot_b(machine: Machine, built: Built, menu_for: SlotName) -> None:
     # loader falls back).
     with partition(machine, ESP, "esp") as esp_file:
         esp = Esp(esp_file)
-        wanted = boot_entries.wanted_entries(menu_for, {SlotName.A, SlotName.B},
+        wanted = boot_entries.wanted_entries(SlotName.B, {SlotName.A, SlotName.B},
                                              3, persist_partuuid(machine.stick))
         esp.apply(boot_entries.plan(esp.entries(), wanted, keep_counter=True))
 
@@ -137,16 +147,43 @@ def _mtools(*argv: str | Path) -> bytes:
                           env=MTOOLS_ENV).stdout
 
 
+def read_esp_file(machine: Machine, path: str) -> bytes:
+    with partition(machine, ESP, "esp-read") as esp_file:
+        return _mtools("mcopy", "-i", esp_file, f"::/{path}", "-")
+
+
+def _edit(esp_file: Path, path: str, change: Callable[[bytes], bytes]) -> None:
+    data = _mtools("mcopy", "-i", esp_file, f"::/{path}", "-")
+    new = change(data)
+    assert new != data, path
+    subprocess.run(["mcopy", "-o", "-i", str(esp_file), "-", f"::/{path}"],
+                   check=True, input=new, capture_output=True, env=MTOOLS_ENV)
+
+
 def edit_esp_file(machine: Machine, path: str, change: Callable[[bytes], bytes]) -> None:
     """The ESP's file ``path`` replaced by ``change(its bytes)`` (the way a
     broken bundle or a person with the stick would leave it, not the
     updater's way)."""
     with partition(machine, ESP, "esp-edit") as esp_file:
-        data = _mtools("mcopy", "-i", esp_file, f"::/{path}", "-")
-        new = change(data)
-        assert new != data
-        subprocess.run(["mcopy", "-o", "-i", str(esp_file), "-", f"::/{path}"], check=True,
-                       input=new, capture_output=True, env=MTOOLS_ENV)
+        _edit(esp_file, path, change)
+
+
+def run_from_the_stick(machine: Machine) -> None:
+    """The menu's entries that copy the system to RAM made to run it from
+    the stick instead (``anklume.toram=0``), keeping their names, slots and
+    counters: for the boots whose subject is not the copy, which under TCG
+    is tens of seconds of each boot that reaches the initramfs."""
+    def no_copy(text: bytes) -> bytes:
+        return text.replace(b"anklume.toram=1", b"anklume.toram=0")
+
+    with partition(machine, ESP, "esp-toram") as esp_file:
+        edited = 0
+        for name in Esp(esp_file).entries():
+            path = f"{boot_entries.ENTRIES_DIR}/{name}"
+            if b"anklume.toram=1" in _mtools("mcopy", "-i", esp_file, f"::/{path}", "-"):
+                _edit(esp_file, path, no_copy)
+                edited += 1
+        assert edited, "no entry copies the system to RAM"
 
 
 def pe_section(data: bytes, name: str) -> tuple[int, int]:
@@ -171,3 +208,20 @@ def without_initrd(uki: bytes) -> bytes:
     offset, size = pe_section(uki, ".initrd")
     assert size > 1024 * 1024, size  # an initramfs, not a stub's placeholder
     return uki[:offset] + bytes(size) + uki[offset + size:]
+
+
+def signed_again(uki: bytes, workdir: Path, key: Path, cert: Path) -> bytes:
+    """The UKI's Authenticode signature made anew by ``key`` (its old one no
+    longer matches the changed bytes): a kernel the firmware would start
+    under Secure Boot, and the updater's kernel check would take, as a
+    broken update built and signed the usual way would be."""
+    unsigned, out = workdir / "uki-unsigned.efi", workdir / "uki-signed.efi"
+    unsigned.write_bytes(uki)
+    try:
+        subprocess.run(["sbattach", "--remove", str(unsigned)], check=True, capture_output=True)
+        subprocess.run(["sbsign", "--key", str(key), "--cert", str(cert), "--output", str(out),
+                        str(unsigned)], check=True, capture_output=True)
+        return out.read_bytes()
+    finally:
+        unsigned.unlink()
+        out.unlink(missing_ok=True)
