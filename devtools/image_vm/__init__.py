@@ -46,7 +46,7 @@ STICK_SERIAL = "anklume-stick"
 DATA_SERIAL = "anklume-data"
 
 
-def report_unit(wait: float, settle: list[str]) -> str:
+def report_unit(wait: float, settle: list[str], until: str) -> str:
     return f"""[Unit]
 Description=anklume image test: report this boot to the host, then power off
 After=basic.target
@@ -57,6 +57,7 @@ FailureAction=poweroff
 Type=oneshot
 Environment=ANKLUME_TEST_WAIT={wait:.0f}
 Environment="ANKLUME_TEST_SETTLE={' '.join(settle)}"
+Environment=ANKLUME_TEST_UNTIL={until}
 ImportCredential=anklume-test.*
 ExecStart=/usr/bin/python3 %d/anklume-test.report.py
 """
@@ -158,7 +159,8 @@ class Machine:
              settle: list[str] | None = None,
              wait: float = 300.0, timeout: float = 600.0,
              target: str = "multi-user.target",
-             stop_when: Callable[[Path], bool] | None = None) -> Boot:
+             stop_when: Callable[[Path], bool] | None = None,
+             until: str = "boot-complete", cut_after_report: bool = False) -> Boot:
         """One boot, up to the guest's report and its poweroff. ``target``:
         the boot's goal (an image with a desktop starts it at
         graphical.target; the tests that do not look at it boot no further
@@ -168,12 +170,19 @@ class Machine:
         report waits for boot-complete.target and for ``settle``'s units to
         finish starting (at most ``wait`` seconds of the guest's time).
         ``stop_when(bootdir)``, checked each second, ends a boot that will
-        never report (one the firmware refused) without waiting for ``timeout``."""
+        never report (one the firmware refused) without waiting for ``timeout``.
+        ``until="anklumed"``: the report comes as soon as anklumed answers
+        (its start's work done: a rollback recorded, the menu rewritten),
+        not after boot-complete.target; ``cut_after_report``: the power is
+        cut once the report is in (what the guest wrote before survives a
+        power cut by design), instead of waiting for its poweroff -- both
+        for a boot whose later part no test looks at."""
         self.boots += 1
         bootdir = self.rundir / f"boot-{self.boots}"
         bootdir.mkdir()
+        unit = report_unit(scaled(wait), settle or [], until)
         creds = {
-            f"systemd.extra-unit.{REPORT_UNIT}": report_unit(scaled(wait), settle or []).encode(),
+            f"systemd.extra-unit.{REPORT_UNIT}": unit.encode(),
             "systemd.unit-dropin.multi-user.target~anklume-test":
                 f"[Unit]\nWants={REPORT_UNIT}\n".encode(),
             "anklume-test.report.py": REPORT_SCRIPT.read_bytes(),
@@ -194,6 +203,8 @@ class Machine:
                 now = time.monotonic()
                 if reported_at is None and read_report(report_file) is not None:
                     reported_at = now
+                    if cut_after_report:
+                        break
                 if now - started > scaled(timeout) or \
                         (reported_at is not None and now - reported_at > SHUTDOWN_GRACE):
                     timed_out = reported_at is None

@@ -2,7 +2,8 @@
 
 It waits until the boot is over (boot-complete.target reached and the units
 the host names settled, or no job left but its own, or the time the host
-allows), gathers what the tests judge --
+allows) -- or, when the host asks for no more (ANKLUME_TEST_UNTIL=anklumed),
+only until anklumed answers, its start's work done -- gathers what the tests judge --
 units, anklumectl's answers, /run/anklume/boot.env, failed units, the
 journal's errors -- and writes it as one JSON line to a virtio-serial port the
 host reads after QEMU exits. Its unit then powers the machine off. Standard
@@ -68,6 +69,19 @@ def wait_for_the_boot(budget: float, units: list[str]) -> str:
         if complete and settled(units):
             wait_for_the_good_mark(deadline)
             return "boot-complete"
+        if not other_jobs():
+            return "no-jobs"
+        time.sleep(1)
+    return "timeout"
+
+
+def wait_for_anklumed(budget: float) -> str:
+    """anklumed answers only once its start is over (the stick found, a
+    rollback the boot loader made recorded, the menu rewritten)."""
+    deadline = time.monotonic() + budget
+    while time.monotonic() < deadline:
+        if as_json(run(["anklumectl", "status", "--json"])) is not None:
+            return "anklumed"
         if not other_jobs():
             return "no-jobs"
         time.sleep(1)
@@ -146,7 +160,11 @@ def report(waited: str) -> dict[str, Any]:
 def main() -> int:
     budget = float(os.environ.get("ANKLUME_TEST_WAIT", "300"))
     units = os.environ.get("ANKLUME_TEST_SETTLE", "").split()
-    line = json.dumps(report(wait_for_the_boot(budget, units))) + "\n"
+    if os.environ.get("ANKLUME_TEST_UNTIL") == "anklumed":
+        waited = wait_for_anklumed(budget)
+    else:
+        waited = wait_for_the_boot(budget, units)
+    line = json.dumps(report(waited)) + "\n"
     for _ in range(60):  # the port appears once udev has loaded virtio_console
         if PORT.exists():
             break

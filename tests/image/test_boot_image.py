@@ -35,11 +35,12 @@ DATA_MIB = 512  # the smallest disk anklumed accepts is 256 MiB
 
 
 def persist_files(machine: Machine, name: str) -> dict[str, str]:
-    """PERSIST's files as the machine left them (mounted: its journal replayed)."""
+    """PERSIST's files as the machine left them (a copy mounted read-write: its
+    journal replayed, as after a power cut)."""
     part = extract(machine.stick, 4, machine.rundir / f"persist-{name}.img")
     mnt = machine.rundir / f"persist-{name}"
     mnt.mkdir()
-    subprocess.run(["mount", "-o", "loop,ro", str(part), str(mnt)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(part), str(mnt)], check=True)
     try:
         return {str(p.relative_to(mnt)): p.read_text(errors="replace")
                 for p in mnt.rglob("*") if p.is_file() and p.stat().st_size < 4096}
