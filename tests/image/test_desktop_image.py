@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from anklume_desktop.guide import keybindings
+from anklume_desktop.guide.__main__ import NO_BROWSER
 from anklume_image import install, wheels
 from anklume_image.config import Desktop
 from anklumed.persist import PersistDir
@@ -204,8 +205,11 @@ def _printed_url(proc: subprocess.Popen[str]) -> str:
 def test_the_images_guide_serves_its_web_mode_behind_the_guard(root: Path) -> None:
     """The image's anklume-guide --web on the image's aiohttp: the one-time
     link sets the cookie, the page then loads (textual-serve's template,
-    aiohttp-jinja2), and a request without the cookie is refused."""
-    proc = subprocess.Popen(["chroot", str(root), "anklume-guide", "--web", "--no-browser"],
+    aiohttp-jinja2), and a request without the cookie is refused. The image
+    ships no browser (docs/desktop.md): in a Wayland session's environment
+    the guide finds none and says so."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/root", "WAYLAND_DISPLAY": "wayland-1"}
+    proc = subprocess.Popen(["chroot", str(root), "anklume-guide", "--web"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         url = _printed_url(proc)
@@ -230,3 +234,4 @@ def test_the_images_guide_serves_its_web_mode_behind_the_guard(root: Path) -> No
         _, err = proc.communicate(timeout=scaled(20))
     assert proc.returncode == 0, err[-2000:]
     assert "Traceback" not in err, err[-2000:]
+    assert NO_BROWSER in err, err[-2000:]
