@@ -208,7 +208,8 @@ def test_the_images_guide_serves_its_web_mode_behind_the_guard(root: Path) -> No
     aiohttp-jinja2), and a request without the cookie is refused. The image
     ships no browser (docs/desktop.md): in a Wayland session's environment
     the guide finds none and says so."""
-    env = {"PATH": "/usr/bin:/bin", "HOME": "/root", "WAYLAND_DISPLAY": "wayland-1"}
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
+           "WAYLAND_DISPLAY": "wayland-1"}
     proc = subprocess.Popen(["chroot", str(root), "anklume-guide", "--web"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
