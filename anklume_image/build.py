@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from anklume_image import arch_rootfs, esp, persist, rootfs, secure_boot, slot, stick
+from anklume_image import arch_rootfs, esp, persist, rootfs, secure_boot, slot, stick, wheels
 from anklume_image.config import Base, BuildConfig
 from anklume_image.errors import BuildError
 from anklume_image.signing import public_key_of
@@ -69,8 +69,12 @@ def build(config: BuildConfig, checkout: Path = CHECKOUT) -> Path:
     checksum = out.with_name(out.name + ".sha256")
     for stale in (out, checksum):
         stale.unlink(missing_ok=True)
+    # A failed build leaves nothing that looks built, the last bundle neither.
+    shutil.rmtree(out.with_name(out.name + ".bundle"), ignore_errors=True)
     work.mkdir(parents=True)
     persist_guid = str(uuid.uuid4())
+    with stage("wheels"):  # what Debian lacks, verified before the rootfs is made
+        wheels.stage(config)
     with stage("rootfs"):
         base = arch_rootfs if config.base is Base.ARCH else rootfs
         tarball = base.build_rootfs(config, work, checkout, public_key)

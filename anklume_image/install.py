@@ -22,7 +22,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from anklume_image import cli_docs, uki
+from anklume_image import cli_docs, uki, wheels
 from anklume_image.config import Base, BuildConfig, Desktop
 
 DIST_PACKAGES = "/usr/lib/python3/dist-packages"
@@ -83,6 +83,27 @@ def python_hooks(checkout: Path, config: BuildConfig) -> list[str]:
     hooks += [_entry_point(name, module) for name, module in entry_points.items()]
     hooks.append(f"chroot \"$1\" python3 -m compileall -q {installed}")
     return hooks
+
+
+# Where Debian's Python keeps what dpkg does not install
+# (/usr/local/lib/python3.X/dist-packages): asked of the image's own python3.
+_PURELIB = "chroot \"$1\" python3 -c 'import sysconfig; print(sysconfig.get_path(\"purelib\"))'"
+
+
+def wheel_hooks(config: BuildConfig) -> list[str]:
+    """The pinned wheels the build verified and unpacked (wheels.stage), and
+    their list in /usr/share/anklume/wheels."""
+    chosen = wheels.wanted(config)
+    if not chosen:
+        return []
+    staged = wheels.staging_dir(config)
+    return [
+        f"site=$({_PURELIB}) && mkdir -p \"$1$site\" && "
+        f"cp -R --preserve=mode,timestamps {_q(staged)}/. \"$1$site\"/ && "
+        "chroot \"$1\" python3 -m compileall -q \"$site\"",
+        f"mkdir -p \"$1\"{Path(wheels.LIST_IN_IMAGE).parent} && "
+        f"printf %s {_q(wheels.listing(chosen))} > \"$1\"{wheels.LIST_IN_IMAGE}",
+    ]
 
 
 # Each desktop's session files: (file in the checkout, path in the image).
@@ -248,4 +269,5 @@ def customize_hooks(config: BuildConfig, checkout: Path,
                     public_key: Path | None = None) -> list[str]:
     return [*python_hooks(checkout, config), *system_hooks(checkout), *key_hooks(public_key),
             *cli_docs_hooks(config.work_dir / "cli-docs", config.base),
-            *desktop_hooks(config, checkout), *initramfs_hooks(checkout, config.base)]
+            *desktop_hooks(config, checkout), *wheel_hooks(config),
+            *initramfs_hooks(checkout, config.base)]

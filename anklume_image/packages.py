@@ -2,9 +2,10 @@
 
 Everything anklumed needs comes from the distribution (Debian's python3-*
 packages, Arch's python-* packages; no pip inside the image), so a security
-update of the base is an ordinary rebuild. What a base does not package is
-refused before any download, with a sentence (``NOT_IN_ARCH``), never
-fetched from elsewhere.
+update of the base is an ordinary rebuild. The one exception is the guide's
+web mode, textual-serve, which Debian 13 lacks: a wheel pinned by its sha256
+(wheels.py). What Arch does not package is refused before any download,
+with a sentence (``NOT_IN_ARCH``), never fetched from elsewhere.
 """
 
 from __future__ import annotations
@@ -30,12 +31,14 @@ DEBIAN_ZFS = ["linux-headers-amd64", "zfs-dkms", "zfsutils-linux"]
 
 # What every graphical image adds: the login (greetd starts the live user's
 # session, docs/desktop.md), the session bus the tray needs, the welcome
-# guide's textual (Debian 13: 2.1.2) and a font for the terminals. The
-# guide's web mode also needs textual-serve, which Debian 13 does not
-# package: the image has no web mode (docs/desktop.md says so). `login`
-# is no longer essential in Debian 13, and greetd's PAM file includes its
+# guide's textual (Debian 13: 2.1.2), what its web mode's textual-serve
+# requires (aiohttp, aiohttp-jinja2, jinja2: Debian 13 has them at versions
+# it accepts; textual-serve itself Debian 13 does not package: wheels.py
+# installs its pinned wheel) and a font for the terminals. `login` is no
+# longer essential in Debian 13, and greetd's PAM file includes its
 # /etc/pam.d/login: without it greetd fails at its start.
 DEBIAN_GRAPHICAL = ["greetd", "login", "dbus-user-session", "python3-textual",
+                    "python3-aiohttp", "python3-aiohttp-jinja2", "python3-jinja2",
                     "fonts-dejavu-core"]
 
 # The polkit agent of sway and labwc, started by their session files (GTK 3,

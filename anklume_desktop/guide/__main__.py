@@ -27,6 +27,11 @@ async def _data_state(address: str | None) -> DataState:
         return DataState.UNKNOWN
 
 
+# The image ships no browser (docs/desktop.md, "The web mode on the image").
+NO_BROWSER = ("anklume-guide: no web browser was found on this system: open the link in one "
+              "on this machine, or run 'anklume-guide' in a terminal")
+
+
 def _serve_web(open_browser: bool, opening: str) -> int:
     try:
         from anklume_desktop.web_guard import (
@@ -51,7 +56,8 @@ def _serve_web(open_browser: bool, opening: str) -> int:
         print(f"The guide is at {url}  (this link works once; Ctrl-C stops)", flush=True)
         if open_browser:  # the token through a private page, never on a command line
             pages.append(launcher_page(url))
-            webbrowser.open(pages[-1].as_uri())
+            if not webbrowser.open(pages[-1].as_uri()):
+                print(NO_BROWSER, file=sys.stderr, flush=True)
 
     try:
         with contextlib.suppress(KeyboardInterrupt):

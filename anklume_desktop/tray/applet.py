@@ -15,7 +15,8 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Coroutine
+import webbrowser
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +131,11 @@ class Applet:
 
     async def run_action(self, action: Action) -> None:
         if action in (Action.GUIDE, Action.UNLOCK):  # a passphrase needs the guide's screen
-            open_guide("mount" if action == Action.UNLOCK else "")
+            if not open_guide("mount" if action == Action.UNLOCK else ""):
+                await self.notifier.send(Notice(
+                    "", "The welcome guide cannot open here",
+                    "This system has no terminal (foot, konsole) and no web browser: run "
+                    "'anklume-guide' on a text console (Ctrl+Alt+F2).", critical=True))
             return
         if self.daemon is None:
             await self.notifier.send(Notice("", "anklumed is not answering",
@@ -186,14 +191,43 @@ def update_source() -> str:
     return ""
 
 
-def open_guide(opening: str = "") -> None:
-    """In a terminal when there is one (foot on the image), else in the browser;
-    ``opening``: the guide's screen to open (``mount`` to unlock)."""
+# The terminals the guide opens in, the first one installed: foot (sway,
+# labwc), konsole (KDE, which has no foot). ANKLUME_TERMINAL names another,
+# tried first.
+TERMINALS: tuple[tuple[str, ...], ...] = (("foot",), ("konsole", "-e"))
+
+
+def has_browser() -> bool:
+    try:
+        webbrowser.get()
+    except webbrowser.Error:
+        return False
+    return True
+
+
+def guide_command(opening: str = "", which: Callable[[str], str | None] = shutil.which,
+                  browser: Callable[[], bool] = has_browser) -> list[str] | None:
+    """How the guide opens: in a terminal when there is one, else in the
+    browser (its web mode); None when this system has neither (the image
+    ships no browser: docs/desktop.md). ``opening``: the guide's screen to
+    open (``mount`` to unlock)."""
     guide = [sys.executable, "-m", "anklume_desktop.guide",
              *(["--open", opening] if opening else [])]
-    terminal = os.environ.get("ANKLUME_TERMINAL", "foot")
-    argv = [terminal, *guide] if shutil.which(terminal) else [*guide, "--web"]
+    chosen = os.environ.get("ANKLUME_TERMINAL")
+    terminals: tuple[tuple[str, ...], ...] = ((chosen,), *TERMINALS) if chosen else TERMINALS
+    for terminal in terminals:
+        if which(terminal[0]):
+            return [*terminal, *guide]
+    return [*guide, "--web"] if browser() else None
+
+
+def open_guide(opening: str = "") -> bool:
+    """Opens the guide; False when there is nothing to show it in."""
+    argv = guide_command(opening)
+    if argv is None:
+        return False
     subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
+    return True
 
 
 async def first_in_session(session: MessageBus) -> bool:

@@ -9,7 +9,10 @@ machine, and failed on the merged tree's first boot under double load
 
 from __future__ import annotations
 
+import http.client
+import select
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from anklume_desktop.guide import keybindings
-from anklume_image import install
+from anklume_desktop.guide.__main__ import NO_BROWSER
+from anklume_image import install, wheels
 from anklume_image.config import Desktop
 from anklumed.persist import PersistDir
 from anklumed.slots import model
@@ -159,3 +163,76 @@ def test_sway_accepts_the_images_configuration(root: Path) -> None:
                           text=True, check=False, env=env, timeout=scaled(60))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[ERROR]" not in proc.stderr, proc.stderr[-3000:]
+
+
+# What the image's Python says about textual-serve: where it came from, and
+# which of its requirements the image's Debian packages do not meet.
+_WEB_MODE_CHECK = """
+from importlib.metadata import distribution, requires, version
+from packaging.requirements import Requirement
+import textual_serve, anklume_desktop.web_guard
+print(textual_serve.__file__)
+print(distribution("textual-serve").read_text("INSTALLER").strip())
+unmet = [r for r in requires("textual-serve") if not Requirement(r).specifier.contains(
+    version(Requirement(r).name), prereleases=True)]
+print(unmet)
+"""
+
+
+def test_the_guides_web_mode_is_on_the_image_from_its_pinned_wheel(
+        built: Built, slot: Path, root: Path) -> None:
+    """textual-serve (not in Debian 13) from the wheel wheels.py pins, where
+    Debian's Python keeps what dpkg does not install, listed, and on
+    Debian 13's own aiohttp, aiohttp-jinja2, jinja2, rich and textual."""
+    assert cat(slot, wheels.LIST_IN_IMAGE).decode() == wheels.listing(
+        wheels.wanted(built.config))
+    where, installer, unmet = sh("chroot", root, "python3", "-c", _WEB_MODE_CHECK).splitlines()
+    assert where.startswith("/usr/local/lib/python3.") and where.endswith(
+        "/dist-packages/textual_serve/__init__.py"), where
+    assert installer == wheels.INSTALLER
+    assert unmet == "[]"
+
+
+def _printed_url(proc: subprocess.Popen[str]) -> str:
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], scaled(30))
+    assert ready, "anklume-guide --web printed no link"
+    line = proc.stdout.readline()
+    assert "The guide is at http://127.0.0.1:" in line, line
+    return line.split("The guide is at ", 1)[1].split()[0]
+
+
+def test_the_images_guide_serves_its_web_mode_behind_the_guard(root: Path) -> None:
+    """The image's anklume-guide --web on the image's aiohttp: the one-time
+    link sets the cookie, the page then loads (textual-serve's template,
+    aiohttp-jinja2), and a request without the cookie is refused. The image
+    ships no browser (docs/desktop.md): in a Wayland session's environment
+    the guide finds none and says so."""
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
+           "WAYLAND_DISPLAY": "wayland-1"}
+    proc = subprocess.Popen(["chroot", str(root), "anklume-guide", "--web"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = _printed_url(proc)
+        port = int(url.split(":")[2].split("/")[0])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=scaled(10))
+        conn.request("GET", url.split(str(port), 1)[1])
+        redeemed = conn.getresponse()
+        redeemed.read()
+        cookie = redeemed.getheader("Set-Cookie") or ""
+        assert redeemed.status == 302 and "HttpOnly" in cookie, (redeemed.status, cookie)
+        conn.request("GET", "/")
+        refused = conn.getresponse()
+        assert refused.status == 403, refused.status
+        refused.read()
+        conn.request("GET", "/", headers={"Cookie": cookie.split(";")[0]})
+        page = conn.getresponse()
+        body = page.read().decode()
+        assert page.status == 200 and "textual" in body.lower(), (page.status, body[:500])
+        conn.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=scaled(20))
+    assert proc.returncode == 0, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    assert NO_BROWSER in err, err[-2000:]
