@@ -35,19 +35,14 @@ from anklumed.slots.esp import Esp
 from anklumed.slots.update import activate, install_kernel
 from anklumed.slots.verity_tree import VerityHasher
 from anklumed.stick import SlotName
-from devtools.image_vm import Boot, Machine
+from devtools.image_vm import STUB_IMAGE, Boot, Machine
 from tests.image.conftest import Built
 from tests.image.test_boot_image import DATA_MIB, persist_files, reported
 from tests.image.test_build import extract, sh
 
 pytestmark = pytest.mark.image
 MACHINES = Path("/var/tmp/anklume-image-redirect")
-GUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
 CHUNK = 4 * 1024 * 1024
-# The UKI systemd-stub says it was started as (a path on the ESP, UTF-16).
-# efivarfs files cannot seek: read through a pipe.
-STUB_IMAGE = ["sh", "-c", f"cat /sys/firmware/efi/efivars/StubImageIdentifier-{GUID}"
-                          " | tail -c +5 | tr -d '\\000'"]
 
 
 def put_back(image: Path, number: int, part: Path) -> None:

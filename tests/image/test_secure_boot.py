@@ -32,7 +32,7 @@ from anklumed.slots import boot_entries
 from anklumed.stick import SlotName
 from devtools.image_vm import OVMF_CODE_SECURE, OVMF_VARS, Boot, Machine
 from tests.image.conftest import Built
-from tests.image.test_boot_image import DATA_MIB, reported
+from tests.image.test_boot_image import DATA_MIB, reported, unit
 from tests.image.test_build import extract
 
 pytestmark = pytest.mark.image
@@ -145,6 +145,20 @@ def test_the_signed_image_boots_with_secure_boot_enforced(secure: SecureBoots) -
     status = report["status"]
     assert status is not None, report["status_raw"]
     assert (status["BootedSlot"], status["BootState"]) == ("A", "good"), status
+
+
+def test_a_first_boot_with_nobody_at_the_keyboard_completes_while_the_wizard_waits(
+        secure: SecureBoots) -> None:
+    """This boot is a first boot with no credentials (the data disk's are
+    test_boot_image.py's): the first-boot wizard waits for a person on
+    tty1, and the boot is complete and marked good all the same."""
+    report = reported(secure.signed)
+    assert unit(report, "anklume-first-boot.service")["ActiveState"] == "activating"
+    assert unit(report, "boot-complete.target")["ActiveState"] == "active", report["jobs"]
+    assert report["failed"] == [], report["errors"]
+    status = report["status"]
+    assert status is not None, report["status_raw"]
+    assert (status["BootState"], status["BootCount"]) == ("good", 0), status
 
 
 def test_an_unsigned_uki_is_refused_by_the_firmware(secure: SecureBoots) -> None:
