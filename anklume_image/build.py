@@ -19,8 +19,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from anklume_image import esp, persist, rootfs, secure_boot, slot, stick
-from anklume_image.config import BuildConfig
+from anklume_image import arch_rootfs, esp, persist, rootfs, secure_boot, slot, stick
+from anklume_image.config import Base, BuildConfig
 from anklume_image.errors import BuildError
 from anklume_image.signing import public_key_of
 from anklume_image.tarball import replace_member
@@ -62,6 +62,8 @@ def build(config: BuildConfig, checkout: Path = CHECKOUT) -> Path:
     check_output(out)
     public_key = public_key_of(config.signing_key) if config.signing_key else None
     sb_pair = _secure_boot_pair(config)
+    if config.base is Base.ARCH:
+        arch_rootfs.preflight(config)  # refused before the last build's files go
     work = config.work_dir
     shutil.rmtree(work, ignore_errors=True)  # what an interrupted build left
     checksum = out.with_name(out.name + ".sha256")
@@ -70,7 +72,8 @@ def build(config: BuildConfig, checkout: Path = CHECKOUT) -> Path:
     work.mkdir(parents=True)
     persist_guid = str(uuid.uuid4())
     with stage("rootfs"):
-        tarball = rootfs.build_rootfs(config, work, checkout, public_key)
+        base = arch_rootfs if config.base is Base.ARCH else rootfs
+        tarball = base.build_rootfs(config, work, checkout, public_key)
     uki = work / "boot-files" / "uki" / "uki.efi"
     if sb_pair is not None:
         with stage("secure-boot"):

@@ -1,6 +1,6 @@
 """``anklume-image build``: the seed's OUT / BASE / ARCH / DESKTOP as options.
 
-  anklume-image build --out anklume-live.img [--base debian] [--suite trixie]
+  anklume-image build --out anklume-live.img [--base debian|arch] [--suite trixie]
       [--arch amd64] [--desktop minimal|sway|labwc|kde|all] [--no-zfs]
       [--signing-key KEY.pem] [--secure-boot-key DB.key --secure-boot-cert DB.crt]
       [--version V]
@@ -28,7 +28,8 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="build the stick image (and the bundle of its version)")
     b.add_argument("--out", type=Path, required=True, help="the image file to write")
     b.add_argument("--base", choices=[x.value for x in Base], default=Base.DEBIAN.value)
-    b.add_argument("--suite", default="trixie", help="Debian suite (default trixie, Debian 13)")
+    b.add_argument("--suite", help="Debian suite (default trixie, Debian 13; "
+                                   "--base debian only: Arch is rolling)")
     b.add_argument("--arch", default="amd64")
     b.add_argument("--desktop", choices=[x.value for x in Desktop],
                    default=Desktop.MINIMAL.value)
@@ -42,7 +43,9 @@ def parser() -> argparse.ArgumentParser:
                         "(needs --signing-key and --secure-boot-cert)")
     b.add_argument("--secure-boot-cert", type=Path, metavar="CERT",
                    help="the certificate of --secure-boot-key, as enrolled in the firmware's db")
-    b.add_argument("--mirror", help="Debian mirror (default: the one this host's apt uses)")
+    b.add_argument("--mirror", help="Debian mirror (default: the one this host's apt uses); "
+                                    "with --base arch, an Arch mirror (default: "
+                                    "geo.mirror.pkgbuild.com)")
     b.add_argument("--efi-size", type=int, default=None, metavar="MIB")
     b.add_argument("--slot-size", type=int, default=None, metavar="MIB")
     b.add_argument("--persist-size", type=int, default=None, metavar="MIB")
@@ -52,8 +55,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def config_from(args: argparse.Namespace) -> BuildConfig:
-    if args.base != Base.DEBIAN.value:
-        raise BuildError(f"--base {args.base} is not built yet; --base debian is")
+    if args.base == Base.ARCH.value and args.suite is not None:
+        raise BuildError("--suite names a Debian release and Arch Linux is rolling: "
+                         "leave --suite out with --base arch")
     options = {
         "out": args.out, "base": args.base, "suite": args.suite, "arch": args.arch,
         "desktop": args.desktop, "version": args.version, "zfs": not args.no_zfs,

@@ -10,6 +10,11 @@ hook, with the public key that verifies slot manifests.
 An image with a desktop also gets the desktop clients (anklume_desktop: the
 tray, the guide, the session greetd starts), the live user greetd logs in,
 and each desktop's session files from desktop/ (docs/desktop.md).
+
+The same hooks build the Arch image (``--base arch``, arch_rootfs.py runs
+them with mmdebstrap's ``copy-in``/``upload``/``sync-out`` as shell
+functions); where Arch differs (Python's site-packages, the mkinitcpio
+hook, the kernel's file names) the hook says which base it is for.
 """
 
 from __future__ import annotations
@@ -18,9 +23,13 @@ import shlex
 from pathlib import Path
 
 from anklume_image import cli_docs, uki
-from anklume_image.config import BuildConfig, Desktop
+from anklume_image.config import Base, BuildConfig, Desktop
 
 DIST_PACKAGES = "/usr/lib/python3/dist-packages"
+# Arch's Python has no dist-packages: its site-packages directory names the
+# Python version, so the Arch build asks the image's python3 for it and
+# keeps it in this variable for the hooks (arch_rootfs.py).
+ARCH_SITE = '"$ANKLUME_SITE"'
 # The project's Python packages the system runs (anklumectl stands on the
 # client library): copied whole into dist-packages.
 PYTHON_PACKAGES = ("anklumed", "anklumectl", "anklume_client")
@@ -37,8 +46,12 @@ DESKTOP_ENTRY_POINTS = {
     "anklume-session": "anklume_desktop.session",
 }
 LIVE_USER = "anklume"  # greetd logs it in at boot (desktop/greetd/config.toml)
+# The group polkit/50-org.anklume.live1.rules lets use anklumed's actions
+# from an active local session, without a password (docs/dbus.md, "polkit").
+ADMIN_GROUP = "anklume-admin"
+POLKIT_RULE = "50-org.anklume.live1.rules"
 # video, render, input: the compositor's devices when logind has not given them
-LIVE_USER_GROUPS = "audio,video,render,input"
+LIVE_USER_GROUPS = f"audio,video,render,input,{ADMIN_GROUP}"
 DESKTOPS_FILE = "/usr/share/anklume/desktops"  # read by anklume-session and anklumed
 UNITS = ("anklumed.service", "anklume-boot-check.service", "anklume-data-mount.service",
          "anklume-first-boot.service", "anklume-incus-pool.service")
@@ -60,10 +73,11 @@ def _entry_point(name: str, module: str) -> str:
 def python_hooks(checkout: Path, config: BuildConfig) -> list[str]:
     packages = PYTHON_PACKAGES + (DESKTOP_PACKAGES if config.sessions else ())
     entry_points = {**ENTRY_POINTS, **(DESKTOP_ENTRY_POINTS if config.sessions else {})}
+    site = ARCH_SITE if config.base is Base.ARCH else DIST_PACKAGES
     sources = " ".join(_q(checkout / p) for p in packages)
-    installed = " ".join(f"{DIST_PACKAGES}/{p}" for p in packages)
-    in_root = " ".join(f"\"$1\"{DIST_PACKAGES}/{p}" for p in packages)
-    hooks = [f"copy-in {sources} {DIST_PACKAGES}",
+    installed = " ".join(f"{site}/{p}" for p in packages)
+    in_root = " ".join(f"\"$1\"{site}/{p}" for p in packages)
+    hooks = [f"copy-in {sources} {site}",
              # What the checkout's editable install or tests left behind.
              f"find {in_root} -name __pycache__ -prune -exec rm -rf {{}} +"]
     hooks += [_entry_point(name, module) for name, module in entry_points.items()]
@@ -111,6 +125,10 @@ def desktop_hooks(config: BuildConfig, checkout: Path) -> list[str]:
         # target keeps its source's name: tests/unit/test_image_desktops.py).
         directory = str(Path(target).parent)
         hooks += [f"mkdir -p \"$1\"{directory}", f"copy-in {_q(checkout / source)} {directory}"]
+    if config.base is Base.ARCH:
+        # Arch's greetd package names its greeter user "greeter" (Debian's: _greetd).
+        hooks.append("sed -i 's/^user = \"_greetd\"$/user = \"greeter\"/' "
+                     "\"$1\"/etc/greetd/config.toml")
     listing = "".join(f"{d.value}\n" for d in config.sessions)
     hooks += [
         f"printf %s {_q(listing)} > \"$1\"{DESKTOPS_FILE}",
@@ -118,7 +136,8 @@ def desktop_hooks(config: BuildConfig, checkout: Path) -> list[str]:
         f"--shell /bin/bash --comment 'anklume Live' {LIVE_USER}",
         # No password: greetd logs the live user in at boot; after a log out,
         # agreety takes an empty one (pam_unix nullok). Not in sudo: changes
-        # to the system go through anklumed and polkit.
+        # to the system go through anklumed, which polkit lets ADMIN_GROUP
+        # use from the active local session.
         f"chroot \"$1\" passwd --delete {LIVE_USER}",
         "chroot \"$1\" systemctl enable greetd.service",
         "chroot \"$1\" systemctl set-default graphical.target",
@@ -136,6 +155,9 @@ def system_hooks(checkout: Path) -> list[str]:
         "/usr/share/dbus-1/system-services",
         f"copy-in {_q(checkout / 'polkit' / 'org.anklume.live1.policy')} "
         "/usr/share/polkit-1/actions",
+        f"copy-in {_q(checkout / 'polkit' / POLKIT_RULE)} /usr/share/polkit-1/rules.d",
+        # In every image (a minimal one too): an administrator may add a user.
+        f"chroot \"$1\" groupadd --system {ADMIN_GROUP}",
         "chroot \"$1\" systemctl enable " + " ".join(UNITS),
         *catalog_hooks(checkout),
         # squashfs stores no POSIX ACLs, and journald's directory has some:
@@ -150,12 +172,19 @@ def catalog_hooks(checkout: Path) -> list[str]:
             "chroot \"$1\" journalctl --update-catalog"]
 
 
-def cli_docs_hooks(out: Path) -> list[str]:
+# Where Arch's shells look instead of Debian's (zsh: Debian's vendor-completions
+# is not in Arch's fpath).
+_ARCH_PLACES = {"/usr/share/zsh/vendor-completions": "/usr/share/zsh/site-functions"}
+
+
+def cli_docs_hooks(out: Path, base: Base = Base.DEBIAN) -> list[str]:
     """anklumectl's shell completions and man page: made from its parser now, on
     the build host (shtab, argparse-manpage), then copied to their places."""
     hooks = []
     for path in cli_docs.write(out).values():
         target = "/" + str(path.parent.relative_to(out))
+        if base is Base.ARCH:
+            target = _ARCH_PLACES.get(target, target)
         hooks += [f"mkdir -p \"$1\"{target}", f"copy-in {_q(path)} {target}"]
     return hooks
 
@@ -167,23 +196,56 @@ def key_hooks(public_key: Path | None) -> list[str]:
     return hooks
 
 
-def initramfs_hooks(checkout: Path) -> list[str]:
+def initramfs_hooks(checkout: Path, base: Base = Base.DEBIAN) -> list[str]:
     src = checkout / "initramfs"
     scripts = " ".join(_q(p) for p in sorted(src.glob("anklume-*.sh")))
+    shared = [f"mkdir -p \"$1\"{INITRAMFS_LIB}", f"copy-in {scripts} {INITRAMFS_LIB}"]
+    if base is Base.ARCH:
+        return [*shared, *mkinitcpio_hooks(checkout), *uki.uki_hooks(base)]
     return [
-        f"mkdir -p \"$1\"{INITRAMFS_LIB}",
-        f"copy-in {scripts} {INITRAMFS_LIB}",
+        *shared,
         f"copy-in {_q(src / 'initramfs-tools' / 'hooks' / 'anklume')} "
         "/usr/share/initramfs-tools/hooks",
         f"copy-in {_q(src / 'initramfs-tools' / 'scripts' / 'anklume')} "
         "/usr/share/initramfs-tools/scripts",
         "chroot \"$1\" update-initramfs -u -k all",
-        *uki.uki_hooks(),
+        *uki.uki_hooks(base),
+    ]
+
+
+# Arch's initramfs: mkinitcpio with the busybox init ("base", not the
+# "systemd" hook, whose init runs no runtime hook) and our hook last, so
+# its mount handler is the one init calls. No "autodetect": in the build's
+# chroot it would keep only the build host's modules.
+MKINITCPIO_CONF = "/etc/anklume/mkinitcpio.conf"
+MKINITCPIO_SETTINGS = (
+    "# anklume Live's initramfs (anklume_image/install.py): boot=anklume runs\n"
+    "# /usr/lib/initcpio/hooks/anklume, which mounts the verified slot.\n"
+    "MODULES=()\n"
+    "BINARIES=()\n"
+    "FILES=()\n"
+    "HOOKS=(base udev modconf kms keyboard block anklume)\n"
+    "COMPRESSION=\"zstd\"\n"
+)
+
+
+def mkinitcpio_hooks(checkout: Path) -> list[str]:
+    src = checkout / "initramfs" / "mkinitcpio"
+    return [
+        f"copy-in {_q(src / 'install' / 'anklume')} /usr/lib/initcpio/install",
+        f"copy-in {_q(src / 'hooks' / 'anklume')} /usr/lib/initcpio/hooks",
+        f"mkdir -p \"$1\"{MKINITCPIO_CONF.rsplit('/', 1)[0]}",
+        f"printf %s {_q(MKINITCPIO_SETTINGS)} > \"$1\"{MKINITCPIO_CONF}",
+        # the one kernel of the image (Arch keeps its modules under /usr/lib/modules)
+        "chroot \"$1\" sh -c " + _q(
+            f"set -e; {uki.ARCH_KERNEL_VERSION}"
+            f"mkinitcpio --config {MKINITCPIO_CONF} --kernel \"$v\" "
+            f"--generate {uki.ARCH_INITRAMFS}"),
     ]
 
 
 def customize_hooks(config: BuildConfig, checkout: Path,
                     public_key: Path | None = None) -> list[str]:
     return [*python_hooks(checkout, config), *system_hooks(checkout), *key_hooks(public_key),
-            *cli_docs_hooks(config.work_dir / "cli-docs"), *desktop_hooks(config, checkout),
-            *initramfs_hooks(checkout)]
+            *cli_docs_hooks(config.work_dir / "cli-docs", config.base),
+            *desktop_hooks(config, checkout), *initramfs_hooks(checkout, config.base)]

@@ -1,13 +1,16 @@
 """The packages of the image, by base and desktop.
 
 Everything anklumed needs comes from the distribution (Debian's python3-*
-packages, no pip inside the image), so a security update of the base is an
-ordinary rebuild.
+packages, Arch's python-* packages; no pip inside the image), so a security
+update of the base is an ordinary rebuild. What a base does not package is
+refused before any download, with a sentence (``NOT_IN_ARCH``), never
+fetched from elsewhere.
 """
 
 from __future__ import annotations
 
 from anklume_image.config import BuildConfig, Desktop
+from anklume_image.errors import BuildError
 
 # The system: kernel, init, the boot chain's tools, the data disk's tools.
 DEBIAN_BASE = [
@@ -35,14 +38,23 @@ DEBIAN_ZFS = ["linux-headers-amd64", "zfs-dkms", "zfsutils-linux"]
 DEBIAN_GRAPHICAL = ["greetd", "login", "dbus-user-session", "python3-textual",
                     "fonts-dejavu-core"]
 
+# The polkit agent of sway and labwc, started by their session files (GTK 3,
+# which waybar brings already; 47 kB, and lxsession-data's 0.8 MB; mate-polkit
+# would add accountsservice, a daemon). Plasma starts its own,
+# polkit-kde-agent-1, and lxpolkit's XDG autostart entry says NotShowIn=KDE:
+# an image with every desktop runs one agent in each. docs/dbus.md, "polkit",
+# says what it is for.
+POLKIT_AGENT = "lxpolkit"
+
 # What each desktop adds (seed 000: sway and labwc share foot, fuzzel, the
 # keyboard shortcuts, waybar with the tray, mako; KDE is the large one and
 # has its own bar, tray and notifications).
 DEBIAN_DESKTOPS: dict[Desktop, list[str]] = {
     Desktop.MINIMAL: [],
-    Desktop.SWAY: ["sway", "waybar", "foot", "fuzzel", "mako-notifier"],
-    Desktop.LABWC: ["labwc", "waybar", "foot", "fuzzel", "mako-notifier"],
-    Desktop.KDE: ["plasma-desktop", "plasma-workspace", "kwin-wayland", "konsole"],
+    Desktop.SWAY: ["sway", "waybar", "foot", "fuzzel", "mako-notifier", POLKIT_AGENT],
+    Desktop.LABWC: ["labwc", "waybar", "foot", "fuzzel", "mako-notifier", POLKIT_AGENT],
+    Desktop.KDE: ["plasma-desktop", "plasma-workspace", "kwin-wayland", "konsole",
+                  "polkit-kde-agent-1"],
 }
 
 
@@ -60,3 +72,48 @@ def debian_packages(config: BuildConfig) -> list[str]:
 def components(config: BuildConfig) -> list[str]:
     """zfs-dkms is in contrib (its licence), everything else in main."""
     return ["main", "contrib"] if config.zfs else ["main"]
+
+
+# Arch Linux (--base arch, pacstrap). The same roles as DEBIAN_BASE under
+# Arch's names: "base" brings systemd, util-linux, kmod and the shell;
+# mkinitcpio (with its busybox) builds the initramfs with our hook; the
+# systemd package itself carries systemd-boot and its stub. These names have
+# never been resolved by pacman here (no Arch mirror is reachable from the
+# machines this was written on): a name Arch does not have stops the build
+# with pacman's "target not found" put as a sentence (arch_rootfs.py).
+ARCH_BASE = [
+    "base", "linux", "mkinitcpio", "systemd", "systemd-ukify", "dbus", "polkit",
+    "cryptsetup", "device-mapper", "btrfs-progs", "e2fsprogs", "dosfstools", "openssl",
+    "ca-certificates", "iproute2", "less", "nano", "incus", "mtools", "squashfs-tools",
+    # anklumed and anklumectl (pyproject.toml's dependencies, as Arch packages)
+    "python", "python-dbus-fast", "python-pydantic", "python-pyudev", "pyparted",
+    "python-systemd", "python-rich", "python-cryptography", "python-packaging",
+    "python-requests",
+]
+# login is util-linux's and the D-Bus user session is Arch's default.
+ARCH_GRAPHICAL = ["greetd", "python-textual", "ttf-dejavu"]
+ARCH_DESKTOPS: dict[Desktop, list[str]] = {
+    Desktop.MINIMAL: [],
+    Desktop.SWAY: ["sway", "waybar", "foot", "fuzzel", "mako"],
+    Desktop.LABWC: ["labwc", "waybar", "foot", "fuzzel", "mako"],
+    Desktop.KDE: ["plasma-desktop", "plasma-workspace", "kwin", "konsole"],
+}
+# What the image would need that Arch's own repositories do not have. The
+# AUR is not used: its packages are built from scripts nobody signs for the
+# image, and the build installs only what pacman verifies.
+NOT_IN_ARCH = {
+    "zfs": "ZFS (zfs-dkms, zfs-utils) is not in Arch's repositories, only in the AUR and the "
+           "third-party archzfs repository, which the image does not use: build with --no-zfs "
+           "(the data disk then uses BTRFS)",
+}
+
+
+def arch_packages(config: BuildConfig) -> list[str]:
+    if config.zfs:
+        raise BuildError(f"--base arch: {NOT_IN_ARCH['zfs']}")
+    wanted = list(ARCH_BASE)
+    if config.sessions:
+        wanted += ARCH_GRAPHICAL
+    for desktop in config.sessions:
+        wanted += ARCH_DESKTOPS[desktop]
+    return sorted(set(wanted))

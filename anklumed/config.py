@@ -12,6 +12,7 @@ from anklumed.data.manager import DataPaths
 from anklumed.errors import InvalidArgument
 from anklumed.handoff import CMDLINE_PATH, HANDOFF_PATH
 from anklumed.persist import DEFAULT_MOUNTPOINT
+from anklumed.slots import kernel_signer
 from anklumed.slots.bundle import COMPATIBLE, KEYS_DIR
 from anklumed.slots.source import HttpSettings
 
@@ -39,6 +40,10 @@ class Config(BaseModel):
     # Updates: only bundles made for this system, signatures checked against these keys.
     compatible: str = COMPATIBLE
     keys_dir: Path = KEYS_DIR
+    # A new slot's kernel is checked against the running one's Secure Boot
+    # signer and the firmware's db (anklumed/slots/kernel_signer.py).
+    efivars: Path = kernel_signer.EFIVARS
+    running_uki: Path = kernel_signer.Machine.running_uki
     # Downloads: a stall longer than the timeout reconnects (resuming with Range);
     # this many failed attempts in a row, with doubling waits, give up.
     download_timeout: float = Field(default=30.0, gt=0, le=600)
@@ -54,10 +59,16 @@ class Config(BaseModel):
     # Time the LUKS2 key derivation (argon2id) should take on this machine when
     # the disk is set up: the cost of each guess for a thief, and of each unlock.
     luks_unlock_ms: int = Field(default=DataPaths.luks_unlock_ms, ge=50, le=30000)
+    # Its memory in MiB; unset: a quarter of the available RAM, 64 MiB to 1 GiB.
+    luks_memory_mib: int | None = Field(default=None, ge=32, le=4096)
 
     def data_paths(self) -> DataPaths:
         return DataPaths(self.data_mountpoint, self.incus_state_dir, self.incus_socket,
-                         self.luks_unlock_ms)
+                         self.luks_unlock_ms,
+                         None if self.luks_memory_mib is None else self.luks_memory_mib * 1024)
+
+    def kernel_machine(self) -> kernel_signer.Machine:
+        return kernel_signer.Machine(self.efivars, self.running_uki)
 
     def http_settings(self) -> HttpSettings:
         return HttpSettings(read_timeout=self.download_timeout,

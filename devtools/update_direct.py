@@ -43,5 +43,5 @@ async def run_update(config_path: Path, request: UpdateRequest,
 
     job.progress = progress  # type: ignore[method-assign]
     updater = Updater(slots, lambda: found, handoff.slot, config.compatible, config.keys_dir,
-                      lambda: datetime.now(UTC), config.http_settings())
+                      lambda: datetime.now(UTC), config.http_settings(), config.kernel_machine())
     return await updater.run(job, request)

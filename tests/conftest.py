@@ -6,6 +6,8 @@ each one is replaced by a proxy, and the first proxy of a mode boots one guest
 that runs every selected test of that mode; each proxy then reports its own
 test's outcome, read from the results file the guest writes (never from the
 console). Without ``--vm`` they are skipped, saying how to run them.
+The terminal summary says how long each guest ran and where its time went,
+test by test.
 
 ``@pytest.mark.vm`` runs in a plain guest (busybox init, then a chroot);
 ``@pytest.mark.vm(mode="systemd")`` in a guest booted to systemd with
@@ -143,28 +145,44 @@ class GuestRuns:
         self.nodeids: dict[str, list[str]] = {}
         self._reports: dict[str, dict[str, list[dict[str, Any]]]] = {}
         self._explain: dict[str, str] = {}
+        self._said: dict[str, list[str]] = {}
         self.selected: set[str] | None = None
 
     def reports(self, mode: str) -> dict[str, list[dict[str, Any]]]:
         if mode not in self._reports:
+            self._say(f"\nVM tier: booting a {mode} guest for {len(self.selected_in(mode))} tests")
             self._reports[mode] = self._run(mode)
         return self._reports[mode]
 
     def explain(self, mode: str) -> str:
         return self._explain.get(mode, "")
 
-    def _run(self, mode: str) -> dict[str, list[dict[str, Any]]]:
-        from devtools.vm import scenarios
+    def selected_in(self, mode: str) -> list[str]:
+        return [n for n in self.nodeids.get(mode, [])
+                if self.selected is None or n in self.selected]
+
+    def summary(self) -> list[str]:
+        """What each guest's run said: in the terminal summary, since the
+        output of a passing test's run is captured and dropped."""
+        return [line for said in self._said.values() for line in said]
+
+    def _say(self, line: str) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        nodeids = [n for n in self.nodeids[mode] if self.selected is None or n in self.selected]
         if reporter is not None:
-            reporter.write_line(f"\nVM tier: booting a {mode} guest for {len(nodeids)} tests")
+            reporter.write_line(line)
+
+    def _run(self, mode: str) -> dict[str, list[dict[str, Any]]]:
+        """Boot the guest and read its results; what it has to say is kept
+        for the terminal summary."""
+        from devtools.vm import scenarios
+        nodeids = self.selected_in(mode)
         command = [".venv/bin/python", "-m", "pytest", "-p", "no:cacheprovider", "-q",
                    "-rfEs", *nodeids]
         env = {RESULTS_ENV: "/anklume-vm/results.jsonl"}
         stream = sys.stdout if self.config.getoption("capture") == "no" else None
         # A short LUKS key derivation: each unlock costs seconds under TCG otherwise.
-        files = {"anklumed.toml": "luks_unlock_ms = 200\n"} if mode == "systemd" else None
+        files = ({"anklumed.toml": "luks_unlock_ms = 200\nluks_memory_mib = 64\n"}
+                 if mode == "systemd" else None)
         result = scenarios.run(mode, command, env=env, files=files,
                                timeout=self.config.getoption("--vm-timeout"), console=stream)
         self._explain[mode] = result.explain()
@@ -173,10 +191,23 @@ class GuestRuns:
             r["outcome"] != "failed" for rs in reports.values() for r in rs)
         if clean:
             result.discard()  # nothing to look into; anything else keeps its logs
-        if reporter is not None:
-            kept = "" if clean else f" (console: {result.rundir / 'console.log'})"
-            reporter.write_line(f"VM tier: {mode} guest done in {result.seconds:.0f} s{kept}")
+        kept = "" if clean else f" (console: {result.rundir / 'console.log'})"
+        self._said[mode] = [f"VM tier: {mode} guest done in {result.seconds:.0f} s{kept}",
+                            _time_spent(reports, result.seconds)]
         return reports
+
+
+def _time_spent(reports: dict[str, list[dict[str, Any]]], total: float) -> str:
+    """Where a guest's time went: the host's --durations charges the whole
+    boot to the first test of the mode, so the guest's own figures (setup,
+    call and teardown of each test) are said here."""
+    spent = {nodeid: sum(r.get("duration", 0.0) for r in records)
+             for nodeid, records in reports.items()}
+    lines = [f"VM tier: {total - sum(spent.values()):.0f} s outside the tests "
+             "(boot, start, shutdown); each test in the guest, setup to teardown:"]
+    for nodeid, seconds in sorted(spent.items(), key=lambda item: -item[1]):
+        lines.append(f"  {seconds:7.1f} s  {nodeid}")
+    return "\n".join(lines)
 
 
 def _read_results(path: Path) -> dict[str, list[dict[str, Any]]]:
@@ -200,8 +231,6 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         CI_SKIPS.append(f"{report.nodeid}: {reason}")
     path = os.environ.get(RESULTS_ENV)
     if not IN_GUEST or not path:
-        return
-    if report.when != "call" and report.outcome == "passed":
         return
     if report.skipped and isinstance(report.longrepr, tuple):
         text = report.longrepr[2]
@@ -231,6 +260,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    runs = terminalreporter.config.stash.get(RUNS_KEY, None)
+    for line in runs.summary() if runs is not None else []:
+        terminalreporter.write_line(line)
     if not _ci_strict() or not CI_SKIPS:
         return
     terminalreporter.write_line(

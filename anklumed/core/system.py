@@ -349,7 +349,8 @@ class LiveSystem:
     def start_update(self, request: UpdateRequest) -> JobSnapshot:
         updater = Updater(self.slots, lambda: self.stick, self.handoff.slot,
                           self.config.compatible, self.config.keys_dir,
-                          lambda: datetime.now(UTC), self.config.http_settings())
+                          lambda: datetime.now(UTC), self.config.http_settings(),
+                          self.config.kernel_machine())
         # One job writes the slots at a time ("slots" group): a second is Busy.
         return self._start_job(JobKind.UPDATE, "slots", lambda j: updater.run(j, request))
 

@@ -35,10 +35,18 @@ def argon2_memory_kib(meminfo: Path = _MEMINFO) -> int:
     return max(64 * 1024, min(ARGON2_MAX_KIB, available // 4))
 
 
-def format_luks2(device: Path, secret: bytes, *, label: str, iter_time_ms: int = 2000) -> str:
+def _memory(memory_kib: int | None) -> str:
+    """The argon2id memory asked for (anklumed.toml ``luks_memory_mib``, which
+    the simulation and the tests set low: under QEMU's emulation each MiB
+    costs), or the RAM-sized default."""
+    return str(memory_kib if memory_kib is not None else argon2_memory_kib())
+
+
+def format_luks2(device: Path, secret: bytes, *, label: str, iter_time_ms: int = 2000,
+                 memory_kib: int | None = None) -> str:
     """Format ``device`` as LUKS2 with argon2id; return its UUID."""
     run(["cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2",
-         "--pbkdf", "argon2id", "--pbkdf-memory", str(argon2_memory_kib()),
+         "--pbkdf", "argon2id", "--pbkdf-memory", _memory(memory_kib),
          "--iter-time", str(iter_time_ms), "--label", label, "--key-file=-", device],
         input=secret, timeout=600)
     return luks_uuid(device)
@@ -69,17 +77,19 @@ def _with_second_secret(argv: list[str | Path], current: bytes, second: bytes) -
         os.close(fd)
 
 
-def add_key(device: Path, current: bytes, new: bytes, iter_time_ms: int = 2000) -> None:
+def add_key(device: Path, current: bytes, new: bytes, iter_time_ms: int = 2000,
+            memory_kib: int | None = None) -> None:
     """Add ``new`` in a free keyslot (a recovery key); ``current`` proves the right."""
     _with_second_secret(["cryptsetup", "luksAddKey", "--batch-mode", "--pbkdf", "argon2id",
-                         "--pbkdf-memory", str(argon2_memory_kib()), "--iter-time",
+                         "--pbkdf-memory", _memory(memory_kib), "--iter-time",
                          str(iter_time_ms), "--key-file=-", device], current, new)
 
 
-def change_key(device: Path, current: bytes, new: bytes, iter_time_ms: int = 2000) -> None:
+def change_key(device: Path, current: bytes, new: bytes, iter_time_ms: int = 2000,
+               memory_kib: int | None = None) -> None:
     """Replace the keyslot ``current`` opens with ``new`` (the others stay)."""
     _with_second_secret(["cryptsetup", "luksChangeKey", "--batch-mode", "--pbkdf", "argon2id",
-                         "--pbkdf-memory", str(argon2_memory_kib()), "--iter-time",
+                         "--pbkdf-memory", _memory(memory_kib), "--iter-time",
                          str(iter_time_ms), "--key-file=-", device], current, new)
 
 

@@ -67,6 +67,7 @@ class DataPaths:
     incus_state: Path = Path("/var/lib/incus")
     incus_socket: Path = Path("/var/lib/incus/unix.socket")
     luks_unlock_ms: int = 2000
+    luks_memory_kib: int | None = None  # None: a quarter of the RAM (luks.argon2_memory_kib)
 
 
 @dataclass(frozen=True)
@@ -274,7 +275,8 @@ class DataDisk:
         name = f"{LABEL_PREFIX}{request.pool_name}"
         if request.encryption is Encryption.LUKS2:
             luks_uuid = luks.format_luks2(disk.device, request.secret, label=name,
-                                          iter_time_ms=self.paths.luks_unlock_ms)
+                                          iter_time_ms=self.paths.luks_unlock_ms,
+                                          memory_kib=self.paths.luks_memory_kib)
             job.progress("opening")
             target = luks.open_luks(disk.device, request.secret, name)
             made.add(lambda: luks.close_luks(name))
@@ -485,14 +487,16 @@ class DataDisk:
     # ---- keys ----
     def change_passphrase(self, current: bytes, new: bytes) -> None:
         with self._lock:
-            luks.change_key(self._luks_device(), current, new, self.paths.luks_unlock_ms)
+            luks.change_key(self._luks_device(), current, new, self.paths.luks_unlock_ms,
+                            self.paths.luks_memory_kib)
         log.info("data disk passphrase changed")
 
     def add_recovery_key(self, current: bytes) -> bytes:
         """A new random key in a second keyslot, returned once, stored nowhere."""
         key = recovery_key()
         with self._lock:
-            luks.add_key(self._luks_device(), current, key, self.paths.luks_unlock_ms)
+            luks.add_key(self._luks_device(), current, key, self.paths.luks_unlock_ms,
+                         self.paths.luks_memory_kib)
         log.info("data disk recovery key added")
         return key
 

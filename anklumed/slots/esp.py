@@ -13,6 +13,7 @@ code runs where the kernel has no vfat (the service tier).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +25,10 @@ from anklumed.stick import SlotName
 
 MTOOLS_ENV = {"MTOOLS_SKIP_CHECK": "1"}  # a partition, not a floppy: no geometry checks
 TIMEOUT = 300.0  # a UKI is tens of MiB; a slow stick writes a few MiB/s
+MIB = 1024 * 1024
+# mdir's summary ("1 234 567 bytes free": digits grouped with the locale's
+# separator).
+FREE = re.compile(rb"([\d][\d ,.']*) bytes free")
 StepHook = Callable[[str], None]
 
 
@@ -89,6 +94,13 @@ class Esp:
                            ) from None
         return out.stdout.decode().split()[0]
 
+    def free_bytes(self) -> int:
+        out = self._mtools(["mdir", "::/"], "read the free space")
+        found = FREE.search(out)
+        if found is None:
+            raise EspError(f"cannot read the free space of the ESP ({self.device})")
+        return int(re.sub(rb"\D", b"", found.group(1)))
+
     # ---- writing ----------------------------------------------------------
     def make_dirs(self, *directories: str) -> None:
         for directory in directories:
@@ -122,14 +134,24 @@ class Esp:
     def entries(self) -> list[str]:
         return [n for n in self.listing(boot_entries.ENTRIES_DIR) if boot_entries.is_ours(n)]
 
-    def install_uki(self, slot: SlotName, write: Callable[[Path, str], None], sha256: str
-                    ) -> None:
-        """Put a slot's UKI in place: ``write(device, path)`` copies it to a
-        temporary name, which is read back and compared with ``sha256`` (the
-        signed manifest's) before it replaces the slot's UKI."""
+    def install_uki(self, slot: SlotName, write: Callable[[Path, str], None], sha256: str,
+                    size: int | None = None) -> None:
+        """Put a slot's UKI in place: ``write(device, path)`` copies it (``size``
+        bytes) to a temporary name, which is read back and compared with
+        ``sha256`` (the signed manifest's) before it takes the slot's UKI's name.
+
+        The slot's old UKI goes first: the slot is ``pending`` while it is
+        written, so nothing boots that kernel (its entries vanish from the
+        menu meanwhile), and the ESP needs room for two UKIs, not three.
+        mcopy says nothing in its exit status when the ESP is full (it
+        writes what fits): the free space is compared before."""
         temporary = boot_entries.uki_temporary(slot)
         self.make_dirs("EFI", boot_entries.UKI_DIR)
         self.delete(temporary)  # left by an update cut short
+        self.delete(boot_entries.uki_path(slot))
+        if size is not None and (free := self.free_bytes()) < size:
+            raise EspError(f"the ESP ({self.device}) has no room for slot {slot}'s kernel: "
+                           f"{size / MIB:.1f} MiB needed, {free / MIB:.1f} MiB free")
         self._step("write uki")
         write(self.device, temporary)
         self.flush()
@@ -137,7 +159,6 @@ class Esp:
             self.delete(temporary)
             raise VerificationFailed(f"slot {slot}'s kernel (UKI) read back from the ESP is not "
                                      "the one the manifest pins: the stick may be failing")
-        self.delete(boot_entries.uki_path(slot))
         self.rename(temporary, boot_entries.uki_path(slot))
 
     def remove_uki(self, slot: SlotName) -> None:

@@ -36,7 +36,7 @@ from anklumed.command import CommandError, run
 from anklumed.errors import AnklumeError, InvalidArgument, NotFound, VerificationFailed
 from anklumed.jobs import Job
 from anklumed.persist import PersistDir
-from anklumed.slots import model
+from anklumed.slots import kernel_signer, model
 from anklumed.slots.bundle import CHUNK, KeptManifest, Manifest, check_installable
 from anklumed.slots.controller import SlotController
 from anklumed.slots.esp import Esp, EspError
@@ -312,7 +312,7 @@ def install_kernel(esp: Esp, device: Path, target: SlotName, m: Manifest) -> Non
              device, uki, esp_device, path], timeout=600, env={"MTOOLS_SKIP_CHECK": "1"})
 
     try:
-        esp.install_uki(target, copy, m.uki_sha256)
+        esp.install_uki(target, copy, m.uki_sha256, m.uki_size)
     except CommandError as e:
         raise EspError(f"cannot copy slot {target}'s kernel to the ESP: "
                        f"{e.stderr.strip()[-200:]}") from None
@@ -323,7 +323,8 @@ class Updater:
 
     def __init__(self, slots: SlotController, stick: Callable[[], BootStick | None],
                  booted: SlotName | None, compatible: str, keys_dir: Path,
-                 clock: Callable[[], datetime], http: HttpSettings) -> None:
+                 clock: Callable[[], datetime], http: HttpSettings,
+                 machine: kernel_signer.Machine) -> None:
         self.slots = slots
         self.stick = stick
         self.booted = booted
@@ -331,6 +332,7 @@ class Updater:
         self.keys_dir = keys_dir
         self.clock = clock
         self.http = http
+        self.machine = machine
 
     async def run(self, job: Job, request: UpdateRequest) -> str:
         """The update; a local bundle's files are closed once it ends, however
@@ -376,8 +378,10 @@ class Updater:
         try:
             result = await asyncio.to_thread(write_slot, job, bundle, partition.device,
                                              touched)
-            if with_kernel and esp is not None:
+            if with_kernel and esp is not None and m.uki is not None:
                 job.progress("kernel")
+                await asyncio.to_thread(kernel_signer.check_new_kernel, partition.device,
+                                        m.uki, self.machine)
                 await asyncio.to_thread(install_kernel, esp, partition.device, target, m)
             job.commit()
             job.progress("activating")

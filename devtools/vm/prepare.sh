@@ -33,6 +33,7 @@ install -m 0644 units/*.service /etc/systemd/system/
 install -m 0644 dbus/org.anklume.Live1.conf /usr/share/dbus-1/system.d/
 install -m 0644 dbus/org.anklume.Live1.service /usr/share/dbus-1/system-services/
 install -m 0644 polkit/org.anklume.live1.policy /usr/share/polkit-1/actions/
+install -m 0644 polkit/50-org.anklume.live1.rules /usr/share/polkit-1/rules.d/
 install -m 0644 catalog/anklume.catalog /usr/lib/systemd/catalog/ && journalctl --update-catalog
 mkdir -p /etc/anklume
 [ -f /anklume-vm/anklumed.toml ] && install -m 0644 /anklume-vm/anklumed.toml /etc/anklume/

@@ -105,6 +105,28 @@ def test_the_login_starts_the_live_users_session(slot: Path,
     assert install.LIVE_USER not in groups["sudo"]
 
 
+def test_the_live_user_may_use_anklumed_from_its_seat_and_has_an_agent(
+        slot: Path, listing: dict[str, str]) -> None:
+    """The polkit rule, the group it names with the live user alone in it,
+    and sway's agent (the rule's verdicts: tests/vm/test_polkit_rule_vm.py)."""
+    rule = f"/usr/share/polkit-1/rules.d/{install.POLKIT_RULE}"
+    assert cat(slot, rule) == (ROOT / "polkit" / install.POLKIT_RULE).read_bytes()
+    mode, owner = listing[rule].split()[:2]
+    assert mode == "-rw-r--r--" and owner == "0/0"  # polkitd reads it; only root writes it
+    groups = {line.split(":")[0]: line.split(":") for line in
+              cat(slot, "/etc/group").decode().splitlines()}
+    assert groups[install.ADMIN_GROUP][3].split(",") == [install.LIVE_USER]
+    assert int(groups[install.ADMIN_GROUP][2]) < 1000  # a system group
+    # The actions' default (auth_admin) stays out of reach: no administrator
+    # with an empty password (pam_unix nullok would let one through).
+    shadow = {line.split(":")[0]: line.split(":")[1]
+              for line in cat(slot, "/etc/shadow").decode().splitlines()}
+    assert shadow["root"][:1] in ("*", "!"), shadow["root"]
+    assert groups["sudo"][3] == ""
+    assert "/usr/bin/lxpolkit" in listing
+    assert b"\nexec lxpolkit\n" in cat(slot, "/etc/sway/config.d/anklume.conf")
+
+
 @pytest.fixture(scope="module")
 def root(slot: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     path = tmp_path_factory.mktemp("desktop-root") / "root"

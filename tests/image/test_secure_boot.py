@@ -18,6 +18,7 @@ the other image tests never see these boots.
 from __future__ import annotations
 
 import functools
+import json
 import shutil
 import subprocess
 import sys
@@ -42,6 +43,19 @@ OWNER = "5c3b8f0e-7a4d-4f6b-9d7e-2a1c0b9e4f11"  # the test key's owner GUID (any
 # The firmware's refusal as systemd-boot prints it: EFI_SECURITY_VIOLATION
 # (edk2's answer for an image no db entry vouches for), or EFI_ACCESS_DENIED.
 REFUSALS = ("security violation", "access denied")
+# What the updater's kernel check (anklumed/slots/kernel_signer.py) reads on
+# a real firmware: Secure Boot's state, the db's certificates, and the running
+# UKI's signers, on Debian 13's python3-cryptography.
+KERNEL_SIGNER = """
+import json
+from anklumed.slots import kernel_signer as ks
+machine = ks.Machine()
+print(json.dumps({
+    "secure_boot": ks.secure_boot_on(machine.efivars),
+    "db": [c.subject.rfc4514_string() for c in ks.db_certificates(machine.efivars)],
+    "running": [c.subject.rfc4514_string() for c in ks.file_signers(machine.running_uki)],
+}))
+"""
 
 
 def efi_variable(name: str) -> list[str]:
@@ -107,7 +121,8 @@ class SecureBoots:
     @functools.cached_property
     def signed(self) -> Boot:
         return self.machine("signed").boot(commands={
-            "secure_boot": efi_variable("SecureBoot"), "setup_mode": efi_variable("SetupMode")})
+            "secure_boot": efi_variable("SecureBoot"), "setup_mode": efi_variable("SetupMode"),
+            "kernel_signer": ["python3", "-c", KERNEL_SIGNER]})
 
     @functools.cached_property
     def unsigned(self) -> tuple[Machine, Boot]:
@@ -159,6 +174,16 @@ def test_a_first_boot_with_nobody_at_the_keyboard_completes_while_the_wizard_wai
     status = report["status"]
     assert status is not None, report["status_raw"]
     assert (status["BootState"], status["BootCount"]) == ("good", 0), status
+
+
+def test_the_updater_reads_the_firmwares_db_and_the_running_kernels_signer(
+        secure: SecureBoots) -> None:
+    """What an update's kernel check compares a new UKI with, read off the
+    real firmware and the real signed UKI (the rule is in the unit tier)."""
+    read = reported(secure.signed)["commands"]["kernel_signer"]
+    assert read["rc"] == 0, read
+    assert json.loads(read["stdout"]) == {
+        "secure_boot": True, "db": ["CN=anklume test db"], "running": ["CN=anklume test db"]}
 
 
 def test_an_unsigned_uki_is_refused_by_the_firmware(secure: SecureBoots) -> None:

@@ -182,3 +182,40 @@ def test_a_cut_at_each_step_leaves_a_stick_that_boots_and_a_retry_finishes(
         assert first_entry(loop_esp) == ("anklume-1-live-b+3-0.conf", be.uki_path(B))
         assert sorted(Esp(loop_esp).entries()) == sorted(be.wanted_entries(B, {A, B}, 3, UUID))
         assert kernel_bytes(loop_esp, be.uki_path(B), tmp_path) == UKI_B
+
+
+# ---- room on the ESP ----------------------------------------------------------------
+# mcopy exits 0 when the ESP fills up (it writes what fits): a full ESP once
+# read as "the stick may be failing" at the read-back. The test image's
+# 128 MiB ESP held A's UKI and B's, so a second update of B (a third UKI,
+# its temporary) failed that way.
+
+
+def small_esp(tmp_path: Path, kib: int) -> Path:
+    image = tmp_path / "small-esp.img"
+    sh("mkfs.vfat", "-C", "-n", "ANKLUME-EFI", image, str(kib))
+    return image
+
+
+def test_a_slot_updated_again_needs_room_for_two_kernels_not_three(tmp_path: Path) -> None:
+    """An ESP that holds A's UKI and B's but not a third: B updated twice
+    (its old UKI goes before the new one is written: B is pending)."""
+    esp_file = small_esp(tmp_path, 2048)  # A (680 KB) + B (850 KB) fit, a third B does not
+    stick_booting_a(esp_file, tmp_path)
+    slot_image, manifest = slot_b(tmp_path)
+    install_kernel(Esp(esp_file), slot_image, B, manifest)
+    install_kernel(Esp(esp_file), slot_image, B, manifest)
+    assert sorted(Esp(esp_file).listing(be.UKI_DIR)) == ["slot-a.efi", "slot-b.efi"]
+    assert kernel_bytes(esp_file, be.uki_path(B), tmp_path) == UKI_B
+
+
+def test_an_esp_without_room_for_the_kernel_says_so(tmp_path: Path) -> None:
+    esp_file = small_esp(tmp_path, 2048)
+    stick_booting_a(esp_file, tmp_path)
+    (tmp_path / "filler").write_bytes(bytes(800 * 1024))
+    sh("mcopy", "-i", esp_file, tmp_path / "filler", "::/filler")
+    slot_image, manifest = slot_b(tmp_path)
+    with pytest.raises(Exception, match=r"has no room for slot B's kernel: 0\.8 MiB needed"):
+        install_kernel(Esp(esp_file), slot_image, B, manifest)
+    assert Esp(esp_file).listing(be.UKI_DIR) == ["slot-a.efi"]
+    assert kernel_bytes(esp_file, be.uki_path(A), tmp_path) == UKI_A

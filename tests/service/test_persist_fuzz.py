@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dbus_fast import Message
-
 from anklumectl.client import Client, ClientError
 from anklumed.persist import MAX_FILE_BYTES, decode
 from anklumed.slots.model import VERITY_MAGIC, parse_meta, parse_rollback
@@ -113,15 +111,6 @@ class Fuzz:
         if self.client is not None:
             self.run(self.client.close())
         self.loop.close()
-
-    def name_owned(self) -> bool:
-        """Sim.name_owned without a dbus-send process per look (a start polls
-        every 5 ms: on two busy cores those processes slowed it threefold)."""
-        reply = self.run(self.connect().bus.call(Message(
-            destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus", member="NameHasOwner", signature="s",
-            body=["org.anklume.Live1"])))
-        return bool(reply is not None and reply.body and reply.body[0])
 
     def status(self) -> dict[str, Any]:
         result: dict[str, Any] = self.run(self.connect().status())
@@ -281,7 +270,6 @@ def test_persist_fuzz(sim: Sim, tmp_path: Path) -> None:
     (outside / "outside-slots" / "A.meta").write_text(f"STATUS=ok\n{SECRET}\n")
     rng = random.Random(SEED)
     fuzz = Fuzz(sim, manifest, secret)
-    setattr(sim, "name_owned", fuzz.name_owned)  # noqa: B010 - this instance only
     failures = []
     try:
         with persist_rw(sim) as mnt:

@@ -4,19 +4,24 @@ PERSIST, and a bundle without a kernel is refused there."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
+from anklumectl.main import EXIT_CODES
 from anklumed.slots import boot_entries as be
 from anklumed.slots import bundle
 from anklumed.slots.esp import Esp
 from anklumed.stick import SlotName
 from devtools import stickimg
+from devtools.tiny_pe import tiny_pe
 from tests.service.conftest import Sim
+from tests.unit.test_kernel_signer import cert_of, efivars, make_pair, signed_pe
 
 A, B = SlotName.A, SlotName.B
 INVALID_ARGUMENT = 4
-UKI_A, UKI_B = b"MZ kernel of slot A" * 3000, b"MZ kernel of slot B" * 4000
+# PE files, as the updater checks a UKI's Secure Boot signer in its PE headers
+UKI_A, UKI_B = tiny_pe(b"kernel of slot A" * 3000), tiny_pe(b"kernel of slot B" * 4000)
 
 
 def esp_booting_a(sim: Sim, tmp_path: Path) -> Path:
@@ -69,6 +74,8 @@ def test_a_bundle_without_a_kernel_is_refused_on_a_stick_of_kernels(
         sim: Sim, tmp_path: Path) -> None:
     device = esp_booting_a(sim, tmp_path)
     before = sim.persist_files()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "same").mkdir()
     refused = sim.ctl("update", str(bundle_of(sim, tmp_path, None)))
     assert refused.returncode == INVALID_ARGUMENT, refused.stderr
     assert "carries no kernel" in refused.stderr
@@ -131,3 +138,27 @@ def test_a_primary_changed_by_hand_on_persist_wins_over_the_esp(
     assert sim.stick is not None
     uuid = stickimg.partuuid(sim.stick.persist)
     assert sorted(Esp(device).entries()) == sorted(be.wanted_entries(A, {A, B}, 3, uuid))
+
+
+def test_under_secure_boot_a_kernel_signed_by_another_key_is_refused_before_the_esp(
+        sim: Sim, tmp_path: Path) -> None:
+    """The running kernel and the firmware's db know the stick's key; a bundle
+    whose UKI another key signed would be refused by the firmware at each
+    boot: the update refuses it before the ESP is touched, and one whose UKI
+    the stick's key signed goes through (anklumed/slots/kernel_signer.py)."""
+    device = esp_booting_a(sim, tmp_path)
+    stick_key, other_key = make_pair(tmp_path, "stick"), make_pair(tmp_path, "other")
+    shutil.copy(signed_pe(tmp_path, stick_key, "running.efi"), sim.workdir / "running-uki.efi")
+    shutil.copytree(efivars(tmp_path, True, [cert_of(stick_key)]), sim.workdir / "efivars")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "same").mkdir()
+    refused = sim.ctl("update", str(bundle_of(
+        sim, tmp_path / "other", signed_pe(tmp_path, other_key, "other.efi").read_bytes())))
+    assert refused.returncode == EXIT_CODES["VerificationFailed"], refused.stderr
+    assert "signed by CN=other: this machine starts with Secure Boot on" in refused.stderr
+    assert Esp(device).listing(be.UKI_DIR) == ["slot-a.efi"]
+    assert sim.status()["PrimarySlot"] == "A"
+    signed = signed_pe(tmp_path, stick_key, "next.efi").read_bytes()
+    done = sim.ctl("update", str(bundle_of(sim, tmp_path / "same", signed)))
+    assert done.returncode == 0, done.stderr
+    assert sim.status()["PrimarySlot"] == "B"

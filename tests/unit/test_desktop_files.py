@@ -28,6 +28,7 @@ def test_sway_starts_the_bar_mako_the_tray_and_the_guide() -> None:
     text = (DESKTOP / "sway" / "anklume.conf").read_text()
     assert "swaybar_command waybar" in text and "exec mako" in text
     assert "exec anklume-tray" in text
+    assert "\nexec lxpolkit\n" in text  # the polkit agent (anklume_image/packages.py)
     assert "exec anklume-guide --first-login --check && foot anklume-guide" in text
     assert {"anklume-tray", "anklume-guide"} <= SCRIPTS
 
@@ -35,3 +36,10 @@ def test_sway_starts_the_bar_mako_the_tray_and_the_guide() -> None:
 def test_waybar_has_the_tray() -> None:
     config = json.loads((DESKTOP / "waybar" / "config.jsonc").read_text())
     assert "tray" in config["modules-right"]
+
+
+def test_labwc_starts_the_bar_mako_the_polkit_agent_the_tray_and_the_guide() -> None:
+    lines = (DESKTOP / "labwc" / "autostart").read_text().splitlines()
+    for program in ("waybar", "mako", "lxpolkit", "anklume-tray"):
+        assert any(line.split()[:1] == [program] and line.endswith("&") for line in lines), program
+    assert "anklume-guide --first-login --check && foot anklume-guide &" in lines

@@ -39,12 +39,14 @@ def test_minimal_is_the_console_alone() -> None:
 
 
 @pytest.mark.parametrize(("desktop", "has", "lacks"), [
-    (Desktop.SWAY, {"sway", "waybar", "foot", "fuzzel", "mako-notifier"},
-     {"labwc", "plasma-desktop"}),
-    (Desktop.LABWC, {"labwc", "waybar", "foot", "fuzzel", "mako-notifier"},
-     {"sway", "plasma-desktop"}),
-    (Desktop.KDE, {"plasma-desktop", "kwin-wayland", "konsole"}, {"sway", "labwc", "sddm"}),
-    (Desktop.ALL, {"sway", "labwc", "plasma-desktop"}, {"sddm"}),
+    (Desktop.SWAY, {"sway", "waybar", "foot", "fuzzel", "mako-notifier", "lxpolkit"},
+     {"labwc", "plasma-desktop", "polkit-kde-agent-1"}),
+    (Desktop.LABWC, {"labwc", "waybar", "foot", "fuzzel", "mako-notifier", "lxpolkit"},
+     {"sway", "plasma-desktop", "polkit-kde-agent-1"}),
+    (Desktop.KDE, {"plasma-desktop", "kwin-wayland", "konsole", "polkit-kde-agent-1"},
+     {"sway", "labwc", "sddm", "lxpolkit"}),
+    (Desktop.ALL, {"sway", "labwc", "plasma-desktop", "lxpolkit", "polkit-kde-agent-1"},
+     {"sddm"}),
 ])
 def test_each_desktop_chooses_its_packages_and_the_login(
         desktop: Desktop, has: set[str], lacks: set[str]) -> None:

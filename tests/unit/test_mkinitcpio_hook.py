@@ -30,7 +30,7 @@ add_runscript() { echo runscript; }
 """
 
 
-def run_build(tmp_path: Path, keys: list[str]) -> list[str]:
+def run_build(tmp_path: Path, keys: list[str], busybox: str = "/nonexistent") -> list[str]:
     src = tmp_path / "src"
     src.mkdir()
     for name in ("anklume-boot.sh", "anklume-redirect.sh", "anklume-shutdown.sh"):
@@ -46,7 +46,7 @@ def run_build(tmp_path: Path, keys: list[str]) -> list[str]:
     proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=False,
                           env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "BUILDROOT": str(buildroot),
                                "ANKLUME_INITRAMFS_SRC": str(src),
-                               "ANKLUME_KEYS_DIR": str(keys_dir)})
+                               "ANKLUME_KEYS_DIR": str(keys_dir), "ANKLUME_BUSYBOX": busybox})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout.splitlines()
 
@@ -59,11 +59,30 @@ def test_the_install_hook_adds_the_shared_boot_its_tools_modules_and_keys(
         assert f"file {tmp_path}/src/{name} -> /lib/anklume/{name}" in lines
     for binary in ("veritysetup", "dmsetup", "blkid", "openssl", "chattr"):
         assert f"binary {binary}" in lines
-    for module in ("dm_verity", "squashfs", "overlay", "loop", "ext4", "efivarfs"):
+    for module in ("dm_verity", "squashfs", "overlay", "loop", "ext4", "efivarfs",
+                   "usb_storage", "uas", "sd_mod"):
         assert f"module {module}" in lines
     assert f"file {tmp_path}/keys.d/builder.pem -> /etc/anklume/keys.d/builder.pem" in lines
     assert f"file {tmp_path}/keys.d/second.pem -> /etc/anklume/keys.d/second.pem" in lines
     assert "runscript" in lines
+
+
+def test_the_shutdown_finds_dmsetup_where_it_runs_it_with_the_libraries(
+        tmp_path: Path) -> None:
+    """anklume-shutdown.sh runs /sbin/dmsetup in /run/initramfs, where /sbin
+    is a directory: the list must name /sbin/dmsetup (a link to usr/bin in
+    mkinitcpio's image), and the libraries a dynamic dmsetup and busybox
+    need, or the shutdown exits 127 and the kernel panics."""
+    dynamic = subprocess.run(["sh", "-c", "command -v dmsetup"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+    run_build(tmp_path, [], busybox=dynamic)
+    listed = (tmp_path / "root" / "lib" / "anklume" / "shutdown-files").read_text().split()
+    assert "/sbin/dmsetup" in listed
+    libc = [f for f in listed if "/libc.so" in f]
+    devmapper = [f for f in listed if "/libdevmapper.so" in f]
+    assert libc and devmapper, listed
+    assert all(Path(f).exists() for f in listed if f != "/sbin/dmsetup"), listed
+    assert len(listed) == len(set(listed))
 
 
 def test_without_keys_the_install_hook_adds_none(tmp_path: Path) -> None:

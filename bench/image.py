@@ -1,0 +1,128 @@
+"""Benchmarks of the image build (prints figures; not a test). Runs
+mmdebstrap and fills the disk: take the lock.
+
+  flock /tmp/anklume-heavy.lock .venv/bin/python -m bench.image [--desktop minimal sway] [--zfs]
+
+For each desktop, three builds with the same packages and SOURCE_DATE_EPOCH,
+each with a signing key as a release would have:
+1. fresh: an empty package cache (every package downloaded from the mirror);
+2. cached: the cache the first build filled;
+3. cached again, to see whether the squashfs is the same to the byte
+   (issue 14: "report it either way").
+Figures: each stage's time (the builder's own ``stage X done`` lines), the
+share of the package download and installation (``rootfs``, mmdebstrap) in
+the whole build -- the reference in the same run, as the rest is ours --,
+the squashfs and stick sizes beside the seed's "10-15 minutes" and "~1.2 GB",
+and the squashfs sha256 of the two cached builds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from anklume_image.build import build
+from anklume_image.config import BuildConfig
+from anklumed.slots import bundle
+from bench.machine import load
+
+SOURCE_DATE_EPOCH = 1_767_225_600  # 2026-01-01
+STAGE_DONE = re.compile(r"stage (\S+) done in ([0-9.]+) s")
+
+
+class Stages(logging.Handler):
+    """The builder's log lines ``stage NAME done in S s``, by name."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.seconds: dict[str, float] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if found := STAGE_DONE.search(record.getMessage()):
+            self.seconds[found[1]] = float(found[2])
+
+
+@dataclass(frozen=True)
+class Result:
+    total: float
+    stages: dict[str, float]
+    squashfs_sha256: str
+    squashfs_bytes: int
+    stick_bytes: int  # allocated: the image is sparse, as written to a stick
+
+
+def build_once(config: BuildConfig) -> Result:
+    stages = Stages()
+    logger = logging.getLogger("anklume_image")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(stages)
+    start = time.monotonic()
+    try:
+        image = build(config)
+    finally:
+        logger.removeHandler(stages)
+    total = time.monotonic() - start
+    squashfs = next((image.parent / (image.name + ".bundle")).glob("*.squashfs"))
+    digest = hashlib.sha256()
+    with squashfs.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return Result(total, dict(stages.seconds), digest.hexdigest(), squashfs.stat().st_size,
+                  image.stat().st_blocks * 512)
+
+
+def bench_desktop(work: Path, desktop: str, zfs: bool) -> list[Result]:
+    cache = work / f"cache-{desktop}"
+    key = work / f"signing-{desktop}.pem"
+    bundle.generate_key(key)
+    config = BuildConfig.model_validate({
+        "out": work / f"{desktop}.img", "desktop": desktop, "zfs": zfs, "signing_key": key,
+        "cache_dir": cache, "source_date_epoch": SOURCE_DATE_EPOCH, "version": "1.0.0"})
+    return [build_once(config) for _ in range(3)]
+
+
+def report(desktop: str, results: list[Result]) -> None:
+    fresh, cached, again = results
+    print(f"\n{desktop}:")
+    for name, result in (("fresh", fresh), ("cached", cached), ("cached again", again)):
+        rootfs = result.stages.get("rootfs", 0.0)
+        stages = ", ".join(f"{k} {v:.0f} s" for k, v in result.stages.items())
+        print(f"  {name:13} {result.total:6.0f} s  (rootfs, mmdebstrap: {rootfs:.0f} s = "
+              f"{rootfs / result.total:.0%} of the build; {stages})")
+    print(f"  the seed's figure: 10-15 minutes; fresh here {fresh.total / 60:.1f} min, "
+          f"cached {cached.total / 60:.1f} min; cached/fresh {cached.total / fresh.total:.2f}")
+    print(f"  squashfs {cached.squashfs_bytes / 1e6:.0f} MB, stick image allocated "
+          f"{cached.stick_bytes / 1e6:.0f} MB (the seed: ~1.2 GB)")
+    same = cached.squashfs_sha256 == again.squashfs_sha256
+    print(f"  reproducible: {'yes' if same else 'NO'} -- squashfs sha256 "
+          f"{cached.squashfs_sha256[:16]} / {again.squashfs_sha256[:16]}"
+          f" (fresh: {fresh.squashfs_sha256[:16]})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.image")
+    parser.add_argument("--desktop", nargs="+", default=["minimal", "sway"])
+    parser.add_argument("--zfs", action="store_true",
+                        help="with zfs-dkms (built in the chroot: adds minutes)")
+    args = parser.parse_args()
+    before = load()
+    work = Path(tempfile.mkdtemp(prefix="anklume-bench-image-", dir="/var/tmp"))
+    try:
+        results = {desktop: bench_desktop(work, desktop, args.zfs) for desktop in args.desktop}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"{before} -> {load()}; zfs {'on' if args.zfs else 'off'}; "
+          f"SOURCE_DATE_EPOCH={SOURCE_DATE_EPOCH}")
+    for desktop, desktop_results in results.items():
+        report(desktop, desktop_results)
+
+
+if __name__ == "__main__":
+    main()
