@@ -29,6 +29,7 @@ import base64
 import json
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -57,6 +58,7 @@ SHUTDOWN_GRACE = 120.0  # seconds from the report to QEMU's exit (a clean powero
 HOST_FROM_GUEST = "10.0.2.2"  # QEMU user networking: the host's loopback, seen from the guest
 GUEST_ADDRESS = "10.0.2.15/24"  # the address QEMU's DHCP would give (no route out)
 LOADER_GUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"  # systemd-boot's and systemd-stub's
+EFI_VARIABLE_NV_BS_RT = 7  # non-volatile, boot and runtime access: what bootctl writes
 # A report command: the UKI systemd-stub says it was started as (a path on
 # the ESP, UTF-16). efivarfs files cannot seek: read through a pipe.
 STUB_IMAGE = ["sh", "-c", f"cat /sys/firmware/efi/efivars/StubImageIdentifier-{LOADER_GUID}"
@@ -172,6 +174,19 @@ class Machine:
         # side, Incus) uses the second core.
         self.cpus = cpus
         self.boots = 0
+
+    def choose_entry_once(self, entry: str) -> None:
+        """The next boot starts ``entry`` (a file name in loader/entries),
+        as ``bootctl set-oneshot`` asks: systemd-boot's LoaderEntryOneShot in
+        the machine's variable store, which systemd-boot reads and deletes.
+        The boots after it take the menu's default again."""
+        dump = self.rundir / "one-shot.json"
+        dump.write_text(json.dumps({"version": 2, "variables": [{
+            "name": "LoaderEntryOneShot", "guid": LOADER_GUID, "attr": EFI_VARIABLE_NV_BS_RT,
+            "data": (entry + "\0").encode("utf-16-le").hex()}]}))
+        tool = Path(sys.executable).with_name("virt-fw-vars")
+        subprocess.run([tool, "--inplace", self.vars, "--set-json", dump], check=True,
+                       capture_output=True)
 
     def argv(self, bootdir: Path, credentials: Mapping[str, bytes],
              target: str = "multi-user.target", network: bool = False,

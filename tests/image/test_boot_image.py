@@ -5,8 +5,10 @@ it, issue 14's first boots and update. Each boot is made when a test first
 needs it, in order:
 
 1. the first boot, with nobody at the keyboard but the system credentials
-   ``anklume-data-disk`` and ``anklume-data-passphrase``: slot A from RAM,
-   verified by its signed manifest, counted by systemd-boot and marked good;
+   ``anklume-data-disk`` and ``anklume-data-passphrase``, from the menu's
+   "run from the stick" entry (chosen once, as ``bootctl set-oneshot``
+   does): slot A from the stick, verified by its signed manifest and marked
+   good, the menu untouched (that entry is not counted);
    the first-boot unit sets up LUKS2 + BTRFS on the NVMe disk unattended,
    Incus starts with its state on it and gets its storage pool
    (anklume-incus-pool.service); then the report script builds a tiny Incus
@@ -14,17 +16,23 @@ needs it, in order:
    from it on the data pool, and the container writes a file. (The first
    boot without credentials, where the wizard waits for a person on tty1,
    is test_secure_boot.py's signed boot.)
-2. the next boot, with the passphrase credential only: anklume-data-mount
+2. the next boot, from the stick's entry again, with the passphrase
+   credential only: anklume-data-mount
    unlocks the disk before Incus, the container starts again by itself and
    its file is still there; ``anklumectl status`` says slot A good, boot
    count 0, and names the data pool. Then ``anklumectl update URL`` of the
    next version's bundle, served by a web server on the host that the guest
    reaches through QEMU's user networking (this boot only).
-3. the boot after the update: slot B with B's own UKI, marked good; the
-   container and its file are still there. Then, the OS in RAM (toram, the
-   default entry), the stick is pulled (QMP ``device_del`` when the guest
-   asks): the container keeps running, ``anklumectl status`` says the
+3. the boot after the update, from the menu's default entry: counted by
+   systemd-boot, slot B with B's own UKI, marked good (the entry renewed);
+   the container and its file are still there. Then, the OS in RAM (toram,
+   the default entry's), the stick is pulled (QMP ``device_del`` when the
+   guest asks): the container keeps running, ``anklumectl status`` says the
    stick is gone, and it said it was safe to remove before.
+
+Only the third boot copies the OS to RAM (about 500 MiB: a minute or more
+under TCG); the first two are not about toram, and take the entry a person
+picks to run from the stick.
 
 Verdicts come from the report the guest writes (devtools/image_vm), never
 from the console; each boot's run directory keeps the console, QEMU's
@@ -51,6 +59,7 @@ import pytest
 
 from anklumed.slots.boot_entries import UKI_IN_IMAGE
 from anklumed.slots.bundle import parse_manifest
+from anklumed.slots.kernel_signer import slot_signers
 from devtools.bundle_server import BundleServer, serving
 from devtools.image_vm import (
     CONTROL_PORT,
@@ -82,6 +91,9 @@ CONTAINER = "probe"
 IMAGE_ALIAS = "anklume-test-busybox"
 INCUS = ["env", "INCUS_CONF=/run/anklume-test-incus", "incus"]
 NEXT_VERSION = "1.0.1"
+# The menu's "run from the stick" entry for slot A (anklumed/slots/boot_entries.py).
+STICK_ENTRY_A = "anklume-3-stick-a.conf"
+BUILT_MENU = ["anklume-1-live-a+3-0.conf", STICK_ENTRY_A, "anklume-4-slot-a.conf"]
 
 # A container image made in the guest from what the image carries: busybox
 # and the libraries it links, an init that writes the file and waits, and
@@ -257,6 +269,7 @@ class Boots:
     def first(self) -> Boot:
         make = guest_script(MAKE_CONTAINER, TOKEN=self.token, ALIAS=IMAGE_ALIAS,
                             CONTAINER=CONTAINER, POOL="anklume")
+        self.machine.choose_entry_once(STICK_ENTRY_A)
         return self.machine.boot(
             credentials={"anklume-data-disk": DATA_DISK.encode(),
                          "anklume-data-passphrase": PASSPHRASE},
@@ -284,6 +297,7 @@ class Boots:
         """Unlocked at boot, then updated to the next version from the host."""
         self.persist_after_first  # noqa: B018 -- the boots run in this order
         self.esp_after_first  # noqa: B018
+        self.machine.choose_entry_once(STICK_ENTRY_A)
         with serving(self.next_manifest.parent) as server:
             url = f"http://{HOST_FROM_GUEST}:{server_port(server)}/{self.next_manifest.name}"
             return self.machine.boot(
@@ -320,6 +334,11 @@ class Boots:
     def persist_after_b(self) -> dict[str, str]:
         assert self.on_b.powered_off, self.on_b.explain()
         return persist_files(self.machine, "b")
+
+    @functools.cached_property
+    def esp_after_b(self) -> list[str]:
+        assert self.on_b.powered_off, self.on_b.explain()
+        return esp_entries(self.machine, "b")
 
 
 def server_port(server: BundleServer) -> int:
@@ -371,13 +390,15 @@ def assert_the_container_and_its_file_are_there(report: dict[str, Any], token: s
 
 # ---- 1. the first boot --------------------------------------------------------
 
-def test_first_boot_runs_slot_a_from_ram_verified_and_is_marked_good(boots: Boots) -> None:
+def test_first_boot_runs_slot_a_from_the_stick_verified_and_is_marked_good(
+        boots: Boots) -> None:
     report = reported(boots.first)
     env = report["boot_env"]
     assert env is not None, "the initramfs wrote no hand-off"
     assert (env["SLOT"], env["VERITY"], env["TORAM"], env["ROLLBACK"]) == \
-        ("A", "signed", "1", "0"), env
-    assert "boot=anklume" in report["cmdline"] and "anklume.toram=1" in report["cmdline"]
+        ("A", "signed", "0", "0"), env
+    assert report["entry_selected"] == STICK_ENTRY_A, report["entry_selected"]
+    assert "boot=anklume" in report["cmdline"] and "anklume.toram=0" in report["cmdline"]
     assert "org.anklume.Live1" in report["bus_names"]
     assert unit(report, "anklumed.service")["ActiveState"] == "active"
     assert unit(report, "anklume-boot-check.service")["Result"] == "success"
@@ -386,8 +407,8 @@ def test_first_boot_runs_slot_a_from_ram_verified_and_is_marked_good(boots: Boot
     status = report["status"]
     assert status is not None, report["status_raw"]
     assert (status["BootedSlot"], status["BootState"], status["BootCount"]) == ("A", "good", 0)
-    # / reads nothing from the stick (tests/service/test_root_backing.py's end to end)
-    assert (status["RootInRam"], status["SafeToRemove"]) == ("yes", True), status
+    # / reads the stick: it must stay (the third boot runs from RAM)
+    assert (status["RootInRam"], status["SafeToRemove"]) == ("no", False), status
     assert boots.first.powered_off, "the report unit's poweroff did not end QEMU"
 
 
@@ -396,17 +417,13 @@ def test_first_boot_leaves_boot_count_zero_on_persist(boots: Boots) -> None:
     assert files["boot-count"].strip() == "0", files
 
 
-def test_the_boot_loader_counted_the_default_entry_and_the_good_boot_renewed_it(
-        boots: Boots) -> None:
-    """systemd-boot renamed the default entry +3-0 -> +2-1 before it started
-    slot A's UKI (docs/boot-chain.md); marking the boot good put a fresh
-    +3-0 back on the ESP."""
+def test_a_boot_from_the_stick_entry_leaves_the_menu_as_built(boots: Boots) -> None:
+    """That entry has no counter: systemd-boot renames nothing, and a good
+    boot from it keeps the menu PERSIST implies (docs/boot-chain.md)."""
     report = reported(boots.first)
     assert "anklume.kernel=A" in report["cmdline"]
-    assert (report["entry_selected"] or "").startswith("anklume-1-live-a"), report
-    assert (report["boot_count_path"] or "").endswith("anklume-1-live-a+2-1.conf"), report
-    assert boots.esp_after_first == ["anklume-1-live-a+3-0.conf", "anklume-3-stick-a.conf",
-                                     "anklume-4-slot-a.conf"], boots.esp_after_first
+    assert report["boot_count_path"] is None, report["boot_count_path"]
+    assert boots.esp_after_first == BUILT_MENU, boots.esp_after_first
 
 
 def test_first_boot_sets_up_the_luks2_data_disk_from_credentials(boots: Boots) -> None:
@@ -479,6 +496,11 @@ def test_anklumectl_update_url_installs_the_next_version_in_slot_b(boots: Boots)
         ("ok", NEXT_VERSION, True), slot_b
     manifest = parse_manifest(boots.next_manifest.read_bytes())
     assert slot_b["RootHash"] == manifest.root_hash, slot_b
+    # The updater's kernel check let it through: 1.0.1's UKI is the built
+    # slot's, signed with the session's test key as the running one is.
+    assert manifest.uki is not None
+    new_kernel = slot_signers(boots.next_manifest.with_name(manifest.image), manifest.uki)
+    assert [c.subject.rfc4514_string() for c in new_kernel] == ["CN=anklume test db"]
     assert after["PrimarySlot"] == "B", after
     files = boots.persist_after_update
     assert (files["ab-state"].strip(), files["boot-count"].strip()) == ("B", "0"), files
@@ -495,6 +517,20 @@ def test_after_the_update_the_machine_boots_slot_b_with_its_own_kernel(boots: Bo
     stub = command(report, "stub_image")
     assert stub["stdout"].strip().lower().endswith("\\efi\\anklume\\slot-b.efi"), stub
     assert report["failed"] == [], report["errors"]
+
+
+def test_the_boot_loader_counted_bs_default_entry_and_the_good_boot_renewed_it(
+        boots: Boots) -> None:
+    """The update made B's entry the default, with three tries; systemd-boot
+    renamed it +3-0 -> +2-1 before it started B's UKI (docs/boot-chain.md);
+    marking the boot good put a fresh +3-0 back on the ESP. Slot A, still
+    ok, is where the boot loader would fall back."""
+    report = reported(boots.on_b)
+    assert (report["entry_selected"] or "").startswith("anklume-1-live-b"), report
+    assert (report["boot_count_path"] or "").endswith("anklume-1-live-b+2-1.conf"), report
+    assert boots.esp_after_b == ["anklume-1-live-b+3-0.conf", "anklume-2-slot-a.conf",
+                                 "anklume-3-stick-b.conf", "anklume-4-slot-b.conf"], \
+        boots.esp_after_b
 
 
 def test_slot_b_is_marked_good_and_status_says_b(boots: Boots) -> None:

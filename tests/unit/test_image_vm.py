@@ -1,15 +1,25 @@
 """The image tier's harness (devtools/image_vm) without QEMU: the machine's
-command line and the report script's budget for a test's commands."""
+command line, the report script's budget for a test's commands, and the
+one-shot boot entry in the machine's variable store."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from devtools import slowness
-from devtools.image_vm import CONTROL_PORT, STICK_DEVICE, Machine, report, report_unit
+from devtools.image_vm import (
+    CONTROL_PORT,
+    LOADER_GUID,
+    STICK_DEVICE,
+    Machine,
+    report,
+    report_unit,
+)
 
 
 def machine(tmp_path: Path) -> Machine:
@@ -57,3 +67,17 @@ def test_a_tests_command_has_the_budget_scaled_by_the_hosts_slowness(
     monkeypatch.setenv("ANKLUME_TEST_SLOWNESS", factor)
     monkeypatch.setattr(report, "COMMAND_TIMEOUT", 0.1)
     assert report.extra_commands()["nap"]["rc"] == rc
+
+
+def test_a_one_shot_entry_is_written_to_the_machines_variable_store(tmp_path: Path) -> None:
+    """As `bootctl set-oneshot` writes it: systemd-boot's variable, the entry's
+    file name in UTF-16 with its terminating NUL."""
+    m = machine(tmp_path)
+    m.choose_entry_once("anklume-3-stick-a.conf")
+    printed = subprocess.run([Path(sys.executable).with_name("virt-fw-vars"), "--input",
+                              m.vars, "--output-json", "-"],
+                             check=True, capture_output=True, text=True).stdout
+    variables = {v["name"]: v for v in json.loads(printed)["variables"]}
+    one_shot = variables["LoaderEntryOneShot"]
+    assert (one_shot["guid"], one_shot["attr"]) == (LOADER_GUID, 7), one_shot
+    assert bytes.fromhex(one_shot["data"]) == "anklume-3-stick-a.conf\0".encode("utf-16-le")
