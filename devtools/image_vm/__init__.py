@@ -3,14 +3,21 @@
 One QEMU process per boot, under TCG: OVMF's warm reset is slow and erratic
 there, so a reboot is a new process on the same disks. The machine is a
 copy of the built image on a USB stick (qemu-xhci + usb-storage), an NVMe
-data disk and its own copy of OVMF's variable store; no network.
+data disk and its own copy of OVMF's variable store; no network, except
+for the boots that ask for one (``network=True``): QEMU's user networking,
+through which the guest reaches the host's loopback at 10.0.2.2 (an
+update's HTTP server); nothing in the image configures it, the test's
+commands do.
 
 The image is not modified for the tests. A test-only unit comes in through
 systemd credentials in SMBIOS type 11 strings (systemd-debug-generator turns
 ``systemd.extra-unit.*`` into a unit and ``systemd.unit-dropin.*`` into a
 drop-in that pulls it in); its script (report.py, a credential too) writes
 one JSON report to a virtio-serial port and the unit powers the machine off.
-Verdicts come from that report, never from the console. The console (the
+Verdicts come from that report, never from the console. A boot that may
+pull the stick (``unplug_on_request=True``) also has a control port and
+QMP: when the guest writes ``pull-stick`` to the port, the host unplugs the
+stick (QMP ``device_del``), as a person pulls it. The console (the
 kernel's and the initramfs's lines, through ``console=ttyS0`` added by
 systemd-boot's SMBIOS ``io.systemd.boot.kernel-cmdline-extra``) is kept in
 the run directory for a person reading a failure.
@@ -22,13 +29,16 @@ import base64
 import json
 import shutil
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devtools.slowness import scaled
+from devtools.slowness import ENV as SLOWNESS_ENV
+from devtools.slowness import factor, scaled
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
@@ -36,12 +46,23 @@ OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 # store behind SMM so the OS cannot rewrite db (QEMU needs smm=on for it).
 OVMF_CODE_SECURE = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
 REPORT_PORT = "org.anklume.test.report"
+CONTROL_PORT = "org.anklume.test.control"  # the guest's requests to the host
+PULL_STICK = "pull-stick"  # the request: unplug the stick now
+STICK_DEVICE = "stick-device"  # QEMU's id of the stick's usb-storage device
 REPORT_UNIT = "anklume-test-report.service"
 REPORT_SCRIPT = Path(__file__).with_name("report.py")
 # tty0 last would keep the initramfs's messages off the serial line: ttyS0 is
 # /dev/console here, tty0 still gets the kernel's lines.
 SERIAL_CONSOLE = "console=tty0 console=ttyS0,115200"
 SHUTDOWN_GRACE = 120.0  # seconds from the report to QEMU's exit (a clean poweroff)
+HOST_FROM_GUEST = "10.0.2.2"  # QEMU user networking: the host's loopback, seen from the guest
+GUEST_ADDRESS = "10.0.2.15/24"  # the address QEMU's DHCP would give (no route out)
+LOADER_GUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"  # systemd-boot's and systemd-stub's
+EFI_VARIABLE_NV_BS_RT = 7  # non-volatile, boot and runtime access: what bootctl writes
+# A report command: the UKI systemd-stub says it was started as (a path on
+# the ESP, UTF-16). efivarfs files cannot seek: read through a pipe.
+STUB_IMAGE = ["sh", "-c", f"cat /sys/firmware/efi/efivars/StubImageIdentifier-{LOADER_GUID}"
+                          " | tail -c +5 | tr -d '\\000'"]
 STICK_SERIAL = "anklume-stick"
 DATA_SERIAL = "anklume-data"
 
@@ -56,6 +77,7 @@ FailureAction=poweroff
 [Service]
 Type=oneshot
 Environment=ANKLUME_TEST_WAIT={wait:.0f}
+Environment={SLOWNESS_ENV}={factor():g}
 Environment="ANKLUME_TEST_SETTLE={' '.join(settle)}"
 Environment=ANKLUME_TEST_UNTIL={until}
 ImportCredential=anklume-test.*
@@ -90,6 +112,33 @@ class Boot:
         return f"{why} after {self.seconds:.0f} s; run directory {self.rundir}; console:\n{tail}"
 
 
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def unplug_stick(bootdir: Path) -> None:
+    """The stick pulled out of the running machine (QMP ``device_del``, then
+    the device's removal confirmed by QEMU); ``bootdir/pulled`` says how it went."""
+    from devtools.vm.guest import QMP  # the VM tier's client, QEMU's own protocol
+
+    stop = threading.Event()
+    timer = threading.Timer(scaled(30), stop.set)  # QMP's socket is there from the start
+    timer.start()
+    try:
+        qmp = QMP(bootdir / "qmp.sock", stop)
+        qmp.command("device_del", id=STICK_DEVICE)
+        qmp.wait_event("DEVICE_DELETED", lambda data: data.get("device") == STICK_DEVICE)
+        outcome = "pulled"
+    except (OSError, RuntimeError) as e:
+        outcome = f"not pulled: {e}"
+    finally:
+        timer.cancel()
+    (bootdir / "pulled").write_text(outcome + "\n")
+
+
 def read_report(path: Path) -> dict[str, Any] | None:
     try:
         text = path.read_text(errors="replace")
@@ -106,7 +155,7 @@ class Machine:
     from one boot to the next, as on a real machine."""
 
     def __init__(self, image: Path, rundir: Path, data_mib: int = 2048, memory_mib: int = 2048,
-                 cpus: int = 1, vars_template: Path = OVMF_VARS, secure_boot: bool = False):
+                 cpus: int = 2, vars_template: Path = OVMF_VARS, secure_boot: bool = False):
         """``secure_boot``: the firmware that enforces it, with ``vars_template``
         holding the keys enrolled (tests/image/test_secure_boot.py)."""
         rundir.mkdir(parents=True, exist_ok=True)
@@ -121,18 +170,34 @@ class Machine:
         shutil.copyfile(vars_template, self.vars)
         self.secure_boot = secure_boot
         self.memory_mib = memory_mib
-        # More than one: each vCPU is a host thread (multi-threaded TCG), so a
-        # boot's parallel work (udev, Python starts) uses a second core.
+        # Two by default: each vCPU is a host thread (multi-threaded TCG), so a
+        # boot's parallel work (udev, anklumed and anklumectl starting side by
+        # side, Incus) uses the second core.
         self.cpus = cpus
         self.boots = 0
 
+    def choose_entry_once(self, entry: str) -> None:
+        """The next boot starts ``entry`` (a file name in loader/entries),
+        as ``bootctl set-oneshot`` asks: systemd-boot's LoaderEntryOneShot in
+        the machine's variable store, which systemd-boot reads and deletes.
+        The boots after it take the menu's default again."""
+        dump = self.rundir / "one-shot.json"
+        dump.write_text(json.dumps({"version": 2, "variables": [{
+            "name": "LoaderEntryOneShot", "guid": LOADER_GUID, "attr": EFI_VARIABLE_NV_BS_RT,
+            "data": (entry + "\0").encode("utf-16-le").hex()}]}))
+        tool = Path(sys.executable).with_name("virt-fw-vars")
+        subprocess.run([tool, "--inplace", self.vars, "--set-json", dump], check=True,
+                       capture_output=True)
+
     def argv(self, bootdir: Path, credentials: Mapping[str, bytes],
-             target: str = "multi-user.target") -> list[str]:
+             target: str = "multi-user.target", network: bool = False,
+             control: bool = False) -> list[str]:
         machine, code = "q35", OVMF_CODE
         if self.secure_boot:
             machine, code = "q35,smm=on", OVMF_CODE_SECURE
+        nic = "user,model=virtio-net-pci" if network else "none"
         argv = ["qemu-system-x86_64", "-machine", machine, "-accel", "tcg", "-cpu", "max",
-                "-smp", str(self.cpus), "-m", str(self.memory_mib), "-no-reboot", "-nic", "none",
+                "-smp", str(self.cpus), "-m", str(self.memory_mib), "-no-reboot", "-nic", nic,
                 "-display", "none", "-monitor", "none",
                 "-serial", f"file:{bootdir / 'console.log'}",
                 *(["-global", "driver=cfi.pflash01,property=secure,value=on"]
@@ -141,7 +206,8 @@ class Machine:
                 "-drive", f"if=pflash,format=raw,unit=1,file={self.vars}",
                 "-device", "qemu-xhci,id=xhci",
                 "-drive", f"if=none,id=stick,format=raw,file={self.stick}",
-                "-device", f"usb-storage,bus=xhci.0,drive=stick,serial={STICK_SERIAL},"
+                "-device", f"usb-storage,bus=xhci.0,drive=stick,id={STICK_DEVICE},"
+                           f"serial={STICK_SERIAL},"
                            "removable=on,bootindex=0",
                 "-drive", f"if=none,id=data,format=raw,file={self.data}",
                 "-device", f"nvme,drive=data,serial={DATA_SERIAL}",
@@ -150,6 +216,10 @@ class Machine:
                 "-device", f"virtserialport,chardev=report,name={REPORT_PORT}",
                 "-smbios", smbios_string("io.systemd.boot.kernel-cmdline-extra="
                                          f"{SERIAL_CONSOLE} systemd.unit={target}")]
+        if control:
+            argv += ["-chardev", f"file,id=control,path={bootdir / 'control'}",
+                     "-device", f"virtserialport,chardev=control,name={CONTROL_PORT}",
+                     "-qmp", f"unix:{bootdir / 'qmp.sock'},server=on,wait=off"]
         for name, value in credentials.items():
             argv += ["-smbios", smbios_credential(name, value)]
         return argv
@@ -158,7 +228,8 @@ class Machine:
              commands: Mapping[str, list[str]] | None = None,
              settle: list[str] | None = None,
              wait: float = 300.0, timeout: float = 600.0,
-             target: str = "multi-user.target",
+             target: str = "multi-user.target", network: bool = False,
+             unplug_on_request: bool = False,
              stop_when: Callable[[Path], bool] | None = None,
              until: str = "boot-complete", cut_after_report: bool = False) -> Boot:
         """One boot, up to the guest's report and its poweroff. ``target``:
@@ -169,6 +240,9 @@ class Machine:
         argv) are run by the report script and their output reported; the
         report waits for boot-complete.target and for ``settle``'s units to
         finish starting (at most ``wait`` seconds of the guest's time).
+        ``network``: a network card on QEMU's user networking (HOST_FROM_GUEST).
+        ``unplug_on_request``: the stick is pulled when the guest asks
+        (PULL_STICK on CONTROL_PORT; ``bootdir/pulled`` says how it went).
         ``stop_when(bootdir)``, checked each second, ends a boot that will
         never report (one the firmware refused) without waiting for ``timeout``.
         ``until="anklumed"``: the report comes as soon as anklumed answers
@@ -189,7 +263,7 @@ class Machine:
             "anklume-test.commands": json.dumps(dict(commands or {})).encode(),
             **(credentials or {}),
         }
-        argv = self.argv(bootdir, creds, target)
+        argv = self.argv(bootdir, creds, target, network, control=unplug_on_request)
         (bootdir / "qemu.argv").write_text("\n".join(argv) + "\n")
         started = time.monotonic()
         report_file = bootdir / "report.json"
@@ -198,9 +272,13 @@ class Machine:
                                     stderr=subprocess.STDOUT)
         timed_out = False
         reported_at: float | None = None
+        pulled = not unplug_on_request
         try:
             while proc.poll() is None:
                 now = time.monotonic()
+                if not pulled and PULL_STICK in read_text(bootdir / "control"):
+                    pulled = True  # in a thread: QEMU's answer must not stall this loop
+                    threading.Thread(target=unplug_stick, args=(bootdir,), daemon=True).start()
                 if reported_at is None and read_report(report_file) is not None:
                     reported_at = now
                     if cut_after_report:

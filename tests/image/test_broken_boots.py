@@ -50,7 +50,7 @@ import pytest
 
 from anklumed.slots import boot_entries
 from anklumed.stick import SlotName
-from devtools.image_vm import Boot, Machine
+from devtools.image_vm import STUB_IMAGE, Boot, Machine
 from tests.image.conftest import Built
 from tests.image.slot_install import (
     SLOT_B,
@@ -74,11 +74,6 @@ TAMPERED_OFFSET = 3000
 # A failed boot: firmware, the menu's 3 s, the kernel, the initramfs, then
 # the restart (the initramfs's, or panic=10's). Scaled by slowness.
 FAILED_BOOT_TIMEOUT = 300.0
-GUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
-# The UKI systemd-stub says it was started as (a path on the ESP, UTF-16).
-# efivarfs files cannot seek: read through a pipe.
-STUB_IMAGE = ["sh", "-c", f"cat /sys/firmware/efi/efivars/StubImageIdentifier-{GUID}"
-                          " | tail -c +5 | tr -d '\\000'"]
 MENU_B = ["anklume-1-live-b+3-0.conf", "anklume-2-slot-a.conf", "anklume-3-stick-b.conf",
           "anklume-4-slot-b.conf"]
 # Slot A's menu after a rollback: a fresh counter, no entry of the failed B.

@@ -3,9 +3,10 @@ tests/image/conftest.py) under the OVMF build that enforces Secure Boot,
 with that key enrolled as PK, KEK and db in a copy of OVMF's variable store
 (virt-fw-vars) and no Microsoft key.
 
-- the signed stick boots: the booted system reports Secure Boot on and in
-  user mode (the firmware's own variables), the slot verified by its signed
-  manifest, the boot marked good;
+- the signed stick boots (its "run from the stick" entry, chosen once: the
+  copy to RAM is test_boot_image.py's): the booted system reports Secure
+  Boot on and in user mode (the firmware's own variables), the slot
+  verified by its signed manifest, the boot marked good;
 - the same stick with its UKI unsigned is refused by the firmware: the
   signed systemd-boot runs (it counts the default entry on the ESP) but its
   UKI never starts (no report, PERSIST untouched), and
@@ -33,7 +34,7 @@ from anklumed.slots import boot_entries
 from anklumed.stick import SlotName
 from devtools.image_vm import OVMF_CODE_SECURE, OVMF_VARS, Boot, Machine
 from tests.image.conftest import Built
-from tests.image.test_boot_image import DATA_MIB, reported
+from tests.image.test_boot_image import DATA_MIB, STICK_ENTRY_A, reported, unit
 from tests.image.test_build import extract
 
 pytestmark = pytest.mark.image
@@ -120,7 +121,11 @@ class SecureBoots:
 
     @functools.cached_property
     def signed(self) -> Boot:
-        return self.machine("signed").boot(commands={
+        machine = self.machine("signed")
+        # From the stick: the copy to RAM (a minute or more under TCG) is
+        # not what this boot is about (test_boot_image.py's third boot is).
+        machine.choose_entry_once(STICK_ENTRY_A)
+        return machine.boot(commands={
             "secure_boot": efi_variable("SecureBoot"), "setup_mode": efi_variable("SetupMode"),
             "kernel_signer": ["python3", "-c", KERNEL_SIGNER]})
 
@@ -156,10 +161,25 @@ def test_the_signed_image_boots_with_secure_boot_enforced(secure: SecureBoots) -
     assert value_of(commands["setup_mode"]) == 0, commands  # user mode: db is enforced
     env = report["boot_env"]
     assert env is not None, "the initramfs wrote no hand-off"
-    assert (env["SLOT"], env["VERITY"]) == ("A", "signed"), env
+    assert (env["SLOT"], env["VERITY"], env["TORAM"]) == ("A", "signed", "0"), env
+    assert report["entry_selected"] == STICK_ENTRY_A, report["entry_selected"]
     status = report["status"]
     assert status is not None, report["status_raw"]
     assert (status["BootedSlot"], status["BootState"]) == ("A", "good"), status
+
+
+def test_a_first_boot_with_nobody_at_the_keyboard_completes_while_the_wizard_waits(
+        secure: SecureBoots) -> None:
+    """This boot is a first boot with no credentials (the data disk's are
+    test_boot_image.py's): the first-boot wizard waits for a person on
+    tty1, and the boot is complete and marked good all the same."""
+    report = reported(secure.signed)
+    assert unit(report, "anklume-first-boot.service")["ActiveState"] == "activating"
+    assert unit(report, "boot-complete.target")["ActiveState"] == "active", report["jobs"]
+    assert report["failed"] == [], report["errors"]
+    status = report["status"]
+    assert status is not None, report["status_raw"]
+    assert (status["BootState"], status["BootCount"]) == ("good", 0), status
 
 
 def test_the_updater_reads_the_firmwares_db_and_the_running_kernels_signer(

@@ -1,0 +1,83 @@
+"""The image tier's harness (devtools/image_vm) without QEMU: the machine's
+command line, the report script's budget for a test's commands, and the
+one-shot boot entry in the machine's variable store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from devtools import slowness
+from devtools.image_vm import (
+    CONTROL_PORT,
+    LOADER_GUID,
+    STICK_DEVICE,
+    Machine,
+    report,
+    report_unit,
+)
+
+
+def machine(tmp_path: Path) -> Machine:
+    image = tmp_path / "stick-image"
+    image.write_bytes(b"\0" * 4096)
+    return Machine(image, tmp_path / "machine", data_mib=1)
+
+
+def option_values(argv: list[str], option: str) -> list[str]:
+    return [argv[i + 1] for i, arg in enumerate(argv) if arg == option]
+
+
+def test_a_boot_has_no_network_and_no_control_unless_asked(tmp_path: Path) -> None:
+    m = machine(tmp_path)
+    argv = m.argv(tmp_path, {})
+    assert option_values(argv, "-nic") == ["none"]
+    assert "-qmp" not in argv and CONTROL_PORT not in " ".join(argv)
+    assert option_values(argv, "-smp") == ["2"]
+
+
+def test_the_boot_that_updates_gets_user_networking_and_the_one_that_pulls_qmp(
+        tmp_path: Path) -> None:
+    m = machine(tmp_path)
+    argv = m.argv(tmp_path, {}, network=True, control=True)
+    assert option_values(argv, "-nic") == ["user,model=virtio-net-pci"]
+    assert option_values(argv, "-qmp") == [f"unix:{tmp_path / 'qmp.sock'},server=on,wait=off"]
+    assert any(f"id={STICK_DEVICE}," in value for value in option_values(argv, "-device"))
+    assert any(f"name={CONTROL_PORT}" in value for value in option_values(argv, "-device"))
+
+
+def test_the_report_unit_passes_the_hosts_slowness(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(slowness.ENV, "2.5")
+    slowness.factor.cache_clear()
+    try:
+        assert f"Environment={slowness.ENV}=2.5\n" in report_unit(300, [])
+    finally:
+        slowness.factor.cache_clear()
+
+
+@pytest.mark.parametrize(("factor", "rc"), [("1", None), ("40", 0)])
+def test_a_tests_command_has_the_budget_scaled_by_the_hosts_slowness(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, factor: str, rc: int | None) -> None:
+    (tmp_path / "anklume-test.commands").write_text(json.dumps({"nap": ["sleep", "1"]}))
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    monkeypatch.setenv("ANKLUME_TEST_SLOWNESS", factor)
+    monkeypatch.setattr(report, "COMMAND_TIMEOUT", 0.1)
+    assert report.extra_commands()["nap"]["rc"] == rc
+
+
+def test_a_one_shot_entry_is_written_to_the_machines_variable_store(tmp_path: Path) -> None:
+    """As `bootctl set-oneshot` writes it: systemd-boot's variable, the entry's
+    file name in UTF-16 with its terminating NUL."""
+    m = machine(tmp_path)
+    m.choose_entry_once("anklume-3-stick-a.conf")
+    printed = subprocess.run([Path(sys.executable).with_name("virt-fw-vars"), "--input",
+                              m.vars, "--output-json", "-"],
+                             check=True, capture_output=True, text=True).stdout
+    variables = {v["name"]: v for v in json.loads(printed)["variables"]}
+    one_shot = variables["LoaderEntryOneShot"]
+    assert (one_shot["guid"], one_shot["attr"]) == (LOADER_GUID, 7), one_shot
+    assert bytes.fromhex(one_shot["data"]) == "anklume-3-stick-a.conf\0".encode("utf-16-le")
