@@ -54,7 +54,7 @@ def test_the_report_unit_passes_the_hosts_slowness(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv(slowness.ENV, "2.5")
     slowness.factor.cache_clear()
     try:
-        assert f"Environment={slowness.ENV}=2.5\n" in report_unit(300, [])
+        assert f"Environment={slowness.ENV}=2.5\n" in report_unit(300, [], "boot-complete")
     finally:
         slowness.factor.cache_clear()
 
