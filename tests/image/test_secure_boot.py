@@ -6,6 +6,10 @@ with that key enrolled as PK, KEK and db in a copy of OVMF's variable store
 - the signed stick boots: the booted system reports Secure Boot on and in
   user mode (the firmware's own variables), the slot verified by its signed
   manifest, the boot marked good;
+- the same machine's second boot, its default entry's options edited (a
+  shell as init, the manifest keys' directory moved, another stick's
+  PERSIST, slot B's kernel named): systemd-stub boots the signed UKI's own
+  command line (its profile's), so the same verified system comes up;
 - the same stick with its UKI unsigned is refused by the firmware: the
   signed systemd-boot runs (it counts the default entry on the ESP) but its
   UKI never starts (no report, PERSIST untouched), and
@@ -101,6 +105,30 @@ def esp_entries(machine: Machine) -> list[str]:
     return sorted(line.rsplit("/", 1)[-1] for line in listing.split())
 
 
+# What someone who can write the ESP adds to an entry: each word would take
+# the boot away from the verified system, were it passed to the kernel.
+INJECTED = ("init=/bin/sh ANKLUME_KEYS=/nowhere anklume.kernel=B "
+            "anklume.persist=PARTUUID=00000000-0000-4000-8000-000000000000")
+
+
+def edit_default_entry(image: Path, added: str) -> str:
+    """The counted default entry's options with ``added`` at their end, on the
+    stick's ESP; its name."""
+    fat = f"{image}@@{esp_offset(image)}"
+    listing = subprocess.run(["mdir", "-i", fat, "-b", f"::/{boot_entries.ENTRIES_DIR}"],
+                             check=True, capture_output=True, text=True).stdout
+    name = next(n for line in listing.split()
+                if boot_entries.parse_default(n := line.rsplit("/", 1)[-1]) is not None)
+    target = f"::/{boot_entries.ENTRIES_DIR}/{name}"
+    text = subprocess.run(["mtype", "-i", fat, target], check=True, capture_output=True,
+                          text=True).stdout
+    edited = "".join(line + (f" {added}" if line.startswith("options ") else "") + "\n"
+                     for line in text.splitlines())
+    assert edited != text
+    subprocess.run(["mcopy", "-o", "-i", fat, "-", target], input=edited.encode(), check=True)
+    return name
+
+
 def refused(bootdir: Path) -> bool:
     console = bootdir / "console.log"
     text = console.read_text(errors="replace").lower() if console.exists() else ""
@@ -119,10 +147,22 @@ class SecureBoots:
                        vars_template=self.vars, secure_boot=True)
 
     @functools.cached_property
+    def signed_machine(self) -> Machine:
+        return self.machine("signed")
+
+    @functools.cached_property
     def signed(self) -> Boot:
-        return self.machine("signed").boot(commands={
+        return self.signed_machine.boot(commands={
             "secure_boot": efi_variable("SecureBoot"), "setup_mode": efi_variable("SetupMode"),
             "kernel_signer": ["python3", "-c", KERNEL_SIGNER]})
+
+    @functools.cached_property
+    def edited(self) -> Boot:
+        """The second boot of the signed machine (the first marked good),
+        its default entry's options edited in between."""
+        assert self.signed.report is not None
+        edit_default_entry(self.signed_machine.stick, INJECTED)
+        return self.signed_machine.boot(commands={"cmdline": ["cat", "/proc/cmdline"]})
 
     @functools.cached_property
     def unsigned(self) -> tuple[Machine, Boot]:
@@ -170,6 +210,24 @@ def test_the_updater_reads_the_firmwares_db_and_the_running_kernels_signer(
     assert read["rc"] == 0, read
     assert json.loads(read["stdout"]) == {
         "secure_boot": True, "db": ["CN=anklume test db"], "running": ["CN=anklume test db"]}
+
+
+def test_an_edited_entry_cannot_change_what_the_signed_kernel_boots(
+        secure: SecureBoots) -> None:
+    report = reported(secure.edited)
+    cmdline = str(report["commands"]["cmdline"]["stdout"]).split()
+    # the UKI's default profile, none of the entry's words
+    assert " ".join(cmdline) == boot_entries.profiles()[0].cmdline, cmdline
+    env = report["boot_env"]
+    assert env is not None, "the initramfs wrote no hand-off"
+    assert (env["SLOT"], env["VERITY"], env["KERNEL"], env["SECURE_BOOT"]) == (
+        "A", "signed", "A", "1"), env
+    guid = subprocess.run(["sgdisk", "-i", "4", secure.built.image], check=True,
+                          capture_output=True, text=True).stdout
+    assert env["PERSIST_PARTUUID"] == guid.split("Partition unique GUID: ")[1].split()[0].lower()
+    status = report["status"]
+    assert status is not None, report["status_raw"]
+    assert (status["BootedSlot"], status["BootState"]) == ("A", "good"), status
 
 
 def test_an_unsigned_uki_is_refused_by_the_firmware(secure: SecureBoots) -> None:
