@@ -12,7 +12,8 @@ drop-in that pulls it in); its script (report.py, a credential too) writes
 one JSON report to a virtio-serial port and the unit powers the machine off.
 Verdicts come from that report, never from the console. The console (the
 kernel's and the initramfs's lines, through ``console=ttyS0`` added by
-systemd-boot's SMBIOS ``io.systemd.boot.kernel-cmdline-extra``) is kept in
+systemd-boot's SMBIOS ``io.systemd.boot.kernel-cmdline-extra``, or under
+Secure Boot systemd-stub's ``io.systemd.stub.kernel-cmdline-extra``) is kept in
 the run directory for a person reading a failure.
 """
 
@@ -125,6 +126,15 @@ class Machine:
         self.cpus = cpus
         self.boots = 0
 
+    @property
+    def cmdline_extra_key(self) -> str:
+        """Whose SMBIOS words reach the kernel: systemd-boot adds its own to
+        the entry's options, which systemd-stub drops under Secure Boot (the
+        UKI's profile is the command line, docs/boot-chain.md); the stub's
+        own it appends after the profile's, Secure Boot or not."""
+        return ("io.systemd.stub.kernel-cmdline-extra" if self.secure_boot
+                else "io.systemd.boot.kernel-cmdline-extra")
+
     def argv(self, bootdir: Path, credentials: Mapping[str, bytes],
              target: str = "multi-user.target") -> list[str]:
         machine, code = "q35", OVMF_CODE
@@ -147,7 +157,7 @@ class Machine:
                 "-device", "virtio-serial-pci",
                 "-chardev", f"file,id=report,path={bootdir / 'report.json'}",
                 "-device", f"virtserialport,chardev=report,name={REPORT_PORT}",
-                "-smbios", smbios_string("io.systemd.boot.kernel-cmdline-extra="
+                "-smbios", smbios_string(f"{self.cmdline_extra_key}="
                                          f"{SERIAL_CONSOLE} systemd.unit={target}")]
         for name, value in credentials.items():
             argv += ["-smbios", smbios_credential(name, value)]
