@@ -217,12 +217,13 @@ def key_hooks(public_key: Path | None) -> list[str]:
     return hooks
 
 
-def initramfs_hooks(checkout: Path, base: Base = Base.DEBIAN) -> list[str]:
+def initramfs_hooks(checkout: Path, base: Base = Base.DEBIAN,
+                    desktops: tuple[str, ...] = ()) -> list[str]:
     src = checkout / "initramfs"
     scripts = " ".join(_q(p) for p in sorted(src.glob("anklume-*.sh")))
     shared = [f"mkdir -p \"$1\"{INITRAMFS_LIB}", f"copy-in {scripts} {INITRAMFS_LIB}"]
     if base is Base.ARCH:
-        return [*shared, *mkinitcpio_hooks(checkout), *uki.uki_hooks(base)]
+        return [*shared, *mkinitcpio_hooks(checkout), *uki.uki_hooks(base, desktops)]
     return [
         *shared,
         f"copy-in {_q(src / 'initramfs-tools' / 'hooks' / 'anklume')} "
@@ -230,7 +231,7 @@ def initramfs_hooks(checkout: Path, base: Base = Base.DEBIAN) -> list[str]:
         f"copy-in {_q(src / 'initramfs-tools' / 'scripts' / 'anklume')} "
         "/usr/share/initramfs-tools/scripts",
         "chroot \"$1\" update-initramfs -u -k all",
-        *uki.uki_hooks(base),
+        *uki.uki_hooks(base, desktops),
     ]
 
 
@@ -270,4 +271,4 @@ def customize_hooks(config: BuildConfig, checkout: Path,
     return [*python_hooks(checkout, config), *system_hooks(checkout), *key_hooks(public_key),
             *cli_docs_hooks(config.work_dir / "cli-docs", config.base),
             *desktop_hooks(config, checkout), *wheel_hooks(config),
-            *initramfs_hooks(checkout, config.base)]
+            *initramfs_hooks(checkout, config.base, tuple(d.value for d in config.sessions))]

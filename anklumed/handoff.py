@@ -57,7 +57,9 @@ class Handoff(BaseModel):
     persist_partuuid: str | None = None
     boot_disk: Path | None = None
     ram_crypt_requested: bool | None = None
-    kernel: SlotName | None = None  # whose kernel runs (anklume.kernel= of the boot entry)
+    # whose kernel runs: boot.env's KERNEL (the initramfs read it from
+    # systemd-stub, docs/boot-chain.md), else anklume.kernel= of the entry
+    kernel: SlotName | None = None
     problems: tuple[str, ...] = ()
 
     def kernel_mismatch(self) -> str | None:
@@ -124,7 +126,7 @@ def parse_handoff(env_text: str | None, cmdline_text: str) -> Handoff:
     return Handoff(
         source="boot.env",
         ram_crypt_requested=ram_crypt,
-        kernel=kernel,
+        kernel=_slot(values.get("KERNEL") or None) or kernel,
         problems=tuple(f"boot.env: {p}" for p in problems),
         **fields,
     )

@@ -14,6 +14,19 @@
 # asked for that slot's entry and the machine restarts at once
 # (docs/boot-chain.md).
 #
+# Under Secure Boot the command line is the signed UKI's own (a profile's
+# .cmdline: systemd-stub drops the entry's), so it names neither this stick
+# nor the slot whose UKI runs: the boot loader's EFI variables do
+# (LoaderDevicePartUUID: the ESP, beside PERSIST on the same disk;
+# StubImageIdentifier: the UKI's file). Without Secure Boot the entry's
+# anklume.persist= and anklume.kernel= win, and where there are no EFI
+# variables (a direct kernel boot) they are all there is
+# (docs/boot-chain.md, "What the signature covers").
+#
+# The ANKLUME_* overrides below are for the tests; the initramfs's callers
+# (initramfs-tools' script, mkinitcpio's hook) unset them, since the kernel
+# hands any X=Y word of its command line to init as environment.
+#
 # Exit status: 0 the root is mounted; 1 no slot could be verified (the
 # console says why and how to recover; the caller then opens a shell).
 # Every decision prints one line on the console, starting "anklume:".
@@ -50,7 +63,9 @@ FAILURES=""
 REASON=""
 RAM_CRYPT=unknown
 STICK_LOST=0
-KERNEL=""                   # whose UKI runs: anklume.kernel= of the boot entry
+KERNEL=""                   # whose UKI runs: StubImageIdentifier, or anklume.kernel=
+SECURE_BOOT=0               # the firmware's SecureBoot variable is 1
+ESP_UUID=""                 # LoaderDevicePartUUID: the ESP this boot came from
 AB_STATE=""
 REDIRECT_SEEN=0             # this boot found the previous one's redirect: it makes none
 EFIVARS_MOUNTED=0
@@ -83,6 +98,53 @@ read_cmdline() {
 
 lower() {
     echo "$1" | tr 'A-F' 'a-f'
+}
+
+# ---- what the boot loader tells: EFI variables ----------------------------------
+
+GLOBAL_GUID=8be4df61-93ca-11d2-aa0d-00e098032b8c  # the UEFI specification's
+
+# SecureBoot: 4 bytes of attributes, then one byte, 1 when enforced.
+secure_boot_enforced() {
+    # shellcheck disable=SC2046 # one word a byte
+    set -- $(cat "$EFIVARS/SecureBoot-$GLOBAL_GUID" 2>/dev/null | od -An -v -tu1)
+    [ "$#" = 5 ] && [ "$5" = 1 ]
+}
+
+# The slot whose UKI systemd-stub started, from its file's path
+# (\EFI\anklume\slot-b.efi; FAT ignores case).
+stub_slot() {
+    case "$(sh "$LIB/anklume-redirect.sh" get "$EFIVARS" StubImageIdentifier | tr 'A-Z' 'a-z')" in
+        *[\\/]slot-a.efi) echo A ;;
+        *[\\/]slot-b.efi) echo B ;;
+        *) return 1 ;;
+    esac
+}
+
+# read_efi_boot: SECURE_BOOT, ESP_UUID, and KERNEL (under Secure Boot
+# always, otherwise when the command line did not say).
+read_efi_boot() {
+    mount_efivars || return 0
+    secure_boot_enforced && SECURE_BOOT=1
+    ESP_UUID=$(lower "$(sh "$LIB/anklume-redirect.sh" get "$EFIVARS" LoaderDevicePartUUID)")
+    case "$ESP_UUID" in *[!0-9a-f-]*) ESP_UUID="" ;; esac
+    if [ "$SECURE_BOOT" = 1 ]; then
+        PERSIST_UUID=""  # the stick is the ESP's, whatever a command line said
+        KERNEL=$(stub_slot) || KERNEL=""
+    elif [ -z "$KERNEL" ]; then
+        KERNEL=$(stub_slot) || KERNEL=""
+    fi
+    release_efivars
+    effective_cmdline
+}
+
+# anklume-state.sh reads the kernel's slot from a command line: it gets
+# this boot's words with the kernel found here last (the last word wins).
+effective_cmdline() {
+    [ -n "$KERNEL" ] || return 0
+    mkdir -p "$RUN"
+    { tr '\n' ' ' < "$CMDLINE" 2>/dev/null; echo "anklume.kernel=$KERNEL"; } > "$RUN/cmdline"
+    CMDLINE=$RUN/cmdline
 }
 
 # number TEXT DEFAULT: TEXT if it is a whole number, else DEFAULT.
@@ -129,7 +191,7 @@ find_persist() {
             return 0
         fi
         if [ "$waited" -eq 0 ]; then
-            say "waiting up to $WAIT s for the anklume stick (partition ANKLUME-PERSIST${PERSIST_UUID:+ PARTUUID=$PERSIST_UUID})"
+            say "waiting up to $WAIT s for the anklume stick (partition ANKLUME-PERSIST${PERSIST_UUID:+ PARTUUID=$PERSIST_UUID}${ESP_UUID:+ beside the ESP PARTUUID=$ESP_UUID})"
         fi
         [ "$waited" -ge "$WAIT" ] && return 1
         sleep 1
@@ -147,6 +209,16 @@ pick_persist() {
         PERSIST_DEV=$dev
         return 0
     fi
+    if [ -n "$ESP_UUID" ]; then
+        disk=$(disk_of_partuuid "$ESP_UUID") || return 1
+        dev=$(echo "$found" | while read -r uuid name; do
+            [ "$(parent_disk "$name")" = "$disk" ] && echo "$uuid $name"; done)
+        [ -n "$dev" ] || return 1
+        set -- $dev
+        PERSIST_DEV=$2
+        PERSIST_UUID=$1
+        return 0
+    fi
     count=$(echo "$found" | wc -l)
     set -- $found
     PERSIST_DEV=$2
@@ -155,6 +227,16 @@ pick_persist() {
         say "$count anklume sticks are plugged in; booting the one whose PERSIST is PARTUUID=$PERSIST_UUID (/dev/$PERSIST_DEV). Add anklume.persist=PARTUUID=... to the boot entry to choose"
     fi
     return 0
+}
+
+# The disk holding the partition of that PARTUUID (the ESP the boot loader
+# came from).
+disk_of_partuuid() {
+    for sys in /sys/class/block/*; do
+        [ -e "$sys/partition" ] || continue
+        [ "$(part_uuid "${sys##*/}")" = "$1" ] && { parent_disk "${sys##*/}"; return 0; }
+    done
+    return 1
 }
 
 # The whole disk a partition belongs to (sdb for sdb4).
@@ -577,6 +659,8 @@ PERSIST_PARTUUID=$PERSIST_UUID
 BOOT_DISK=/dev/$BOOT_DISK
 DEGRADED=$DEGRADED
 RAM_CRYPT=$RAM_CRYPT
+KERNEL=$KERNEL
+SECURE_BOOT=$SECURE_BOOT
 EOF
     mv "$RUN/boot.env.tmp" "$RUN/boot.env"
 }
@@ -615,7 +699,9 @@ main() {
     rootmnt=$1
     read_cmdline
     load_modules
-    find_persist || no_slot "no stick with an ANKLUME-PERSIST partition${PERSIST_UUID:+ of PARTUUID=$PERSIST_UUID} appeared within $WAIT s: plug the stick in (or fix anklume.persist= in the boot entry) and restart"
+    read_efi_boot
+    [ "$SECURE_BOOT" = 1 ] && say "Secure Boot: the signed kernel's own command line${KERNEL:+, slot $KERNEL's kernel}${ESP_UUID:+, the stick of ESP PARTUUID=$ESP_UUID}"
+    find_persist || no_slot "no stick with an ANKLUME-PERSIST partition${PERSIST_UUID:+ of PARTUUID=$PERSIST_UUID}${ESP_UUID:+ beside the ESP PARTUUID=$ESP_UUID} appeared within $WAIT s: plug the stick in (or fix anklume.persist= in the boot entry) and restart"
     # Also the start of the boot's own work (bench/boot.py times it from here).
     say "found the stick: PERSIST is /dev/$PERSIST_DEV"
     BOOT_DISK=$(parent_disk "$PERSIST_DEV")

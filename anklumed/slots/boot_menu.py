@@ -72,7 +72,8 @@ class BootMenu:
                 return
             esp, uuid = found
             state = model.read_slots_state(pdir)
-            wanted = boot_entries.menu(state, esp.slots_with_kernel(), uuid, self.desktops())
+            wanted = boot_entries.menu(state, esp.slots_with_kernel(), uuid, self.desktops(),
+                                       esp.slots_with_profiles())
             esp.apply(boot_entries.plan(esp.entries(), wanted, keep_counter=not renew))
         except AnklumeError as e:
             log.error("the boot menu on the ESP was not updated: %s (compared again at the "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -130,6 +131,22 @@ class Esp:
     def slots_with_kernel(self) -> set[SlotName]:
         present = set(self.listing(boot_entries.UKI_DIR))
         return {s for s in SlotName if boot_entries.uki_path(s).rsplit("/", 1)[-1] in present}
+
+    def slots_with_profiles(self) -> set[SlotName]:
+        """The slots whose UKI carries the command-line profiles (a UKI made
+        before them has none, and systemd-stub refuses an ``@N`` it lacks)."""
+        return {s for s in self.slots_with_kernel() if ".profile"
+                in boot_entries.pe_section_names(self._head(boot_entries.uki_path(s)))}
+
+    def _head(self, path: str, size: int = 4096) -> bytes:
+        """A file's first bytes, without reading the tens of MiB after them."""
+        with subprocess.Popen(["mtype", "-i", str(self.device), f"::/{path}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              env={**os.environ, **MTOOLS_ENV}) as reader:
+            assert reader.stdout is not None
+            head = reader.stdout.read(size)
+            reader.kill()
+        return head
 
     def entries(self) -> list[str]:
         return [n for n in self.listing(boot_entries.ENTRIES_DIR) if boot_entries.is_ours(n)]

@@ -19,7 +19,8 @@ pull the stick (``unplug_on_request=True``) also has a control port and
 QMP: when the guest writes ``pull-stick`` to the port, the host unplugs the
 stick (QMP ``device_del``), as a person pulls it. The console (the
 kernel's and the initramfs's lines, through ``console=ttyS0`` added by
-systemd-boot's SMBIOS ``io.systemd.boot.kernel-cmdline-extra``) is kept in
+systemd-boot's SMBIOS ``io.systemd.boot.kernel-cmdline-extra``, or under
+Secure Boot systemd-stub's ``io.systemd.stub.kernel-cmdline-extra``) is kept in
 the run directory for a person reading a failure.
 """
 
@@ -189,6 +190,15 @@ class Machine:
         subprocess.run([tool, "--inplace", self.vars, "--set-json", dump], check=True,
                        capture_output=True)
 
+    @property
+    def cmdline_extra_key(self) -> str:
+        """Whose SMBIOS words reach the kernel: systemd-boot adds its own to
+        the entry's options, which systemd-stub drops under Secure Boot (the
+        UKI's profile is the command line, docs/boot-chain.md); the stub's
+        own it appends after the profile's, Secure Boot or not."""
+        return ("io.systemd.stub.kernel-cmdline-extra" if self.secure_boot
+                else "io.systemd.boot.kernel-cmdline-extra")
+
     def argv(self, bootdir: Path, credentials: Mapping[str, bytes],
              target: str = "multi-user.target", network: bool = False,
              control: bool = False) -> list[str]:
@@ -214,7 +224,7 @@ class Machine:
                 "-device", "virtio-serial-pci",
                 "-chardev", f"file,id=report,path={bootdir / 'report.json'}",
                 "-device", f"virtserialport,chardev=report,name={REPORT_PORT}",
-                "-smbios", smbios_string("io.systemd.boot.kernel-cmdline-extra="
+                "-smbios", smbios_string(f"{self.cmdline_extra_key}="
                                          f"{SERIAL_CONSOLE} systemd.unit={target}")]
         if control:
             argv += ["-chardev", f"file,id=control,path={bootdir / 'control'}",

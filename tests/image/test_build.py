@@ -12,7 +12,7 @@ from anklume_image import esp, stick
 from anklume_image.build import build, sha256_file
 from anklume_image.errors import BuildError
 from anklumed.persist import PersistDir
-from anklumed.slots import bundle, model
+from anklumed.slots import boot_entries, bundle, model
 from anklumed.slots.model import SlotStatus
 from anklumed.stick import SlotName
 from tests.image.conftest import WORK, Built, small_config
@@ -126,6 +126,20 @@ def test_slot_as_kernel_is_on_the_esp_and_pinned_by_its_manifest(built: Built,
     assert m.uki == "usr/lib/anklume/boot/uki.efi"
     assert m.uki_sha256 == hashlib.sha256(uki.read_bytes()).hexdigest()
     assert m.uki_size == uki.stat().st_size
+
+
+def test_slot_as_kernel_carries_each_entrys_command_line(built: Built, tmp_path: Path) -> None:
+    """The UKI's profiles (ukify --profile/--join-profile): one .cmdline per
+    kind of entry, read back from the file and checked with objdump too."""
+    part = extract(built.image, 1, tmp_path / "esp.img")
+    uki = tmp_path / "slot-a.efi"
+    sh("mcopy", "-i", part, "::/EFI/anklume/slot-a.efi", uki)
+    desktops = tuple(d.value for d in built.config.sessions)
+    wanted = [p.cmdline for p in boot_entries.profiles(desktops)]
+    assert boot_entries.profile_cmdlines(uki.read_bytes()) == wanted
+    headers = sh("objdump", "-h", uki)
+    assert headers.count(" .profile ") == len(wanted), headers
+    assert "anklume.persist" not in " ".join(wanted) and "anklume.kernel" not in " ".join(wanted)
 
 
 def test_the_os_runs_anklume_on_the_images_own_python(built: Built, tmp_path: Path) -> None:

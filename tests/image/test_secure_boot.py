@@ -6,7 +6,12 @@ with that key enrolled as PK, KEK and db in a copy of OVMF's variable store
 - the signed stick boots (its "run from the stick" entry, chosen once: the
   copy to RAM is test_boot_image.py's): the booted system reports Secure
   Boot on and in user mode (the firmware's own variables), the slot
-  verified by its signed manifest, the boot marked good;
+  verified by its signed manifest, the boot marked good; and that with the
+  entry's options edited on the ESP before the boot (a shell as init, the
+  manifest keys' directory moved, another stick's PERSIST, slot B's kernel
+  named): systemd-stub boots the signed UKI's own command line (the
+  entry's profile's), so the same verified system comes up (one boot for
+  both: a boot under TCG costs minutes);
 - the same stick with its UKI unsigned is refused by the firmware: the
   signed systemd-boot runs (it counts the default entry on the ESP) but its
   UKI never starts (no report, PERSIST untouched), and
@@ -102,6 +107,24 @@ def esp_entries(machine: Machine) -> list[str]:
     return sorted(line.rsplit("/", 1)[-1] for line in listing.split())
 
 
+# What someone who can write the ESP adds to an entry: each word would take
+# the boot away from the verified system, were it passed to the kernel.
+INJECTED = ("init=/bin/sh ANKLUME_KEYS=/nowhere anklume.kernel=B "
+            "anklume.persist=PARTUUID=00000000-0000-4000-8000-000000000000")
+
+
+def edit_entry(image: Path, name: str, added: str) -> None:
+    """The entry ``name``'s options with ``added`` at their end, on the stick's ESP."""
+    fat = f"{image}@@{esp_offset(image)}"
+    target = f"::/{boot_entries.ENTRIES_DIR}/{name}"
+    text = subprocess.run(["mtype", "-i", fat, target], check=True, capture_output=True,
+                          text=True).stdout
+    edited = "".join(line + (f" {added}" if line.startswith("options ") else "") + "\n"
+                     for line in text.splitlines())
+    assert edited != text
+    subprocess.run(["mcopy", "-o", "-i", fat, "-", target], input=edited.encode(), check=True)
+
+
 def refused(bootdir: Path) -> bool:
     console = bootdir / "console.log"
     text = console.read_text(errors="replace").lower() if console.exists() else ""
@@ -121,13 +144,16 @@ class SecureBoots:
 
     @functools.cached_property
     def signed(self) -> Boot:
+        """The signed stick's boot from its "run from the stick" entry (the
+        copy to RAM, a minute or more under TCG, is test_boot_image.py's
+        third boot's subject), that entry's options edited first."""
         machine = self.machine("signed")
-        # From the stick: the copy to RAM (a minute or more under TCG) is
-        # not what this boot is about (test_boot_image.py's third boot is).
         machine.choose_entry_once(STICK_ENTRY_A)
+        edit_entry(machine.stick, STICK_ENTRY_A, INJECTED)
         return machine.boot(commands={
             "secure_boot": efi_variable("SecureBoot"), "setup_mode": efi_variable("SetupMode"),
-            "kernel_signer": ["python3", "-c", KERNEL_SIGNER]})
+            "kernel_signer": ["python3", "-c", KERNEL_SIGNER],
+            "cmdline": ["cat", "/proc/cmdline"]})
 
     @functools.cached_property
     def unsigned(self) -> tuple[Machine, Boot]:
@@ -190,6 +216,28 @@ def test_the_updater_reads_the_firmwares_db_and_the_running_kernels_signer(
     assert read["rc"] == 0, read
     assert json.loads(read["stdout"]) == {
         "secure_boot": True, "db": ["CN=anklume test db"], "running": ["CN=anklume test db"]}
+
+
+def test_an_edited_entry_cannot_change_what_the_signed_kernel_boots(
+        secure: SecureBoots) -> None:
+    report = reported(secure.signed)
+    cmdline = str(report["commands"]["cmdline"]["stdout"])
+    # the chosen entry's profile (the UKI's own words), then the SMBIOS words
+    # of the test machine
+    # (the serial console: not the stick's, devtools/image_vm); none of the entry's
+    stick = next(p for p in boot_entries.profiles() if p.options == "anklume.toram=0")
+    assert cmdline.startswith(stick.cmdline + " console="), cmdline
+    assert not any(word in cmdline for word in INJECTED.split()), cmdline
+    env = report["boot_env"]
+    assert env is not None, "the initramfs wrote no hand-off"
+    assert (env["SLOT"], env["VERITY"], env["KERNEL"], env["SECURE_BOOT"]) == (
+        "A", "signed", "A", "1"), env
+    guid = subprocess.run(["sgdisk", "-i", "4", secure.built.image], check=True,
+                          capture_output=True, text=True).stdout
+    assert env["PERSIST_PARTUUID"] == guid.split("Partition unique GUID: ")[1].split()[0].lower()
+    status = report["status"]
+    assert status is not None, report["status_raw"]
+    assert (status["BootedSlot"], status["BootState"]) == ("A", "good"), status
 
 
 def test_an_unsigned_uki_is_refused_by_the_firmware(secure: SecureBoots) -> None:

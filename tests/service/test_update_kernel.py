@@ -162,3 +162,24 @@ def test_under_secure_boot_a_kernel_signed_by_another_key_is_refused_before_the_
     done = sim.ctl("update", str(bundle_of(sim, tmp_path / "same", signed)))
     assert done.returncode == 0, done.stderr
     assert sim.status()["PrimarySlot"] == "B"
+
+
+def test_only_a_uki_with_profiles_gets_entries_naming_one(tmp_path: Path) -> None:
+    """systemd-stub refuses an ``@N`` its UKI lacks: anklumed reads each UKI's
+    PE section table on the ESP (its first bytes only) before it writes the
+    menu. A's UKI is one made before the profiles; B's has them, behind a
+    payload long enough that only its head is read."""
+    fat = tmp_path / "esp.img"
+    subprocess.run(["mkfs.vfat", "-C", str(fat), "8192"], check=True, capture_output=True)
+    esp = Esp(fat)
+    esp.make_dirs("EFI", be.UKI_DIR)
+    with_profile = tiny_pe(b"kernel of slot B" * 20000).replace(b".text\0\0\0", b".profile", 1)
+    for slot, uki in ((A, UKI_A), (B, with_profile)):
+        (tmp_path / "uki.efi").write_bytes(uki)
+        subprocess.run(["mcopy", "-o", "-i", str(fat), str(tmp_path / "uki.efi"),
+                        f"::/{be.uki_path(slot)}"], check=True)
+    assert esp.slots_with_profiles() == {B}
+    wanted = be.wanted_entries(A, esp.slots_with_kernel(), 3, "uuid", (),
+                               esp.slots_with_profiles())
+    assert "options @" not in wanted["anklume-1-live-a+3-0.conf"]
+    assert "options @3 boot=anklume" in wanted["anklume-2-slot-b.conf"]

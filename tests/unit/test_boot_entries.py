@@ -3,6 +3,8 @@ manifest keys that carry a slot's kernel."""
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 
 from anklumed.errors import InvalidArgument
@@ -150,3 +152,63 @@ def test_after_a_cut_renewal_the_fresher_counter_is_the_one_kept() -> None:
 ])
 def test_an_entry_a_person_added_is_never_ours_to_delete(name: str, ours: bool) -> None:
     assert be.is_ours(name) is ours
+
+
+# ---- the UKI's profiles: the command lines under the signature ---------------
+
+
+def test_each_entry_names_the_profile_whose_command_line_is_its_own() -> None:
+    """Under Secure Boot systemd-stub boots profile @N's .cmdline and drops the
+    entry's words: the entry's words without what only the stick knows
+    (PERSIST, the kernel's slot) must be that profile's, or the menu would
+    mean something else with Secure Boot on."""
+    desktops = ("sway", "labwc", "kde")
+    table = be.profiles(desktops)
+    for primary in SlotName:
+        entries = be.wanted_entries(primary, set(SlotName), 3, UUID, desktops)
+        assert len(entries) == 6
+        for text in entries.values():
+            options = next(line for line in text.splitlines() if line.startswith("options "))
+            at, *words = options.removeprefix("options ").split()
+            profile = table[int(at.removeprefix("@"))]
+            kept = [w for w in words if not w.startswith(("anklume.persist=", "anklume.kernel="))]
+            assert " ".join(kept) == profile.cmdline, (text, profile)
+    assert len({p.cmdline for p in table}) == len(table)  # no two alike
+
+
+def test_a_uki_without_profiles_gets_entries_without_a_profile() -> None:
+    # systemd-stub refuses an @N its UKI lacks: an old slot's UKI keeps booting.
+    entries = be.wanted_entries(SlotName.B, set(SlotName), 3, UUID,
+                                          profiled={SlotName.B})
+    for name, text in entries.items():
+        old = "linux /EFI/anklume/slot-a.efi" in text
+        assert ("options @" in text) is not old, (name, text)
+
+
+def test_the_profiles_command_lines_read_back_from_a_pe_file() -> None:
+    """A FAKE UKI (a PE header and its section table, no code) laid out as
+    ukify lays out a multi-profile one: a profile without its own .cmdline
+    takes the base one."""
+    sections = [(".linux", b"kernel"), (".cmdline", b"base words\n"), (".profile", b"ID=0"),
+                (".profile", b"ID=1"), (".cmdline", b"one\0"), (".profile", b"ID=2"),
+                (".cmdline", b"two")]
+    pe_at, table = 0x40, 0x40 + 24 + 0
+    data_at = table + 40 * len(sections)
+    head = bytearray(data_at)
+    head[:2] = b"MZ"
+    struct.pack_into("<I", head, 0x3C, pe_at)
+    head[pe_at:pe_at + 4] = b"PE\0\0"
+    struct.pack_into("<HH", head, pe_at + 4, 0x8664, len(sections))
+    struct.pack_into("<H", head, pe_at + 20, 0)  # no optional header
+    body = bytearray()
+    for i, (name, content) in enumerate(sections):
+        at = table + 40 * i
+        head[at:at + 8] = name.encode().ljust(8, b"\0")
+        struct.pack_into("<I", head, at + 8, len(content))
+        struct.pack_into("<I", head, at + 20, data_at + len(body))
+        body += content
+    uki = bytes(head + body)
+    assert be.profile_cmdlines(uki) == ["base words", "one", "two"]
+    assert be.pe_section_names(uki[:data_at])[:3] == [".linux", ".cmdline", ".profile"]
+    assert be.pe_sections(uki[:data_at - 1]) == []  # cut in its table
+    assert be.profile_cmdlines(b"not a PE file") == []

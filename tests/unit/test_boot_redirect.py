@@ -329,6 +329,13 @@ def boot(shell: str, tmp_path: Path, persist: Path, kernel: str | None,
     (tmp_path / "cmdline").write_text(words + "\n")
     env = {"ANKLUME_LIB": str(INITRAMFS), "ANKLUME_CMDLINE": str(tmp_path / "cmdline"),
            "ANKLUME_EFIVARS": str(vars_dir), "TEST_PERSIST": str(persist), "TMPDIR": str(tmp_path)}
+    result = run_harness(shell, harness, env)
+    return [line for line in result.stdout.splitlines() if not line.startswith("anklume: count")]
+
+
+def run_harness(shell: str, harness: Path, env: dict[str, str]
+                ) -> subprocess.CompletedProcess[str]:
+    """A harness of anklume-boot.sh's functions under ``shell``; it must end well."""
     program, *options = shell.split()
     path = os.environ["PATH"]
     if program == "busybox":
@@ -337,7 +344,7 @@ def boot(shell: str, tmp_path: Path, persist: Path, kernel: str | None,
                             capture_output=True, text=True, timeout=60, check=False,
                             env={"PATH": path, **env})
     assert result.returncode == 0, result.stdout + result.stderr
-    return [line for line in result.stdout.splitlines() if not line.startswith("anklume: count")]
+    return result
 
 
 def one_shot(vars_dir: Path) -> bytes | None:

@@ -37,3 +37,13 @@ def test_a_system_on_the_other_slots_kernel_is_said() -> None:
     assert crossed.kernel == SlotName.B and crossed.problems == ()  # not a damaged hand-off
     assert "runs on slot B's kernel" in (crossed.kernel_mismatch() or "")
     assert parse_handoff(env, "boot=anklume").kernel is None  # a stick without UKIs
+
+
+def test_the_kernel_found_by_the_initramfs_wins_over_the_command_line() -> None:
+    """Under Secure Boot the command line is the UKI's own and names no slot:
+    the initramfs writes the slot of the UKI systemd-stub started (KERNEL)."""
+    env = "SLOT=A\nBOOT_COUNT=1\nROLLBACK=0\nVERITY=signed\nKERNEL=B\n"
+    assert parse_handoff(env, "boot=anklume quiet").kernel == SlotName.B
+    assert parse_handoff(env, "boot=anklume anklume.kernel=A quiet").kernel == SlotName.B
+    assert parse_handoff(env.replace("KERNEL=B", "KERNEL="),
+                         "boot=anklume anklume.kernel=A").kernel == SlotName.A

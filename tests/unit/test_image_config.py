@@ -94,6 +94,7 @@ def test_every_boot_entry_names_this_sticks_persist() -> None:
     assert sorted(entries) == ["anklume-1-live-a+3-0.conf", "anklume-3-stick-a.conf",
                                "anklume-4-slot-a.conf"]
     for text in entries.values():
-        assert "options boot=anklume anklume.persist=PARTUUID=1234-abcd anklume.kernel=A" \
-            in text
+        # @N: the UKI's profile (its command line under Secure Boot)
+        assert " boot=anklume anklume.persist=PARTUUID=1234-abcd anklume.kernel=A" in text
+        assert "\noptions @" in text
         assert "linux /EFI/anklume/slot-a.efi" in text

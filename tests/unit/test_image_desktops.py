@@ -203,8 +203,9 @@ def test_the_boot_menu_has_an_entry_for_each_desktop_after_the_first() -> None:
     assert sorted(extra) == ["anklume-5-desktop-a-kde.conf", "anklume-5-desktop-a-labwc.conf"]
     for name, text in extra.items():
         desktop = name.rsplit("-", 1)[1].removesuffix(".conf")
-        assert f"options boot=anklume anklume.persist=PARTUUID={UUID} anklume.kernel=A " \
-               f"anklume.toram=1 anklume.desktop={desktop} quiet" in text
+        profile = {"labwc": 6, "kde": 7}[desktop]  # after the six of every image
+        assert f"options @{profile} boot=anklume anklume.persist=PARTUUID={UUID} "\
+               f"anklume.kernel=A anklume.toram=1 anklume.desktop={desktop} quiet" in text
         assert "linux /EFI/anklume/slot-a.efi" in text
         assert "panic=" not in text  # only a person picks it: not counted
         assert be.is_ours(name) and be.parse_default(name) is None
