@@ -15,6 +15,7 @@ runs them.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -144,9 +145,11 @@ def test_the_initramfs_callers_drop_the_overrides(tmp_path: Path, shell: str,
                                                     str(fake_boot))
     (tmp_path / "caller.sh").write_text(text + "\nanklume_boot /root\n")
     program, *options = shell.split()
-    env = {"PATH": os.environ["PATH"], "ANKLUME_KEYS": "/nowhere", "ANKLUME_LIB": "/tmp",
-           "ANKLUME_CMDLINE": "/tmp/x", "ANKLUME_RUN": "/tmp", "ANKLUME_EFIVARS": "/tmp",
-           "UNRELATED": "kept"}
+    # Every override the boot scripts read, found in them (a new one is covered too).
+    read = set(re.findall(r"ANKLUME_[A-Z][A-Z_]*", "".join(
+        p.read_text() for p in INITRAMFS.glob("*.sh"))))
+    assert "ANKLUME_KEYS" in read
+    env = {"PATH": os.environ["PATH"], "UNRELATED": "kept", **dict.fromkeys(read, "/nowhere")}
     result = subprocess.run([shutil.which(program) or program, *options,
                              str(tmp_path / "caller.sh")], capture_output=True, text=True,
                             timeout=30, check=False, env=env)
