@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -139,14 +138,10 @@ class Esp:
                 in boot_entries.pe_section_names(self._head(boot_entries.uki_path(s)))}
 
     def _head(self, path: str, size: int = 4096) -> bytes:
-        """A file's first bytes, without reading the tens of MiB after them."""
-        with subprocess.Popen(["mtype", "-i", str(self.device), f"::/{path}"],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              env={**os.environ, **MTOOLS_ENV}) as reader:
-            assert reader.stdout is not None
-            head = reader.stdout.read(size)
-            reader.kill()
-        return head
+        """A file's first bytes, without reading the tens of MiB after them
+        (``head`` closes the pipe; mtype stops there)."""
+        return run(["sh", "-c", f'mtype -i "$0" "::/$1" | head -c {size}', self.device, path],
+                   env=MTOOLS_ENV, check=False).stdout
 
     def entries(self) -> list[str]:
         return [n for n in self.listing(boot_entries.ENTRIES_DIR) if boot_entries.is_ours(n)]
