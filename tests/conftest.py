@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,16 @@ IN_GUEST = os.environ.get("ANKLUME_VM_GUEST") == "1"
 RESULTS_ENV = "ANKLUME_VM_RESULTS"
 MODES = ("plain", "systemd", "host")
 RUNS_KEY = pytest.StashKey["GuestRuns"]()
+
+
+# A shell that starts a background job without job control (`.ci/run &`, a
+# script's `cmd &`) makes it ignore SIGINT, and an ignored signal stays
+# ignored across exec: every program a test starts would then shrug off the
+# Ctrl-C the test sends it (anklumectl's, the guide's). A handler, unlike
+# SIG_IGN, is reset to the default at exec, so the tests' children get Ctrl-C
+# as at a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_report_header() -> str:
