@@ -10,6 +10,7 @@ import pytest
 from dbus_fast import Message, MessageType, Variant
 
 from anklumed.service import systemd
+from devtools.slowness import scaled
 
 
 class FakeBus:
@@ -57,6 +58,7 @@ def test_a_change_signalled_during_the_state_read_is_not_lost(
 
     async def wait() -> None:
         client = systemd.Systemd(bus)  # type: ignore[arg-type]
-        await asyncio.wait_for(client.when_active("boot-complete.target", action), 10)
+        await asyncio.wait_for(client.when_active("boot-complete.target", action),
+                               scaled(10))
     asyncio.run(wait())
     assert ran == ["action"] and bus.reads == 2

@@ -4,6 +4,7 @@ FAKE daemon: the order of its reads against the change signals."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from anklume_desktop.daemon import Daemon, JobState, parse_data_disk, parse_status
 from anklume_desktop.tray import applet
 from anklume_desktop.tray.notices import Memory, Notice
+from devtools.slowness import scaled
 
 RUNNING = dataclasses.replace(
     parse_status({"BootState": "good", "BootedSlot": "A", "FallbackSlot": "B"}),
@@ -55,9 +57,11 @@ class FakeDaemon:
 class Sent:
     def __init__(self) -> None:
         self.notices: list[Notice] = []
+        self.some = asyncio.Event()
 
     async def send(self, notice: Notice) -> bool:
         self.notices.append(notice)
+        self.some.set()
         return True
 
 
@@ -73,10 +77,8 @@ async def run_until_announced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     tray.notifier = sent  # type: ignore[assignment]
     tray.item.show = lambda view: None  # type: ignore[method-assign]
     loop = asyncio.create_task(tray.follow_daemon())
-    for _ in range(200):
-        if sent.notices:
-            break
-        await asyncio.sleep(0.01)
+    with contextlib.suppress(TimeoutError):  # in-process: milliseconds on a quiet machine
+        await asyncio.wait_for(sent.some.wait(), scaled(10))
     loop.cancel()
     await asyncio.gather(loop, return_exceptions=True)
     return [n.summary for n in sent.notices]
