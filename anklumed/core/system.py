@@ -161,6 +161,7 @@ class LiveSystem:
         self._data_refresh: asyncio.Task[None] | None = None
         self._media_look: asyncio.Task[None] | None = None
         self._media_dirty = False  # a block event came since the last look began
+        self._disks_dirty = False  # a block event came since the last rescan began
         self._persist_stale = False  # the stick was seen gone since PERSIST was read
 
     def subscribe(self, observer: Observer) -> None:
@@ -260,6 +261,10 @@ class LiveSystem:
     # ---- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
         """Find the stick, read PERSIST and pool.conf: what the first snapshot shows."""
+        # Watch before looking: a stick pulled between the first look and the
+        # watch's start would stay "present" until the next event. The events
+        # wait in the socket until run_background reads them.
+        await self._open_block_monitor()
         await self._find_stick()
         self.slots.listeners.append(self._on_slots_changed)
         await self.slots.start()
@@ -268,7 +273,8 @@ class LiveSystem:
     def run_background(self, init: InitSystem) -> None:
         """Once the snapshots are shown: watch the disks, probe them, keep the
         boot deadline and (``follow_systemd``) mark the boot good when it completes."""
-        self._spawn(self._watch_media())
+        if self._udev_monitor is not None:
+            asyncio.get_running_loop().add_reader(self._udev_monitor.fileno(), self._on_uevent)
         self._spawn(self._first_disk_scan())
         self._spawn(self._boot_deadline(init))
         if self.config.follow_systemd:
@@ -506,15 +512,12 @@ class LiveSystem:
             log.error("could not mark the boot good: %s", e)
 
     # ---- block devices come and go ---------------------------------------------
-    async def _watch_media(self) -> None:
+    async def _open_block_monitor(self) -> None:
         """Notice the stick being pulled or plugged (udev, or kernel uevents without it)."""
         try:
-            monitor = await asyncio.to_thread(_block_monitor)
+            self._udev_monitor = await asyncio.to_thread(_block_monitor)
         except (OSError, ValueError) as e:
             log.warning("cannot watch block devices (%s): media status will not update", e)
-            return
-        self._udev_monitor = monitor
-        asyncio.get_running_loop().add_reader(monitor.fileno(), self._on_uevent)
 
     def _on_uevent(self) -> None:
         assert self._udev_monitor is not None
@@ -529,7 +532,9 @@ class LiveSystem:
         self._media_dirty = True
         if self._media_look is None or self._media_look.done():
             self._media_look = asyncio.get_running_loop().create_task(self._media_changed())
-        # A disk plugged or pulled: look again, once for a burst of events.
+        # A disk plugged or pulled: look again, once for a burst of events,
+        # and once more if events come while that look runs.
+        self._disks_dirty = True
         if self._data_refresh is None or self._data_refresh.done():
             self._data_refresh = asyncio.get_running_loop().create_task(self._refresh_soon())
 
@@ -544,12 +549,17 @@ class LiveSystem:
             await self.refresh_data(disks=False)
 
     async def _refresh_soon(self) -> None:
-        await asyncio.sleep(0.5)
-        try:
-            await self._recheck_stick()
-            await self.refresh_data()
-        except Exception:
-            log.exception("cannot look at the disks again")
+        """Rescan until no event came during the last rescan: a stick plugged
+        back while the rescan that found it gone was still listing the disks
+        must not be left unseen until some other disk moves."""
+        while self._disks_dirty:
+            await asyncio.sleep(0.5)
+            self._disks_dirty = False
+            try:
+                await self._recheck_stick()
+                await self.refresh_data()
+            except Exception:
+                log.exception("cannot look at the disks again")
 
     async def _recheck_stick(self) -> None:
         """Find the stick again if its node went away, and read PERSIST again

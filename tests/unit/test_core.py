@@ -358,6 +358,52 @@ def test_a_burst_of_block_events_looks_at_the_stick_at_most_twice(
     assert 1 <= len(looks) <= 2
 
 
+def test_an_event_during_a_rescan_brings_one_more_rescan(
+        core: LiveSystem, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The stick plugged back while the rescan that found it gone was still
+    # listing the disks (seen in the service tier: the stick stayed unfound).
+    rescans: list[int] = []
+
+    async def rescan() -> None:
+        rescans.append(len(rescans))
+        if len(rescans) == 1:
+            core._udev_monitor = FakeMonitor()
+            core._on_uevent()
+
+    async def scenario() -> None:
+        await core.start()
+        monkeypatch.setattr(core, "_recheck_stick", rescan)
+        core._udev_monitor = FakeMonitor()
+        core._on_uevent()
+        assert core._data_refresh is not None
+        await core._data_refresh
+        core._udev_monitor = None
+        await core.stop()
+
+    asyncio.run(scenario())
+    assert rescans == [0, 1]
+
+
+def test_the_disks_are_watched_before_the_stick_is_first_looked_at(
+        core: LiveSystem, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A stick pulled between the first look and the watch's start would stay
+    # "present": the watch opens first, and its events wait in the socket.
+    order: list[str] = []
+    locate = core._locate
+
+    def watch() -> None:
+        order.append("watch")
+
+    def look() -> object:
+        order.append("look")
+        return locate()
+
+    monkeypatch.setattr(system, "_block_monitor", watch)
+    monkeypatch.setattr(core, "_locate", look)
+    asyncio.run(core.start())
+    assert order == ["watch", "look"]
+
+
 def test_a_refused_slot_change_looks_at_the_stick_before_the_caller_hears_back(
         core: LiveSystem, persist: Path) -> None:
     (persist / "slots" / "B.meta").write_text("STATUS=empty\n")
