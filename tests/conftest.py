@@ -32,6 +32,7 @@ IN_GUEST = os.environ.get("ANKLUME_VM_GUEST") == "1"
 RESULTS_ENV = "ANKLUME_VM_RESULTS"
 MODES = ("plain", "systemd", "host")
 RUNS_KEY = pytest.StashKey["GuestRuns"]()
+VM_PARTS = {"host": ("host",), "guests": ("plain", "systemd")}
 
 
 # A shell that starts a background job without job control (`.ci/run &`, a
@@ -54,6 +55,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="run tests marked vm in QEMU guests (real kernel, systemd)")
     group.addoption("--vm-timeout", type=float, default=900.0,
                     help="seconds one guest may run (default 900)")
+    group.addoption("--vm-part", choices=tuple(VM_PARTS), default=None,
+                    help="with --vm, only the tests that boot QEMU from here (host: one "
+                         "vCPU each) or only those run in the two guests (guests): .ci/run "
+                         "runs both parts side by side")
     group.addoption("--image", action="store_true",
                     help="run the image tier (tests/image: builds the stick image; minutes)")
     group.addoption("--desktop", action="store_true",
@@ -95,6 +100,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     if os.geteuid() != 0:
         raise pytest.UsageError("--vm needs root (it builds loop-backed stick images)")
+    _keep_vm_part(config, items)
     runs = GuestRuns(config)
     config.stash[RUNS_KEY] = runs
     for index, item in enumerate(items):
@@ -104,6 +110,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             items[index] = GuestTest.from_parent(item.parent, name=item.name, mode=mode,
                                                  runs=runs, markers=list(item.iter_markers()))
             runs.nodeids.setdefault(mode, []).append(item.nodeid)
+
+
+def _keep_vm_part(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """--vm-part: the other part's VM tests are deselected (not skipped: the
+    other half of the tier runs them), tests of other tiers stay as they are."""
+    part = config.getoption("--vm-part")
+    if part is None:
+        return
+    modes = VM_PARTS[part]
+    other = [item for item in items if vm_mode(item) not in (None, *modes)]
+    if other:
+        config.hook.pytest_deselected(items=other)
+        items[:] = [item for item in items if item not in other]
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
