@@ -162,6 +162,8 @@ class LiveSystem:
         self._media_look: asyncio.Task[None] | None = None
         self._media_dirty = False  # a block event came since the last look began
         self._disks_dirty = False  # a block event came since the last rescan began
+        self._probes_started = 0  # disk probes begun, and the newest one shown
+        self._probe_shown = 0
         self._persist_stale = False  # the stick was seen gone since PERSIST was read
 
     def subscribe(self, observer: Observer) -> None:
@@ -378,9 +380,16 @@ class LiveSystem:
         PERSIST), and (``disks``) at every disk that could hold the data."""
         self.data.snapshot = await asyncio.to_thread(self.data.read, reload)
         if disks:  # probing every disk takes a while: not before the name is taken
-            self.data_candidates, self.data_adoptable = await asyncio.to_thread(
-                self._probe_disks)
-            self.disks_probed = True
+            # Probes may overlap (the first scan, a hot-plug, Refresh, a data
+            # job's end): one started earlier may end later, and must not
+            # replace what a newer one saw (a disk plugged in between).
+            self._probes_started += 1
+            probe = self._probes_started
+            found = await asyncio.to_thread(self._probe_disks)
+            if probe > self._probe_shown:
+                self._probe_shown = probe
+                self.data_candidates, self.data_adoptable = found
+                self.disks_probed = True
         self._changed()
 
     def _probe_disks(self) -> tuple[tuple[CandidateDisk, ...], tuple[Adoptable, ...]]:
@@ -454,7 +463,7 @@ class LiveSystem:
             observer.job_finished(snap)
         self._changed()
         if job.kind == JobKind.UPDATE:  # the stick may have come and gone meanwhile
-            self._spawn(self._refresh_soon())
+            self._rescan_soon()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -532,11 +541,7 @@ class LiveSystem:
         self._media_dirty = True
         if self._media_look is None or self._media_look.done():
             self._media_look = asyncio.get_running_loop().create_task(self._media_changed())
-        # A disk plugged or pulled: look again, once for a burst of events,
-        # and once more if events come while that look runs.
-        self._disks_dirty = True
-        if self._data_refresh is None or self._data_refresh.done():
-            self._data_refresh = asyncio.get_running_loop().create_task(self._refresh_soon())
+        self._rescan_soon()  # a disk plugged or pulled
 
     async def _media_changed(self) -> None:
         while self._media_dirty:
@@ -547,6 +552,13 @@ class LiveSystem:
     async def _hold_data_if_pulled(self) -> None:
         if await asyncio.to_thread(self.data.hold_if_pulled):
             await self.refresh_data(disks=False)
+
+    def _rescan_soon(self) -> None:
+        """Look at the stick and the disks again in 0.5 s: once for a burst of
+        reasons, and once more if a reason comes while that look runs."""
+        self._disks_dirty = True
+        if self._data_refresh is None or self._data_refresh.done():
+            self._data_refresh = asyncio.get_running_loop().create_task(self._refresh_soon())
 
     async def _refresh_soon(self) -> None:
         """Rescan until no event came during the last rescan: a stick plugged

@@ -14,6 +14,8 @@ import contextlib
 import io
 import os
 import subprocess
+import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,10 +25,10 @@ import pytest
 from anklumed import command
 from anklumed.config import Config
 from anklumed.core import system
-from anklumed.core.snapshots import JobSnapshot, Tristate
+from anklumed.core.snapshots import CandidateDisk, JobSnapshot, Tristate
 from anklumed.core.system import LiveSystem
 from anklumed.data.disks import Disk
-from anklumed.data.manager import DataState
+from anklumed.data.manager import Adoptable, DataState
 from anklumed.data.poolconf import LABEL_PREFIX
 from anklumed.errors import InvalidArgument
 from anklumed.handoff import parse_handoff
@@ -37,6 +39,7 @@ from anklumed.service.data_objects import data_disk_properties
 from anklumed.service.objects import job_properties, manager_properties, slot_properties
 from anklumed.slots.assessment import BootState
 from anklumed.stick import PERSIST_LABEL, BootStick, Partition, SlotName
+from devtools.slowness import scaled
 from tests.unit.test_persist_hostile import GOOD_META
 from tests.unit.test_persist_hostile import persist as persist_with_slot_a
 
@@ -382,6 +385,58 @@ def test_an_event_during_a_rescan_brings_one_more_rescan(
 
     asyncio.run(scenario())
     assert rescans == [0, 1]
+
+
+def test_the_end_of_an_update_looks_at_the_stick_again(
+        core: LiveSystem, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Block events during an update skip the stick (the update holds the
+    # slots): its end must look again, whether events came or not.
+    looked = False
+
+    async def scenario() -> None:
+        nonlocal looked
+        await core.start()
+        seen = asyncio.Event()
+
+        async def recheck() -> None:
+            seen.set()
+
+        monkeypatch.setattr(core, "_recheck_stick", recheck)
+        core._start_job(JobKind.UPDATE, "slots", lambda job: asyncio.sleep(0, "done"))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(seen.wait(), scaled(5))
+        looked = seen.is_set()
+        await core.stop()
+
+    asyncio.run(scenario())
+    assert looked
+
+
+def test_an_older_disk_probe_ending_last_does_not_hide_a_newer_ones_disk(
+        core: LiveSystem, monkeypatch: pytest.MonkeyPatch) -> None:
+    plugged = threading.Event()
+    new_disk = CandidateDisk(name="sdz", device=Path("/dev/sdz"), model="FAKE", size=8 << 30,
+                             bus="usb", serial="FAKE", contents=(), refused="",
+                             refused_code=None, by_id="")
+
+    def probe() -> tuple[tuple[CandidateDisk, ...], tuple[Adoptable, ...]]:
+        if not plugged.is_set():  # began before the plug; slow (blkid on a busy disk)
+            plugged.wait(scaled(5))
+            time.sleep(0.3)
+            return (), ()
+        return (new_disk,), ()
+
+    async def scenario() -> None:
+        await core.start()
+        monkeypatch.setattr(core, "_probe_disks", probe)
+        older = asyncio.create_task(core.refresh_data())
+        await asyncio.sleep(0.05)
+        plugged.set()
+        await core.refresh_data()
+        await older
+
+    asyncio.run(scenario())
+    assert core.data_candidates == (new_disk,)
 
 
 def test_the_disks_are_watched_before_the_stick_is_first_looked_at(
