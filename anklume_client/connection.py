@@ -140,10 +140,29 @@ class Connection:
         owner = await self.owner()
         rule = (f"type='signal',sender='{BUS_NAME}',path='{path}',interface='{iface}',"
                 f"member='{member}'")
+        return await self._match(rule, lambda msg: (
+            msg.sender == owner and msg.path == path and msg.interface == iface
+            and msg.member == member), handler)
 
+    async def watch_gone(self, on_gone: Callable[[], None]) -> Callable[[], None]:
+        """Call ``on_gone`` when anklumed's connection ends (its unique name
+        loses its owner: the daemon stopped or died), and returns what undoes
+        it. A follower waits for signals, no call of it is pending: without
+        this it would wait for ever for a daemon that is gone. Added before
+        this returns: a call made after it fails, or the end is heard."""
+        owner = await self.owner()
+        rule = (f"type='signal',sender='{DBUS_NAME}',interface='{DBUS_IFACE}',"
+                f"member='NameOwnerChanged',arg0='{owner}'")
+        return await self._match(rule, lambda msg: (
+            msg.sender == DBUS_NAME and msg.member == "NameOwnerChanged"
+            and msg.body[:1] == [owner] and msg.body[2:] == [""]), lambda _msg: on_gone())
+
+    async def _match(self, rule: str, wanted: Callable[[Message], bool],
+                     handler: SignalHandler) -> Callable[[], None]:
+        """``handler`` with each signal ``wanted`` accepts, once the bus sends
+        what ``rule`` matches; returns what undoes it."""
         def on_message(msg: Message) -> None:
-            if (msg.message_type == MessageType.SIGNAL and msg.sender == owner
-                    and msg.path == path and msg.interface == iface and msg.member == member):
+            if msg.message_type == MessageType.SIGNAL and wanted(msg):
                 handler(msg)
 
         self.bus.add_message_handler(on_message)
