@@ -50,7 +50,6 @@ class Connection:
     def __init__(self, bus: MessageBus, interactive: bool) -> None:
         self.bus = bus
         self.interactive = interactive
-        self._owner: str | None = None
         # The daemon's serial of the last reply: signals sent after it have higher ones.
         self.last_serial = 0
 
@@ -126,11 +125,12 @@ class Connection:
 
     # ---- signals -------------------------------------------------------------
     async def owner(self) -> str:
-        """The unique name that owns org.anklume.Live1: signals come from it."""
-        if self._owner is None:
-            (self._owner,) = await self.call(DBUS_PATH, DBUS_IFACE, "GetNameOwner", "s",
-                                             [BUS_NAME], destination=DBUS_NAME)
-        return self._owner
+        """The unique name that owns org.anklume.Live1 now: signals come from
+        it. Asked each time, never kept: a connection outlives a restart of
+        anklumed (the tray's does), and the old name sends nothing more."""
+        (owner,) = await self.call(DBUS_PATH, DBUS_IFACE, "GetNameOwner", "s", [BUS_NAME],
+                                   destination=DBUS_NAME)
+        return str(owner)
 
     async def subscribe(self, path: str, iface: str, member: str,
                         handler: SignalHandler) -> Callable[[], None]:
