@@ -50,7 +50,6 @@ class Connection:
     def __init__(self, bus: MessageBus, interactive: bool) -> None:
         self.bus = bus
         self.interactive = interactive
-        self._owner: str | None = None
         # The daemon's serial of the last reply: signals sent after it have higher ones.
         self.last_serial = 0
 
@@ -126,11 +125,12 @@ class Connection:
 
     # ---- signals -------------------------------------------------------------
     async def owner(self) -> str:
-        """The unique name that owns org.anklume.Live1: signals come from it."""
-        if self._owner is None:
-            (self._owner,) = await self.call(DBUS_PATH, DBUS_IFACE, "GetNameOwner", "s",
-                                             [BUS_NAME], destination=DBUS_NAME)
-        return self._owner
+        """The unique name that owns org.anklume.Live1 now: signals come from
+        it. Asked each time, never kept: a connection outlives a restart of
+        anklumed (the tray's does), and the old name sends nothing more."""
+        (owner,) = await self.call(DBUS_PATH, DBUS_IFACE, "GetNameOwner", "s", [BUS_NAME],
+                                   destination=DBUS_NAME)
+        return str(owner)
 
     async def subscribe(self, path: str, iface: str, member: str,
                         handler: SignalHandler) -> Callable[[], None]:
@@ -140,10 +140,29 @@ class Connection:
         owner = await self.owner()
         rule = (f"type='signal',sender='{BUS_NAME}',path='{path}',interface='{iface}',"
                 f"member='{member}'")
+        return await self._match(rule, lambda msg: (
+            msg.sender == owner and msg.path == path and msg.interface == iface
+            and msg.member == member), handler)
 
+    async def watch_gone(self, on_gone: Callable[[], None]) -> Callable[[], None]:
+        """Call ``on_gone`` when anklumed's connection ends (its unique name
+        loses its owner: the daemon stopped or died), and returns what undoes
+        it. A follower waits for signals, no call of it is pending: without
+        this it would wait for ever for a daemon that is gone. Added before
+        this returns: a call made after it fails, or the end is heard."""
+        owner = await self.owner()
+        rule = (f"type='signal',sender='{DBUS_NAME}',interface='{DBUS_IFACE}',"
+                f"member='NameOwnerChanged',arg0='{owner}'")
+        return await self._match(rule, lambda msg: (
+            msg.sender == DBUS_NAME and msg.member == "NameOwnerChanged"
+            and msg.body[:1] == [owner] and msg.body[2:] == [""]), lambda _msg: on_gone())
+
+    async def _match(self, rule: str, wanted: Callable[[Message], bool],
+                     handler: SignalHandler) -> Callable[[], None]:
+        """``handler`` with each signal ``wanted`` accepts, once the bus sends
+        what ``rule`` matches; returns what undoes it."""
         def on_message(msg: Message) -> None:
-            if (msg.message_type == MessageType.SIGNAL and msg.sender == owner
-                    and msg.path == path and msg.interface == iface and msg.member == member):
+            if msg.message_type == MessageType.SIGNAL and wanted(msg):
                 handler(msg)
 
         self.bus.add_message_handler(on_message)

@@ -175,7 +175,8 @@ class Job(Proxy):
                      ) -> JobStatus:
         """Wait for the job to end, by its signals (PropertiesChanged for the
         progress, Finished for the end), never by polling; its final status.
-        A bus that goes away meanwhile is a ClientError (Disconnected)."""
+        A bus or a daemon that goes away meanwhile is a ClientError
+        (Disconnected)."""
         from anklume_client.connection import lost
 
         done: asyncio.Future[JobStatus] = asyncio.get_running_loop().create_future()
@@ -187,25 +188,27 @@ class Job(Proxy):
             if status.finished and not done.done():
                 done.set_result(status)
 
-        undo_finished = await self.conn.subscribe(
-            self.path, JOB.name, "Finished",
-            lambda msg: None if done.done() else done.set_result(self._ended(msg.body)))
+        died: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        undo_died = await self.conn.watch_gone(
+            lambda: None if died.done() else died.set_result(None))
+        undos = [undo_died]
         try:
-            undo = await self.subscribe(changed)
-        except BaseException:
-            undo_finished()
-            raise
-        gone: asyncio.Future[None] = asyncio.ensure_future(self.conn.disconnected())
-        try:
-            waited: list[asyncio.Future[Any]] = [done, gone]
-            await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
+            undos.append(await self.conn.subscribe(
+                self.path, JOB.name, "Finished",
+                lambda msg: None if done.done() else done.set_result(self._ended(msg.body))))
+            undos.append(await self.subscribe(changed))
+            gone: asyncio.Future[None] = asyncio.ensure_future(self.conn.disconnected())
+            try:
+                waited: list[asyncio.Future[Any]] = [done, gone, died]
+                await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                gone.cancel()
             if not done.done():
                 raise lost()
             return done.result()
         finally:
-            gone.cancel()
-            undo()
-            undo_finished()
+            for undo in reversed(undos):
+                undo()
 
     def _ended(self, body: list[Any]) -> JobStatus:
         """The status a Finished signal says (state, full error name, message)."""

@@ -14,7 +14,7 @@ from textual.widgets import Button, DataTable, Footer, Header, Input, Static
 
 from anklume_desktop import words
 from anklume_desktop.daemon import DaemonError, DataDisk, DataState, JobState, Progress
-from anklume_desktop.guide.common import daemon_of
+from anklume_desktop.guide.common import daemon_of, probed_data
 
 
 class MountScreen(Screen[None]):
@@ -42,7 +42,7 @@ class MountScreen(Screen[None]):
 
     async def load(self) -> None:
         try:
-            self.data = data = await (await daemon_of(self)).data_disk()
+            self.data = data = await probed_data(await daemon_of(self))
         except DaemonError as e:
             self.say(words.explain_error(e), error=True)
             return

@@ -8,7 +8,6 @@ to do. The passphrase leaves the inputs as soon as the job is asked for.
 
 from __future__ import annotations
 
-import asyncio
 from typing import ClassVar
 
 from textual.app import ComposeResult
@@ -21,11 +20,8 @@ from textual.widgets import Button, DataTable, Footer, Header, Input, ProgressBa
 from anklume_desktop import words
 from anklume_desktop.daemon import Backend, DaemonError, DataState, Disk, Encryption, JobState
 from anklume_desktop.daemon import Progress as JobProgress
-from anklume_desktop.guide.common import daemon_of
+from anklume_desktop.guide.common import daemon_of, probed_data
 from anklume_desktop.guide.passphrase import MESSAGES, Verdict, judge
-
-PROBE_WAIT = 0.5  # the daemon's first disk probe after start is quick
-PROBE_TRIES = 40
 
 
 def _short(text: str, width: int = 40) -> str:
@@ -72,13 +68,7 @@ class SetupScreen(Screen[None]):
 
     async def load(self) -> None:
         try:
-            daemon = await daemon_of(self)
-            data = await daemon.data_disk()
-            for _ in range(PROBE_TRIES):
-                if data.probed:
-                    break
-                await asyncio.sleep(PROBE_WAIT)
-                data = await daemon.data_disk()
+            data = await probed_data(await daemon_of(self))
         except DaemonError as e:
             self.say(words.explain_error(e), error=True)
             return

@@ -105,7 +105,9 @@ class Applet:
             except DaemonError as e:  # the daemon went: follow_daemon sees it too
                 log.info("update %s: %s", job, e.message)
             if self.following == job:
-                self.progress = None
+                # Followed no more: a restarted anklumed numbers its jobs from
+                # 1 again, and its update under this path must be followed too.
+                self.progress, self.following = None, ""
         self.spawn(follow())
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:

@@ -491,6 +491,8 @@ class LiveSystem:
         if self.marked_good.is_set():
             return
         why = await self._why_not_complete(init)
+        if self.marked_good.is_set():  # marked good while systemd was asked why
+            return
         log.error("boot did not complete within %d s (%s)", self.config.boot_deadline, why)
         if self.config.deadline_action is DeadlineAction.REBOOT:
             log.error("rebooting: this boot counts as a failed attempt of slot %s",

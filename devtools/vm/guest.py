@@ -386,11 +386,15 @@ class QMP:
 
     def wait_event(self, name: str, match: Any, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + scaled(timeout)
-        while time.monotonic() < deadline:
+        while True:
             for event in self._events:
                 if event["event"] == name and match(event.get("data", {})):
                     self._events.remove(event)
                     return
+            # After the look, not before: the read blocks, and the event it
+            # brings as the deadline passes is the one awaited.
+            if time.monotonic() >= deadline:
+                break
             self._events.append(self._read())
         raise RuntimeError(f"QEMU sent no {name} within {timeout:.0f} s")
 

@@ -4,8 +4,10 @@ A few lines of dbus-fast answering GetAll and GetManagedObjects with the
 revision-1 interface (the members of dbus/org.anklume.Live1.xml that
 revision 2 did not add), minus the properties named by ``--lack``; every
 other method call is taken and never answered, so a test can break the bus
-or the daemon during a call. It prints ``ready`` once it owns the name, and
-``call NAME`` when a call arrives.
+or the daemon during a call. Job 1 is an update that runs and never ends,
+so a test can break them while it is followed. It prints ``ready`` once it
+owns the name, ``call NAME`` when a call arrives, and ``job read`` when
+job 1's properties were read.
 
 python -m tests.service.older_daemon ADDRESS [--lack Property ...]
 """
@@ -20,7 +22,7 @@ from typing import Any
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from anklume_client.interface import BUS_NAME, DATA_DISK, DATA_PATH, MANAGER, ROOT_PATH, SLOT
+from anklume_client.interface import BUS_NAME, DATA_DISK, DATA_PATH, JOB, MANAGER, ROOT_PATH, SLOT
 from anklume_client.interface import Interface as Known
 from anklume_client.properties import empty
 
@@ -36,7 +38,9 @@ VALUES: dict[str, dict[str, Any]] = {
     DATA_DISK.name: {"State": "absent", "DisksProbed": True,
                      "Candidates": [["sdz", "/dev/sdz", "Old Disk", 64 << 30, "usb", "S1",
                                      "gpt partition table", "sdz1 is mounted"]]},
+    JOB.name: {"Kind": "update", "State": "running", "Phase": "writing", "Cancellable": True},
 }
+JOB_1 = f"{ROOT_PATH}/job/1"
 
 
 def revision_1(iface: Known, lack: set[str]) -> dict[str, Variant]:
@@ -48,9 +52,15 @@ def revision_1(iface: Known, lack: set[str]) -> dict[str, Variant]:
     return props
 
 
-def answer(msg: Message, lack: set[str]) -> Message | bool:
+def answer(msg: Message, lack: set[str], bus: MessageBus) -> Message | bool:
     if msg.message_type != MessageType.METHOD_CALL:
         return False
+    if msg.member == "GetAll" and msg.path == JOB_1 and msg.body[0] == JOB.name:
+        # Said once the reply is on the bus: killed after that, the daemon
+        # leaves a caller that has its answer and follows the job.
+        sent = bus.send(Message.new_method_return(msg, "a{sv}", [revision_1(JOB, lack)]))
+        sent.add_done_callback(lambda _: print("job read", flush=True))
+        return True
     if msg.member == "GetAll":
         iface = {MANAGER.name: MANAGER, DATA_DISK.name: DATA_DISK}.get(msg.body[0])
         if iface is None or msg.path not in (ROOT_PATH, DATA_PATH):
@@ -66,7 +76,7 @@ def answer(msg: Message, lack: set[str]) -> Message | bool:
 
 async def serve(address: str, lack: set[str]) -> None:
     bus = await MessageBus(bus_address=address).connect()
-    bus.add_message_handler(lambda msg: answer(msg, lack))
+    bus.add_message_handler(lambda msg: answer(msg, lack, bus))
     await bus.request_name(BUS_NAME)
     print("ready", flush=True)
     await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]

@@ -12,6 +12,7 @@ from anklume_client.models import JobState
 from anklume_client.properties import Properties
 from anklume_client.proxies import DataDisk, Manager
 from devtools.bundle_server import Faults, serving
+from devtools.slowness import scaled
 from tests.service.conftest import Sim
 from tests.service.test_update import make_bundle
 from tests.service.test_update_http import IMAGE_FILLER, fast_downloads
@@ -96,3 +97,25 @@ async def test_a_subscription_hears_each_change(sim: Sim) -> None:
     finally:
         await conn.close()
     assert states[0] == "pending" and states[-1] == "good"
+
+
+async def test_a_subscription_made_after_anklumed_restarted_hears_the_new_one(sim: Sim) -> None:
+    # The tray keeps its connection across a quick restart of anklumed: what
+    # it follows afterwards (an update's progress and end) must be heard from
+    # the new daemon, not awaited from the old one's name.
+    conn = await Connection.connect(sim.bus.address)
+    good = asyncio.Event()
+
+    def on_change(props: Properties) -> None:
+        if props["BootState"] == "good":
+            good.set()
+
+    try:
+        (await Manager(conn).subscribe(lambda _props: None))()  # the daemon as it was
+        await asyncio.to_thread(sim.restart_daemon)
+        undo = await Manager(conn).subscribe(on_change)
+        await Manager(conn).mark_good()  # root: polkit is not asked
+        await asyncio.wait_for(good.wait(), scaled(10))
+        undo()
+    finally:
+        await conn.close()

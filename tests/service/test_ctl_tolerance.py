@@ -14,6 +14,7 @@ import pytest
 
 from anklumectl.main import EXIT_CODES
 from devtools.privatebus import PrivateBus
+from devtools.slowness import scaled
 
 REPO = Path(__file__).resolve().parents[2]
 WIDE = {**os.environ, "COLUMNS": "200"}  # rich's tables, unwrapped
@@ -99,7 +100,7 @@ def test_the_bus_going_away_during_a_call(older: Older) -> None:
     assert older.bus.proc is not None
     older.bus.proc.kill()  # the system bus dies under the waiting call
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == EXIT_CODES["Disconnected"] == 14
+    assert proc.returncode == EXIT_CODES["Disconnected"] == 14, stderr
     assert one_sentence(stderr), stderr
     assert "connection to anklumed was lost during the call" in stderr
 
@@ -113,3 +114,23 @@ def test_the_daemon_going_away_during_a_call(older: Older) -> None:
     assert proc.returncode == EXIT_CODES["Unreachable"] == 7
     assert one_sentence(stderr), stderr
     assert "anklumed is not running or not reachable" in stderr
+
+
+def test_the_daemon_going_away_while_a_job_is_followed(older: Older) -> None:
+    # No call is pending while a job is followed: only its signals are
+    # awaited, and a daemon that died sends none. The follower must hear the
+    # daemon go, not wait for ever.
+    older.start()
+    proc = subprocess.Popen([sys.executable, "-m", "anklumectl", "--bus", older.bus.address,
+                             "wait", "1"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert older.daemon is not None and older.daemon.stdout is not None
+    assert older.daemon.stdout.readline() == "job read\n"  # following it
+    older.daemon.kill()
+    try:
+        _, stderr = proc.communicate(timeout=scaled(30))
+    finally:
+        proc.kill()
+    assert proc.returncode == EXIT_CODES["Disconnected"] == 14, stderr
+    assert one_sentence(stderr), stderr
+    assert "connection to anklumed was lost" in stderr

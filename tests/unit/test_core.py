@@ -203,6 +203,27 @@ def test_a_boot_that_never_completes_is_rebooted(core: LiveSystem,
     assert init.rebooted == 1 and core.manager().boot_deadline == 0
 
 
+def test_a_boot_marked_good_while_systemd_is_asked_why_is_not_rebooted(
+        core: LiveSystem, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The deadline passed, and the boot completed while anklumed asked systemd
+    # which units were still starting: the reboot must not follow.
+    monkeypatch.setattr(system, "uptime", lambda: 10_000.0)  # the deadline passed long ago
+    init = FakeInit()
+
+    async def completed_meanwhile() -> list[str]:
+        await core.mark_good()
+        return []
+
+    monkeypatch.setattr(init, "waiting_jobs", completed_meanwhile)
+
+    async def scenario() -> None:
+        await core.start()
+        await core._boot_deadline(init)
+
+    asyncio.run(scenario())
+    assert core.marked_good.is_set() and init.rebooted == 0
+
+
 class Blocked(Exception):
     """Raised by anything that would run a program or touch a file."""
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from textual.widgets import Button, DataTable, Static
 
-from anklume_desktop.daemon import DataState
-from anklume_desktop.guide import first_login, keybindings, tour
+from anklume_desktop.daemon import AdoptableDisk, DataDisk, DataState
+from anklume_desktop.guide import common, first_login, keybindings, tour
 from anklume_desktop.guide.app import GuideApp, WelcomeScreen
 from anklume_desktop.guide.mount import MountScreen
 from anklume_desktop.guide.passphrase import Verdict, judge
@@ -65,6 +65,43 @@ async def test_the_four_choices_open_their_screens(app: GuideApp) -> None:
         await pilot.press("escape")
         await pilot.click("#mount")
         assert type(app.screen).__name__ == "MountScreen"
+
+
+class UnprobedDaemon:
+    """FAKE anklumed just started: its first two answers (the welcome
+    screen's, the mount screen's) come before its first look at the disks
+    (no disk known yet), the next ones after it."""
+
+    def __init__(self) -> None:
+        self.answers = 0
+
+    async def data_disk(self) -> DataDisk:
+        self.answers += 1
+        probed = self.answers > 2
+        found = (AdoptableDisk("/dev/sdb", "vault", "1234"),) if probed else ()
+        return DataDisk(state=DataState.ABSENT, pool="", encrypted=False, device="",
+                        message="", pulled=False, attempts_left=0, probed=probed,
+                        candidates=(), adoptable=found)
+
+
+async def test_mount_waits_for_the_first_look_at_the_disks(
+        app: GuideApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The guide opens at the first login, maybe before anklumed looked at the
+    # disks: its empty list then is "not looked yet", not "none to adopt".
+    fake = UnprobedDaemon()
+
+    async def daemon() -> UnprobedDaemon:
+        return fake
+
+    monkeypatch.setattr(app, "daemon", daemon)
+    monkeypatch.setattr(common, "PROBE_WAIT", 0.01)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("2")
+        await pilot.pause()
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert isinstance(app.screen, MountScreen)
+        assert "set up from another anklume stick" in text(app, "#what")
 
 
 async def test_the_setup_screen_says_why_it_cannot_list_disks(app: GuideApp) -> None:

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -81,3 +82,31 @@ def test_a_one_shot_entry_is_written_to_the_machines_variable_store(tmp_path: Pa
     one_shot = variables["LoaderEntryOneShot"]
     assert (one_shot["guid"], one_shot["attr"]) == (LOADER_GUID, 7), one_shot
     assert bytes.fromhex(one_shot["data"]) == "anklume-3-stick-a.conf\0".encode("utf-16-le")
+
+
+class SlowQmpFile:
+    """FAKE QMP socket file: its one event comes after the wait's deadline
+    (QEMU under TCG, the guest slow to let the device go)."""
+
+    def __init__(self, clock: list[float], event: dict[str, object]) -> None:
+        self.clock, self.lines = clock, [json.dumps(event).encode() + b"\n"]
+
+    def readline(self) -> bytes:
+        self.clock[0] += 60.0  # the read blocked well past the deadline
+        return self.lines.pop(0) if self.lines else b""
+
+
+def test_an_event_read_as_the_deadline_passes_is_not_lost(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The stick's DEVICE_DELETED came while wait_event was blocked reading:
+    # it was kept but never looked at, and the pull reported as not done.
+    from devtools.vm import guest
+
+    clock = [0.0]
+    monkeypatch.setattr(guest, "time", SimpleNamespace(monotonic=lambda: clock[0]))  # FAKE clock
+    qmp = guest.QMP.__new__(guest.QMP)
+    qmp._events = []
+    event: dict[str, object] = {"event": "DEVICE_DELETED", "data": {"device": STICK_DEVICE}}
+    qmp._file = SlowQmpFile(clock, event)  # type: ignore[assignment]
+    qmp.wait_event("DEVICE_DELETED", lambda data: data.get("device") == STICK_DEVICE)
+    assert qmp._events == []  # found, and taken

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from anklume_desktop.daemon import Daemon, JobState, parse_data_disk, parse_status
+from anklume_desktop.daemon import Daemon, DaemonError, JobState, parse_data_disk, parse_status
 from anklume_desktop.tray import applet
 from anklume_desktop.tray.notices import Memory, Notice
 from devtools.slowness import scaled
@@ -91,3 +91,51 @@ def test_a_change_signalled_during_a_read_is_not_lost(
     # never said the update was ready.
     summaries = asyncio.run(run_until_announced(tmp_path, monkeypatch))
     assert summaries == ["The update is ready"]
+
+
+class RestartingDaemon(FakeDaemon):
+    """FAKE anklumed that dies during its update and, started again, runs a
+    new update under the same job path (a new daemon numbers from 1 again)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.followed: list[str] = []
+        self.again = asyncio.Event()
+
+    async def status(self) -> Any:
+        self.reads += 1
+        return RUNNING if self.reads <= 2 else FINISHED
+
+    async def follow(self, job: str, progress: Callable[[Any], None]) -> None:
+        self.followed.append(job)
+        if len(self.followed) > 1:
+            self.again.set()
+            await asyncio.Event().wait()
+        self.changed()  # the daemon's name changed owner
+        raise DaemonError("disconnected", "the connection to anklumed was lost")
+
+
+def test_a_new_update_under_the_path_of_one_that_ended_is_followed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The tray's connection outlives a restart of anklumed; the first update's
+    # follow ended with the daemon, and the new daemon's update has the same
+    # path: it was taken for the one already followed, and showed no progress.
+    fake = RestartingDaemon()
+
+    async def scenario() -> None:
+        async def connect(address: str | None = None) -> RestartingDaemon:
+            return fake
+
+        monkeypatch.setattr(Daemon, "connect", connect)
+        tray = applet.Applet(None, None, Memory(tmp_path, boot_id="b1"))  # type: ignore[arg-type]
+        tray.notifier = Sent()  # type: ignore[assignment]
+        tray.item.show = lambda view: None  # type: ignore[method-assign]
+        loop = asyncio.create_task(tray.follow_daemon())
+        with contextlib.suppress(TimeoutError):  # in-process: milliseconds on a quiet machine
+            await asyncio.wait_for(fake.again.wait(), scaled(10))
+        for task in (loop, *tray.tasks):
+            task.cancel()
+        await asyncio.gather(loop, *tray.tasks, return_exceptions=True)
+
+    asyncio.run(scenario())
+    assert fake.followed == [RUNNING.last_update_job] * 2
