@@ -150,10 +150,12 @@ class SecureBoots:
         machine = self.machine("signed")
         machine.choose_entry_once(STICK_ENTRY_A)
         edit_entry(machine.stick, STICK_ENTRY_A, INJECTED)
+        # No test here looks at the poweroff (test_boot_image.py's boots do):
+        # the power is cut once the report is in.
         return machine.boot(commands={
             "secure_boot": efi_variable("SecureBoot"), "setup_mode": efi_variable("SetupMode"),
             "kernel_signer": ["python3", "-c", KERNEL_SIGNER],
-            "cmdline": ["cat", "/proc/cmdline"]})
+            "cmdline": ["cat", "/proc/cmdline"]}, cut_after_report=True)
 
     @functools.cached_property
     def unsigned(self) -> tuple[Machine, Boot]:
