@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import functools
 import os
 import shutil
 import subprocess
@@ -66,6 +68,20 @@ class NameWatch:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(scaled(10))
         self._loop.close()
+
+
+CLONE_NEWTIME = 0x80
+
+
+def boot_clock_at(seconds: float) -> None:
+    """In the child, before exec: a time namespace whose boot clock
+    (CLOCK_BOOTTIME, /proc/uptime) reads ``seconds`` now. execve moves the
+    caller into the namespace unshare made for its children."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWTIME) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWTIME)")
+    offset = seconds - time.clock_gettime(time.CLOCK_BOOTTIME)
+    Path("/proc/self/timens_offsets").write_text(f"boottime {int(offset)} 0\n")
 
 
 class Simulation:
@@ -135,14 +151,18 @@ class Simulation:
             "luks_memory_mib = 64\n"  # ... and small (argon2id's MiB cost most under TCG)
         )
 
-    def start_daemon(self, extra_env: dict[str, str] | None = None) -> float:
-        """Start anklumed; return seconds until it owned its bus name."""
+    def start_daemon(self, extra_env: dict[str, str] | None = None,
+                     uptime: float | None = None) -> float:
+        """Start anklumed; return seconds until it owned its bus name.
+        ``uptime``: the daemon's boot clock reads that many seconds at its
+        start (a time namespace), whatever this machine's uptime is."""
         started = time.monotonic()
         with self.daemon_log.open("ab") as log:
             self.daemon = subprocess.Popen(
                 [sys.executable, "-m", "anklumed", "--config", self.workdir / "anklumed.toml",
                  "--log-level", "debug"],
                 cwd=REPO, env={**self.env, **(extra_env or {})}, stdout=log, stderr=log,
+                preexec_fn=None if uptime is None else functools.partial(boot_clock_at, uptime),
             )
         while not self.name_owned():
             if self.daemon.poll() is not None:
