@@ -73,15 +73,21 @@ class NameWatch:
 CLONE_NEWTIME = 0x80
 
 
-def boot_clock_at(seconds: float) -> None:
+def boot_clock_at(libc: ctypes.CDLL, seconds: float) -> None:
     """In the child, before exec: a time namespace whose boot clock
     (CLOCK_BOOTTIME, /proc/uptime) reads ``seconds`` now. execve moves the
-    caller into the namespace unshare made for its children."""
-    libc = ctypes.CDLL(None, use_errno=True)
+    caller into the namespace unshare made for its children. ``libc`` is
+    loaded by the parent: between fork and exec, with other threads in the
+    parent, the child does no more than system calls (dlopen could wait
+    for ever on a lock another thread held at the fork)."""
     if libc.unshare(CLONE_NEWTIME) != 0:
         raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWTIME)")
-    offset = seconds - time.clock_gettime(time.CLOCK_BOOTTIME)
-    Path("/proc/self/timens_offsets").write_text(f"boottime {int(offset)} 0\n")
+    offset = int(seconds - time.clock_gettime(time.CLOCK_BOOTTIME))
+    fd = os.open("/proc/self/timens_offsets", os.O_WRONLY)
+    try:
+        os.write(fd, f"boottime {offset} 0\n".encode())
+    finally:
+        os.close(fd)
 
 
 class Simulation:
@@ -162,7 +168,8 @@ class Simulation:
                 [sys.executable, "-m", "anklumed", "--config", self.workdir / "anklumed.toml",
                  "--log-level", "debug"],
                 cwd=REPO, env={**self.env, **(extra_env or {})}, stdout=log, stderr=log,
-                preexec_fn=None if uptime is None else functools.partial(boot_clock_at, uptime),
+                preexec_fn=None if uptime is None else functools.partial(
+                    boot_clock_at, ctypes.CDLL(None, use_errno=True), uptime),
             )
         while not self.name_owned():
             if self.daemon.poll() is not None:
