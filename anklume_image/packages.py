@@ -23,7 +23,7 @@ DEBIAN_BASE = [
     # (mtools), the UKI read out of a slot just written (unsquashfs)
     "systemd-ukify", "mtools", "squashfs-tools",
     # anklumed and anklumectl (pyproject.toml's dependencies, as Debian packages)
-    "python3", "python3-dbus-fast", "python3-pydantic", "python3-pyudev", "python3-parted",
+    "python3", "python3-dbus-fast", "python3-pydantic", "python3-pyudev",
     "python3-systemd", "python3-rich", "python3-cryptography", "python3-packaging",
     "python3-requests",
 ]
@@ -89,7 +89,7 @@ ARCH_BASE = [
     "cryptsetup", "device-mapper", "btrfs-progs", "e2fsprogs", "dosfstools", "openssl",
     "ca-certificates", "iproute2", "less", "nano", "incus", "mtools", "squashfs-tools",
     # anklumed and anklumectl (pyproject.toml's dependencies, as Arch packages)
-    "python", "python-dbus-fast", "python-pydantic", "python-pyudev", "pyparted",
+    "python", "python-dbus-fast", "python-pydantic", "python-pyudev",
     "python-systemd", "python-rich", "python-cryptography", "python-packaging",
     "python-requests",
 ]

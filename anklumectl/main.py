@@ -76,7 +76,7 @@ async def cmd_rollback(c: Client, a: argparse.Namespace, out: Console) -> int:
 def accepted_slot(text: str) -> str:
     """The slot a name the daemon accepted stands for ("a" is A). The name is
     sent as typed: the daemon judges it, with the same SlotName.parse."""
-    # Here, not at the top: anklumed.stick brings pyudev, parted and pydantic,
+    # Here, not at the top: anklumed.stick brings pyudev and pydantic,
     # which the other commands never need.
     from anklumed.stick import SlotName
 

@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _STDERR_TAIL = 800
+# util-linux's mount adds this line under every failed mount(2); the line
+# above it is the one that says why.
+_MOUNT_HINT = "dmesg(1) may have more information after failed mount system call."
 
 Arg = str | Path
 
@@ -42,7 +45,8 @@ class CommandError(Failed):
         self.returncode = returncode
         self.stderr = stderr[-_STDERR_TAIL:]
         what = "timed out" if returncode is None else f"exited with status {returncode}"
-        detail = self.stderr.strip().splitlines()[-1:] or [""]
+        lines = [line.strip() for line in self.stderr.strip().splitlines()]
+        detail = [line for line in lines if line and line != _MOUNT_HINT][-1:] or [""]
         super().__init__(f"{self.argv[0]} {what}: {detail[0]}".rstrip(": "))
 
 

@@ -1,24 +1,23 @@
 """The boot stick: which disk holds the ANKLUME-* partitions, and where they are.
 
-Partition names are read from the GPT itself with pyparted, because the kernel
-may not expose them (this happens without udevd, and on kernels that parse no
-partition tables and get partitions only from ``partx -a``). Partition numbers
+Partition names are read from the GPT itself (anklumed.gpt, read-only), because
+the kernel may not expose them (this happens without udevd, and on kernels that
+parse no partition tables and get partitions only from ``partx -a``). Partition numbers
 are then mapped to block devices through sysfs with pyudev, which needs no udevd.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from enum import StrEnum
 from pathlib import Path
 
-import parted
 import pyudev
 from pydantic import BaseModel, ConfigDict
 
 from anklumed.command import CommandError, run
 from anklumed.errors import ErrorCode, Failed, NotFound
+from anklumed.gpt import read_gpt
 
 log = logging.getLogger(__name__)
 
@@ -90,31 +89,6 @@ class AmbiguousStick(Failed):
     """Several disks carry ANKLUME-* partitions and nothing says which one booted."""
 
     default_code = ErrorCode.AMBIGUOUS_STICK
-
-
-def read_gpt(disk: Path) -> tuple[int, list[tuple[int, str, int]]] | None:
-    """Return (disk size, [(number, name, size)]) of a GPT disk, or None if not GPT."""
-    device = None
-    try:
-        device = parted.getDevice(str(disk))
-        table = parted.newDisk(device)
-        if table.type != "gpt":
-            return None
-        size = device.length * device.sectorSize
-        return size, [(p.number, p.name or "", p.geometry.length * device.sectorSize)
-                      for p in table.partitions]
-    except (parted.DiskException, parted.IOException, parted.DeviceException):
-        return None
-    except Exception as e:  # pyparted raises a zoo of _ped errors for unreadable media
-        log.debug("cannot read a partition table on %s: %s", disk, e)
-        return None
-    finally:
-        # libparted caches the device with its file descriptor open: a probe
-        # must not keep a disk open (it would pin a loop device, or a stick
-        # the user pulls).
-        if device is not None:
-            with contextlib.suppress(Exception):
-                device.removeFromCache()
 
 
 def _partition_devices(context: pyudev.Context, disk: Path) -> dict[int, Path]:

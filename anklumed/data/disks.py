@@ -21,7 +21,7 @@ import pyudev
 
 from anklumed.command import CommandError, run
 from anklumed.errors import ErrorCode, NotFound, RefusedBootDevice
-from anklumed.stick import read_gpt
+from anklumed.gpt import read_gpt
 
 log = logging.getLogger(__name__)
 MIN_SIZE = 256 * 1024 * 1024

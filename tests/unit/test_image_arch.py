@@ -41,11 +41,11 @@ def test_zfs_is_refused_on_arch_with_the_reason(tmp_path: Path) -> None:
 def test_the_arch_packages_cover_what_the_debian_image_has(tmp_path: Path) -> None:
     wanted = packages.arch_packages(arch(tmp_path))
     assert not [p for p in wanted if p.startswith("python3-") or p.endswith("-amd64")]
-    # Each Python dependency under Arch's name (pyparted keeps its own).
+    # Each Python dependency under Arch's name.
     for debian in packages.DEBIAN_BASE:
         if debian.startswith("python3-"):
             name = debian.removeprefix("python3-")
-            assert f"python-{name}" in wanted or f"py{name}" in wanted, debian
+            assert f"python-{name}" in wanted, debian
     assert {"linux", "mkinitcpio", "systemd-ukify", "cryptsetup", "device-mapper",
             "incus", "python"} <= set(wanted)
     sway = packages.arch_packages(arch(tmp_path, desktop=Desktop.SWAY))

@@ -116,6 +116,22 @@ def exposure(unit: str) -> float:
     return float(line.split(":", 1)[1].split()[0])
 
 
+def test_an_idle_daemon_leaves_the_disks_alone() -> None:
+    """anklumed looks at the disks again on every block event. Its look used
+    to cause the next one: libparted opened each disk read-write, and udevd
+    answers the close of a write-opened disk with change events (and a
+    re-read of its partitions). Seen here: 58 events in 10 s on an idle
+    guest, and a mount of PERSIST that fell into a re-read failed."""
+    assert unit_props("anklumed", "ActiveState")["ActiveState"] == "active"
+    sh("udevadm", "settle")
+    # Not scaled: a window to watch, not a wait for something to happen.
+    watched = subprocess.run(["timeout", "10", "udevadm", "monitor", "--kernel",
+                              "--subsystem-match=block"],
+                             capture_output=True, text=True, check=False)
+    events = [line for line in watched.stdout.splitlines() if line.startswith("KERNEL[")]
+    assert events == [], events[:10]
+
+
 def test_units_verify_clean_and_stay_hardened() -> None:
     units = [f"/etc/systemd/system/{name}" for name in (
         "anklumed.service", "anklume-boot-check.service", "anklume-data-mount.service",
