@@ -354,29 +354,48 @@ def _connect(path: Path, stop: threading.Event) -> socket.socket | None:
 
 
 class QMP:
-    """A minimal synchronous QMP client: one command at a time, events kept."""
+    """A minimal synchronous QMP client: one command at a time, events kept.
+
+    Every read has a deadline: a QEMU that stops answering (or an event that
+    never comes) fails the test that waited, instead of hanging the tier."""
 
     def __init__(self, path: Path, stop: threading.Event):
         sock = _connect(path, stop)
         if sock is None:
             raise RuntimeError("QEMU went away before QMP answered")
-        self._file = sock.makefile("rwb")
+        self._sock = sock
+        self._buffer = b""
         self._events: list[dict[str, Any]] = []
-        self._read()  # greeting
+        if self._read(scaled(60)) is None:
+            raise RuntimeError("QEMU sent no QMP greeting")
         self.command("qmp_capabilities")
 
-    def _read(self) -> dict[str, Any]:
-        line = self._file.readline()
-        if not line:
-            raise RuntimeError("QMP connection closed")
+    def _read(self, timeout: float) -> dict[str, Any] | None:
+        """The next message, or None if none came within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self._sock.settimeout(remaining)
+            try:
+                chunk = self._sock.recv(65536)
+            except TimeoutError:
+                return None
+            if not chunk:
+                raise RuntimeError("QMP connection closed")
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
         message: dict[str, Any] = json.loads(line)
         return message
 
     def command(self, name: str, **arguments: Any) -> Any:
-        self._file.write(json.dumps({"execute": name, "arguments": arguments}).encode() + b"\n")
-        self._file.flush()
+        self._sock.settimeout(scaled(60))
+        self._sock.sendall(json.dumps({"execute": name, "arguments": arguments}).encode() + b"\n")
         while True:
-            message = self._read()
+            message = self._read(scaled(60))
+            if message is None:
+                raise RuntimeError(f"QEMU did not answer QMP {name}")
             if "event" in message:
                 self._events.append(message)
             elif "error" in message:
@@ -391,11 +410,12 @@ class QMP:
                 if event["event"] == name and match(event.get("data", {})):
                     self._events.remove(event)
                     return
-            # After the look, not before: the read blocks, and the event it
-            # brings as the deadline passes is the one awaited.
-            if time.monotonic() >= deadline:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 break
-            self._events.append(self._read())
+            message = self._read(remaining)
+            if message is not None:
+                self._events.append(message)
         raise RuntimeError(f"QEMU sent no {name} within {timeout:.0f} s")
 
 

@@ -7,6 +7,7 @@ disk or to pull one while it is in use, the way a hand at the USB port would.
 from __future__ import annotations
 
 import os
+import select
 import time
 from pathlib import Path
 
@@ -30,7 +31,10 @@ def request(line: str, timeout: float = 30.0) -> None:
         reply = b""
         deadline = time.monotonic() + scaled(timeout)
         while not reply.endswith(b"\n"):
-            if time.monotonic() > deadline:
+            # Wait for the answer with the time left: a read alone would
+            # block past the deadline if the host never answered.
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
                 raise TimeoutError(f"the host did not answer {line!r}")
             reply += os.read(fd, 4096)
     finally:

@@ -92,7 +92,7 @@ async def test_a_subscription_hears_each_change(sim: Sim) -> None:
     try:
         undo = await Manager(conn).subscribe(on_change)
         await Manager(conn).mark_good()  # root: polkit is not asked
-        await asyncio.wait_for(good.wait(), 10)
+        await asyncio.wait_for(good.wait(), scaled(10))
         undo()
     finally:
         await conn.close()

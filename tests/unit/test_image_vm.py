@@ -5,10 +5,13 @@ one-shot boot entry in the machine's variable store."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -84,16 +87,27 @@ def test_a_one_shot_entry_is_written_to_the_machines_variable_store(tmp_path: Pa
     assert bytes.fromhex(one_shot["data"]) == "anklume-3-stick-a.conf\0".encode("utf-16-le")
 
 
-class SlowQmpFile:
-    """FAKE QMP socket file: its one event comes after the wait's deadline
-    (QEMU under TCG, the guest slow to let the device go)."""
+class SlowQmpSocket:
+    """FAKE QMP socket: its one event comes after the wait's deadline (QEMU
+    under TCG, the guest slow to let the device go)."""
 
     def __init__(self, clock: list[float], event: dict[str, object]) -> None:
-        self.clock, self.lines = clock, [json.dumps(event).encode() + b"\n"]
+        self.clock, self.chunks = clock, [json.dumps(event).encode() + b"\n"]
 
-    def readline(self) -> bytes:
+    def settimeout(self, timeout: float) -> None:
+        pass
+
+    def recv(self, size: int) -> bytes:
         self.clock[0] += 60.0  # the read blocked well past the deadline
-        return self.lines.pop(0) if self.lines else b""
+        return self.chunks.pop(0) if self.chunks else b""
+
+
+def bare_qmp(sock: object) -> Any:
+    from devtools.vm import guest
+
+    qmp = guest.QMP.__new__(guest.QMP)
+    qmp._sock, qmp._buffer, qmp._events = sock, b"", []  # type: ignore[assignment]
+    return qmp
 
 
 def test_an_event_read_as_the_deadline_passes_is_not_lost(
@@ -104,9 +118,30 @@ def test_an_event_read_as_the_deadline_passes_is_not_lost(
 
     clock = [0.0]
     monkeypatch.setattr(guest, "time", SimpleNamespace(monotonic=lambda: clock[0]))  # FAKE clock
-    qmp = guest.QMP.__new__(guest.QMP)
-    qmp._events = []
     event: dict[str, object] = {"event": "DEVICE_DELETED", "data": {"device": STICK_DEVICE}}
-    qmp._file = SlowQmpFile(clock, event)  # type: ignore[assignment]
+    qmp = bare_qmp(SlowQmpSocket(clock, event))
     qmp.wait_event("DEVICE_DELETED", lambda data: data.get("device") == STICK_DEVICE)
     assert qmp._events == []  # found, and taken
+
+
+def test_a_wait_for_an_event_that_never_comes_ends_at_its_deadline() -> None:
+    """A QEMU that goes quiet fails the wait instead of hanging the tier (the
+    read used to block with no deadline: a DEVICE_DELETED that never came
+    would have held CI until its own limit)."""
+    ours, qemu = socket.socketpair()
+    outcome: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            bare_qmp(ours).wait_event("DEVICE_DELETED", lambda data: True, timeout=0.5)
+        except RuntimeError as e:
+            outcome.append(e)
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    waiter.join(slowness.scaled(20))
+    hung = waiter.is_alive()
+    qemu.close()  # ends a read that ignored its deadline (the socket closes under it)
+    waiter.join(5)
+    assert not hung, "the wait outlived its deadline"
+    assert outcome and "sent no DEVICE_DELETED" in str(outcome[0]), outcome
