@@ -223,6 +223,18 @@ class Daemon:
         except ClientError as e:
             raise DaemonError.of(e) from None
 
+    async def follow_data(self, changed: Callable[[DataDisk], None]) -> Callable[[], None]:
+        """Call ``changed`` with the data disk now, then at each change of its
+        properties; returns what stops it. The library subscribes before it
+        reads, so no change falls between the first read and the signals.
+        Follows the present anklumed only (see ``watch`` for one that outlives
+        a restart)."""
+        try:
+            return await self.data.subscribe(
+                lambda props: changed(data_disk_of(DataDiskStatus.from_properties(props))))
+        except ClientError as e:
+            raise DaemonError.of(e) from None
+
     async def _job(self, started: Awaitable[Job]) -> str:
         try:
             job = await started

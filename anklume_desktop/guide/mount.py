@@ -9,20 +9,19 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.coordinate import Coordinate
-from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Header, Input, Static
 
 from anklume_desktop import words
 from anklume_desktop.daemon import DaemonError, DataDisk, DataState, JobState, Progress
-from anklume_desktop.guide.common import daemon_of, probed_data
+from anklume_desktop.guide.common import FollowsData, daemon_of
 
 
-class MountScreen(Screen[None]):
+class MountScreen(FollowsData):
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "app.pop_screen", "Back")]
 
     def __init__(self) -> None:
         super().__init__()
-        self.data: DataDisk | None = None
+        self.data: DataDisk | None = None  # the state on screen, what "go" acts on
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -38,17 +37,19 @@ class MountScreen(Screen[None]):
 
     async def on_mount(self) -> None:
         self.query_one("#adoptable", DataTable).add_columns("disk", "pool", "LUKS UUID")
-        self.run_worker(self.load(), exclusive=True, group="load")
+        self.follow()
 
-    async def load(self) -> None:
-        try:
-            self.data = data = await probed_data(await daemon_of(self))
-        except DaemonError as e:
-            self.say(words.explain_error(e), error=True)
-            return
+    def unreachable(self, error: DaemonError) -> None:
+        self.say(words.explain_error(error), error=True)
+
+    def show(self, data: DataDisk) -> None:
+        """What can be done with the disk as it is now; shown again at each
+        change (locked, unlocked, pulled, a disk from another stick plugged)."""
+        self.data = data
         what, go = self.query_one("#what", Static), self.query_one("#go", Button)
-        table = self.query_one("#adoptable", DataTable)
-        table.display = False
+        go.label, go.disabled = "Unlock", True
+        self.query_one("#passphrase", Input).display = True
+        self.show_adoptable(data)
         if data.state == DataState.LOCKED:
             what.update(f"The data disk (pool {data.pool}) is locked."
                         + (" Type its passphrase." if data.encrypted else "")
@@ -60,15 +61,32 @@ class MountScreen(Screen[None]):
         elif data.state == DataState.ABSENT and data.adoptable:
             what.update("These disks were set up from another anklume stick. Choose one "
                         "and type its passphrase to use it here.")
-            table.display = True
-            for disk in data.adoptable:
-                table.add_row(disk.device, disk.pool, disk.luks_uuid, key=disk.device)
             go.label, go.disabled = "Use this disk", False
         elif data.state == DataState.ABSENT:
             what.update("No data disk from another stick was found. To make one, choose "
                         "'Set up the encrypted data disk'.")
         else:
             what.update(f"The data disk is in trouble: {data.message}")
+
+    def show_adoptable(self, data: DataDisk) -> None:
+        """The disks to adopt (when there is no data disk), the highlighted one
+        kept if it is still there."""
+        table = self.query_one("#adoptable", DataTable)
+        shown = data.adoptable if data.state == DataState.ABSENT else ()
+        table.display = bool(shown)
+        kept = self.chosen()
+        table.clear()
+        for disk in shown:
+            table.add_row(disk.device, disk.pool, disk.luks_uuid, key=disk.device)
+        if kept in {disk.device for disk in shown}:
+            table.move_cursor(row=table.get_row_index(kept))
+
+    def chosen(self) -> str:
+        """The highlighted disk to adopt, "" when none."""
+        table = self.query_one("#adoptable", DataTable)
+        if table.row_count == 0 or table.cursor_row < 0:
+            return ""
+        return str(table.coordinate_to_cell_key(Coordinate(table.cursor_row, 0)).row_key.value)
 
     def say(self, text: str, error: bool = False) -> None:
         result = self.query_one("#result", Static)
@@ -84,31 +102,29 @@ class MountScreen(Screen[None]):
             return
         passphrase, field.value = field.value.encode(), ""
         event.button.disabled = True
-        self.run_worker(self.run_job(passphrase), exclusive=True, group="job")
+        self.busy = True  # the view holds still until the job ends
+        self.run_worker(self.run_job(self.data, passphrase), exclusive=True, group="job")
 
-    async def run_job(self, passphrase: bytes) -> None:
-        assert self.data is not None
+    async def run_job(self, data: DataDisk, passphrase: bytes) -> None:
         try:
-            daemon = await daemon_of(self)
-            if self.data.state == DataState.LOCKED:
-                job = await daemon.unlock(passphrase)
-            else:
-                table = self.query_one("#adoptable", DataTable)
-                key = table.coordinate_to_cell_key(Coordinate(table.cursor_row, 0)).row_key.value
-                job = await daemon.adopt(str(key), passphrase)
-            outcome = await daemon.follow(job, self.show_progress)
+            self.say(*await self.unlock_or_adopt(data, passphrase))
         except DaemonError as e:
             self.say(words.explain_error(e), error=True)
-            self.query_one("#go", Button).disabled = False
-            return
+        self.job_ended()  # the newest state: what "go" may do now
+
+    async def unlock_or_adopt(self, data: DataDisk, passphrase: bytes) -> tuple[str, bool]:
+        """What the job came to, and whether it is a failure."""
+        daemon = await daemon_of(self)
+        if data.state == DataState.LOCKED:
+            job = await daemon.unlock(passphrase)
+        else:
+            job = await daemon.adopt(self.chosen(), passphrase)
+        outcome = await daemon.follow(job, self.show_progress)
         if outcome.state == JobState.SUCCEEDED:
-            self.say("Done: the data disk is mounted.")
-            return
+            return "Done: the data disk is mounted.", False
         left = (await daemon.data_disk()).attempts_left
-        self.say(words.explain_outcome(outcome)
-                 + (f"\n{left} attempts left before unlocking pauses." if left else ""),
-                 error=True)
-        self.query_one("#go", Button).disabled = False
+        return (words.explain_outcome(outcome)
+                + (f"\n{left} attempts left before unlocking pauses." if left else "")), True
 
     def show_progress(self, progress: Progress) -> None:
         self.query_one("#phase", Static).update(f"Step: {progress.phase or 'starting'}")

@@ -14,13 +14,20 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.coordinate import Coordinate
-from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Header, Input, ProgressBar, Select, Static
 
 from anklume_desktop import words
-from anklume_desktop.daemon import Backend, DaemonError, DataState, Disk, Encryption, JobState
+from anklume_desktop.daemon import (
+    Backend,
+    DaemonError,
+    DataDisk,
+    DataState,
+    Disk,
+    Encryption,
+    JobState,
+)
 from anklume_desktop.daemon import Progress as JobProgress
-from anklume_desktop.guide.common import daemon_of, probed_data
+from anklume_desktop.guide.common import FollowsData, daemon_of
 from anklume_desktop.guide.passphrase import MESSAGES, Verdict, judge
 
 
@@ -28,7 +35,16 @@ def _short(text: str, width: int = 40) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
-class SetupScreen(Screen[None]):
+def _same_disk(shown: Disk, now: Disk | None) -> bool:
+    """The same disk under the same name: a disk plugged in where one was
+    pulled may take its name (sdb again), and must not inherit a confirmation
+    typed for the other. Its contents and refusal may change; not these."""
+    return now is not None and (shown.device, shown.serial, shown.by_id, shown.size,
+                                shown.model) == (now.device, now.serial, now.by_id, now.size,
+                                                 now.model)
+
+
+class SetupScreen(FollowsData):
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "app.pop_screen", "Back")]
 
     def __init__(self) -> None:
@@ -36,12 +52,14 @@ class SetupScreen(Screen[None]):
         self.disks: dict[str, Disk] = {}
         self.short_accepted = ""  # the short passphrase the person confirmed once
         self.job = ""
+        self.set_up = False  # this screen's setup succeeded
 
     def compose(self) -> ComposeResult:
         yield Header()
         with VerticalScroll():
             yield Static("Choose the disk that will hold your data. It will be ERASED "
                          "and encrypted.", id="intro")
+            yield Static("Looking at the disks…", id="found", markup=False)
             table: DataTable[str] = DataTable(id="disks", cursor_type="row")
             yield table
             yield Static("", id="why", markup=False)
@@ -64,35 +82,64 @@ class SetupScreen(Screen[None]):
         table.add_columns("disk", "size", "can it be used?", "model", "holds")
         # Shown once a job runs: idle, an indeterminate bar would only bounce.
         self.query_one("#progress", ProgressBar).display = False
-        self.run_worker(self.load(), exclusive=True, group="load")
+        self.follow()
 
-    async def load(self) -> None:
-        try:
-            data = await probed_data(await daemon_of(self))
-        except DaemonError as e:
-            self.say(words.explain_error(e), error=True)
-            return
+    def unreachable(self, error: DaemonError) -> None:
+        self.query_one("#found", Static).display = False
+        self.say(words.explain_error(error), error=True)
+
+    def show(self, data: DataDisk) -> None:
+        if data.candidates != tuple(self.disks.values()):
+            self.show_disks(data.candidates)
+        found = self.query_one("#found", Static)
+        found.update(sentence := self.found(data))
+        found.display = bool(sentence)  # no blank line above the table
+        self.query_one("#start", Button).disabled = data.state != DataState.ABSENT
+
+    def found(self, data: DataDisk) -> str:
         if data.state != DataState.ABSENT:
-            self.say(f"A data disk is already set up (pool {data.pool or '?'}, "
-                     f"{data.state}). Use 'Mount an existing disk' instead.")
-            self.query_one("#start", Button).disabled = True
+            return "" if self.set_up else (
+                f"A data disk is already set up (pool {data.pool or '?'}, {data.state}). "
+                "Use 'Mount an existing disk' instead.")
+        if not data.candidates:
+            return "No disk was found. Plug one in: it appears here by itself."
+        if not any(disk.usable for disk in data.candidates):
+            return "No disk here can be used. Plug one in: it appears here by itself."
+        return ""
+
+    def show_disks(self, candidates: tuple[Disk, ...]) -> None:
+        """The table anew, the highlighted disk kept if it is still there; a
+        confirmation typed for a disk that went is cleared."""
+        kept = self.selected()
+        fresh = {disk.name: disk for disk in candidates}
+        if kept is not None and not _same_disk(kept, fresh.get(kept.name)):
+            if self.query_one("#confirm", Input).value:
+                self.query_one("#warning", Static).update(
+                    f"{kept.name} was unplugged: choose the disk again.")
+            self.query_one("#confirm", Input).value = ""
+            kept = None
+        self.disks = fresh
         table = self.query_one("#disks", DataTable)
-        for disk in data.candidates:
-            self.disks[disk.name] = disk
+        table.clear()
+        for disk in candidates:
             table.add_row(disk.name, words.human_size(disk.size),
                           words.refusal(disk) or "yes", disk.model[:20] or "-",
                           _short(", ".join(disk.contents) or "nothing known"), key=disk.name)
-        if not data.candidates:
-            self.say("No disk was found. Plug one in: it appears here by itself.")
+        if kept is not None:
+            table.move_cursor(row=table.get_row_index(kept.name))
+        self.explain()
 
     def selected(self) -> Disk | None:
         table = self.query_one("#disks", DataTable)
-        if not self.disks or table.cursor_row < 0:
+        if not self.disks or table.cursor_row < 0 or table.row_count == 0:
             return None
         key = table.coordinate_to_cell_key(Coordinate(table.cursor_row, 0)).row_key.value
         return self.disks.get(str(key))
 
     def on_data_table_row_highlighted(self, _event: DataTable.RowHighlighted) -> None:
+        self.explain()
+
+    def explain(self) -> None:
         disk = self.selected()
         why = self.query_one("#why", Static)
         if disk is None:
@@ -144,9 +191,14 @@ class SetupScreen(Screen[None]):
             self.query_one(name, Input).value = ""
         self.short_accepted = ""
         event.button.disabled = True
+        self.busy = True  # the table holds still under the person until the job ends
         self.run_worker(self.run_setup(*request), exclusive=True, group="job")
 
     async def run_setup(self, disk: Disk, pool: str, passphrase: bytes) -> None:
+        await self.set_up_disk(disk, pool, passphrase)
+        self.job_ended()
+
+    async def set_up_disk(self, disk: Disk, pool: str, passphrase: bytes) -> None:
         backend = self.query_one("#backend", Select).value
         assert isinstance(backend, Backend)
         self.say(f"Setting up {disk.name}… closing the guide does not stop it.")
@@ -161,6 +213,7 @@ class SetupScreen(Screen[None]):
             self.query_one("#start", Button).disabled = False
             return
         if outcome.state == JobState.SUCCEEDED:
+            self.set_up = True
             self.say(f"Done: your data now lives on {disk.name}, encrypted, pool {pool}. "
                      "It is mounted at each boot once unlocked.")
         else:

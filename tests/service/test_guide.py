@@ -4,7 +4,13 @@ not asked: the polkit refusal is the desktop tier's)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from textual.pilot import Pilot
 from textual.widgets import Button, DataTable, Input, Static
@@ -12,6 +18,8 @@ from textual.widgets import Button, DataTable, Input, Static
 from anklume_desktop.guide.app import GuideApp
 from anklume_desktop.guide.mount import MountScreen
 from anklume_desktop.guide.setup import SetupScreen
+from devtools import stickimg
+from devtools.slowness import scaled
 from tests.guide_pilot import assert_snapshot
 from tests.service.conftest import Sim
 
@@ -41,6 +49,67 @@ def data_status(sim: Sim) -> dict[str, object]:
     assert done.returncode == 0, done.stderr
     status: dict[str, object] = json.loads(done.stdout)
     return status
+
+
+async def until(pilot: Pilot[None], seen: Callable[[], bool], what: str,
+                seconds: float = 15) -> None:
+    """Wait for the screen to show ``what`` by itself (anklumed notices a
+    plugged or pulled disk within a second or two)."""
+    deadline = time.monotonic() + scaled(seconds)
+    while not seen():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the screen never showed {what} in {scaled(seconds):.0f} s")
+        await pilot.pause(0.05)
+
+
+def disk_rows(app: GuideApp) -> dict[str, str]:
+    """The setup screen's disks: name -> "can it be used?"."""
+    table = app.screen.query_one("#disks", DataTable)
+    return {str(table.get_row_at(i)[0]): str(table.get_row_at(i)[2])
+            for i in range(table.row_count)}
+
+
+def highlighted(app: GuideApp) -> str:
+    table = app.screen.query_one("#disks", DataTable)
+    return str(table.get_row_at(table.cursor_row)[0])
+
+
+@contextlib.contextmanager
+def plugged(sim: Sim, name: str) -> Iterator[Path]:
+    """A blank disk plugged in (a loop device), pulled at the end if still in."""
+    loop = stickimg.blank_disk(sim.workdir / f"{name}.img", 300)
+    try:
+        yield loop
+    finally:
+        pull(loop)
+
+
+def pull(loop: Path) -> None:
+    subprocess.run(["losetup", "-d", loop], capture_output=True, check=False)
+
+
+def swap(loop: Path, image: Path) -> None:
+    """Another disk in place of ``loop``, under its name (its detach may wait
+    for udev's look at it to end: tried again until the name is free)."""
+    pull(loop)
+    deadline = time.monotonic() + scaled(5)
+    while subprocess.run(["losetup", loop, image], capture_output=True).returncode != 0:
+        assert time.monotonic() < deadline, f"{loop} stayed busy"
+        time.sleep(0.1)
+
+
+def candidates(sim: Sim) -> set[str]:
+    rows = data_status(sim)["Candidates"]
+    assert isinstance(rows, list)
+    return {str(row[1]) for row in rows}
+
+
+def set_up_plain(sim: Sim) -> None:
+    """The data disk set up (unencrypted: this kernel has no dm-crypt), mounted."""
+    assert sim.data_disk is not None
+    done = sim.ctl("data", "setup", "--disk", str(sim.data_disk), "--fs", "btrfs",
+                   "--encryption", "none", "--pool-name", "vault", "--yes")
+    assert done.returncode == 0, done.stderr
 
 
 async def start(pilot: Pilot[None]) -> None:
@@ -110,10 +179,7 @@ async def test_setup_flow_then_unlock(sim: Sim) -> None:
 
 
 async def test_mount_unlocks_the_locked_data_disk(sim: Sim) -> None:
-    assert sim.data_disk is not None
-    done = sim.ctl("data", "setup", "--disk", str(sim.data_disk), "--fs", "btrfs",
-                   "--encryption", "none", "--pool-name", "vault", "--yes")
-    assert done.returncode == 0, done.stderr
+    set_up_plain(sim)
     assert sim.ctl("data", "lock").returncode == 0
     app = GuideApp(address=sim.bus.address)
     async with app.run_test(size=SIZE) as pilot:
@@ -168,3 +234,86 @@ async def test_closing_the_guide_during_a_setup_leaves_the_job_to_the_daemon(sim
     assert status["State"] == "absent"
     after = sim.persist_files()
     assert sorted(after) == sorted(before)  # no pool configuration left on PERSIST
+
+
+async def test_the_setup_screen_follows_disks_plugged_in_and_pulled(sim: Sim) -> None:
+    # The screen opens with no usable disk; a disk plugged in later appears
+    # without reopening it; one pulled goes, and the name typed to confirm
+    # erasing it goes with it (a disk plugged in after may take that name).
+    assert sim.data_disk is not None
+    pull(sim.data_disk)
+    deadline = time.monotonic() + scaled(15)
+    while str(sim.data_disk) in candidates(sim):
+        assert time.monotonic() < deadline, "anklumed never saw the data disk pulled"
+        await asyncio.sleep(0.2)
+    app = GuideApp(address=sim.bus.address)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("1")
+        await settle(app, pilot)
+        assert isinstance(app.screen, SetupScreen)
+        await until(pilot, lambda: bool(disk_rows(app)), "the boot stick's row")
+        assert sim.data_disk.name not in disk_rows(app)
+        usable = [name for name, why in disk_rows(app).items() if why == "yes"]
+        # Other loop devices of this machine may be listed too: the sentence
+        # says what the table shows.
+        assert ("No disk here can be used" in text(app, "#found")) == (not usable)
+
+        with plugged(sim, "first") as first, plugged(sim, "second") as second:
+            await until(pilot, lambda: disk_rows(app).get(first.name) == "yes",
+                        f"{first.name} plugged in")
+            assert not app.screen.query_one("#found", Static).display  # a disk to use now
+            table = app.screen.query_one("#disks", DataTable)
+            table.move_cursor(row=list(disk_rows(app)).index(first.name))
+            await type_into(pilot, "#confirm", first.name)
+            assert second.name in disk_rows(app)  # plugged at once: both seen together
+
+            pull(second)
+            await until(pilot, lambda: second.name not in disk_rows(app),
+                        f"{second.name} pulled")
+            # Another disk went: the person's choice and confirmation stay.
+            assert highlighted(app) == first.name
+            assert app.screen.query_one("#confirm", Input).value == first.name
+
+            # Another disk plugged in as the first was pulled takes its name: the
+            # name typed for the first must not erase it.
+            other = sim.workdir / "other.img"
+            with other.open("wb") as f:
+                f.truncate(400 << 20)
+            size = str(app.screen.query_one("#disks", DataTable).get_row(first.name)[1])
+            swap(first, other)
+            await until(pilot, lambda: str(app.screen.query_one("#disks", DataTable)
+                                           .get_row(first.name)[1]) != size
+                        if first.name in disk_rows(app) else False, "the other disk")
+            assert app.screen.query_one("#confirm", Input).value == ""
+
+            table.move_cursor(row=list(disk_rows(app)).index(first.name))
+            await type_into(pilot, "#confirm", first.name)
+            pull(first)
+            await until(pilot, lambda: first.name not in disk_rows(app), f"{first.name} pulled")
+            assert app.screen.query_one("#confirm", Input).value == ""
+            assert f"{first.name} was unplugged" in text(app, "#warning")
+            await start(pilot)  # on whatever row the cursor fell: nothing starts
+            assert "Type the disk's name" in text(app, "#warning") \
+                or "Choose a disk that can be used" in text(app, "#warning")
+            assert app.screen.job == ""
+        assert data_status(sim)["State"] == "absent"
+
+
+async def test_the_mount_screen_follows_the_disk_locked_and_unlocked(sim: Sim) -> None:
+    set_up_plain(sim)
+    app = GuideApp(address=sim.bus.address)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("2")
+        await settle(app, pilot)
+        assert isinstance(app.screen, MountScreen)
+        assert "(pool vault) is already mounted." in text(app, "#what")
+        assert app.screen.query_one("#go", Button).disabled
+
+        assert sim.ctl("data", "lock").returncode == 0  # from elsewhere: the tray, a shell
+        await until(pilot, lambda: "(pool vault) is locked." in text(app, "#what"),
+                    "the disk locked")
+        assert not app.screen.query_one("#go", Button).disabled
+        assert sim.ctl("data", "unlock").returncode == 0
+        await until(pilot, lambda: "is already mounted." in text(app, "#what"),
+                    "the disk mounted")
+        assert app.screen.query_one("#go", Button).disabled

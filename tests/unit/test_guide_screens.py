@@ -4,13 +4,15 @@ the welcome with anklumed unreachable, the tour, the shortcuts, dismissing it.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from textual.widgets import Button, DataTable, Static
 
 from anklume_desktop.daemon import AdoptableDisk, DataDisk, DataState
-from anklume_desktop.guide import common, first_login, keybindings, tour
+from anklume_desktop.guide import first_login, keybindings, tour
 from anklume_desktop.guide.app import GuideApp, WelcomeScreen
 from anklume_desktop.guide.mount import MountScreen
 from anklume_desktop.guide.passphrase import Verdict, judge
@@ -67,21 +69,39 @@ async def test_the_four_choices_open_their_screens(app: GuideApp) -> None:
         assert type(app.screen).__name__ == "MountScreen"
 
 
+def absent(probed: bool) -> DataDisk:
+    found = (AdoptableDisk("/dev/sdb", "vault", "1234"),) if probed else ()
+    return DataDisk(state=DataState.ABSENT, pool="", encrypted=False, device="",
+                    message="", pulled=False, attempts_left=0, probed=probed,
+                    candidates=(), adoptable=found)
+
+
 class UnprobedDaemon:
-    """FAKE anklumed just started: its first two answers (the welcome
-    screen's, the mount screen's) come before its first look at the disks
-    (no disk known yet), the next ones after it."""
+    """FAKE anklumed just started: what it says first (to the welcome screen,
+    then to the mount screen following it) comes before its first look at the
+    disks (no disk known yet); its change after that look comes when ``look``
+    is set."""
 
     def __init__(self) -> None:
-        self.answers = 0
+        self.look = asyncio.Event()
+        self.followed = 0
 
     async def data_disk(self) -> DataDisk:
-        self.answers += 1
-        probed = self.answers > 2
-        found = (AdoptableDisk("/dev/sdb", "vault", "1234"),) if probed else ()
-        return DataDisk(state=DataState.ABSENT, pool="", encrypted=False, device="",
-                        message="", pulled=False, attempts_left=0, probed=probed,
-                        candidates=(), adoptable=found)
+        return absent(probed=False)
+
+    async def follow_data(self, changed: Callable[[DataDisk], None]) -> Callable[[], None]:
+        async def looked() -> None:
+            await self.look.wait()
+            changed(absent(probed=True))
+
+        changed(absent(probed=False))
+        task = asyncio.create_task(looked())
+        self.followed += 1
+
+        def unfollow() -> None:
+            self.followed -= 1
+            task.cancel()
+        return unfollow
 
 
 async def test_mount_waits_for_the_first_look_at_the_disks(
@@ -94,14 +114,20 @@ async def test_mount_waits_for_the_first_look_at_the_disks(
         return fake
 
     monkeypatch.setattr(app, "daemon", daemon)
-    monkeypatch.setattr(common, "PROBE_WAIT", 0.01)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("2")
         await pilot.pause()
         await app.workers.wait_for_complete()
         await pilot.pause()
         assert isinstance(app.screen, MountScreen)
+        assert fake.followed == 1
+        assert text(app, "#what") == "Looking at the disks…"
+        fake.look.set()
+        await pilot.pause()
         assert "set up from another anklume stick" in text(app, "#what")
+        await pilot.press("escape")
+        await pilot.pause()
+        assert fake.followed == 0  # dismissed: followed no more
 
 
 async def test_the_setup_screen_says_why_it_cannot_list_disks(app: GuideApp) -> None:
