@@ -223,17 +223,28 @@ class Daemon:
         except ClientError as e:
             raise DaemonError.of(e) from None
 
-    async def follow_data(self, changed: Callable[[DataDisk], None]) -> Callable[[], None]:
+    async def follow_data(self, changed: Callable[[DataDisk], None],
+                          gone: Callable[[], None]) -> Callable[[], None]:
         """Call ``changed`` with the data disk now, then at each change of its
-        properties; returns what stops it. The library subscribes before it
-        reads, so no change falls between the first read and the signals.
-        Follows the present anklumed only (see ``watch`` for one that outlives
-        a restart)."""
+        properties, and ``gone`` if this anklumed stops (a restarted one is
+        another sender: follow it again); returns what stops both. The library
+        subscribes before it reads, so no change falls between the first read
+        and the signals."""
         try:
-            return await self.data.subscribe(
-                lambda props: changed(data_disk_of(DataDiskStatus.from_properties(props))))
+            stop_gone = await self.conn.watch_gone(gone)
+            try:
+                stop_data = await self.data.subscribe(
+                    lambda props: changed(data_disk_of(DataDiskStatus.from_properties(props))))
+            except BaseException:
+                stop_gone()
+                raise
         except ClientError as e:
             raise DaemonError.of(e) from None
+
+        def stop() -> None:
+            stop_data()
+            stop_gone()
+        return stop
 
     async def _job(self, started: Awaitable[Job]) -> str:
         try:

@@ -39,9 +39,6 @@ class MountScreen(FollowsData):
         self.query_one("#adoptable", DataTable).add_columns("disk", "pool", "LUKS UUID")
         self.follow()
 
-    def unreachable(self, error: DaemonError) -> None:
-        self.say(words.explain_error(error), error=True)
-
     def show(self, data: DataDisk) -> None:
         """What can be done with the disk as it is now; shown again at each
         change (locked, unlocked, pulled, a disk from another stick plugged)."""
@@ -87,11 +84,6 @@ class MountScreen(FollowsData):
         if table.row_count == 0 or table.cursor_row < 0:
             return ""
         return str(table.coordinate_to_cell_key(Coordinate(table.cursor_row, 0)).row_key.value)
-
-    def say(self, text: str, error: bool = False) -> None:
-        result = self.query_one("#result", Static)
-        result.update(text)
-        result.set_class(error, "error")
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         field = self.query_one("#passphrase", Input)

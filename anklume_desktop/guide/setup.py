@@ -86,7 +86,7 @@ class SetupScreen(FollowsData):
 
     def unreachable(self, error: DaemonError) -> None:
         self.query_one("#found", Static).display = False
-        self.say(words.explain_error(error), error=True)
+        super().unreachable(error)
 
     def show(self, data: DataDisk) -> None:
         if data.candidates != tuple(self.disks.values()):
@@ -149,11 +149,6 @@ class SetupScreen(FollowsData):
                        "erased.")
         else:
             why.update(f"{disk.name} cannot be used: {words.refusal(disk)}.")
-
-    def say(self, text: str, error: bool = False) -> None:
-        result = self.query_one("#result", Static)
-        result.update(text)
-        result.set_class(error, "error")
 
     def check(self) -> tuple[Disk, str, bytes] | None:
         """The request when everything is in order, else None (and why, on screen)."""

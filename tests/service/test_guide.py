@@ -16,6 +16,7 @@ from textual.pilot import Pilot
 from textual.widgets import Button, DataTable, Input, Static
 
 from anklume_desktop.guide.app import GuideApp
+from anklume_desktop.guide.common import GONE
 from anklume_desktop.guide.mount import MountScreen
 from anklume_desktop.guide.setup import SetupScreen
 from devtools import stickimg
@@ -299,7 +300,7 @@ async def test_the_setup_screen_follows_disks_plugged_in_and_pulled(sim: Sim) ->
         assert data_status(sim)["State"] == "absent"
 
 
-async def test_the_mount_screen_follows_the_disk_locked_and_unlocked(sim: Sim) -> None:
+async def test_the_mount_screen_follows_the_disk_and_a_restarted_anklumed(sim: Sim) -> None:
     set_up_plain(sim)
     app = GuideApp(address=sim.bus.address)
     async with app.run_test(size=SIZE) as pilot:
@@ -317,3 +318,13 @@ async def test_the_mount_screen_follows_the_disk_locked_and_unlocked(sim: Sim) -
         await until(pilot, lambda: "is already mounted." in text(app, "#what"),
                     "the disk mounted")
         assert app.screen.query_one("#go", Button).disabled
+
+        # A restarted anklumed is another sender on the bus: the screen says
+        # the old one stopped, then follows the new one.
+        assert await asyncio.to_thread(sim.stop_daemon)
+        await until(pilot, lambda: text(app, "#result") == GONE, "anklumed stopped")
+        await asyncio.to_thread(sim.start_daemon)
+        await until(pilot, lambda: text(app, "#result") == "", "anklumed back")
+        assert sim.ctl("data", "lock").returncode == 0
+        await until(pilot, lambda: "(pool vault) is locked." in text(app, "#what"),
+                    "the disk locked, told by the new anklumed")

@@ -89,7 +89,8 @@ class UnprobedDaemon:
     async def data_disk(self) -> DataDisk:
         return absent(probed=False)
 
-    async def follow_data(self, changed: Callable[[DataDisk], None]) -> Callable[[], None]:
+    async def follow_data(self, changed: Callable[[DataDisk], None],
+                          _gone: Callable[[], None]) -> Callable[[], None]:
         async def looked() -> None:
             await self.look.wait()
             changed(absent(probed=True))
