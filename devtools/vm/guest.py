@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from devtools import slowness
+from devtools import qemu, slowness
 from devtools.slowness import scaled
 from devtools.vm.kernel import HERE, Kernel, ensure_kernel
 
@@ -141,8 +141,8 @@ class Guest:
     def _qemu_argv(self, kernel: Kernel, rundir: Path) -> list[str]:
         append = (f"console=ttyS0 panic=-1 quiet loglevel=4 anklume.mode={self.mode} "
                   f"systemd.show_status=error {self.cmdline}").strip()
-        argv = ["qemu-system-x86_64", "-machine", "pc", "-accel", "tcg", "-cpu", "max",
-                "-smp", str(self.cpus), "-m", str(self.memory_mb), "-nographic", "-no-reboot",
+        argv = [*qemu.command(self.cpus), "-machine", "pc",
+                "-m", str(self.memory_mb), "-nographic", "-no-reboot",
                 "-nic", "none", "-kernel", str(kernel.vmlinuz), "-initrd",
                 str(kernel.initramfs), "-append", append,
                 "-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,"
