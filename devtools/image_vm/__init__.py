@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from devtools import qemu
 from devtools.slowness import ENV as SLOWNESS_ENV
 from devtools.slowness import factor, scaled
 
@@ -173,7 +174,8 @@ class Machine:
         self.memory_mib = memory_mib
         # Two by default: each vCPU is a host thread (multi-threaded TCG), so a
         # boot's parallel work (udev, anklumed and anklumectl starting side by
-        # side, Incus) uses the second core.
+        # side, Incus) uses the second core -- with QEMU 8.1 or later only
+        # (devtools/qemu.py: an older one runs them on one thread).
         self.cpus = cpus
         self.boots = 0
 
@@ -206,8 +208,8 @@ class Machine:
         if self.secure_boot:
             machine, code = "q35,smm=on", OVMF_CODE_SECURE
         nic = "user,model=virtio-net-pci" if network else "none"
-        argv = ["qemu-system-x86_64", "-machine", machine, "-accel", "tcg", "-cpu", "max",
-                "-smp", str(self.cpus), "-m", str(self.memory_mib), "-no-reboot", "-nic", nic,
+        argv = [*qemu.command(self.cpus), "-machine", machine,
+                "-m", str(self.memory_mib), "-no-reboot", "-nic", nic,
                 "-display", "none", "-monitor", "none",
                 "-serial", f"file:{bootdir / 'console.log'}",
                 *(["-global", "driver=cfi.pflash01,property=secure,value=on"]

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from devtools import qemu
 from devtools.slowness import scaled
 from devtools.vm.guest import RUN_PARENT, Console, Control, _blockdev, _device
 from devtools.vm.kernel import Kernel
@@ -100,8 +101,8 @@ def boot(kernel: Kernel, initrd: Path, sticks: list[tuple[str, Path]], cmdline: 
     with results.open("wb") as f:
         f.truncate(1 << 20)
     append = f"console=ttyS0 boot=anklume panic=-1 loglevel=4 {cmdline}".strip()
-    argv = ["qemu-system-x86_64", "-machine", "pc", "-accel", "tcg", "-cpu", "max",
-            "-smp", "1", "-m", str(memory_mb), "-nographic", "-no-reboot", "-nic", "none",
+    argv = [*qemu.command(1), "-machine", "pc",
+            "-m", str(memory_mb), "-nographic", "-no-reboot", "-nic", "none",
             "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd), "-append", append,
             "-qmp", f"unix:{rundir}/qmp.sock,server=on,wait=off",
             "-device", "virtio-serial-pci",

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from devtools import slowness
+from devtools import qemu, slowness
 from devtools.slowness import scaled
 from devtools.vm.kernel import HERE, Kernel, ensure_kernel
 
@@ -141,8 +141,8 @@ class Guest:
     def _qemu_argv(self, kernel: Kernel, rundir: Path) -> list[str]:
         append = (f"console=ttyS0 panic=-1 quiet loglevel=4 anklume.mode={self.mode} "
                   f"systemd.show_status=error {self.cmdline}").strip()
-        argv = ["qemu-system-x86_64", "-machine", "pc", "-accel", "tcg", "-cpu", "max",
-                "-smp", str(self.cpus), "-m", str(self.memory_mb), "-nographic", "-no-reboot",
+        argv = [*qemu.command(self.cpus), "-machine", "pc",
+                "-m", str(self.memory_mb), "-nographic", "-no-reboot",
                 "-nic", "none", "-kernel", str(kernel.vmlinuz), "-initrd",
                 str(kernel.initramfs), "-append", append,
                 "-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,"
@@ -189,11 +189,17 @@ def _blockdev(node: str, image: Path) -> str:
 
 
 def _device(node: str, bus: str) -> str:
+    """The disk's device in JSON, for -device and for QMP's device_add alike:
+    typed, as device_add wants it (QEMU 10 refuses "on" for a boolean there,
+    where 7.2 took the command line's words)."""
+    props: dict[str, str | bool] = {"id": node, "drive": node, "serial": node}
     if bus == "usb":
-        return f"usb-storage,bus=xhci.0,id={node},drive={node},serial={node},removable=on"
-    if bus == "virtio":
-        return f"virtio-blk-pci,id={node},drive={node},serial={node}"
-    raise ValueError(f"unknown bus {bus!r} (usb or virtio)")
+        props = {"driver": "usb-storage", "bus": "xhci.0", **props, "removable": True}
+    elif bus == "virtio":
+        props = {"driver": "virtio-blk-pci", **props}
+    else:
+        raise ValueError(f"unknown bus {bus!r} (usb or virtio)")
+    return json.dumps(props)
 
 
 class Console:
@@ -314,9 +320,7 @@ class Control:
     def _attach(self, node: str, bus: str, image: Path) -> None:
         assert self._qmp is not None
         self._qmp.command("blockdev-add", **json.loads(_blockdev(node, image)))
-        props = dict(item.split("=", 1) for item in _device(node, bus).split(",")[1:])
-        driver = _device(node, bus).split(",")[0]
-        self._qmp.command("device_add", driver=driver, **props)
+        self._qmp.command("device_add", **json.loads(_device(node, bus)))
 
     def plug(self, node: str, bus: str, image: Path) -> None:
         """Plug a disk in now (for the host's own scenarios, not the guest's)."""
