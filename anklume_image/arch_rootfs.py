@@ -122,6 +122,7 @@ def build_script(config: BuildConfig, work: Path, checkout: Path,
         '"$root/tmp"',
         # As mmdebstrap leaves it: each boot of the live system is a first boot.
         'printf "uninitialized\\n" > "$root/etc/machine-id"',
+        install.updated_stamp_hook(),
         f"tar --create --file {q(str(work / 'rootfs.tar.part'))} --directory \"$root\" "
         "--xattrs --xattrs-include='*' --numeric-owner --sort=name --one-file-system "
         '${SOURCE_DATE_EPOCH:+--mtime=@$SOURCE_DATE_EPOCH --clamp-mtime} .',

@@ -266,6 +266,19 @@ def mkinitcpio_hooks(checkout: Path) -> list[str]:
     ]
 
 
+def updated_stamp_hook() -> str:
+    """The tree's last hook: /etc and /var marked as updated for this /usr,
+    as systemd-update-done marks them after a first boot. The live system's
+    /etc and /var are the slot's, under a tmpfs that each boot starts
+    empty: without the marks every boot is "after an update" and redoes
+    what the build already did (ConditionNeedsUpdate=: ldconfig.service,
+    13 s of a boot under TCG, the journal catalog, hwdb). The marks take
+    /usr's time, which the tarball and the squashfs keep to the second
+    (clamped alike by SOURCE_DATE_EPOCH): equal seconds, no nanoseconds,
+    is "up to date" for systemd."""
+    return 'touch -r "$1"/usr "$1"/etc/.updated "$1"/var/.updated'
+
+
 def customize_hooks(config: BuildConfig, checkout: Path,
                     public_key: Path | None = None) -> list[str]:
     return [*python_hooks(checkout, config), *system_hooks(checkout), *key_hooks(public_key),

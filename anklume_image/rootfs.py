@@ -77,6 +77,7 @@ def mmdebstrap_argv(config: BuildConfig, work: Path, checkout: Path,
         "--customize-hook=" + f"sync-out /usr/lib/systemd/boot/efi {q(str(boot / 'efi'))}",
         "--customize-hook=" + f"sync-out /{UKI_DIR_IN_IMAGE} {q(str(boot / 'uki'))}",
         "--customize-hook=rm -f \"$1\"/var/cache/apt/archives/*.deb",
+        "--customize-hook=" + install.updated_stamp_hook(),
     ]
     if DEBIAN_KEYRING.exists():
         argv.append(f"--keyring={DEBIAN_KEYRING}")

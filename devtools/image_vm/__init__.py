@@ -106,12 +106,17 @@ class Boot:
     seconds: float
     timed_out: bool
     powered_off: bool
+    # QEMU's exit status when it ended by itself (0: the guest powered off
+    # or, under -no-reboot, reset; a signal's negative number: QEMU died).
+    exit_status: int | None = None
 
     def explain(self) -> str:
         why = ("timed out" if self.timed_out else
                "no report from the booted system" if self.report is None else "reported")
+        ended = f", QEMU exited with {self.exit_status}" if self.powered_off else ""
         tail = "\n".join(self.console.splitlines()[-40:])
-        return f"{why} after {self.seconds:.0f} s; run directory {self.rundir}; console:\n{tail}"
+        return (f"{why} after {self.seconds:.0f} s{ended}; run directory {self.rundir}; "
+                f"console:\n{tail}")
 
 
 def read_text(path: Path) -> str:
@@ -303,11 +308,12 @@ class Machine:
                     break
                 time.sleep(1)
         finally:
-            powered_off = proc.poll() is not None
+            exit_status = proc.poll()
+            powered_off = exit_status is not None
             proc.kill()
             proc.wait()
         console = bootdir / "console.log"
         return Boot(report=read_report(report_file),
                     console=console.read_text(errors="replace") if console.exists() else "",
                     rundir=bootdir, seconds=time.monotonic() - started, timed_out=timed_out,
-                    powered_off=powered_off)
+                    powered_off=powered_off, exit_status=exit_status)

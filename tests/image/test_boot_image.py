@@ -413,6 +413,16 @@ def test_first_boot_runs_slot_a_from_the_stick_verified_and_is_marked_good(
     assert boots.first.powered_off, "the report unit's poweroff did not end QEMU"
 
 
+def test_no_boot_redoes_what_the_build_did(boots: Boots) -> None:
+    """The image's /etc and /var are marked as updated for its /usr: the
+    units that rebuild caches after an update of /usr (ConditionNeedsUpdate=)
+    are skipped, as on an installed system's second boot -- though every
+    boot of the live system starts from the slot's /etc and /var."""
+    report = reported(boots.first)
+    for name in ("ldconfig.service", "systemd-journal-catalog-update.service"):
+        assert unit(report, name)["ConditionResult"] == "no", (name, unit(report, name))
+
+
 def test_first_boot_leaves_boot_count_zero_on_persist(boots: Boots) -> None:
     files = boots.persist_after_first
     assert files["boot-count"].strip() == "0", files

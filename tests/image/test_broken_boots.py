@@ -11,16 +11,23 @@ starts on the stick the step before left, slot A booted after a rollback):
    B's kernel finds B refused by dm-verity, falls through to A and restarts
    into A's own UKI, where the boot is counted once and marked good;
 2. a B whose kernel panics, three times: systemd-boot's counter alone, then
-   A's entry, and anklumed on A records the boot loader's rollback.
+   A's entry, and anklumed on A records the boot loader's rollback;
+3. a B whose system runs but never reaches boot-complete.target (a health
+   check that fails), three times: each boot counted by systemd-boot and by
+   the initramfs on PERSIST, never marked good, anklumed's deadline armed;
+   then A's entry, and anklumed on A records the rollback.
 
 (Each step starts with slot B installed and activated again, so one that
 failed leaves the next a stick it can use.)
 
-A B whose system runs but never reaches boot-complete.target is not booted
-here: the VM tier proves the initramfs counting such boots and rolling back
-after three (tests/vm/test_boot.py, test_three_failed_boots_roll_back_to_the_
-other_slot) and anklumed's deadline ending one that hangs
-(tests/vm/test_boot_deadline.py); systemd-boot's count is step 2's.
+Step 3's boots are ended by the host once the booted system has reported
+(a power cut, what a person at a stuck machine does): anklumed's deadline,
+which would reboot them, is 600 s of each boot by default, and the VM tier
+proves it (tests/vm/test_boot_deadline.py: a boot held from
+boot-complete.target rebooted at its deadline, still counted). Its failing
+health check comes in as the test's report unit does, through SMBIOS
+credentials: a unit boot-complete.target requires, which fails, as any
+health check of an update could.
 
 Before each step slot B is installed again from the build's bundle on the
 host, with the updater's own steps (tests/image/slot_install.py), and then
@@ -45,6 +52,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,6 +87,22 @@ MENU_B = ["anklume-1-live-b+3-0.conf", "anklume-2-slot-a.conf", "anklume-3-stick
 # Slot A's menu after a rollback: a fresh counter, no entry of the failed B.
 MENU_A = ["anklume-1-live-a+3-0.conf", "anklume-3-stick-a.conf", "anklume-4-slot-a.conf"]
 
+# Step 3's broken B: a health check that fails, required by
+# boot-complete.target (systemd-debug-generator makes the unit and the
+# drop-in from these credentials, for the boots given them only).
+UNHEALTHY_UNIT = "anklume-test-unhealthy.service"
+UNHEALTHY = {
+    f"systemd.extra-unit.{UNHEALTHY_UNIT}":
+        b"[Unit]\nDescription=A health check that fails (test)\n"
+        b"Before=boot-complete.target\n[Service]\nType=oneshot\nExecStart=/bin/false\n",
+    "systemd.unit-dropin.boot-complete.target~anklume-test":
+        f"[Unit]\nRequires={UNHEALTHY_UNIT}\n".encode(),
+}
+# The report of a boot that will not complete comes once anklumed has
+# started and the project's own health check has run (anklumed's view of
+# the boot is what is judged).
+SETTLE_UNHEALTHY = ["anklumed.service", "anklume-boot-check.service"]
+
 
 def key_values(text: str) -> dict[str, str]:
     return dict(line.partition("=")[::2] for line in text.splitlines() if "=" in line)
@@ -103,12 +127,17 @@ class Attempt:
 
 
 @dataclass
-class Panics:
-    kernel_verified: subprocess.CompletedProcess[bytes]  # sbverify of B's broken UKI
+class Rollback:
+    """Three failed attempts of B, then the boot the boot loader falls back to."""
     attempts: list[Attempt]
     back: Boot               # the boot after the third attempt
     persist_after: dict[str, str]
     menu_after: list[str]
+
+
+@dataclass
+class Panics(Rollback):
+    kernel_verified: subprocess.CompletedProcess[bytes]  # sbverify of B's broken UKI
 
 
 class Steps:
@@ -147,14 +176,26 @@ class Steps:
         verified = subprocess.run(["sbverify", "--cert", str(built.secure_boot_cert), str(uki)],
                                   capture_output=True, check=False)
         uki.unlink()
+        rollback = self.three_attempts_then_back("panic", timeout=FAILED_BOOT_TIMEOUT)
+        return Panics(**vars(rollback), kernel_verified=verified)
+
+    @functools.cached_property
+    def hangs(self) -> Rollback:
+        self.install_b()
+        return self.three_attempts_then_back("hang", credentials=UNHEALTHY,
+                                             settle=SETTLE_UNHEALTHY, cut_after_report=True)
+
+    def three_attempts_then_back(self, name: str, **boot: Any) -> Rollback:
+        """Three boots of the broken B with ``boot``'s arguments, PERSIST and
+        the menu read after each; then the fourth, up to anklumed's answer."""
         attempts = []
         for n in (1, 2, 3):
-            boot = self.machine.boot(timeout=FAILED_BOOT_TIMEOUT)
-            attempts.append(Attempt(boot, persist_files(self.machine, f"panic-{n}"),
-                                    esp_entries(self.machine, f"panic-{n}")))
+            attempt = self.machine.boot(**boot)
+            attempts.append(Attempt(attempt, persist_files(self.machine, f"{name}-{n}"),
+                                    esp_entries(self.machine, f"{name}-{n}")))
         back = self.machine.boot(until="anklumed", cut_after_report=True)
-        return Panics(verified, attempts, back, persist_files(self.machine, "panic-after"),
-                      esp_entries(self.machine, "panic-after"))
+        return Rollback(attempts, back, persist_files(self.machine, f"{name}-after"),
+                        esp_entries(self.machine, f"{name}-after"))
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +207,25 @@ def assert_ended_by_itself(boot: Boot) -> None:
     """No system reported: the boot restarted (QEMU's -no-reboot ended it)
     before the report unit could run, and did not hang."""
     assert boot.report is None and boot.powered_off and not boot.timed_out, boot.explain()
+
+
+def assert_the_boot_loader_fell_back_to_a(rollback: Rollback) -> dict[str, str]:
+    """The boot after three failed attempts of B is A's entry, chosen by
+    systemd-boot alone (B's counted entry had no tries left); anklumed on A
+    recorded the rollback, marked B failed and rewrote the menu for A.
+    Returns PERSIST as that boot left it."""
+    report = reported(rollback.back)
+    assert (report["entry_selected"] or "").removesuffix(".conf") == "anklume-2-slot-a", report
+    assert (report["boot_env"]["SLOT"], report["boot_env"]["TORAM"]) == ("A", "0"), \
+        report["boot_env"]
+    status = report["status"]
+    assert status is not None, report["status_raw"]
+    assert (status["BootedSlot"], status["PrimarySlot"]) == ("A", "A"), status
+    last = status["LastRollback"]
+    assert (last["from"], last["to"], last["reason"]) == ("B", "A", "boot-loader"), status
+    assert_b_failed_and_a_primary(rollback.persist_after, "boot-loader")
+    assert rollback.menu_after == MENU_A, rollback.menu_after
+    return rollback.persist_after
 
 
 def assert_b_failed_and_a_primary(files: dict[str, str], reason: str) -> None:
@@ -263,20 +323,44 @@ def test_after_three_panics_the_boot_loader_boots_a_and_anklumed_records_it(
     """The fourth boot: systemd-boot found B's default entry with no tries
     left and started slot A's entry by itself; anklumed on A recorded the
     rollback PERSIST had not seen, marked B failed and rewrote the menu."""
-    panics = steps.panics
-    report = reported(panics.back)
-    assert (report["entry_selected"] or "").removesuffix(".conf") == "anklume-2-slot-a", report
-    assert (report["boot_env"]["SLOT"], report["boot_env"]["TORAM"]) == ("A", "0"), \
-        report["boot_env"]
-    status = report["status"]
-    assert status is not None, report["status_raw"]
-    assert (status["BootedSlot"], status["PrimarySlot"]) == ("A", "A"), status
-    rollback = status["LastRollback"]
-    assert (rollback["from"], rollback["to"], rollback["reason"]) == \
-        ("B", "A", "boot-loader"), status
-    files = panics.persist_after
-    assert_b_failed_and_a_primary(files, "boot-loader")
+    files = assert_the_boot_loader_fell_back_to_a(steps.panics)
     # A's first attempt: 1, or 0 once anklumed marked it good while the
     # report was being gathered (seen: the report takes tens of seconds).
     assert files["boot-count"].strip() in ("0", "1"), files
-    assert panics.menu_after == MENU_A, panics.menu_after
+
+
+# ---- 3. a system that never reaches boot-complete.target ------------------------------
+
+
+def test_a_boot_that_never_completes_is_counted_by_both_counters(steps: Steps) -> None:
+    """Each of the three boots of B runs its system, where a health check
+    fails and boot-complete.target is never reached: the boot is not marked
+    good and anklumed's deadline runs. Each spent one try of B's default
+    entry (systemd-boot) and one PERSIST attempt (the initramfs)."""
+    hangs = steps.hangs
+    for n, attempt in enumerate(hangs.attempts, start=1):
+        report = reported(attempt.boot)
+        assert report["waited"] == "boot-complete-failed", (n, report["waited"], report["jobs"])
+        assert report["units"]["boot-complete.target"]["ActiveState"] == "inactive", \
+            (n, report["units"])
+        assert any(line.split()[0] == UNHEALTHY_UNIT for line in report["failed"]), \
+            (n, report["failed"])
+        env = report["boot_env"]
+        assert (env["SLOT"], env["BOOT_COUNT"], env["ROLLBACK"]) == ("B", str(n), "0"), (n, env)
+        status = report["status"]
+        assert status is not None, (n, report["status_raw"])
+        assert (status["BootedSlot"], status["MarkedGood"]) == ("B", False), (n, status)
+        assert status["BootDeadline"] > 0, (n, status)  # the reboot that would end it
+        files = attempt.persist
+        assert (files["ab-state"].strip(), files["boot-count"].strip()) == ("B", str(n)), \
+            (n, files)
+        assert attempt.menu == [f"anklume-1-live-b+{3 - n}-{n}.conf", *MENU_B[1:]], \
+            (n, attempt.menu)
+
+
+def test_after_three_boots_that_never_complete_a_boots_and_anklumed_records_it(
+        steps: Steps) -> None:
+    """The fourth boot: B's default entry has no tries left, systemd-boot
+    starts slot A's entry; anklumed on A records the rollback, marks B
+    failed and rewrites the menu for A."""
+    assert_the_boot_loader_fell_back_to_a(steps.hangs)

@@ -158,6 +158,13 @@ def test_the_os_runs_anklume_on_the_images_own_python(built: Built, tmp_path: Pa
     sh("chroot", root, "python3", "-c", "import anklumed.main, anklumed.service.app, "
        "anklumectl.main, anklume_client.proxies, anklumed.data.manager, anklumed.slots.update")
     assert "usage: anklumectl" in sh("chroot", root, "anklumectl", "--help")
+    # /etc and /var marked as updated for this /usr (systemd-update-done's
+    # stamps, to the second as the squashfs keeps times): no boot redoes the
+    # build's ldconfig, catalog and hwdb (ConditionNeedsUpdate=).
+    usr = (root / "usr").stat().st_mtime_ns
+    assert usr % 1_000_000_000 == 0, usr
+    for stamp in (root / "etc/.updated", root / "var/.updated"):
+        assert stamp.stat().st_mtime_ns == usr, (stamp, stamp.stat().st_mtime_ns, usr)
 
 
 def test_an_unreachable_mirror_leaves_no_image_and_the_next_build_starts_clean(
