@@ -97,9 +97,8 @@ class SlotController:
             model.write_meta(pdir, source, meta)
         if self.menu is None:
             return
-        if self.menu.boot_loader_gave_up(state.primary, self.handoff.slot):
-            self._record_boot_loader_rollback(pdir, state)
-        self.menu.follow(pdir)
+        self.menu.follow_at_start(pdir, state.primary, self.handoff.slot,
+                                  lambda: self._record_boot_loader_rollback(pdir, state))
 
     def _record_boot_loader_rollback(self, pdir: PersistDir, state: SlotsState) -> None:
         """systemd-boot used the primary's tries (boots that died before the
