@@ -44,7 +44,7 @@ from anklumed.errors import (
 from anklumed.host import parse_mountinfo
 from anklumed.hostns import for_system
 from anklumed.jobs import Job
-from anklumed.persist import PersistStore
+from anklumed.persist import PersistDir, PersistStore
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
@@ -185,6 +185,22 @@ class DataDisk:
                 return Snapshot(DataState.ERROR, message=str(e), message_code=e.code)
         else:
             conf = self.snapshot.conf
+        return self.read_with(conf)
+
+    @staticmethod
+    def conf_in(pdir: PersistDir) -> PoolConf | AnklumeError | None:
+        """pool.conf from a PERSIST transaction another component holds open
+        (the start's: PERSIST mounted once, not twice); the error that makes
+        it unusable, to be shown by read_with."""
+        try:
+            return read_pool_conf(pdir)
+        except AnklumeError as e:
+            return e
+
+    def read_with(self, conf: PoolConf | AnklumeError | None) -> Snapshot:
+        """The state now, for pool.conf as just read (``read``, ``conf_in``)."""
+        if isinstance(conf, AnklumeError):
+            return Snapshot(DataState.ERROR, message=str(conf), message_code=conf.code)
         if conf is None:
             return Snapshot(DataState.ABSENT)
         snap = Snapshot(DataState.LOCKED, conf)
