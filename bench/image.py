@@ -2,11 +2,12 @@
 mmdebstrap and fills the disk: take the lock.
 
   flock /tmp/anklume-heavy.lock .venv/bin/python -m bench.image [--desktop minimal sway] [--zfs]
-      [--once]
+      [--once] [--keep DIR]
 
 With --once, one build per desktop on the shared package cache (the builder's
 default, keyed by its inputs): what a desktop adds to the image and how long
-one build takes, without the half hour of three builds of a large desktop.
+one build takes, without the half hour of three builds of a large desktop. With --keep, the
+images (and their bundles) are left in DIR to be looked into, not deleted.
 
 For each desktop, three builds with the same packages and SOURCE_DATE_EPOCH,
 each with a signing key as a release would have:
@@ -132,14 +133,19 @@ def main() -> None:
                         help="with zfs-dkms (built in the chroot: adds minutes)")
     parser.add_argument("--once", action="store_true",
                         help="one build per desktop on the shared package cache")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="build into DIR and leave the images there")
     args = parser.parse_args()
     before = load()
-    work = Path(tempfile.mkdtemp(prefix="anklume-bench-image-", dir="/var/tmp"))
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    work = args.keep or Path(tempfile.mkdtemp(prefix="anklume-bench-image-", dir="/var/tmp"))
     try:
         results = {desktop: bench_desktop(work, desktop, args.zfs, args.once)
                    for desktop in args.desktop}
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
     print(f"{before} -> {load()}; zfs {'on' if args.zfs else 'off'}; "
           f"SOURCE_DATE_EPOCH={SOURCE_DATE_EPOCH}")
     for desktop, desktop_results in results.items():
