@@ -8,6 +8,9 @@ With --once, one build per desktop on the shared package cache (the builder's
 default, keyed by its inputs): what a desktop adds to the image and how long
 one build takes, without the half hour of three builds of a large desktop. With --keep, the
 images (and their bundles) are left in DIR to be looked into, not deleted.
+Each --once build is also given to its compositors (sway, labwc), run in its
+unpacked root: whether each accepts the image's configuration
+(devtools/compositor_check.py; the image tier checks sway's in its sway image).
 
 For each desktop, three builds with the same packages and SOURCE_DATE_EPOCH,
 each with a signing key as a release would have:
@@ -29,15 +32,17 @@ import hashlib
 import logging
 import re
 import shutil
+import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from anklume_image.build import build
-from anklume_image.config import BuildConfig
+from anklume_image.config import BuildConfig, Desktop
 from anklumed.slots import bundle
 from bench.machine import load
+from devtools import compositor_check
 
 SOURCE_DATE_EPOCH = 1_767_225_600  # 2026-01-01
 STAGE_DONE = re.compile(r"stage (\S+) done in ([0-9.]+) s")
@@ -62,6 +67,7 @@ class Result:
     squashfs_sha256: str
     squashfs_bytes: int
     stick_bytes: int  # allocated: the image is sparse, as written to a stick
+    verdicts: dict[str, str] = field(default_factory=dict)  # compositor -> its verdict
 
 
 def build_once(config: BuildConfig) -> Result:
@@ -84,6 +90,33 @@ def build_once(config: BuildConfig) -> Result:
                   image.stat().st_blocks * 512)
 
 
+CHECKS = {Desktop.SWAY: compositor_check.sway_errors,
+          Desktop.LABWC: compositor_check.labwc_errors}
+
+
+def verdicts(config: BuildConfig) -> dict[str, str]:
+    """Each compositor of the image on its configuration, in the slot's tree."""
+    checks = {d: CHECKS[d] for d in config.sessions if d in CHECKS}
+    if not checks:
+        return {}
+    squashfs = next(config.out.with_name(config.out.name + ".bundle").glob("*.squashfs"))
+    root = config.work_dir.with_name(config.out.name + ".root")
+    shutil.rmtree(root, ignore_errors=True)
+    found = {}
+    try:
+        subprocess.run(["unsquashfs", "-q", "-n", "-d", str(root), str(squashfs)],
+                       check=True, capture_output=True)
+        for desktop, check in checks.items():
+            try:
+                errors = check(root)
+            except compositor_check.CompositorFailed as e:
+                errors = [str(e)]
+            found[desktop.value] = "; ".join(errors) or "accepted"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return found
+
+
 def bench_desktop(work: Path, desktop: str, zfs: bool, once: bool) -> list[Result]:
     key = work / f"signing-{desktop}.pem"
     bundle.generate_key(key)
@@ -91,7 +124,9 @@ def bench_desktop(work: Path, desktop: str, zfs: bool, once: bool) -> list[Resul
         "out": work / f"{desktop}.img", "desktop": desktop, "zfs": zfs, "signing_key": key,
         "source_date_epoch": SOURCE_DATE_EPOCH, "version": "1.0.0"}
     if once:
-        return [build_once(BuildConfig.model_validate(options))]
+        config = BuildConfig.model_validate(options)
+        result = build_once(config)
+        return [replace(result, verdicts=verdicts(config))]
     # an empty cache of its own: the first build downloads every package
     options["cache_dir"] = work / f"cache-{desktop}"
     return [build_once(BuildConfig.model_validate(options)) for _ in range(3)]
@@ -103,6 +138,8 @@ def report_once(desktop: str, result: Result) -> None:
           f"({stages})")
     print(f"  squashfs {result.squashfs_bytes / 1e6:.0f} MB, stick image allocated "
           f"{result.stick_bytes / 1e6:.0f} MB; squashfs sha256 {result.squashfs_sha256[:16]}")
+    for compositor, verdict in result.verdicts.items():
+        print(f"  {compositor}'s configuration: {verdict}")
 
 
 def report(desktop: str, results: list[Result]) -> None:
