@@ -61,11 +61,16 @@ class Config(BaseModel):
     luks_unlock_ms: int = Field(default=DataPaths.luks_unlock_ms, ge=50, le=30000)
     # Its memory in MiB; unset: a quarter of the available RAM, 64 MiB to 1 GiB.
     luks_memory_mib: int | None = Field(default=None, ge=32, le=4096)
+    # Its passes, given instead of measured (luks_unlock_ms is then unused):
+    # for the simulation and the tests, where cryptsetup's benchmark costs
+    # more than the key derivation itself. Unset on a real machine.
+    luks_iterations: int | None = Field(default=None, ge=4, le=1000)
 
     def data_paths(self) -> DataPaths:
         return DataPaths(self.data_mountpoint, self.incus_state_dir, self.incus_socket,
                          self.luks_unlock_ms,
-                         None if self.luks_memory_mib is None else self.luks_memory_mib * 1024)
+                         None if self.luks_memory_mib is None else self.luks_memory_mib * 1024,
+                         self.luks_iterations)
 
     def kernel_machine(self) -> kernel_signer.Machine:
         return kernel_signer.Machine(self.efivars, self.running_uki)

@@ -2,6 +2,15 @@
 mmdebstrap and fills the disk: take the lock.
 
   flock /tmp/anklume-heavy.lock .venv/bin/python -m bench.image [--desktop minimal sway] [--zfs]
+      [--once] [--keep DIR]
+
+With --once, one build per desktop on the shared package cache (the builder's
+default, keyed by its inputs): what a desktop adds to the image and how long
+one build takes, without the half hour of three builds of a large desktop. With --keep, the
+images (and their bundles) are left in DIR to be looked into, not deleted.
+Each --once build is also given to its compositors (sway, labwc), run in its
+unpacked root: whether each accepts the image's configuration
+(devtools/compositor_check.py; the image tier checks sway's in its sway image).
 
 For each desktop, three builds with the same packages and SOURCE_DATE_EPOCH,
 each with a signing key as a release would have:
@@ -23,15 +32,17 @@ import hashlib
 import logging
 import re
 import shutil
+import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from anklume_image.build import build
-from anklume_image.config import BuildConfig
+from anklume_image.config import BuildConfig, Desktop
 from anklumed.slots import bundle
 from bench.machine import load
+from devtools import compositor_check
 
 SOURCE_DATE_EPOCH = 1_767_225_600  # 2026-01-01
 STAGE_DONE = re.compile(r"stage (\S+) done in ([0-9.]+) s")
@@ -56,6 +67,7 @@ class Result:
     squashfs_sha256: str
     squashfs_bytes: int
     stick_bytes: int  # allocated: the image is sparse, as written to a stick
+    verdicts: dict[str, str] = field(default_factory=dict)  # compositor -> its verdict
 
 
 def build_once(config: BuildConfig) -> Result:
@@ -78,17 +90,62 @@ def build_once(config: BuildConfig) -> Result:
                   image.stat().st_blocks * 512)
 
 
-def bench_desktop(work: Path, desktop: str, zfs: bool) -> list[Result]:
-    cache = work / f"cache-{desktop}"
+CHECKS = {Desktop.SWAY: compositor_check.sway_errors,
+          Desktop.LABWC: compositor_check.labwc_errors}
+
+
+def verdicts(config: BuildConfig) -> dict[str, str]:
+    """Each compositor of the image on its configuration, in the slot's tree."""
+    checks = {d: CHECKS[d] for d in config.sessions if d in CHECKS}
+    if not checks:
+        return {}
+    squashfs = next(config.out.with_name(config.out.name + ".bundle").glob("*.squashfs"))
+    root = config.work_dir.with_name(config.out.name + ".root")
+    shutil.rmtree(root, ignore_errors=True)
+    found = {}
+    try:
+        subprocess.run(["unsquashfs", "-q", "-n", "-d", str(root), str(squashfs)],
+                       check=True, capture_output=True)
+        for desktop, check in checks.items():
+            try:
+                errors = check(root)
+            except compositor_check.CompositorFailed as e:
+                errors = [str(e)]
+            found[desktop.value] = "; ".join(errors) or "accepted"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return found
+
+
+def bench_desktop(work: Path, desktop: str, zfs: bool, once: bool) -> list[Result]:
     key = work / f"signing-{desktop}.pem"
     bundle.generate_key(key)
-    config = BuildConfig.model_validate({
+    options = {
         "out": work / f"{desktop}.img", "desktop": desktop, "zfs": zfs, "signing_key": key,
-        "cache_dir": cache, "source_date_epoch": SOURCE_DATE_EPOCH, "version": "1.0.0"})
-    return [build_once(config) for _ in range(3)]
+        "source_date_epoch": SOURCE_DATE_EPOCH, "version": "1.0.0"}
+    if once:
+        config = BuildConfig.model_validate(options)
+        result = build_once(config)
+        return [replace(result, verdicts=verdicts(config))]
+    # an empty cache of its own: the first build downloads every package
+    options["cache_dir"] = work / f"cache-{desktop}"
+    return [build_once(BuildConfig.model_validate(options)) for _ in range(3)]
+
+
+def report_once(desktop: str, result: Result) -> None:
+    stages = ", ".join(f"{k} {v:.0f} s" for k, v in result.stages.items())
+    print(f"\n{desktop}: one build on the shared package cache, {result.total:.0f} s "
+          f"({stages})")
+    print(f"  squashfs {result.squashfs_bytes / 1e6:.0f} MB, stick image allocated "
+          f"{result.stick_bytes / 1e6:.0f} MB; squashfs sha256 {result.squashfs_sha256[:16]}")
+    for compositor, verdict in result.verdicts.items():
+        print(f"  {compositor}'s configuration: {verdict}")
 
 
 def report(desktop: str, results: list[Result]) -> None:
+    if len(results) == 1:
+        report_once(desktop, results[0])
+        return
     fresh, cached, again = results
     print(f"\n{desktop}:")
     for name, result in (("fresh", fresh), ("cached", cached), ("cached again", again)):
@@ -111,13 +168,21 @@ def main() -> None:
     parser.add_argument("--desktop", nargs="+", default=["minimal", "sway"])
     parser.add_argument("--zfs", action="store_true",
                         help="with zfs-dkms (built in the chroot: adds minutes)")
+    parser.add_argument("--once", action="store_true",
+                        help="one build per desktop on the shared package cache")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="build into DIR and leave the images there")
     args = parser.parse_args()
     before = load()
-    work = Path(tempfile.mkdtemp(prefix="anklume-bench-image-", dir="/var/tmp"))
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    work = args.keep or Path(tempfile.mkdtemp(prefix="anklume-bench-image-", dir="/var/tmp"))
     try:
-        results = {desktop: bench_desktop(work, desktop, args.zfs) for desktop in args.desktop}
+        results = {desktop: bench_desktop(work, desktop, args.zfs, args.once)
+                   for desktop in args.desktop}
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
     print(f"{before} -> {load()}; zfs {'on' if args.zfs else 'off'}; "
           f"SOURCE_DATE_EPOCH={SOURCE_DATE_EPOCH}")
     for desktop, desktop_results in results.items():

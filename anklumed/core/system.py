@@ -41,7 +41,7 @@ from anklumed.core.snapshots import (
     Tristate,
 )
 from anklumed.data.manager import Adoptable, DataDisk, DataState, SetupRequest, adoptable
-from anklumed.data.poolconf import Backend, Encryption
+from anklumed.data.poolconf import Backend, Encryption, PoolConf
 from anklumed.errors import AnklumeError
 from anklumed.handoff import Handoff, read_handoff
 from anklumed.host import Backing, read_memory_encryption, root_backing
@@ -269,8 +269,14 @@ class LiveSystem:
         await self._open_block_monitor()
         await self._find_stick()
         self.slots.listeners.append(self._on_slots_changed)
-        await self.slots.start()
-        await self.refresh_data(reload=True, disks=False)
+        # pool.conf is read in the slots' transaction: PERSIST mounted once.
+        read: list[PoolConf | AnklumeError | None] = []
+        await self.slots.start(also=lambda pdir: read.append(self.data.conf_in(pdir)))
+        if not read:  # PERSIST could not be read: the data disk says why, as at any reload
+            await self.refresh_data(reload=True, disks=False)
+            return
+        self.data.snapshot = await asyncio.to_thread(self.data.read_with, read[0])
+        self._changed()
 
     def run_background(self, init: InitSystem) -> None:
         """Once the snapshots are shown: watch the disks, probe them, keep the

@@ -42,13 +42,22 @@ def _memory(memory_kib: int | None) -> str:
     return str(memory_kib if memory_kib is not None else argon2_memory_kib())
 
 
+def _pbkdf(iter_time_ms: int, memory_kib: int | None, iterations: int | None) -> list[str]:
+    """argon2id's options: its time cost measured by cryptsetup's benchmark
+    to last ``iter_time_ms``, or ``iterations`` passes given (anklumed.toml
+    ``luks_iterations``: the benchmark alone takes seconds under QEMU's
+    emulation, for the 4 passes it ends up with there)."""
+    cost = ["--iter-time", str(iter_time_ms)] if iterations is None \
+        else ["--pbkdf-force-iterations", str(iterations)]
+    return ["--pbkdf", "argon2id", "--pbkdf-memory", _memory(memory_kib), *cost]
+
+
 def format_luks2(device: Path, secret: bytes, *, label: str, iter_time_ms: int = 2000,
-                 memory_kib: int | None = None) -> str:
+                 memory_kib: int | None = None, iterations: int | None = None) -> str:
     """Format ``device`` as LUKS2 with argon2id; return its UUID."""
     run(["cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2",
-         "--pbkdf", "argon2id", "--pbkdf-memory", _memory(memory_kib),
-         "--iter-time", str(iter_time_ms), "--label", label, "--key-file=-", device],
-        input=secret, timeout=600)
+         *_pbkdf(iter_time_ms, memory_kib, iterations), "--label", label, "--key-file=-",
+         device], input=secret, timeout=600)
     return luks_uuid(device)
 
 
@@ -78,19 +87,19 @@ def _with_second_secret(argv: list[str | Path], current: bytes, second: bytes) -
 
 
 def add_key(device: Path, current: bytes, new: bytes, iter_time_ms: int = 2000,
-            memory_kib: int | None = None) -> None:
+            memory_kib: int | None = None, iterations: int | None = None) -> None:
     """Add ``new`` in a free keyslot (a recovery key); ``current`` proves the right."""
-    _with_second_secret(["cryptsetup", "luksAddKey", "--batch-mode", "--pbkdf", "argon2id",
-                         "--pbkdf-memory", _memory(memory_kib), "--iter-time",
-                         str(iter_time_ms), "--key-file=-", device], current, new)
+    _with_second_secret(["cryptsetup", "luksAddKey", "--batch-mode",
+                         *_pbkdf(iter_time_ms, memory_kib, iterations), "--key-file=-",
+                         device], current, new)
 
 
 def change_key(device: Path, current: bytes, new: bytes, iter_time_ms: int = 2000,
-               memory_kib: int | None = None) -> None:
+               memory_kib: int | None = None, iterations: int | None = None) -> None:
     """Replace the keyslot ``current`` opens with ``new`` (the others stay)."""
-    _with_second_secret(["cryptsetup", "luksChangeKey", "--batch-mode", "--pbkdf", "argon2id",
-                         "--pbkdf-memory", _memory(memory_kib), "--iter-time",
-                         str(iter_time_ms), "--key-file=-", device], current, new)
+    _with_second_secret(["cryptsetup", "luksChangeKey", "--batch-mode",
+                         *_pbkdf(iter_time_ms, memory_kib, iterations), "--key-file=-",
+                         device], current, new)
 
 
 def luks_uuid(device: Path) -> str:

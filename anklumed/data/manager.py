@@ -44,7 +44,7 @@ from anklumed.errors import (
 from anklumed.host import parse_mountinfo
 from anklumed.hostns import for_system
 from anklumed.jobs import Job
-from anklumed.persist import PersistStore
+from anklumed.persist import PersistDir, PersistStore
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
@@ -68,6 +68,7 @@ class DataPaths:
     incus_socket: Path = Path("/var/lib/incus/unix.socket")
     luks_unlock_ms: int = 2000
     luks_memory_kib: int | None = None  # None: a quarter of the RAM (luks.argon2_memory_kib)
+    luks_iterations: int | None = None  # None: as many as luks_unlock_ms allows
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,22 @@ class DataDisk:
                 return Snapshot(DataState.ERROR, message=str(e), message_code=e.code)
         else:
             conf = self.snapshot.conf
+        return self.read_with(conf)
+
+    @staticmethod
+    def conf_in(pdir: PersistDir) -> PoolConf | AnklumeError | None:
+        """pool.conf from a PERSIST transaction another component holds open
+        (the start's: PERSIST mounted once, not twice); the error that makes
+        it unusable, to be shown by read_with."""
+        try:
+            return read_pool_conf(pdir)
+        except AnklumeError as e:
+            return e
+
+    def read_with(self, conf: PoolConf | AnklumeError | None) -> Snapshot:
+        """The state now, for pool.conf as just read (``read``, ``conf_in``)."""
+        if isinstance(conf, AnklumeError):
+            return Snapshot(DataState.ERROR, message=str(conf), message_code=conf.code)
         if conf is None:
             return Snapshot(DataState.ABSENT)
         snap = Snapshot(DataState.LOCKED, conf)
@@ -276,7 +293,8 @@ class DataDisk:
         if request.encryption is Encryption.LUKS2:
             luks_uuid = luks.format_luks2(disk.device, request.secret, label=name,
                                           iter_time_ms=self.paths.luks_unlock_ms,
-                                          memory_kib=self.paths.luks_memory_kib)
+                                          memory_kib=self.paths.luks_memory_kib,
+                                          iterations=self.paths.luks_iterations)
             job.progress("opening")
             target = luks.open_luks(disk.device, request.secret, name)
             made.add(lambda: luks.close_luks(name))
@@ -488,7 +506,7 @@ class DataDisk:
     def change_passphrase(self, current: bytes, new: bytes) -> None:
         with self._lock:
             luks.change_key(self._luks_device(), current, new, self.paths.luks_unlock_ms,
-                            self.paths.luks_memory_kib)
+                            self.paths.luks_memory_kib, self.paths.luks_iterations)
         log.info("data disk passphrase changed")
 
     def add_recovery_key(self, current: bytes) -> bytes:
@@ -496,7 +514,7 @@ class DataDisk:
         key = recovery_key()
         with self._lock:
             luks.add_key(self._luks_device(), current, key, self.paths.luks_unlock_ms,
-                         self.paths.luks_memory_kib)
+                         self.paths.luks_memory_kib, self.paths.luks_iterations)
         log.info("data disk recovery key added")
         return key
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from anklumed.errors import AnklumeError
@@ -48,9 +49,10 @@ class BootMenu:
                       self.desktops_file, e)
             return ()
 
-    def _esp(self) -> tuple[Esp, str] | None:
-        """The ESP and this stick's PERSIST PARTUUID, when the stick boots
-        its slots' own kernels (an ESP without them is not ours to manage)."""
+    def _esp(self) -> _EspLook | None:
+        """The ESP, this stick's PERSIST PARTUUID and the slots with a kernel
+        on it, when the stick boots its slots' own kernels (an ESP without
+        them is not ours to manage)."""
         stick = self.stick()
         if stick is None:
             return None
@@ -58,32 +60,62 @@ class BootMenu:
         if efi is None or efi.device is None or stick.persist.device is None:
             return None
         esp = Esp(efi.device)
-        if not esp.slots_with_kernel():
+        kernels = esp.slots_with_kernel()
+        if not kernels:
             return None
         uuid = partuuid(stick.persist.device)
-        return (esp, uuid) if uuid else None
+        return _EspLook(esp, uuid, frozenset(kernels)) if uuid else None
 
     def follow(self, pdir: PersistDir, renew: bool = False) -> None:
         """Rewrite the entries for what PERSIST says; ``renew``: the boot was
         marked good, the default entry's counter starts again."""
         try:
             found = self._esp()
-            if found is None:
-                return
-            esp, uuid = found
+            entries = found.esp.entries() if found is not None else []
+        except AnklumeError as e:
+            log.error("the boot menu on the ESP was not updated: %s (compared again at the "
+                      "next start)", e)
+            return
+        if found is not None:
+            self._follow(pdir, found, entries, renew)
+
+    def _follow(self, pdir: PersistDir, found: _EspLook, entries: list[str],
+                renew: bool) -> None:
+        try:
             state = model.read_slots_state(pdir)
-            wanted = boot_entries.menu(state, esp.slots_with_kernel(), uuid, self.desktops(),
-                                       esp.slots_with_profiles())
-            esp.apply(boot_entries.plan(esp.entries(), wanted, keep_counter=not renew))
+            wanted = boot_entries.menu(state, set(found.kernels), found.persist_partuuid,
+                                       self.desktops(), found.esp.slots_with_profiles(
+                                           found.kernels))
+            found.esp.apply(boot_entries.plan(entries, wanted, keep_counter=not renew))
         except AnklumeError as e:
             log.error("the boot menu on the ESP was not updated: %s (compared again at the "
                       "next start)", e)
 
-    def boot_loader_gave_up(self, primary: SlotName, booted: SlotName | None) -> bool:
+    def follow_at_start(self, pdir: PersistDir, primary: SlotName, booted: SlotName | None,
+                        boot_loader_gave_up: Callable[[], None]) -> None:
+        """The start's look at the ESP: a default entry with no tries left
+        while the other slot booted is a rollback the boot loader made alone
+        (``boot_loader_gave_up`` records it on PERSIST, which leaves the ESP
+        as it was), then the entries follow PERSIST. One look serves both:
+        each read of the ESP is an mtools or blkid process, which a slow
+        machine (a USB 2 stick, QEMU without KVM) pays at every boot."""
         try:
             found = self._esp()
-            return found is not None and boot_entries.fell_back(primary, booted,
-                                                                found[0].entries())
+            entries = found.esp.entries() if found is not None else []
         except AnklumeError as e:
             log.error("the boot menu on the ESP cannot be read: %s", e)
-            return False
+            return
+        if found is None:
+            return
+        if boot_entries.fell_back(primary, booted, entries):
+            boot_loader_gave_up()
+        self._follow(pdir, found, entries, renew=False)
+
+
+@dataclass(frozen=True)
+class _EspLook:
+    """What the menu read of the ESP and the stick (BootMenu._esp)."""
+
+    esp: Esp
+    persist_partuuid: str
+    kernels: frozenset[SlotName]

@@ -79,9 +79,18 @@ class SlotController:
     async def refresh(self) -> None:
         await self._transaction(lambda pdir, state: None, quiet=True)
 
-    async def start(self) -> None:
-        """Read PERSIST once; tidy after a crash; record a rollback the initramfs did."""
-        await self._transaction(self._on_start, quiet=True)
+    async def start(self, also: Callable[[PersistDir], None] | None = None) -> None:
+        """Read PERSIST once; tidy after a crash; record a rollback the
+        initramfs did. ``also`` reads what another component needs in the same
+        transaction, after this one's writes: each mount and unmount is a
+        process and an ext4 mount, which a slow machine pays at every boot
+        (``also`` must not raise: its failure would be taken for PERSIST's)."""
+        def on_start(pdir: PersistDir, state: SlotsState) -> None:
+            self._on_start(pdir, state)
+            if also is not None:
+                also(pdir)
+
+        await self._transaction(on_start, quiet=True)
 
     def _on_start(self, pdir: PersistDir, state: SlotsState) -> None:
         for name in pdir.clean_temporaries():
@@ -97,9 +106,8 @@ class SlotController:
             model.write_meta(pdir, source, meta)
         if self.menu is None:
             return
-        if self.menu.boot_loader_gave_up(state.primary, self.handoff.slot):
-            self._record_boot_loader_rollback(pdir, state)
-        self.menu.follow(pdir)
+        self.menu.follow_at_start(pdir, state.primary, self.handoff.slot,
+                                  lambda: self._record_boot_loader_rollback(pdir, state))
 
     def _record_boot_loader_rollback(self, pdir: PersistDir, state: SlotsState) -> None:
         """systemd-boot used the primary's tries (boots that died before the

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from anklumed.command import CommandError, run
@@ -131,10 +131,13 @@ class Esp:
         present = set(self.listing(boot_entries.UKI_DIR))
         return {s for s in SlotName if boot_entries.uki_path(s).rsplit("/", 1)[-1] in present}
 
-    def slots_with_profiles(self) -> set[SlotName]:
+    def slots_with_profiles(self, kernels: Collection[SlotName] | None = None) -> set[SlotName]:
         """The slots whose UKI carries the command-line profiles (a UKI made
-        before them has none, and systemd-stub refuses an ``@N`` it lacks)."""
-        return {s for s in self.slots_with_kernel() if ".profile"
+        before them has none, and systemd-stub refuses an ``@N`` it lacks);
+        ``kernels``: slots_with_kernel() as the caller just read it."""
+        if kernels is None:
+            kernels = self.slots_with_kernel()
+        return {s for s in kernels if ".profile"
                 in boot_entries.pe_section_names(self._head(boot_entries.uki_path(s)))}
 
     def _head(self, path: str, size: int = 4096) -> bytes:

@@ -31,14 +31,18 @@ import struct
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives.serialization import pkcs7
+from typing import TYPE_CHECKING, TypeAlias
 
 from anklumed.command import CommandError, run
 from anklumed.errors import Failed, VerificationFailed
 from anklumed.slots.boot_entries import UKI_IN_IMAGE
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+# cryptography is imported where a certificate is read, not here: the daemon
+# imports this module at start (anklumed.config's defaults) and cryptography
+# would be a third of its imports, for a check that runs only in an update.
 
 EFIVARS = Path("/sys/firmware/efi/efivars")
 SECURE_BOOT_VAR = "SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
@@ -51,7 +55,7 @@ READ_TIMEOUT = 600.0
 # Where the data directories start in the optional header, PE32 and PE32+.
 _DIRECTORIES = {0x10B: 96, 0x20B: 112}
 
-Signers = list[x509.Certificate]
+Signers: TypeAlias = "list[x509.Certificate]"
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,8 @@ def certificate_table(header: bytes) -> tuple[int, int]:
 def signer_certificates(table: bytes) -> Signers:
     """The certificates of each PKCS#7 signature in a PE certificate table
     (WIN_CERTIFICATE entries, each padded to 8 bytes)."""
+    from cryptography.hazmat.primitives.serialization import pkcs7
+
     found: Signers = []
     at = 0
     while at + 8 <= len(table):
@@ -143,6 +149,8 @@ def db_certificates(efivars: Path) -> Signers:
         data = (efivars / DB_VAR).read_bytes()[4:]
     except OSError:
         return []
+    from cryptography import x509
+
     found: Signers = []
     at = 0
     while at + 28 <= len(data):
@@ -181,6 +189,8 @@ def check(new: Signers, running: Signers, secure_boot: bool, db: Signers) -> Non
 
 
 def _trusted_by(cert: x509.Certificate, db: Signers) -> bool:
+    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+
     for anchor in db:
         if cert == anchor:
             return True

@@ -163,6 +163,38 @@ def test_a_rollback_and_a_refusal_go_to_persist_and_the_snapshots(
     assert "STATUS=failed" in (persist / "slots" / "A.meta").read_text()
 
 
+@pytest.mark.parametrize(("pool_conf", "state"), [
+    (None, DataState.ABSENT),
+    ("FORMAT=1\nPOOL_NAME=Bad Name\n", DataState.ERROR),
+    ("FORMAT=1\nPOOL_NAME=data\nPOOL_TYPE=btrfs\nENCRYPTION=none\n", DataState.LOCKED),
+])
+def test_the_start_reads_persist_in_one_transaction(
+        core: LiveSystem, persist: Path, monkeypatch: pytest.MonkeyPatch,
+        pool_conf: str | None, state: DataState) -> None:
+    """The slots' state and pool.conf: one mount of PERSIST at start (each
+    mount and unmount is a process and an ext4 mount, paid at every boot)."""
+    if pool_conf is not None:
+        (persist / "pool.conf").write_text(pool_conf)
+    opened = 0
+    real_transaction = core.store.transaction
+
+    @contextlib.contextmanager
+    def counted() -> Iterator[Any]:
+        nonlocal opened
+        opened += 1
+        with real_transaction() as pdir:
+            yield pdir
+
+    monkeypatch.setattr(core.store, "transaction", counted)
+    asyncio.run(core.start())
+    assert opened == 1
+    snap = core.data_disk()
+    assert snap.state is state
+    if state is DataState.ERROR:
+        assert "pool.conf is damaged" in snap.message
+        assert ProblemCode.POOL_CONF_UNUSABLE in dict(core.problems())
+
+
 def test_a_job_is_announced_followed_and_kept(core: LiveSystem) -> None:
     seen = Recorder()
     core.subscribe(seen)
