@@ -84,6 +84,7 @@ TIMES = ["systemctl", "show", "--property=LoaderTimestampMonotonic,"
          "UserspaceTimestampMonotonic,FinishTimestampMonotonic"]
 TARGET_TIMES = ["systemctl", "show", "--property=Id,ActiveEnterTimestampMonotonic",
                 "basic.target", "multi-user.target"]
+BOOT_TIMEOUT = 300.0  # seconds (scaled by the host's slowness); a boot takes about one minute
 FIGURES = ("kernel -> multi-user", "kernel + initramfs", "userspace", "loader")
 
 
@@ -169,6 +170,16 @@ def check_way(way: str, report: dict[str, Any]) -> None:
                          f"{report['cmdline']}")
 
 
+def stuck(bootdir: Path) -> bool:
+    """A boot that will never report: the initramfs's shell (a root it could
+    not mount) or a kernel panic, on the console (only to stop waiting)."""
+    try:
+        console = (bootdir / "console.log").read_text(errors="replace")
+    except FileNotFoundError:
+        return False
+    return "(initramfs)" in console or "Kernel panic" in console
+
+
 def boot_once(image: Path, work: Path, way: str, n: int) -> tuple[Times, list[str]]:
     rundir = work / f"{way}-{n}"
     machine = Machine(image, rundir, cmdline_extra=NO_WIZARD)
@@ -176,7 +187,8 @@ def boot_once(image: Path, work: Path, way: str, n: int) -> tuple[Times, list[st
         machine.choose_entry_once(SHIPPED_ENTRY if way == SHIPPED else PLAIN_ENTRY)
         result = machine.boot(commands={"times": TIMES, "targets": TARGET_TIMES},
                               until="anklumed", cut_after_report=True,
-                              report_after="multi-user.target")
+                              report_after="multi-user.target", timeout=BOOT_TIMEOUT,
+                              stop_when=stuck)
         if result.report is None:
             raise SystemExit(f"{way} boot {n}: {result.explain()}")
         report = result.report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -52,3 +53,14 @@ def test_the_interval_of_equal_runs_is_their_ratio() -> None:
     assert image_boot.ratio_interval([2.0] * 5, [1.0] * 5) == (2.0, 2.0)
     low, high = image_boot.ratio_interval([1.0, 1.1, 1.2, 1.3], [1.0, 1.05, 1.1, 1.15])
     assert low <= 1.0 < 1.2 <= high
+
+
+def test_a_boot_left_in_the_initramfs_shell_or_a_panic_is_stopped(tmp_path: Path) -> None:
+    assert not image_boot.stuck(tmp_path)
+    console = tmp_path / "console.log"
+    console.write_text("Begin: Mounting root file system ... done.\n")
+    assert not image_boot.stuck(tmp_path)
+    console.write_text("ALERT!  PARTUUID=x does not exist.  Dropping to a shell!\n(initramfs) ")
+    assert image_boot.stuck(tmp_path)
+    console.write_text("Kernel panic - not syncing: VFS: Unable to mount root fs\n")
+    assert image_boot.stuck(tmp_path)
