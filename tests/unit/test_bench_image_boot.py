@@ -44,7 +44,7 @@ def test_a_plain_boot_through_the_anklume_hook_is_refused() -> None:
 
 
 def test_the_userspace_figure_is_multi_user_less_the_initramfs() -> None:
-    t = Times(loader=4.0, initramfs=18.5, multi_user=32.5)
+    t = Times(initramfs=18.5, multi_user=32.5)
     assert t.figure("userspace") == pytest.approx(14.0)
     assert t.figure("kernel -> multi-user") == 32.5
 
