@@ -69,10 +69,10 @@ STICK_SERIAL = "anklume-stick"
 DATA_SERIAL = "anklume-data"
 
 
-def report_unit(wait: float, settle: list[str], until: str) -> str:
+def report_unit(wait: float, settle: list[str], until: str, after: str = "basic.target") -> str:
     return f"""[Unit]
 Description=anklume image test: report this boot to the host, then power off
-After=basic.target
+After={after}
 SuccessAction=poweroff
 FailureAction=poweroff
 
@@ -162,9 +162,13 @@ class Machine:
     from one boot to the next, as on a real machine."""
 
     def __init__(self, image: Path, rundir: Path, data_mib: int = 2048, memory_mib: int = 2048,
-                 cpus: int = 2, vars_template: Path = OVMF_VARS, secure_boot: bool = False):
+                 cpus: int = 2, vars_template: Path = OVMF_VARS, secure_boot: bool = False,
+                 cmdline_extra: str = ""):
         """``secure_boot``: the firmware that enforces it, with ``vars_template``
-        holding the keys enrolled (tests/image/test_secure_boot.py)."""
+        holding the keys enrolled (tests/image/test_secure_boot.py).
+        ``cmdline_extra``: words added to every boot's kernel command line
+        beside the serial console's (bench/image_boot.py masks the first-boot
+        wizard, which would wait for a person)."""
         rundir.mkdir(parents=True, exist_ok=True)
         self.rundir = rundir
         self.stick = rundir / "stick.img"
@@ -182,6 +186,7 @@ class Machine:
         # side, Incus) uses the second core -- with QEMU 8.1 or later only
         # (devtools/qemu.py: an older one runs them on one thread).
         self.cpus = cpus
+        self.cmdline_extra = cmdline_extra
         self.boots = 0
 
     def choose_entry_once(self, entry: str) -> None:
@@ -232,7 +237,9 @@ class Machine:
                 "-chardev", f"file,id=report,path={bootdir / 'report.json'}",
                 "-device", f"virtserialport,chardev=report,name={REPORT_PORT}",
                 "-smbios", smbios_string(f"{self.cmdline_extra_key}="
-                                         f"{SERIAL_CONSOLE} systemd.unit={target}")]
+                                         f"{SERIAL_CONSOLE} systemd.unit={target}"
+                                         + (f" {self.cmdline_extra}" if self.cmdline_extra
+                                            else ""))]
         if control:
             argv += ["-chardev", f"file,id=control,path={bootdir / 'control'}",
                      "-device", f"virtserialport,chardev=control,name={CONTROL_PORT}",
@@ -248,7 +255,8 @@ class Machine:
              target: str = "multi-user.target", network: bool = False,
              unplug_on_request: bool = False,
              stop_when: Callable[[Path], bool] | None = None,
-             until: str = "boot-complete", cut_after_report: bool = False) -> Boot:
+             until: str = "boot-complete", cut_after_report: bool = False,
+             report_after: str = "basic.target") -> Boot:
         """One boot, up to the guest's report and its poweroff. ``target``:
         the boot's goal (an image with a desktop starts it at
         graphical.target; the tests that do not look at it boot no further
@@ -267,11 +275,15 @@ class Machine:
         not after boot-complete.target; ``cut_after_report``: the power is
         cut once the report is in (what the guest wrote before survives a
         power cut by design), instead of waiting for its poweroff -- both
-        for a boot whose later part no test looks at."""
+        for a boot whose later part no test looks at. ``report_after``: the
+        unit the report waits for before it starts (multi-user.target waits
+        for the units it pulls in, the report's too, unless the report is
+        ordered after it: bench/image_boot.py reads when multi-user.target
+        was reached)."""
         self.boots += 1
         bootdir = self.rundir / f"boot-{self.boots}"
         bootdir.mkdir()
-        unit = report_unit(scaled(wait), settle or [], until)
+        unit = report_unit(scaled(wait), settle or [], until, report_after)
         creds = {
             f"systemd.extra-unit.{REPORT_UNIT}": unit.encode(),
             "systemd.unit-dropin.multi-user.target~anklume-test":

@@ -54,6 +54,25 @@ def test_the_boot_that_updates_gets_user_networking_and_the_one_that_pulls_qmp(
     assert any(f"name={CONTROL_PORT}" in value for value in option_values(argv, "-device"))
 
 
+def test_words_for_every_boot_reach_the_kernel_beside_the_serial_console(
+        tmp_path: Path) -> None:
+    image = tmp_path / "stick-image"
+    image.write_bytes(b"\0" * 4096)
+    m = Machine(image, tmp_path / "machine", data_mib=1,
+                cmdline_extra="systemd.mask=anklume-first-boot.service")
+    extra = [v for v in option_values(m.argv(tmp_path, {}), "-smbios") if "cmdline-extra" in v]
+    assert len(extra) == 1 and extra[0].endswith(
+        "systemd.unit=multi-user.target systemd.mask=anklume-first-boot.service"), extra
+
+
+def test_the_report_waits_for_the_unit_it_is_told_to(tmp_path: Path) -> None:
+    """multi-user.target waits for what it pulls in: a report ordered after
+    it sees when it was reached (bench/image_boot.py)."""
+    assert "\nAfter=basic.target\n" in report_unit(300, [], "boot-complete")
+    assert "\nAfter=multi-user.target\n" in report_unit(300, [], "anklumed",
+                                                          after="multi-user.target")
+
+
 def test_the_report_unit_passes_the_hosts_slowness(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(slowness.ENV, "2.5")
     slowness.factor.cache_clear()

@@ -1,0 +1,66 @@
+"""bench/image_boot.py's reading of the guest's report and its verdict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import image_boot
+from bench.image_boot import PLAIN, SHIPPED, SHIPPED_ENTRY, Times
+
+
+def report_with(**fields: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"entry_selected": SHIPPED_ENTRY, "cmdline": "boot=anklume",
+                            "boot_env": {"SLOT": "A", "VERITY": "signed", "TORAM": "0"}}
+    return {**base, **fields}
+
+
+def test_the_targets_are_read_from_systemctl_shows_blocks() -> None:
+    out = ("Id=basic.target\nActiveEnterTimestampMonotonic=12000000\n\n"
+           "Id=multi-user.target\nActiveEnterTimestampMonotonic=31500000\n")
+    report = {"commands": {"targets": {"rc": 0, "stdout": out}}}
+    assert image_boot.target_times(report) == {"basic.target": 12_000_000,
+                                               "multi-user.target": 31_500_000}
+
+
+def test_a_shipped_boot_that_copied_to_ram_or_was_not_verified_is_refused() -> None:
+    image_boot.check_way(SHIPPED, report_with())
+    for env in ({"SLOT": "A", "VERITY": "signed", "TORAM": "1"},
+                {"SLOT": "A", "VERITY": "off", "TORAM": "0"}, None):
+        with pytest.raises(SystemExit):
+            image_boot.check_way(SHIPPED, report_with(boot_env=env))
+
+
+def test_a_plain_boot_through_the_anklume_hook_is_refused() -> None:
+    plain = report_with(entry_selected=image_boot.PLAIN_ENTRY, boot_env=None,
+                        cmdline="root=PARTUUID=x rootfstype=squashfs ro")
+    image_boot.check_way(PLAIN, plain)
+    with pytest.raises(SystemExit):
+        image_boot.check_way(PLAIN, {**plain, "boot_env": {"SLOT": "A"}})
+    with pytest.raises(SystemExit):
+        image_boot.check_way(PLAIN, {**plain, "cmdline": "boot=anklume"})
+
+
+def test_the_userspace_figure_is_multi_user_less_the_initramfs() -> None:
+    t = Times(initramfs=18.5, multi_user=32.5)
+    assert t.figure("userspace") == pytest.approx(14.0)
+    assert t.figure("kernel -> multi-user") == 32.5
+
+
+def test_the_interval_of_equal_runs_is_their_ratio() -> None:
+    assert image_boot.ratio_interval([2.0] * 5, [1.0] * 5) == (2.0, 2.0)
+    low, high = image_boot.ratio_interval([1.0, 1.1, 1.2, 1.3], [1.0, 1.05, 1.1, 1.15])
+    assert low <= 1.0 < 1.2 <= high
+
+
+def test_a_boot_left_in_the_initramfs_shell_or_a_panic_is_stopped(tmp_path: Path) -> None:
+    assert not image_boot.stuck(tmp_path)
+    console = tmp_path / "console.log"
+    console.write_text("Begin: Mounting root file system ... done.\n")
+    assert not image_boot.stuck(tmp_path)
+    console.write_text("ALERT!  PARTUUID=x does not exist.  Dropping to a shell!\n(initramfs) ")
+    assert image_boot.stuck(tmp_path)
+    console.write_text("Kernel panic - not syncing: VFS: Unable to mount root fs\n")
+    assert image_boot.stuck(tmp_path)
