@@ -69,6 +69,12 @@ def partition_starts(image: Path) -> dict[int, int]:
     return starts
 
 
+def partition_guid(image: Path, number: int) -> str:
+    """A partition's unique GUID (its PARTUUID, lower case), from sgdisk."""
+    info = run(["sgdisk", "-i", str(number), image], timeout=60).stdout.decode()
+    return info.split("Partition unique GUID: ")[1].split()[0].lower()
+
+
 def _copy_sparse(part: Partition, out: Path, offset: int) -> None:
     assert part.image is not None
     size = part.image.stat().st_size

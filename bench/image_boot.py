@@ -118,19 +118,13 @@ def build_image(work: Path) -> Path:
         "version": "1.0.0"}))
 
 
-def partuuid(image: Path, number: int) -> str:
-    out = subprocess.run(["sgdisk", "-i", str(number), str(image)], check=True,
-                         capture_output=True, text=True).stdout
-    return out.split("Partition unique GUID: ")[1].split()[0].lower()
-
-
 def plain_entry(image: Path) -> str:
     """The bench's entry: slot A's UKI with a command line that leaves the
     anklume hook out (the module docstring says why each word)."""
     return "\n".join([
         "title anklume bench: slot A as a plain root", "sort-key zz-bench",
         "linux /EFI/anklume/slot-a.efi",
-        f"options root=PARTUUID={partuuid(image, SLOT_A)} rootfstype=squashfs ro "
+        f"options root=PARTUUID={stick.partition_guid(image, SLOT_A)} rootfstype=squashfs ro "
         "systemd.volatile=state quiet", ""])
 
 

@@ -29,7 +29,7 @@ from anklumed.slots.verity_tree import VerityHasher
 from anklumed.stick import SlotName
 from devtools.image_vm import Machine
 from tests.image.conftest import Built
-from tests.image.test_build import extract, sh
+from tests.image.test_build import extract
 
 CHUNK = 4 * 1024 * 1024
 ESP, SLOT_B, PERSIST = 1, 3, 4  # partition numbers on the stick
@@ -61,8 +61,7 @@ def write_slot(image: Path, squashfs: Path, manifest: Manifest) -> bytes:
 
 
 def persist_partuuid(image: Path) -> str:
-    return sh("sgdisk", "-i", str(PERSIST), image).split("Partition unique GUID: ")[1] \
-        .split()[0].lower()
+    return stick.partition_guid(image, PERSIST)
 
 
 @contextmanager
