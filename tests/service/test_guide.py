@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
+import os
+import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -97,6 +100,30 @@ def swap(loop: Path, image: Path) -> None:
     while subprocess.run(["losetup", loop, image], capture_output=True).returncode != 0:
         assert time.monotonic() < deadline, f"{loop} stayed busy"
         time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def cryptsetup_held(device: Path) -> Iterator[None]:
+    """Any cryptsetup writing ``device``'s LUKS header waits while held.
+
+    cryptsetup takes an flock on /run/cryptsetup/L_<major>:<minor> before it
+    writes a header and waits for it: holding it keeps a data-disk setup in
+    its "formatting" step for as long as a test needs, whatever the speed of
+    the machine (the simulation's few argon2 passes end in a fraction of a second).
+    """
+    rdev = device.stat().st_rdev
+    lock = Path(f"/run/cryptsetup/L_{os.major(rdev)}:{os.minor(rdev)}")
+    lock.parent.mkdir(mode=0o700, exist_ok=True)
+    with lock.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        yield
+
+
+def jobs_once_past_checking(sim: Sim) -> str:
+    deadline = time.monotonic() + scaled(10)
+    while re.search(r" checking ", jobs := sim.ctl("jobs").stdout):
+        assert time.monotonic() < deadline, jobs
+    return jobs
 
 
 def candidates(sim: Sim) -> set[str]:
@@ -198,33 +225,36 @@ async def test_mount_unlocks_the_locked_data_disk(sim: Sim) -> None:
 
 
 async def test_closing_the_guide_during_a_setup_leaves_the_job_to_the_daemon(sim: Sim) -> None:
-    # The person closes the guide as soon as the setup started: the job is
-    # anklumed's, it ends by itself (failing here: no device-mapper), and
-    # nothing is left looking set up: no data disk, no pool on PERSIST.
+    # The person closes the guide while the setup runs (held in its header
+    # write): the job is anklumed's, it ends by itself (failing here: no
+    # device-mapper), and nothing is left looking set up: no data disk, no
+    # pool on PERSIST.
     assert sim.data_disk is not None
     disk = sim.data_disk.name
     before = sim.persist_files()
     app = GuideApp(address=sim.bus.address)
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("1")
-        await settle(app, pilot)
-        screen = app.screen
-        assert isinstance(screen, SetupScreen)
-        table = screen.query_one("#disks", DataTable)
-        table.move_cursor(row=[str(table.get_row_at(i)[0])
-                               for i in range(table.row_count)].index(disk))
-        await type_into(pilot, "#confirm", disk)
-        await type_into(pilot, "#pool", "vault")
-        await type_into(pilot, "#pass1", "a long enough passphrase")
-        await type_into(pilot, "#pass2", "a long enough passphrase")
-        await start(pilot)
-        for _ in range(200):  # the job asked for and started, not ended
-            if screen.job:
-                break
-            await pilot.pause(0.02)
-        assert screen.job.startswith("/org/anklume/Live1/job/")
-        assert " running " in sim.ctl("jobs").stdout  # closed in the middle of it
-        await app.action_quit()
+    with cryptsetup_held(sim.data_disk):
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("1")
+            await settle(app, pilot)
+            screen = app.screen
+            assert isinstance(screen, SetupScreen)
+            table = screen.query_one("#disks", DataTable)
+            table.move_cursor(row=[str(table.get_row_at(i)[0])
+                                   for i in range(table.row_count)].index(disk))
+            await type_into(pilot, "#confirm", disk)
+            await type_into(pilot, "#pool", "vault")
+            await type_into(pilot, "#pass1", "a long enough passphrase")
+            await type_into(pilot, "#pass2", "a long enough passphrase")
+            await start(pilot)
+            for _ in range(200):  # the job asked for and started, not ended
+                if screen.job:
+                    break
+                await pilot.pause(0.02)
+            assert screen.job.startswith("/org/anklume/Live1/job/")
+            # Closed in the middle of it: the job waits on the held header.
+            assert re.search(r" running +formatting ", jobs_once_past_checking(sim))
+            await app.action_quit()
     job = screen.job.rsplit("/", 1)[1]
     waited = sim.ctl("wait", job)
     assert waited.returncode == 1, waited.stderr  # it went on, then failed: no dm-crypt here
