@@ -179,6 +179,10 @@ class Machine:
             f.truncate(data_mib * 1024 * 1024)
         self.vars = rundir / "OVMF_VARS.fd"
         shutil.copyfile(vars_template, self.vars)
+        # No one reads the menu here: its 3 s countdown would add 3 s to every
+        # boot (about a minute over the tier). `bootctl set-timeout 0` writes
+        # the same variable; the menu and loader.conf stay as built.
+        self._set_loader_variable("LoaderConfigTimeout", "0")
         self.secure_boot = secure_boot
         self.memory_mib = memory_mib
         # Two by default: each vCPU is a host thread (multi-threaded TCG), so a
@@ -194,10 +198,15 @@ class Machine:
         as ``bootctl set-oneshot`` asks: systemd-boot's LoaderEntryOneShot in
         the machine's variable store, which systemd-boot reads and deletes.
         The boots after it take the menu's default again."""
-        dump = self.rundir / "one-shot.json"
+        self._set_loader_variable("LoaderEntryOneShot", entry)
+
+    def _set_loader_variable(self, name: str, value: str) -> None:
+        """One of systemd-boot's string variables (UTF-16, NUL-terminated, as
+        bootctl writes them) in the machine's variable store."""
+        dump = self.rundir / f"{name}.json"
         dump.write_text(json.dumps({"version": 2, "variables": [{
-            "name": "LoaderEntryOneShot", "guid": LOADER_GUID, "attr": EFI_VARIABLE_NV_BS_RT,
-            "data": (entry + "\0").encode("utf-16-le").hex()}]}))
+            "name": name, "guid": LOADER_GUID, "attr": EFI_VARIABLE_NV_BS_RT,
+            "data": (value + "\0").encode("utf-16-le").hex()}]}))
         tool = Path(sys.executable).with_name("virt-fw-vars")
         subprocess.run([tool, "--inplace", self.vars, "--set-json", dump], check=True,
                        capture_output=True)
