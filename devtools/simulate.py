@@ -253,7 +253,7 @@ class Simulation:
         if self.data_disk:
             for mnt in (self.workdir / "incus-state", self.workdir / "data"):
                 subprocess.run(["umount", mnt], capture_output=True, check=False)
-            subprocess.run(["losetup", "-d", self.data_disk], capture_output=True, check=False)
+            stickimg.detach_if_holding(self.data_disk, self.workdir / "data-disk.img")
 
 
 def main() -> int:

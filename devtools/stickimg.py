@@ -51,8 +51,7 @@ class Stick:
         return self.part(4)
 
     def detach(self) -> None:
-        subprocess.run(["partx", "-d", str(self.loop)], capture_output=True, check=False)
-        subprocess.run(["losetup", "-d", str(self.loop)], capture_output=True, check=False)
+        detach_if_holding(self.loop, self.image)
 
 
 @contextmanager
@@ -81,6 +80,27 @@ def find_loop(image: Path, options: Sequence[str] = ()) -> Path:
     ``--sector-size 4096``)."""
     with loop_names_held():
         return Path(sh("losetup", "--find", "--show", *options, image).strip())
+
+
+def backing_file(loop: Path) -> Path | None:
+    """The image file ``loop`` holds now; None once it is detached."""
+    try:
+        text = (Path("/sys/block") / loop.name / "loop" / "backing_file").read_text().strip()
+    except OSError:
+        return None
+    return Path(text) if text else None
+
+
+def detach_if_holding(loop: Path, images: Path) -> None:
+    """Detach ``loop``, its partitions first, if it holds the image ``images`` or
+    one under that directory: a loop detached once (a test pulled it) may be
+    another test's disk by now (pytest -n 2), whose partitions partx -d
+    would take away under its anklumed."""
+    held, images = backing_file(loop), images.resolve()
+    if held is None or not (held == images or held.is_relative_to(images)):
+        return
+    subprocess.run(["partx", "-d", str(loop)], capture_output=True, check=False)
+    subprocess.run(["losetup", "-d", str(loop)], capture_output=True, check=False)
 
 
 def attach_as(loop: Path, image: Path, seconds: float) -> bool:

@@ -85,7 +85,7 @@ def plugged(sim: Sim, name: str) -> Iterator[Path]:
     try:
         yield loop
     finally:
-        pull(loop)
+        stickimg.detach_if_holding(loop, sim.workdir)  # pulled already: maybe another's now
 
 
 def pull(loop: Path) -> None:
