@@ -90,13 +90,16 @@ def build_script(config: BuildConfig, work: Path, checkout: Path,
         'mkdir -p "$root"',
         # The keyring that verifies the packages: Arch's keys as this host
         # has them, populated once (15 s) and kept by the keyring's hash.
+        # Each build populates its own copy and the first to finish keeps
+        # it: two builds at once (the service tier's two workers) shared one
+        # directory, and gpg's trust database broke under them.
         f"keyring={q(str(keyring_cache(config)))}",
         'if [ ! -d "$keyring" ]; then',
-        '    rm -rf "$keyring.part"',
-        '    pacman-key --gpgdir "$keyring.part" --init',
-        '    pacman-key --gpgdir "$keyring.part" --populate archlinux',
-        '    gpgconf --homedir "$keyring.part" --kill all || true',
-        '    mv "$keyring.part" "$keyring"',
+        '    part=$(mktemp -d "$keyring.part.XXXXXX")',
+        '    pacman-key --gpgdir "$part" --init',
+        '    pacman-key --gpgdir "$part" --populate archlinux',
+        '    gpgconf --homedir "$part" --kill all || true',
+        '    mv -T "$part" "$keyring" 2>/dev/null || rm -rf "$part"',
         'fi',
         'cp -a "$keyring" "$gnupg"',
         # -c: the cache of the configuration (kept between builds); -G, -M:

@@ -54,8 +54,11 @@ class Config(BaseModel):
     data_mountpoint: Path = DataPaths.mountpoint
     incus_state_dir: Path = DataPaths.incus_state
     incus_socket: Path = DataPaths.incus_socket
-    # Offer loop devices as data disks (simulation and tests only).
+    # Offer loop devices as data disks (simulation and tests only); with
+    # loop_disks_under, only those whose image file is under that directory:
+    # a simulation's own, not those of another test running beside it.
     allow_loop_disks: bool = False
+    loop_disks_under: Path | None = None
     # Time the LUKS2 key derivation (argon2id) should take on this machine when
     # the disk is set up: the cost of each guess for a thief, and of each unlock.
     luks_unlock_ms: int = Field(default=DataPaths.luks_unlock_ms, ge=50, le=30000)

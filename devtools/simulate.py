@@ -159,6 +159,8 @@ class Simulation:
             f'incus_state_dir = "{self.workdir / "incus-state"}"\n'
             f'incus_socket = "{self.workdir / "incus.socket"}"\n'
             "allow_loop_disks = true\n"
+            # its own loop devices only: not those of a test beside it (pytest -n 2)
+            f'loop_disks_under = "{self.workdir.resolve()}"\n'
             "luks_unlock_ms = 200\n"  # a simulation: keep each unlock short
             "luks_memory_mib = 64\n"  # ... and small (argon2id's MiB cost most under TCG)
             # ... and no benchmark: under TCG it took 7 of the 11 s of a format
@@ -251,7 +253,7 @@ class Simulation:
         if self.data_disk:
             for mnt in (self.workdir / "incus-state", self.workdir / "data"):
                 subprocess.run(["umount", mnt], capture_output=True, check=False)
-            subprocess.run(["losetup", "-d", self.data_disk], capture_output=True, check=False)
+            stickimg.detach_if_holding(self.data_disk, self.workdir / "data-disk.img")
 
 
 def main() -> int:

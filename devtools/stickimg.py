@@ -8,13 +8,14 @@ PERSIST its dm-verity tree made by ``veritysetup format``.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,12 @@ from pathlib import Path
 from anklumed.slots.boot_entries import UKI_IN_IMAGE
 
 MiB = 1024 * 1024
+# losetup --find takes the lowest free loop device. A test that pulls a disk
+# and plugs another in under the same name holds this lock from the pull to
+# the plug (loop_names_held), so that a test beside it (pytest -n 2, .ci/run)
+# takes another name meanwhile; every --find here (find_loop) takes it too.
+LOOP_NAMES_LOCK = Path("/run/lock/anklume-test-loop-names")
+_names_held = 0  # by this process: the lock is taken once, released at the outermost
 
 
 def sh(*argv: str | Path, input: bytes | None = None) -> str:
@@ -44,8 +51,69 @@ class Stick:
         return self.part(4)
 
     def detach(self) -> None:
-        subprocess.run(["partx", "-d", str(self.loop)], capture_output=True, check=False)
-        subprocess.run(["losetup", "-d", str(self.loop)], capture_output=True, check=False)
+        detach_if_holding(self.loop, self.image)
+
+
+@contextmanager
+def loop_names_held() -> Iterator[None]:
+    """No other test process takes a loop device's name meanwhile."""
+    global _names_held
+    if _names_held:
+        _names_held += 1
+        try:
+            yield
+        finally:
+            _names_held -= 1
+        return
+    LOOP_NAMES_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with LOOP_NAMES_LOCK.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _names_held = 1
+        try:
+            yield
+        finally:
+            _names_held = 0
+
+
+def find_loop(image: Path, options: Sequence[str] = ()) -> Path:
+    """``image`` on the first free loop device (``options``: losetup's, as
+    ``--sector-size 4096``)."""
+    with loop_names_held():
+        return Path(sh("losetup", "--find", "--show", *options, image).strip())
+
+
+def backing_file(loop: Path) -> Path | None:
+    """The image file ``loop`` holds now; None once it is detached."""
+    try:
+        text = (Path("/sys/block") / loop.name / "loop" / "backing_file").read_text().strip()
+    except OSError:
+        return None
+    return Path(text) if text else None
+
+
+def detach_if_holding(loop: Path, images: Path) -> None:
+    """Detach ``loop``, its partitions first, if it holds the image ``images`` or
+    one under that directory: a loop detached once (a test pulled it) may be
+    another test's disk by now (pytest -n 2), whose partitions partx -d
+    would take away under its anklumed."""
+    held, images = backing_file(loop), images.resolve()
+    if held is None or not (held == images or held.is_relative_to(images)):
+        return
+    subprocess.run(["partx", "-d", str(loop)], capture_output=True, check=False)
+    subprocess.run(["losetup", "-d", str(loop)], capture_output=True, check=False)
+
+
+def attach_as(loop: Path, image: Path, seconds: float) -> bool:
+    """``image`` on ``loop``, a name just freed (the caller holds
+    loop_names_held): its detach waits for whoever still has it open (another
+    test's anklumed probing the disks), so tried again for ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while subprocess.run(["losetup", str(loop), str(image)], capture_output=True,
+                         check=False).returncode != 0:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def write_gpt(image: Path, slot_mib: int, persist_mib: int, efi_mib: int = 8) -> None:
@@ -65,7 +133,7 @@ def partuuid(device: Path) -> str:
 
 
 def attach(image: Path) -> Stick:
-    loop = Path(sh("losetup", "--find", "--show", image).strip())
+    loop = find_loop(image)
     try:
         sh("partx", "-a", loop)
     except RuntimeError:
@@ -84,7 +152,7 @@ def blank_disk(image: Path, mib: int) -> Path:
     """A blank sparse disk image on a loop device (the simulated data disk)."""
     with image.open("wb") as f:
         f.truncate(mib * 1024 * 1024)
-    return Path(sh("losetup", "--find", "--show", image).strip())
+    return find_loop(image)
 
 
 def make_squashfs(dest: Path, version: str, filler: int = 0, uki: bytes | None = None) -> Path:

@@ -144,7 +144,7 @@ class LiveSystem:
         self.deadline: float | None = None
         self.jobs = JobManager(self._on_job_change, self._on_job_finished)
         self.data = DataDisk(self.store, config.data_paths(), self.boot_disks,
-                             config.allow_loop_disks)
+                             config.allow_loop_disks, config.loop_disks_under)
         # Found with the candidates, in a worker thread: listing the disks and
         # reading their labels (blkid) takes a while.
         self.data_candidates: tuple[CandidateDisk, ...] = ()

@@ -153,8 +153,17 @@ def probe(device: Path, values: dict[str, str] | None = None) -> list[str]:
     return found
 
 
+def _loop_offered(device: pyudev.Device, allow_loop: bool, loops_under: Path | None) -> bool:
+    """A loop device is a disk only where allowed (the simulation, tests);
+    with ``loops_under``, only one whose image file is under it."""
+    if not allow_loop or loops_under is None:
+        return allow_loop
+    image = _attribute(device, "loop/backing_file")
+    return bool(image) and Path(image).is_relative_to(loops_under)
+
+
 def _describe(device: pyudev.Device, mounted: set[str], boot_disks: set[str],
-              allow_loop: bool) -> Disk | None:
+              allow_loop: bool, loops_under: Path | None = None) -> Disk | None:
     name = device.sys_name
     if name.startswith(_SKIPPED_PREFIXES) or not device.device_node:
         return None
@@ -162,7 +171,8 @@ def _describe(device: pyudev.Device, mounted: set[str], boot_disks: set[str],
         size = int(_attribute(device, "size") or 0) * 512
     except ValueError:
         return None
-    if size == 0 or (name.startswith("loop") and not allow_loop):
+    if size == 0 or (name.startswith("loop")
+                     and not _loop_offered(device, allow_loop, loops_under)):
         return None
     disk = Disk(name=name, device=Path(device.device_node), size=size, model=_model(device),
                 serial=_serial(device), bus=_bus(device), by_id=_by_id(device))
@@ -206,13 +216,14 @@ def _has_anklume_partitions(device: Path) -> bool:
 
 
 def list_disks(boot_disks: set[str], allow_loop: bool = False,
-               context: pyudev.Context | None = None) -> list[Disk]:
+               context: pyudev.Context | None = None,
+               loops_under: Path | None = None) -> list[Disk]:
     """Every whole disk, usable or not (each refused one says why)."""
     context = context or pyudev.Context()
     mounted = _mounted_devices()
     disks = []
     for device in context.list_devices(subsystem="block", DEVTYPE="disk"):
-        described = _describe(device, mounted, boot_disks, allow_loop)
+        described = _describe(device, mounted, boot_disks, allow_loop, loops_under)
         if described is not None:
             disks.append(described)
     return sorted(disks, key=lambda d: d.name)

@@ -160,11 +160,13 @@ def holders(path: Path) -> list[str]:
 
 class DataDisk:
     def __init__(self, store: PersistStore, paths: DataPaths,
-                 boot_disks: Callable[[], set[str]], allow_loop: bool = False) -> None:
+                 boot_disks: Callable[[], set[str]], allow_loop: bool = False,
+                 loops_under: Path | None = None) -> None:
         self.store = store
         self.paths = paths
         self.boot_disks = boot_disks
         self.allow_loop = allow_loop
+        self.loops_under = loops_under  # the candidates' loop devices: images under it
         self.snapshot = Snapshot()
         self.failures = 0
         self.locked_out_until = 0.0
@@ -248,7 +250,7 @@ class DataDisk:
             self._lock.release()
 
     def candidates(self) -> list[disks.Disk]:
-        return disks.list_disks(self.boot_disks(), self.allow_loop)
+        return disks.list_disks(self.boot_disks(), self.allow_loop, loops_under=self.loops_under)
 
     # ---- setup ----
     def setup(self, job: Job, request: SetupRequest) -> str:

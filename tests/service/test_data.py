@@ -8,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from devtools import stickimg
 from devtools.slowness import scaled
 from tests.service.conftest import Sim
 
@@ -115,8 +116,7 @@ def test_a_disk_plugged_in_later_is_noticed(sim: Sim) -> None:
     image = sim.workdir / "late.img"
     with image.open("wb") as f:
         f.truncate(300 << 20)
-    loop = subprocess.run(["losetup", "--find", "--show", str(image)], capture_output=True,
-                          text=True, check=True).stdout.strip()
+    loop = str(stickimg.find_loop(image))
     try:
         deadline = time.monotonic() + scaled(15)
         while time.monotonic() < deadline:
@@ -131,6 +131,27 @@ def test_a_disk_plugged_in_later_is_noticed(sim: Sim) -> None:
         assert loop not in {os.readlink(fd) for fd in fds.iterdir()}
     finally:
         subprocess.run(["losetup", "-d", loop], check=False)
+
+
+def test_only_the_simulations_own_loop_devices_are_offered(sim: Sim, tmp_path: Path) -> None:
+    """loop_disks_under: a disk image outside the simulation's directory (another
+    test's, running beside it under pytest -n 2) is no candidate of its anklumed."""
+    images = {}
+    for name, folder in (("theirs", tmp_path), ("ours", sim.workdir)):
+        images[name] = folder / f"{name}.img"
+        with images[name].open("wb") as f:
+            f.truncate(300 << 20)
+    theirs = stickimg.find_loop(images["theirs"])
+    ours = stickimg.find_loop(images["ours"])
+    try:
+        deadline = time.monotonic() + scaled(15)
+        while str(ours) not in (shown := {row[1] for row in data_status(sim)["Candidates"]}):
+            assert time.monotonic() < deadline, f"{ours} never appeared among the candidates"
+            time.sleep(0.3)
+        assert str(theirs) not in shown
+    finally:
+        for loop in (theirs, ours):
+            subprocess.run(["losetup", "-d", loop], check=False)
 
 
 def test_a_lock_that_cannot_unmount_leaves_everything_mounted(sim: Sim) -> None:

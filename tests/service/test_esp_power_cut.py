@@ -25,6 +25,7 @@ from anklumed.slots.bundle import Manifest
 from anklumed.slots.esp import Esp
 from anklumed.slots.update import install_kernel
 from anklumed.stick import SlotName
+from devtools import stickimg
 
 A, B = SlotName.A, SlotName.B
 UUID = "0b4c6c8e-1111-2222-3333-444455556666"
@@ -57,7 +58,7 @@ def sh(*argv: str | Path) -> str:
 def loop_esp(tmp_path: Path) -> Iterator[Path]:
     image = tmp_path / "esp.img"
     sh("mkfs.vfat", "-C", "-n", "ANKLUME-EFI", image, str(16 * 1024))
-    device = Path(sh("losetup", "--find", "--show", image).strip())
+    device = stickimg.find_loop(image)
     try:
         # A loop device just attached may read as empty for a moment
         # (mtools: "could not read boot sector"): wait for its size.

@@ -20,7 +20,7 @@ def test_a_4k_sector_disk_is_read_and_never_opened_for_writing(tmp_path: Path) -
     image.write_bytes(b"")
     with image.open("r+b") as f:
         f.truncate(32 * MiB)
-    loop = Path(stickimg.sh("losetup", "--find", "--show", "--sector-size", "4096", image).strip())
+    loop = stickimg.find_loop(image, ("--sector-size", "4096"))
     try:
         stickimg.sh("sgdisk", "--new=1:0:+8M", "--change-name=1:ANKLUME-PERSIST", loop)
         seen = closes_seen(loop, lambda: read_gpt(loop))

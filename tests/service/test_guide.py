@@ -85,7 +85,7 @@ def plugged(sim: Sim, name: str) -> Iterator[Path]:
     try:
         yield loop
     finally:
-        pull(loop)
+        stickimg.detach_if_holding(loop, sim.workdir)  # pulled already: maybe another's now
 
 
 def pull(loop: Path) -> None:
@@ -94,12 +94,10 @@ def pull(loop: Path) -> None:
 
 def swap(loop: Path, image: Path) -> None:
     """Another disk in place of ``loop``, under its name (its detach may wait
-    for udev's look at it to end: tried again until the name is free)."""
-    pull(loop)
-    deadline = time.monotonic() + scaled(5)
-    while subprocess.run(["losetup", loop, image], capture_output=True).returncode != 0:
-        assert time.monotonic() < deadline, f"{loop} stayed busy"
-        time.sleep(0.1)
+    for udev's or another test's anklumed's look at it to end)."""
+    with stickimg.loop_names_held():
+        pull(loop)
+        assert stickimg.attach_as(loop, image, scaled(5)), f"{loop} stayed busy"
 
 
 @contextlib.contextmanager

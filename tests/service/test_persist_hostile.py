@@ -230,15 +230,14 @@ def test_a_stick_back_after_a_failed_update(sim: Sim, tmp_path: Path) -> None:
     with serving(manifest.parent, Faults(fail_first=3)) as server:
         started = sim.ctl("update", f"{server.url}/{manifest.name}", "--no-wait")
         assert started.returncode == 0, started.stderr
-        sim.stick.detach()
-        s = wait_for(sim, "s['LastUpdate'].get('state') == 'failed'", 30)
-        assert s["LastUpdate"]["state"] == "failed", s["LastUpdate"]
-    # The update's read of PERSIST failed with the stick gone: nothing is known now.
-    assert sim.status()["BootState"] == "degraded"
-    # Back in the same port: the same name.
-    attached = subprocess.run(["losetup", str(loop), str(image)], capture_output=True, check=False)
-    if attached.returncode != 0:
-        pytest.skip(f"{loop} was taken meanwhile: {attached.stderr!r}")
+        with stickimg.loop_names_held():  # until it is back under its name
+            sim.stick.detach()
+            s = wait_for(sim, "s['LastUpdate'].get('state') == 'failed'", 30)
+            assert s["LastUpdate"]["state"] == "failed", s["LastUpdate"]
+            # The update's read of PERSIST failed with the stick gone: nothing is known now.
+            assert sim.status()["BootState"] == "degraded"
+            # Back in the same port: the same name.
+            assert stickimg.attach_as(loop, image, scaled(5)), f"{loop} stayed busy"
     subprocess.run(["partx", "-a", str(loop)], capture_output=True, check=False)
     sim.stick = stickimg.Stick(image=image, loop=loop)
     s = wait_for(sim, "s['BootState'] != 'degraded' and s['PrimarySlot'] == 'A'")
@@ -276,13 +275,11 @@ def test_another_stick_under_the_same_name_is_never_written(sim: Sim, tmp_path: 
     loop = sim.stick.loop
     other = stickimg.build(tmp_path / "other")  # a second anklume stick, elsewhere
     other.detach()
-    sim.stick.detach()
-    since = sim.daemon_log.stat().st_size
-    # Given the boot stick's name at once, before anklumed looked again.
-    attached = subprocess.run(["losetup", str(loop), str(other.image)], capture_output=True,
-                              check=False)
-    if attached.returncode != 0:
-        pytest.skip(f"{loop} was taken meanwhile: {attached.stderr!r}")
+    with stickimg.loop_names_held():  # until the other stick has the boot stick's name
+        sim.stick.detach()
+        since = sim.daemon_log.stat().st_size
+        # Given the boot stick's name at once, before anklumed looked again.
+        assert stickimg.attach_as(loop, other.image, scaled(5)), f"{loop} stayed busy"
     subprocess.run(["partx", "-a", str(loop)], capture_output=True, check=False)
     impostor = stickimg.Stick(image=other.image, loop=loop)
     try:

@@ -67,8 +67,7 @@ def test_a_root_copied_to_ram_reads_nothing_from_a_disk(stack: tuple[Path, ExitS
     work, undo = stack
     mount(undo, "anklume-ram", work / "ram", "-t", "tmpfs")
     shutil.copyfile(work / "os.squashfs", work / "ram" / "slot.img")
-    loop = Path(run("losetup", "--find", "--show", "--read-only", work / "ram" / "slot.img")
-                .strip())
+    loop = stickimg.find_loop(work / "ram" / "slot.img", ("--read-only",))
     undo.callback(subprocess.run, ["losetup", "-d", str(loop)], check=False)
     root = open_root(undo, work, loop)
     assert backing(root) == Backing(in_ram=True)

@@ -41,6 +41,11 @@ SECRET = "hunter2"  # a password or a root-only value: never in an answer
 NAMES = {code: name for name, code in EXIT_CODES.items()}
 GIB2 = 2 << 30
 
+# One daemon for the module, its last test checking what the cases left: under
+# xdist (.ci/run's -n 2) the module runs whole on one worker, in order
+# (--dist loadgroup, in pyproject.toml's addopts).
+pytestmark = pytest.mark.xdist_group("update-sources")
+
 
 @dataclass
 class World:
@@ -49,6 +54,7 @@ class World:
     good: Path  # a signed bundle's manifest (its image and .sig beside it)
     unsigned: Path  # a manifest whose bundle has no .sig
     foreign: Path  # a signed bundle for another system
+    answered: int = 0  # cases sent to this daemon so far
 
     def copy(self, name: str, source: Path | None = None) -> Path:
         """A fresh copy of a bundle in its own directory; returns its manifest."""
@@ -698,6 +704,7 @@ def test_a_hostile_update_source_gets_its_answer(world: World, baseline: Baselin
                                                   case: Case) -> None:
     started = time.monotonic()
     name, message = asyncio.run(case.send(world))
+    world.answered += 1
     assert (name, SECRET in message) == (case.error, False), message
     assert case.says in message
     assert time.monotonic() - started < 20, "no answer may wait on a FIFO or a large read"
@@ -705,6 +712,9 @@ def test_a_hostile_update_source_gets_its_answer(world: World, baseline: Baselin
 
 def test_after_them_anklumed_is_whole(world: World, baseline: Baseline) -> None:
     """Run after the cases (pytest keeps a module's order)."""
+    if not world.answered:  # a skip, which CI counts as a failure
+        pytest.skip("no case was sent to this daemon before: selected alone, or run on "
+                    "another xdist worker than the cases (--dist loadgroup keeps them together)")
     assert world.sim.daemon is not None
     pid = world.sim.daemon.pid
     assert world.sim.name_owned()

@@ -20,6 +20,7 @@ from anklumed.slots.bundle import CHUNK, FORMAT, Manifest
 from anklumed.slots.source import HttpSettings, open_bundle
 from anklumed.slots.update import write_slot
 from anklumed.slots.verity_tree import VerityHasher, VerityParams
+from devtools import stickimg
 
 pytestmark = pytest.mark.root
 
@@ -30,10 +31,9 @@ def target(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
     sticks and disks come with either)."""
     backing = tmp_path / "slot.img"
     backing.write_bytes(b"\xff" * (12 << 20))  # not zeros: the padding must be written
-    dev = subprocess.run(["losetup", "-f", "--show", "--sector-size", str(request.param),
-                          backing], check=True, capture_output=True, text=True).stdout.strip()
+    dev = stickimg.find_loop(backing, ("--sector-size", str(request.param)))
     try:
-        yield Path(dev)
+        yield dev
     finally:
         subprocess.run(["losetup", "-d", dev], check=True)
 
