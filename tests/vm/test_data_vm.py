@@ -72,12 +72,12 @@ def test_luks2_data_disk_full_cycle(sim: Sim, tmp_path: Path, fs: str) -> None:
     assert Path("/dev/mapper/anklume-data-vault").exists()
     assert run(["cryptsetup", "luksUUID", str(sim.data_disk)]).stdout.decode().strip() \
         == st["LuksUuid"]
-    # argon2id within the simulation's luks_memory_mib (64), not the RAM-sized
+    # argon2id within the simulation's luks_memory_mib (32), not the RAM-sized
     # default the image tier's data disk gets, with its luks_iterations (4)
     # passes, given rather than measured by cryptsetup's benchmark
     dump = run(["cryptsetup", "luksDump", str(sim.data_disk)]).stdout.decode()
     memory = [int(kib) for kib in re.findall(r"Memory:\s+(\d+)", dump)]
-    assert "argon2id" in dump and memory and max(memory) <= 64 * 1024, dump
+    assert "argon2id" in dump and memory and max(memory) <= 32 * 1024, dump
     assert re.findall(r"Time cost:\s+(\d+)", dump) == ["4"], dump
     data = Path(st["Mounts"]["data"])
     (data / "incus-state" / "kept.txt").write_text("survives\n")
@@ -156,7 +156,7 @@ def test_a_disk_whose_setup_was_cut_short_is_not_adopted(sim: Sim, tmp_path: Pat
     # (made with the very steps setup takes).
     secret, label = PASSPHRASE.encode(), f"{LABEL_PREFIX}vault"
     assert sim.data_disk is not None
-    luks.format_luks2(sim.data_disk, secret, label=label, memory_kib=64 * 1024, iterations=4)
+    luks.format_luks2(sim.data_disk, secret, label=label, memory_kib=32 * 1024, iterations=4)
     btrfs.make_filesystem(luks.open_luks(sim.data_disk, secret, "anklume-half"), label)
     luks.close_luks("anklume-half")
     sim.restart_daemon()
