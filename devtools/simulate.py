@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import ctypes
 import functools
+import io
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -93,6 +95,14 @@ def boot_clock_at(libc: ctypes.CDLL, seconds: float) -> None:
         os.close(fd)
 
 
+def exit_status(stop: SystemExit, stderr: io.StringIO) -> int:
+    """The status a process would exit with on ``stop`` (sys.exit's rules)."""
+    if stop.code is None or isinstance(stop.code, int):
+        return stop.code or 0
+    print(stop.code, file=stderr)
+    return 1
+
+
 class Simulation:
     def __init__(self, workdir: Path, boot_env: str | None = None, slot_mib: int = 32) -> None:
         self.workdir = workdir
@@ -162,7 +172,9 @@ class Simulation:
             # its own loop devices only: not those of a test beside it (pytest -n 2)
             f'loop_disks_under = "{self.workdir.resolve()}"\n'
             "luks_unlock_ms = 200\n"  # a simulation: keep each unlock short
-            "luks_memory_mib = 64\n"  # ... and small (argon2id's MiB cost most under TCG)
+            # ... and small: argon2id's MiB cost most under TCG, and the config's
+            # least (32) took 1.0 s an open in the VM tier's plain guest, 64 MiB 1.8 s
+            "luks_memory_mib = 32\n"
             # ... and no benchmark: under TCG it took 7 of the 11 s of a format
             # (and of each key added) to settle on 4 passes.
             "luks_iterations = 4\n"
@@ -213,6 +225,38 @@ class Simulation:
         return subprocess.run([sys.executable, *prefix, *args], cwd=REPO, env=self.env,
                               capture_output=True, text=True, check=False,
                               stdin=subprocess.DEVNULL, timeout=scaled(60))
+
+    def ctl_here(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``ctl`` as root without a new process: anklumectl's own ``main`` in
+        this one (the same parsing, passphrase files, messages and exit
+        codes), its stdin empty and its output captured as there. Under TCG
+        an anklumectl start cost 3 to 5 s in the VM tier's plain guest (its
+        imports alone 2.5 s), more than the daemon's work for most calls.
+        Its own thread, as ``lock_data_disk``: the caller may be running an
+        event loop; a daemon thread, so that a call that hangs fails its
+        test (as ``ctl``'s timeout does) without holding the run's exit."""
+        from anklumectl.main import main  # only the tests that use it pay its imports
+        argv = ["--bus", self.bus.address, *args]
+        out, err = io.StringIO(), io.StringIO()
+        codes: list[int] = []
+
+        def call() -> None:
+            stdin, sys.stdin = sys.stdin, io.StringIO()  # as stdin=DEVNULL: not a terminal
+            try:
+                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                    codes.append(main(argv))
+            except SystemExit as e:  # argparse's refusals: exit status 2 and a usage line
+                codes.append(exit_status(e, err))
+            finally:
+                sys.stdin = stdin
+
+        thread = threading.Thread(target=call, daemon=True)
+        thread.start()
+        thread.join(scaled(60))
+        if not codes:
+            raise TimeoutError(f"anklumectl {shlex.join(args)} did not end in {scaled(60):.0f} s")
+        return subprocess.CompletedProcess(["anklumectl", *argv], codes[0], out.getvalue(),
+                                           err.getvalue())
 
     def lock_data_disk(self) -> None:
         """Unmount, export and close the data disk: what ``anklumectl data

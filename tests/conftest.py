@@ -212,7 +212,7 @@ class GuestRuns:
         stream = sys.stdout if self.config.getoption("capture") == "no" else None
         # A short LUKS key derivation: each unlock costs seconds under TCG
         # otherwise; its passes given, as the simulation's (no benchmark).
-        files = ({"anklumed.toml": "luks_unlock_ms = 200\nluks_memory_mib = 64\n"
+        files = ({"anklumed.toml": "luks_unlock_ms = 200\nluks_memory_mib = 32\n"
                                    "luks_iterations = 4\n"}
                  if mode == "systemd" else None)
         result = scenarios.run(mode, command, env=env, files=files,

@@ -85,7 +85,7 @@ def test_a_flipped_byte_in_the_slot_is_caught(stick: stickimg.Stick, tmp_path: P
 def test_luks2_btrfs_round_trip(loop_disk: Path, tmp_path: Path) -> None:
     secret = b"correct horse battery staple"
     uuid = luks.format_luks2(loop_disk, secret, label="anklume-test",
-                             memory_kib=64 * 1024, iterations=4)
+                             memory_kib=32 * 1024, iterations=4)
     assert luks.is_luks(loop_disk) and len(uuid) == 36
     mnt = tmp_path / "data"
     device = luks.open_luks(loop_disk, secret, "anklume-data-test")
@@ -129,7 +129,7 @@ def test_luks2_zfs_round_trip(loop_disk: Path, tmp_path: Path) -> None:
         pytest.skip("no ZFS module for this kernel: build it with "
                     "`.venv/bin/python -m devtools.vm.kernel --zfs` (about 4 min)")
     secret = b"another passphrase"
-    luks.format_luks2(loop_disk, secret, label="anklume-test", memory_kib=64 * 1024,
+    luks.format_luks2(loop_disk, secret, label="anklume-test", memory_kib=32 * 1024,
                       iterations=4)
     device = luks.open_luks(loop_disk, secret, "anklume-data-ztest")
     mountpoint = tmp_path / "pool"
