@@ -53,7 +53,11 @@ async def _serve(config_path: Path | None, bus: str | None) -> int:
     stopping = asyncio.ensure_future(stop.wait())
     await asyncio.wait({disconnected, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if disconnected.done():
-        logging.getLogger("anklumed").error("lost the bus connection; exiting")
+        # The reason (EOFError when the bus daemon goes away) is read here:
+        # left unread, asyncio would log it as a traceback at exit.
+        why = disconnected.exception()
+        logging.getLogger("anklumed").error("lost the bus connection (%s); exiting",
+                                            type(why).__name__ if why else "closed")
         return 1
     await daemon.stop()
     return 0

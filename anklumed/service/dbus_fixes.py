@@ -5,7 +5,9 @@
 connection: with many clients asking at once
 (tests/service/test_robustness.py::test_fifty_concurrent_clients) the daemon
 lost the bus. This copy of the method differs only in waiting for the
-socket to become writable again.
+socket to become writable again, and in marking the exception of a send
+that failed as read (a signal's send is awaited by no one: asyncio would log
+its traceback when the bus goes away).
 
 2. Error replies. Upstream's ``SendReply`` answers an exception that is not a
 DBusError with its traceback (``The service interface raised an error: …``),
@@ -76,6 +78,11 @@ def _write_callback(self: Any, remove_writer: bool = True) -> None:
             aio_bus._future_set_result(self.fut, None)
         else:
             aio_bus._future_set_exception(self.fut, e)
+            # A signal's send future has no one awaiting it: unread, asyncio
+            # logs its exception as a traceback. The connection's loss is
+            # reported once, by the disconnect future (anklumed.main).
+            if self.fut is not None and not self.fut.cancelled():
+                self.fut.exception()
         self.bus._finalize(e)
 
 

@@ -89,6 +89,18 @@ def test_a_stick_plugged_back_is_found_again(sim: Sim) -> None:
     assert sim.status()["BootState"] == "good"
 
 
+def test_anklumed_exits_when_its_bus_goes_away(sim: Sim) -> None:
+    """A daemon without its bus serves no one: it exits (status 1, systemd
+    restarts it) with one line saying why, rather than living on with only
+    its watchdog pings, and no traceback."""
+    assert sim.daemon is not None
+    sim.bus.stop()
+    assert sim.daemon.wait(scaled(15)) == 1
+    log = sim.daemon_log.read_text()
+    assert "lost the bus connection (EOFError); exiting" in log, log[-2000:]
+    assert "Traceback" not in log, log[-2000:]
+
+
 def test_two_sticks_without_a_hint_are_refused(sim: Sim, tmp_path: Path) -> None:
     other = stickimg.build(tmp_path / "second")
     try:

@@ -1,4 +1,11 @@
-"""The dbus-fast version the fixes were checked against (dbus_fixes.apply)."""
+"""The dbus-fast version the fixes were checked against (dbus_fixes.apply),
+and the socket writer's handling of a bus that went away."""
+
+import asyncio
+import gc
+import socket
+from collections import deque
+from types import SimpleNamespace
 
 import pytest
 
@@ -24,3 +31,32 @@ def test_an_untested_dbus_fast_is_refused(monkeypatch: pytest.MonkeyPatch, versi
 def test_the_tested_range_is_accepted(monkeypatch: pytest.MonkeyPatch, version: str) -> None:
     monkeypatch.setattr(dbus_fixes, "installed_version", version)
     dbus_fixes.apply()  # applying twice is harmless: the same functions again
+
+
+def test_a_send_lost_with_the_bus_leaves_no_unread_exception() -> None:
+    """The bus gone (the peer closed): the send's future holds the error,
+    the bus is finalized with it, and the future counts as read, so asyncio
+    logs no "exception was never retrieved" traceback when it is collected
+    (a signal's send is awaited by no one)."""
+    loop = asyncio.new_event_loop()
+    unread: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: unread.append(context))
+    ours, theirs = socket.socketpair()
+    theirs.close()
+    finalized: list[Exception | None] = []
+    fut: asyncio.Future[None] | None = loop.create_future()
+    writer = SimpleNamespace(
+        sock=ours, fd=ours.fileno(), loop=loop, buf=None, offset=0, fut=None,
+        unix_fds=None, negotiate_unix_fd=False, messages=deque([(b"signal", None, fut)]),
+        bus=SimpleNamespace(_user_disconnect=False, _finalize=finalized.append))
+    try:
+        dbus_fixes._write_callback(writer)
+        assert fut is not None and fut.done()  # failed (not read here: reading would mark it read)
+        assert finalized and isinstance(finalized[0], BrokenPipeError)
+        fut = writer.fut = None
+        finalized.clear()  # the error's traceback holds the future too
+        gc.collect()
+        assert unread == []
+    finally:
+        ours.close()
+        loop.close()
