@@ -124,12 +124,22 @@ class Daemon:
             await asyncio.sleep(usec / 2e6)
 
     # ---- the core's changes, as properties and signals (core.system.Observer) ----
+    def _on_the_bus(self) -> bool:
+        """Whether a signal can go out. Once the bus is lost, main() ends the
+        daemon at its next turn of the loop; a change the core makes before
+        then has no one to tell (sending would fail on the closed socket and
+        log a traceback that hides the one line saying the bus was lost)."""
+        return self.bus is not None and self.bus.connected
+
     def state_changed(self) -> None:
-        for iface in self.interfaces:
-            iface.publish()
+        if self._on_the_bus():
+            for iface in self.interfaces:
+                iface.publish()
         self._status()
 
     def job_started(self, job: JobSnapshot) -> None:
+        if not self._on_the_bus():
+            return
         assert self.bus is not None
         # The finished job of the same kind gives way: only the last one is kept.
         for path, iface in list(self.job_interfaces.items()):
@@ -142,12 +152,12 @@ class Daemon:
 
     def job_changed(self, job: JobSnapshot) -> None:
         iface = self.job_interfaces.get(job_path(job.number))
-        if iface is not None:
+        if iface is not None and self._on_the_bus():
             iface.show(job)
 
     def job_finished(self, job: JobSnapshot) -> None:
         iface = self.job_interfaces.get(job_path(job.number))
-        if iface is not None:
+        if iface is not None and self._on_the_bus():
             iface.show(job)
             iface.Finished()
 
