@@ -389,19 +389,6 @@ def assert_the_container_and_its_file_are_there(report: dict[str, Any], token: s
     assert hello["stdout"] == f"written by the container: {token}\n", hello
 
 
-def assert_the_update_made_slot_b_next(report: dict[str, Any], manifest: Path) -> Any:
-    """The report's ``update`` succeeded: slot B holds the manifest's
-    version, verified, and is the next boot. Returns the status after it."""
-    update = command(report, "update")
-    assert update["rc"] == 0, update
-    after = json_output(report, "status_after_update")
-    slot_b = after["Slots"]["B"]
-    assert (slot_b["Status"], slot_b["Version"], slot_b["Primary"]) == \
-        ("ok", NEXT_VERSION, True), slot_b
-    assert slot_b["RootHash"] == parse_manifest(manifest.read_bytes()).root_hash, slot_b
-    return after
-
-
 # ---- 1. the first boot --------------------------------------------------------
 
 def test_first_boot_runs_slot_a_from_the_stick_verified_and_is_marked_good(
@@ -512,8 +499,14 @@ def test_anklumectl_update_url_installs_the_next_version_in_slot_b(boots: Boots)
     primary for the next boot."""
     report = reported(boots.unlock)
     assert command(report, "network_up")["rc"] == 0, command(report, "network_up")
-    after = assert_the_update_made_slot_b_next(report, boots.next_manifest)
+    update = command(report, "update")
+    assert update["rc"] == 0, update
+    after = json_output(report, "status_after_update")
+    slot_b = after["Slots"]["B"]
+    assert (slot_b["Status"], slot_b["Version"], slot_b["Primary"]) == \
+        ("ok", NEXT_VERSION, True), slot_b
     manifest = parse_manifest(boots.next_manifest.read_bytes())
+    assert slot_b["RootHash"] == manifest.root_hash, slot_b
     # The updater's kernel check let it through: 1.0.1's UKI is the built
     # slot's, signed with the session's test key as the running one is.
     assert manifest.uki is not None
