@@ -87,19 +87,21 @@ def persist_mounted(machine: Machine) -> Iterator[PersistDir]:
             subprocess.run(["umount", str(mnt)], check=True)
 
 
-def install_slot_b(machine: Machine, built: Built) -> None:
-    """The build's bundle as slot B, activated (PERSIST: B ok and primary,
-    boot-count 0), and the boot menu rewritten for B as the updater does
-    after activation."""
-    bundle_dir = built.image.with_name(built.image.name + ".bundle")
-    manifest_file = next(bundle_dir.glob("*.manifest"))
+def install_slot_b(machine: Machine, built: Built, manifest_file: Path | None = None) -> None:
+    """A bundle as slot B (``manifest_file``'s, else the build's), activated
+    (PERSIST: B ok and primary, boot-count 0), and the boot menu rewritten
+    for B as the updater does after activation."""
+    if manifest_file is None:
+        manifest_file = next(built.image.with_name(built.image.name + ".bundle")
+                             .glob("*.manifest"))
     manifest = parse_manifest(manifest_file.read_bytes())
-    squashfs = bundle_dir / manifest.image
+    squashfs = manifest_file.with_name(manifest.image)
     tree = write_slot(machine.stick, squashfs, manifest)
     with partition(machine, ESP, "esp") as esp_file:
         # The kernel phase: B's UKI signed as the kernel slot A runs (the
-        # machine's firmware has no Secure Boot: no db to read), then to the
-        # ESP, read back against UKI_SHA256.
+        # host has none of the machine's firmware variables: no db to read;
+        # test_secure_boot.py's updates in the guest read the real one),
+        # then to the ESP, read back against UKI_SHA256.
         assert manifest.uki is not None
         running = machine.rundir / "running-uki.efi"
         running.write_bytes(_mtools("mcopy", "-i", esp_file,
@@ -113,7 +115,7 @@ def install_slot_b(machine: Machine, built: Built) -> None:
     # Activation: tree, manifest, signature, meta ok, boot-count 0, ab-state B.
     with persist_mounted(machine) as pdir:
         activate(pdir, SlotName.B, manifest, KeptManifest.beside(manifest_file),
-                 tree, "test: the build's bundle", datetime.now(UTC))
+                 tree, "test: installed from the host", datetime.now(UTC))
     # The menu with both slots ok (the other slot's entry is where the boot
     # loader falls back).
     with partition(machine, ESP, "esp") as esp_file:

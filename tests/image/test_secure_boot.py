@@ -11,7 +11,15 @@ with that key enrolled as PK, KEK and db in a copy of OVMF's variable store
   manifest keys' directory moved, another stick's PERSIST, slot B's kernel
   named): systemd-stub boots the signed UKI's own command line (the
   entry's profile's), so the same verified system comes up (one boot for
-  both: a boot under TCG costs minutes);
+  both: a boot under TCG costs minutes); at the end of that boot,
+  ``anklumectl update URL`` of a bundle whose manifest the image's key
+  signed but whose UKI another key signed is refused by the updater's
+  kernel check, which reads the firmware's db (slot B failed, no kernel on
+  the ESP, slot A still the next boot);
+- then the next version (1.0.1, its UKI signed by the enrolled key)
+  installed in slot B from the host with the updater's steps
+  (tests/image/slot_install.py), and the next boot, the firmware still
+  enforcing Secure Boot, runs slot B on B's own UKI, marked good;
 - the same stick with its UKI unsigned is refused by the firmware: the
   signed systemd-boot runs (it counts the default entry on the ESP) but its
   UKI never starts (no report, PERSIST untouched), and
@@ -30,16 +38,43 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from anklume_image import stick
 from anklume_image.build import sha256_file
-from anklumed.slots import boot_entries
-from anklumed.stick import SlotName
-from devtools.image_vm import OVMF_CODE_SECURE, OVMF_VARS, Boot, Machine
+from anklumectl.main import EXIT_CODES
+from anklumed.slots import boot_entries, bundle
+from anklumed.slots.bundle import parse_manifest
+from anklumed.stick import EFI_LABEL, SlotName
+from devtools.bundle_server import serving
+from devtools.image_vm import (
+    GUEST_ADDRESS,
+    HOST_FROM_GUEST,
+    OVMF_CODE_SECURE,
+    OVMF_VARS,
+    STUB_IMAGE,
+    Boot,
+    Machine,
+)
+from devtools.stickimg import make_squashfs
 from tests.image.conftest import Built
-from tests.image.test_boot_image import DATA_MIB, STICK_ENTRY_A, reported, unit
+from tests.image.slot_install import install_slot_b, signed_again
+from tests.image.test_boot_image import (
+    DATA_MIB,
+    NETWORK_UP,
+    NEXT_VERSION,
+    STICK_ENTRY_A,
+    UPDATE_WAIT,
+    command,
+    guest_script,
+    json_output,
+    next_version_bundle,
+    reported,
+    server_port,
+    unit,
+)
 from tests.image.test_build import extract
 
 pytestmark = pytest.mark.image
@@ -62,6 +97,21 @@ print(json.dumps({
     "running": [c.subject.rfc4514_string() for c in ks.file_signers(machine.running_uki)],
 }))
 """
+
+
+# An update the signed boot refuses: a bundle whose UKI another key signed.
+OTHER_VERSION = "1.0.2"
+OTHER_SIGNER = "CN=anklume other key"
+# The boot after the next version's install: slot B from its "run from the
+# stick" entry, chosen once. The default entry's copy to RAM and
+# systemd-boot's counter are test_boot_image.py's third boot's subject; the
+# UKI is the same file.
+STICK_ENTRY_B = "anklume-3-stick-b.conf"
+STATUS = ["anklumectl", "status", "--json"]
+# The kernels on the ESP, read in the guest as the updater reads the ESP
+# (mtools on the partition, nothing mounted).
+KERNELS_ON_THE_ESP = ["sh", "-c", "MTOOLS_SKIP_CHECK=1 mdir -b -i "
+                      f"/dev/disk/by-partlabel/{EFI_LABEL} ::/{boot_entries.UKI_DIR}"]
 
 
 def efi_variable(name: str) -> list[str]:
@@ -125,6 +175,33 @@ def edit_entry(image: Path, name: str, added: str) -> None:
     subprocess.run(["mcopy", "-o", "-i", fat, "-", target], input=edited.encode(), check=True)
 
 
+def other_key_bundle(built: Built, out: Path) -> Path:
+    """A bundle the image's key signed (anklumed trusts its manifest) whose
+    UKI another Secure Boot key signed: the built UKI signed again by a key
+    made here, which the firmware's db does not hold -- a bundle built with
+    another ``--secure-boot-key``. Its squashfs holds only that UKI, where a
+    slot holds it: the updater's kernel check reads nothing else, and the
+    guest writes 50 MiB before the refusal rather than 500."""
+    key, cert = out / "other.key", out / "other.crt"
+    subprocess.run(["openssl", "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes",
+                    "-days", "30", "-subj", f"/{OTHER_SIGNER}/", "-keyout", key, "-out", cert],
+                   check=True, capture_output=True)
+    built_bundle = built.image.with_name(built.image.name + ".bundle")
+    manifest = parse_manifest(next(built_bundle.glob("*.manifest")).read_bytes())
+    uki = subprocess.run(["unsquashfs", "-cat", built_bundle / manifest.image,
+                          boot_entries.UKI_IN_IMAGE], check=True, capture_output=True).stdout
+    resigned = out / "other-uki.efi"
+    resigned.write_bytes(signed_again(uki, out, key, cert))
+    image = make_squashfs(out / "other-key.squashfs", OTHER_VERSION,
+                          uki=resigned.read_bytes())
+    made = bundle.create_bundle(image, out, version=OTHER_VERSION,
+                                compatible=manifest.compatible, signing_key=built.key,
+                                uki=(boot_entries.UKI_IN_IMAGE, resigned))
+    image.unlink()
+    resigned.unlink()
+    return out / made.image.replace(".squashfs", ".manifest")
+
+
 def refused(bootdir: Path) -> bool:
     console = bootdir / "console.log"
     text = console.read_text(errors="replace").lower() if console.exists() else ""
@@ -143,19 +220,64 @@ class SecureBoots:
                        vars_template=self.vars, secure_boot=True)
 
     @functools.cached_property
+    def signed_machine(self) -> Machine:
+        return self.machine("signed")
+
+    @functools.cached_property
+    def manifests(self) -> dict[str, Path]:
+        """The bundles, in one folder: the next version's
+        (test_boot_image.py's, its UKI the built one, signed by the enrolled
+        key) and one whose UKI another key signed."""
+        out = MACHINES / "bundles"
+        out.mkdir()
+        return {"next": next_version_bundle(self.built, out),
+                "other_key": other_key_bundle(self.built, out)}
+
+    @functools.cached_property
     def signed(self) -> Boot:
         """The signed stick's boot from its "run from the stick" entry (the
         copy to RAM, a minute or more under TCG, is test_boot_image.py's
-        third boot's subject), that entry's options edited first."""
-        machine = self.machine("signed")
+        third boot's subject), that entry's options edited first; once it
+        is reported good, an update over QEMU's user networking that the
+        kernel check refuses."""
+        machine = self.signed_machine
         machine.choose_entry_once(STICK_ENTRY_A)
         edit_entry(machine.stick, STICK_ENTRY_A, INJECTED)
-        # No test here looks at the poweroff (test_boot_image.py's boots do):
-        # the power is cut once the report is in.
+        with serving(self.manifests["next"].parent) as server:
+            def update(name: str) -> list[str]:
+                url = f"http://{HOST_FROM_GUEST}:{server_port(server)}/{self.manifests[name].name}"
+                return ["anklumectl", "update", url]
+
+            # No test here looks at the poweroff (test_boot_image.py's boots
+            # do): the power is cut once the report is in.
+            return machine.boot(commands={
+                "secure_boot": efi_variable("SecureBoot"),
+                "setup_mode": efi_variable("SetupMode"),
+                "kernel_signer": ["python3", "-c", KERNEL_SIGNER],
+                "cmdline": ["cat", "/proc/cmdline"],
+                "network_up": guest_script(NETWORK_UP, ADDRESS=GUEST_ADDRESS),
+                "update_other_key": update("other_key"),
+                "status_after_refusal": STATUS,
+                "kernels_after_refusal": KERNELS_ON_THE_ESP}, network=True,
+                cut_after_report=True, timeout=600.0 + UPDATE_WAIT)
+
+    @functools.cached_property
+    def on_b(self) -> Boot:
+        """The next version installed in slot B from the host after the
+        signed boot (tests/image/slot_install.py: the updater's own steps,
+        B's UKI to the ESP and the menu for B; the same install through
+        ``anklumectl update`` in the guest is test_boot_image.py's, and
+        would cost this tier another minute under TCG), then the boot on it,
+        the same firmware enforcing Secure Boot: slot B from its "run from
+        the stick" entry, chosen once."""
+        reported(self.signed)  # its refused update wrote slot B first
+        machine = self.signed_machine
+        install_slot_b(machine, self.built, self.manifests["next"])
+        machine.choose_entry_once(STICK_ENTRY_B)
         return machine.boot(commands={
             "secure_boot": efi_variable("SecureBoot"), "setup_mode": efi_variable("SetupMode"),
-            "kernel_signer": ["python3", "-c", KERNEL_SIGNER],
-            "cmdline": ["cat", "/proc/cmdline"]}, cut_after_report=True)
+            "kernel_signer": ["python3", "-c", KERNEL_SIGNER], "stub_image": STUB_IMAGE},
+            cut_after_report=True)
 
     @functools.cached_property
     def unsigned(self) -> tuple[Machine, Boot]:
@@ -240,6 +362,58 @@ def test_an_edited_entry_cannot_change_what_the_signed_kernel_boots(
     status = report["status"]
     assert status is not None, report["status_raw"]
     assert (status["BootedSlot"], status["BootState"]) == ("A", "good"), status
+
+
+def file_names(listing: dict[str, Any]) -> list[str]:
+    assert listing["rc"] == 0, listing
+    return sorted(line.rsplit("/", 1)[-1] for line in str(listing["stdout"]).split())
+
+
+def test_under_secure_boot_an_update_whose_kernel_another_key_signed_is_refused(
+        secure: SecureBoots) -> None:
+    """Its manifest is signed by the image's key, its UKI by a key the
+    firmware's db does not hold: the firmware would refuse that kernel at
+    every boot. The updater refuses the bundle after writing slot B (it
+    reads the kernel out of the slot it wrote) and before the kernel
+    reaches the ESP or PERSIST names B (anklumed/slots/kernel_signer.py)."""
+    report = reported(secure.signed)
+    assert command(report, "network_up")["rc"] == 0, command(report, "network_up")
+    refusal = command(report, "update_other_key")
+    assert refusal["rc"] == EXIT_CODES["VerificationFailed"], refusal
+    assert (f"the bundle's kernel (UKI) is signed by {OTHER_SIGNER}: this machine starts "
+            "with Secure Boot on, and its firmware would refuse it") in refusal["stderr"], refusal
+    after = json_output(report, "status_after_refusal")
+    assert (after["BootedSlot"], after["PrimarySlot"]) == ("A", "A"), after
+    assert after["LastUpdate"]["error_code"] == "verification-failed", after["LastUpdate"]
+    # B's old bytes are gone (it was empty): not bootable, not the next boot
+    slot_b = after["Slots"]["B"]
+    assert (slot_b["Status"], slot_b["Primary"]) == ("failed", False), slot_b
+    assert file_names(command(report, "kernels_after_refusal")) == ["slot-a.efi"]
+
+
+def test_after_the_update_slot_b_boots_on_its_own_uki_under_enforced_secure_boot(
+        secure: SecureBoots) -> None:
+    """The next boot, the firmware still enforcing db: systemd-stub started
+    B's UKI from the ESP, the initramfs opened slot B by its signed
+    manifest, and the boot was marked good; the running kernel's signer is
+    the enrolled key."""
+    report = reported(secure.on_b)
+    commands = report["commands"]
+    assert (value_of(commands["secure_boot"]), value_of(commands["setup_mode"])) == (1, 0)
+    stub = command(report, "stub_image")
+    assert stub["stdout"].strip().lower().endswith("\\efi\\anklume\\slot-b.efi"), stub
+    env = report["boot_env"]
+    assert env is not None, "the initramfs wrote no hand-off"
+    assert (env["SLOT"], env["KERNEL"], env["VERITY"], env["SECURE_BOOT"]) == (
+        "B", "B", "signed", "1"), env
+    assert report["entry_selected"] == STICK_ENTRY_B, report["entry_selected"]
+    assert json_output(report, "kernel_signer") == {
+        "secure_boot": True, "db": ["CN=anklume test db"], "running": ["CN=anklume test db"]}
+    status = report["status"]
+    assert status is not None, report["status_raw"]
+    assert (status["BootedSlot"], status["BootState"], status["MarkedGood"]) == \
+        ("B", "good", True), status
+    assert status["Slots"]["B"]["Version"] == NEXT_VERSION, status["Slots"]["B"]
 
 
 def test_an_unsigned_uki_is_refused_by_the_firmware(secure: SecureBoots) -> None:
