@@ -65,6 +65,7 @@ from __future__ import annotations
 import argparse
 import logging
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -92,6 +93,23 @@ TARGET_TIMES = ["systemctl", "show", "--property=Id,ActiveEnterTimestampMonotoni
                 "basic.target", "multi-user.target"]
 BOOT_TIMEOUT = 300.0  # seconds (scaled by the host's slowness); a boot takes about one minute
 FIGURES = ("kernel -> multi-user", "kernel + initramfs", "userspace")
+# The kernel's log with its own time stamps (the monotonic clock): the
+# initramfs's lines (anklume-boot.sh's `say` writes each to /dev/kmsg) and the
+# kernel's. Not journalctl's: it stamps the lines journald read from the
+# buffer when it started with that time (seen: all at 27 s).
+KERNEL_LOG = ["dmesg"]
+# Where the kernel + initramfs time goes: (name, the first kernel-log line
+# holding this text), and each of the initramfs's "anklume-step: NAME" lines
+# (anklume-boot.sh's `step`); a way prints the ones all its boots logged.
+MILESTONES = (
+    ("the kernel runs /init", "Run /init as init process"),
+    ("the stick is attached", "Attached SCSI"),
+    ("PERSIST found", "anklume: found the stick"),
+    ("the attempt counted", "anklume: slot A, attempt"),
+)
+STEP = "anklume-step: "
+# "[    9.500000] text".
+LOG_LINE = re.compile(r"^\[\s*(\d+\.\d+)\] (.*)$")
 
 
 @dataclass(frozen=True)
@@ -100,6 +118,7 @@ class Times:
 
     initramfs: float  # kernel start to the real root's PID 1
     multi_user: float  # kernel start to multi-user.target
+    steps: dict[str, float]  # MILESTONES the boot logged, kernel start to each
 
     def figure(self, name: str) -> float:
         return {"kernel -> multi-user": self.multi_user, "kernel + initramfs": self.initramfs,
@@ -156,6 +175,22 @@ def target_times(report: dict[str, Any]) -> dict[str, int]:
     return times
 
 
+def milestones(report: dict[str, Any]) -> dict[str, float]:
+    """Seconds from the kernel's start to each of MILESTONES's first line and
+    to each step the initramfs logged."""
+    steps: dict[str, float] = {}
+    for line in report["commands"]["kernel_log"]["stdout"].splitlines():
+        match = LOG_LINE.match(line)
+        if not match:
+            continue
+        names = [name for name, text in MILESTONES if text in match[2]]
+        if STEP in match[2]:
+            names.append(match[2].partition(STEP)[2])
+        for name in names:
+            steps.setdefault(name, float(match[1]))
+    return steps
+
+
 def check_way(way: str, report: dict[str, Any]) -> None:
     """The boot was the one asked for: the shipped way through the anklume
     initramfs (slot A, verified, from the stick), the plain way without it."""
@@ -181,12 +216,14 @@ def stuck(bootdir: Path) -> bool:
     return "(initramfs)" in console or "Kernel panic" in console
 
 
-def boot_once(image: Path, work: Path, way: str, n: int) -> tuple[Times, list[str]]:
+def boot_once(image: Path, work: Path, way: str, n: int,
+              keep: Path | None = None) -> tuple[Times, list[str]]:
     rundir = work / f"{way}-{n}"
     machine = Machine(image, rundir, cmdline_extra=NO_WIZARD)
     try:
         machine.choose_entry_once(SHIPPED_ENTRY if way == SHIPPED else PLAIN_ENTRY)
-        result = machine.boot(commands={"times": TIMES, "targets": TARGET_TIMES},
+        result = machine.boot(commands={"times": TIMES, "targets": TARGET_TIMES,
+                                        "kernel_log": KERNEL_LOG},
                               until="anklumed", cut_after_report=True,
                               report_after="multi-user.target", timeout=BOOT_TIMEOUT,
                               stop_when=stuck)
@@ -199,12 +236,15 @@ def boot_once(image: Path, work: Path, way: str, n: int) -> tuple[Times, list[st
         if not targets.get("multi-user.target"):
             raise SystemExit(f"{way} boot {n}: multi-user.target was not reached: {report['jobs']}")
         return Times(initramfs=int(manager["UserspaceTimestampMonotonic"]) / 1e6,
-                     multi_user=targets["multi-user.target"] / 1e6), report["failed"]
+                     multi_user=targets["multi-user.target"] / 1e6,
+                     steps=milestones(report)), report["failed"]
     finally:
         # The stick and the data disk are gigabytes of sparse file each: one
         # boot's at a time (the console stays for a person, in rundir).
         machine.stick.unlink(missing_ok=True)
         machine.data.unlink(missing_ok=True)
+        if keep:
+            shutil.copytree(rundir, keep / rundir.name, dirs_exist_ok=True)
 
 
 def ratio_interval(ours: list[float], theirs: list[float],
@@ -241,7 +281,24 @@ def report(times: dict[str, list[Times]], failed: dict[str, set[str]]) -> None:
     print(f"kernel -> multi-user, shipped / plain: {ratio:.3f} (overhead {ratio - 1:+.1%}); "
           f"target <= {TARGET}: {verdict}")
     for way in (SHIPPED, PLAIN):
+        print_steps(way, times[way])
+    for way in (SHIPPED, PLAIN):
         print(f"units failed ({way}): {', '.join(sorted(failed[way])) or 'none'}")
+
+
+def print_steps(way: str, boots: list[Times]) -> None:
+    """The median time of each milestone all the way's boots logged, then of
+    the real root's PID 1, each with the time since the one before: where the
+    kernel + initramfs time goes."""
+    medians = sorted((statistics.median(b.steps[name] for b in boots), name)
+                     for name in boots[0].steps if all(name in b.steps for b in boots))
+    medians.append((statistics.median(b.initramfs for b in boots), "the real root's PID 1"))
+    print(f"initramfs milestones ({way}), median s from the kernel's start "
+          "(+ since the one before):")
+    before = 0.0
+    for seconds, name in medians:
+        print(f"  {seconds:6.2f} (+{seconds - before:5.2f})  {name}")
+        before = seconds
 
 
 def main() -> None:
@@ -249,6 +306,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7, help="boots each way")
     parser.add_argument("--image", type=Path,
                         help="a built image (default: build a minimal one, about 2 min)")
+    parser.add_argument("--keep", type=Path, help="keep each boot's console and report there "
+                        "(its kernel log is the report's kernel_log command)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     before = load()
@@ -259,7 +318,7 @@ def main() -> None:
         failed: dict[str, set[str]] = {SHIPPED: set(), PLAIN: set()}
         for n in range(args.runs):
             for way in (SHIPPED, PLAIN) if n % 2 == 0 else (PLAIN, SHIPPED):
-                t, units = boot_once(image, work, way, n)
+                t, units = boot_once(image, work, way, n, args.keep)
                 times[way].append(t)
                 failed[way].update(line.split()[0] for line in units if line.strip())
                 print(f"{way} {n}: {t}", flush=True)

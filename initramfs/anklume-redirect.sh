@@ -37,11 +37,13 @@ fail() {
 # unit beyond ASCII reads as '?': no id of ours has one).
 strings16() {
 	[ -f "$1" ] || return 1
-	# Read through a pipe: efivarfs files cannot seek (coreutils' tail -c
-	# fails on them with "Illegal seek").
-	cat "$1" | tail -c +5 | od -An -v -tu1 | awk '
+	# od reads the file from its start and never seeks (efivarfs files
+	# cannot: coreutils' tail -c failed on them, "Illegal seek"); awk skips
+	# the 4 bytes of attributes. Two processes, not four: each costs at boot.
+	od -An -v -tu1 < "$1" | awk '
 	{
 		for (i = 1; i <= NF; i++) {
+			if (++bytes <= 4) continue
 			if (!odd) { low = $i; odd = 1; continue }
 			odd = 0; unit = low + 256 * $i
 			if (unit == 0) { print s; s = ""; n = 0; continue }
@@ -113,8 +115,9 @@ cmd_clear() {
 		fail "cannot remove LoaderEntryOneShot ($1)."
 }
 
+# The first string (read, a builtin, spares head's process).
 cmd_get() {
-	strings16 "$1/${2:-}-$GUID" | head -n 1
+	strings16 "$1/${2:-}-$GUID" | { IFS= read -r first && printf '%s\n' "$first"; :; }
 }
 
 main() {

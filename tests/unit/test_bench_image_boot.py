@@ -44,9 +44,25 @@ def test_a_plain_boot_through_the_anklume_hook_is_refused() -> None:
 
 
 def test_the_userspace_figure_is_multi_user_less_the_initramfs() -> None:
-    t = Times(initramfs=18.5, multi_user=32.5)
+    t = Times(initramfs=18.5, multi_user=32.5, steps={})
     assert t.figure("userspace") == pytest.approx(14.0)
     assert t.figure("kernel -> multi-user") == 32.5
+
+
+def test_the_milestones_are_the_first_kernel_log_line_of_each() -> None:
+    log = "\n".join([
+        "[    2.104113] Run /init as init process",
+        "[    6.800021] sd 0:0:0:0: [sda] Attached SCSI removable disk",
+        "[    9.500000] anklume: found the stick: PERSIST is /dev/sda4",
+        "[   10.250000] anklume: slot A, attempt 1",
+        "[   11.000000] anklume-step: slot A's verity mapping open",
+        "[   12.000000] anklume: slot A opened through dm-verity (signed, root ...)",
+        "[   13.000000] anklume: slot A, attempt 2",
+        "a line with no time stamp"])
+    steps = image_boot.milestones({"commands": {"kernel_log": {"rc": 0, "stdout": log}}})
+    assert steps == {"the kernel runs /init": 2.104113, "the stick is attached": 6.800021,
+                     "PERSIST found": 9.5, "the attempt counted": 10.25,
+                     "slot A's verity mapping open": 11.0}
 
 
 def test_the_interval_of_equal_runs_is_their_ratio() -> None:
