@@ -6,18 +6,25 @@ desktop has an entry of its own, which asks for it with
 ``anklume.desktop=NAME`` on the kernel command line. A name this image does
 not have (an entry written for the other slot's image, whose desktops may
 differ) starts the default, and says so.
+
+greetd connects a session's output to its VT, where nobody reads it once
+the compositor draws: a desktop that dies at start would say why to no one.
+So the desktop's output goes to the journal (``journalctl -b -t sway``),
+through journald's stream socket as ``systemd-cat`` would connect it.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 DESKTOPS_FILE = Path("/usr/share/anklume/desktops")
 CMDLINE = Path("/proc/cmdline")
+JOURNAL_STREAM = Path("/run/systemd/journal/stdout")
 _ASKED = re.compile(r"(?:^|\s)anklume\.desktop=([a-z0-9-]+)(?=\s|$)")
 
 
@@ -56,6 +63,26 @@ def choose(cmdline: str, desktops: list[str]) -> tuple[str, str | None]:
                          f"not have: starting {desktops[0]}")
 
 
+def to_the_journal(identifier: str, fds: tuple[int, ...] = (1, 2),
+                   stream: Path | None = None) -> bool:
+    """Connect ``fds`` to journald's stream socket, each line an entry of
+    ``identifier`` at priority info (sd_journal_stream_fd's header); False,
+    and ``fds`` left as they were, when journald cannot be reached."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(stream or JOURNAL_STREAM))
+        sock.shutdown(socket.SHUT_RD)
+        # identifier, unit id, priority, level prefix, to syslog, kmsg, console
+        sock.sendall(f"{identifier}\n\n6\n0\n0\n0\n0\n".encode())
+        for fd in fds:
+            os.dup2(sock.fileno(), fd)
+    except OSError:
+        return False
+    finally:
+        sock.close()
+    return True
+
+
 def main() -> int:
     try:
         desktops = offered(DESKTOPS_FILE.read_text())
@@ -69,6 +96,7 @@ def main() -> int:
     if note:
         print(f"anklume-session: {note}", file=sys.stderr)
     session = SESSIONS[name]
+    to_the_journal(name)
     os.environ.update({"XDG_CURRENT_DESKTOP": session.current_desktop,
                        "XDG_SESSION_DESKTOP": name, "XDG_SESSION_TYPE": "wayland"})
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import tomllib
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -274,13 +275,42 @@ def test_anklume_session_execs_the_chosen_desktop_with_its_environment(
         raise FileNotFoundError(2, "No such file or directory")  # FAKE: no compositor here
 
     monkeypatch.setattr(os, "execvp", execvp)
+    journalled: list[str] = []
+    monkeypatch.setattr(session, "to_the_journal", journalled.append)
     for name in ("XDG_CURRENT_DESKTOP", "XDG_SESSION_DESKTOP", "XDG_SESSION_TYPE"):
         monkeypatch.delenv(name, raising=False)
     assert session.main() == 1
     assert started == [["startplasma-wayland"]]
+    assert journalled == ["kde"]  # its output, before its exec
     assert (os.environ["XDG_CURRENT_DESKTOP"], os.environ["XDG_SESSION_TYPE"]) == ("KDE", "wayland")
     assert "cannot start kde: No such file or directory" in capsys.readouterr().err
     (tmp_path / "desktops").unlink()
     assert session.main() == 1
     assert f"cannot read {tmp_path / 'desktops'}: No such file" in capsys.readouterr().err
     assert len(started) == 1
+
+
+def test_the_desktops_output_goes_to_the_journal_with_its_name(tmp_path: Path) -> None:
+    """What the desktop writes reaches journald's stream socket after
+    sd_journal_stream_fd's header (a socket here stands for journald's)."""
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listening.bind(str(tmp_path / "stdout"))
+    listening.listen(1)
+    read_end, write_end = os.pipe()  # stands for the session's stderr
+    try:
+        assert session.to_the_journal("sway", (write_end,), tmp_path / "stdout")
+        conn, _ = listening.accept()
+        line = b"[ERROR] [wlr] [backend/drm/drm.c] no DRM device\n"
+        os.write(write_end, line)
+        os.close(write_end)
+        received = b""
+        while not received.endswith(b"device\n"):
+            received += conn.recv(4096)
+        assert received == b"sway\n\n6\n0\n0\n0\n0\n" + line
+        conn.close()
+    finally:
+        listening.close()
+        os.close(read_end)
+    _, kept = os.pipe()
+    assert not session.to_the_journal("sway", (kept,), tmp_path / "absent")  # no journald
+    assert os.write(kept, b"still the pipe") == 14
