@@ -35,7 +35,8 @@ MACHINES = Path("/var/tmp/anklume-image-session")
 SESSION_CHECK = Path(__file__).with_name("session_check.py")
 BOOT_WAIT = 300.0  # guest seconds to a settled boot, quiet machine (scaled by the harness)
 # Guest seconds from boot-complete to the tray's item and the guide, quiet
-# machine (about 20 s seen): scaled in the guest by the host's factor.
+# machine (both were there by boot-complete, quiet and at twice the load):
+# scaled in the guest by the host's factor.
 SESSION_WAIT = 120.0
 BAR_HEIGHT = 30  # desktop/waybar/config.jsonc
 
@@ -48,7 +49,9 @@ def boot(built: Built) -> Iterator[Boot]:
     yield machine.boot(
         commands={"session": ["python3", "-c", SESSION_CHECK.read_text(), f"{SESSION_WAIT:.0f}"]},
         target="graphical.target", screendumps=True, wait=BOOT_WAIT,
-        timeout=BOOT_WAIT * 3 + SESSION_WAIT * 2)
+        timeout=BOOT_WAIT * 3 + SESSION_WAIT * 2,
+        # Nothing after the report is judged: no clean poweroff to wait for.
+        cut_after_report=True)
 
 
 @pytest.fixture(scope="module")
