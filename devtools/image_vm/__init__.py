@@ -50,6 +50,9 @@ OVMF_CODE_SECURE = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
 REPORT_PORT = "org.anklume.test.report"
 CONTROL_PORT = "org.anklume.test.control"  # the guest's requests to the host
 PULL_STICK = "pull-stick"  # the request: unplug the stick now
+# The request "screendump NAME": the host saves the display as it is now
+# (QMP screendump) in the boot's directory as NAME.ppm.
+SCREENDUMP = "screendump"
 STICK_DEVICE = "stick-device"  # QEMU's id of the stick's usb-storage device
 REPORT_UNIT = "anklume-test-report.service"
 REPORT_SCRIPT = Path(__file__).with_name("report.py")
@@ -144,6 +147,34 @@ def unplug_stick(bootdir: Path) -> None:
     finally:
         timer.cancel()
     (bootdir / "pulled").write_text(outcome + "\n")
+
+
+def screendumps_asked(control: str) -> list[str]:
+    """The names of the screendumps the guest asked for, in order."""
+    return [words[1] for line in control.splitlines()
+            if len(words := line.split()) == 2 and words[0] == SCREENDUMP
+            and words[1].isidentifier()]
+
+
+def take_screendump(bootdir: Path, name: str) -> None:
+    """The display as the guest's compositor left it (QMP ``screendump``: the
+    graphics card's memory, PPM), saved as ``bootdir/NAME.ppm``; a failure is
+    written to ``bootdir/NAME.error`` for the test to say."""
+    from devtools.vm.guest import QMP  # the VM tier's client, QEMU's own protocol
+
+    stop = threading.Event()
+    timer = threading.Timer(scaled(30), stop.set)
+    timer.start()
+    try:
+        qmp = QMP(bootdir / "qmp.sock", stop)
+        try:
+            qmp.command("screendump", filename=str(bootdir / f"{name}.ppm"))
+        finally:
+            qmp.close()  # QEMU takes one QMP client at a time
+    except (OSError, RuntimeError) as e:
+        (bootdir / f"{name}.error").write_text(f"{e}\n")
+    finally:
+        timer.cancel()
 
 
 def read_report(path: Path) -> dict[str, Any] | None:
@@ -265,7 +296,7 @@ class Machine:
              unplug_on_request: bool = False,
              stop_when: Callable[[Path], bool] | None = None,
              until: str = "boot-complete", cut_after_report: bool = False,
-             report_after: str = "basic.target") -> Boot:
+             report_after: str = "basic.target", screendumps: bool = False) -> Boot:
         """One boot, up to the guest's report and its poweroff. ``target``:
         the boot's goal (an image with a desktop starts it at
         graphical.target; the tests that do not look at it boot no further
@@ -277,6 +308,8 @@ class Machine:
         ``network``: a network card on QEMU's user networking (HOST_FROM_GUEST).
         ``unplug_on_request``: the stick is pulled when the guest asks
         (PULL_STICK on CONTROL_PORT; ``bootdir/pulled`` says how it went).
+        ``screendumps``: the display is saved when the guest asks
+        ("screendump NAME" on CONTROL_PORT: ``bootdir/NAME.ppm``).
         ``stop_when(bootdir)``, checked each second, ends a boot that will
         never report (one the firmware refused) without waiting for ``timeout``.
         ``until="anklumed"``: the report comes as soon as anklumed answers
@@ -301,7 +334,8 @@ class Machine:
             "anklume-test.commands": json.dumps(dict(commands or {})).encode(),
             **(credentials or {}),
         }
-        argv = self.argv(bootdir, creds, target, network, control=unplug_on_request)
+        argv = self.argv(bootdir, creds, target, network,
+                         control=unplug_on_request or screendumps)
         (bootdir / "qemu.argv").write_text("\n".join(argv) + "\n")
         started = time.monotonic()
         report_file = bootdir / "report.json"
@@ -311,12 +345,17 @@ class Machine:
         timed_out = False
         reported_at: float | None = None
         pulled = not unplug_on_request
+        dumped: list[str] = []
         try:
             while proc.poll() is None:
                 now = time.monotonic()
-                if not pulled and PULL_STICK in read_text(bootdir / "control"):
+                control = read_text(bootdir / "control")
+                if not pulled and PULL_STICK in control:
                     pulled = True  # in a thread: QEMU's answer must not stall this loop
                     threading.Thread(target=unplug_stick, args=(bootdir,), daemon=True).start()
+                for name in screendumps_asked(control)[len(dumped):] if screendumps else []:
+                    dumped.append(name)  # at once: the guest goes on after a few seconds
+                    take_screendump(bootdir, name)
                 if reported_at is None and read_report(report_file) is not None:
                     reported_at = now
                     if cut_after_report:

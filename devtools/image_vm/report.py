@@ -40,9 +40,11 @@ def slowness() -> float:
         return 1.0
 
 
-def run(argv: list[str], timeout: float = 60.0) -> dict[str, Any]:
+def run(argv: list[str], timeout: float = 60.0, **popen: Any) -> dict[str, Any]:
+    """A command's exit status and output (``popen``: subprocess.run's other
+    arguments, such as the user a test's script runs it as)."""
     try:
-        proc = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
+        proc = subprocess.run(argv, capture_output=True, timeout=timeout, check=False, **popen)
     except (OSError, subprocess.TimeoutExpired) as e:
         return {"rc": None, "stdout": "", "stderr": str(e)}
     return {"rc": proc.returncode, "stdout": proc.stdout.decode(errors="replace"),

@@ -407,6 +407,9 @@ class QMP:
             elif "return" in message:
                 return message["return"]
 
+    def close(self) -> None:
+        self._sock.close()
+
     def wait_event(self, name: str, match: Any, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + scaled(timeout)
         while True:

@@ -68,9 +68,9 @@ def built() -> Iterator[Built]:
 
 
 def _sway_config(work: Path) -> BuildConfig:
-    """A sway image (test_desktop_image.py reads it; the boots stop at
-    multi-user.target, as a console image's), signed for Secure Boot
-    (test_secure_boot.py)."""
+    """A sway image (test_desktop_image.py reads it, test_sway_session.py
+    boots it to its session; the other boots stop at multi-user.target, as
+    a console image's), signed for Secure Boot (test_secure_boot.py)."""
     return small_config(work / "anklume-live.img", signing_key=work / "signing.pem",
                         desktop="sway", secure_boot_key=work / "db.key",
                         secure_boot_cert=work / "db.crt")

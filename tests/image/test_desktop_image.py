@@ -1,10 +1,7 @@
 """The session's image is a sway image (conftest's ``built``): what a desktop
 adds, read out of slot A's squashfs without mounting it (``unsquashfs -cat``,
-``-lln``), and sway's own check of its configuration. Not yet in the tier: a boot to
-graphical.target judged by the session it starts (greetd's live user, sway,
-waybar with the tray's item, mako, the guide) -- it passed once on its own
-machine, and failed on the merged tree's first boot under double load
-(greetd's initial session ended within 20 s; docs/desktop.md).
+``-lln``), and sway's own check of its configuration. The boot to
+graphical.target judged by the session it starts is test_sway_session.py.
 """
 
 from __future__ import annotations

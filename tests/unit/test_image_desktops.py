@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import tomllib
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -260,27 +262,109 @@ def test_the_guides_web_mode_without_textual_serve_says_so(
     assert "the web mode needs textual_serve" in err and "Traceback" not in err
 
 
-def test_anklume_session_execs_the_chosen_desktop_with_its_environment(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "desktops").write_text("sway\nkde\n")
-    (tmp_path / "cmdline").write_text("boot=anklume anklume.desktop=kde quiet\n")
+def session_of(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, desktops: str,
+               cmdline: str) -> list[list[str]]:
+    """anklume-session on these files, the desktops it starts listed (FAKE:
+    no compositor here, each start fails as a missing program's would)."""
+    (tmp_path / "desktops").write_text(desktops)
+    (tmp_path / "cmdline").write_text(cmdline)
     monkeypatch.setattr(session, "DESKTOPS_FILE", tmp_path / "desktops")
     monkeypatch.setattr(session, "CMDLINE", tmp_path / "cmdline")
     started: list[list[str]] = []
 
     def execvp(file: str, args: list[str]) -> None:
         started.append(args)
-        raise FileNotFoundError(2, "No such file or directory")  # FAKE: no compositor here
+        raise FileNotFoundError(2, "No such file or directory")
 
     monkeypatch.setattr(os, "execvp", execvp)
+    return started
+
+
+def test_anklume_session_execs_the_chosen_desktop_with_its_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    started = session_of(tmp_path, monkeypatch, "sway\nkde\n",
+                         "boot=anklume anklume.desktop=kde quiet\n")
+    journalled: list[str] = []
+    monkeypatch.setattr(session, "to_the_journal", journalled.append)
+    monkeypatch.setattr(session, "wait_for_the_graphics", lambda: 0.0)
     for name in ("XDG_CURRENT_DESKTOP", "XDG_SESSION_DESKTOP", "XDG_SESSION_TYPE"):
         monkeypatch.delenv(name, raising=False)
     assert session.main() == 1
     assert started == [["startplasma-wayland"]]
+    assert journalled == ["kde"]  # its output, before its exec
     assert (os.environ["XDG_CURRENT_DESKTOP"], os.environ["XDG_SESSION_TYPE"]) == ("KDE", "wayland")
     assert "cannot start kde: No such file or directory" in capsys.readouterr().err
     (tmp_path / "desktops").unlink()
     assert session.main() == 1
     assert f"cannot read {tmp_path / 'desktops'}: No such file" in capsys.readouterr().err
     assert len(started) == 1
+
+
+def test_the_desktops_output_goes_to_the_journal_with_its_name(tmp_path: Path) -> None:
+    """What the desktop writes reaches journald's stream socket after
+    sd_journal_stream_fd's header (a socket here stands for journald's)."""
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listening.bind(str(tmp_path / "stdout"))
+    listening.listen(1)
+    read_end, write_end = os.pipe()  # stands for the session's stderr
+    try:
+        assert session.to_the_journal("sway", (write_end,), tmp_path / "stdout")
+        conn, _ = listening.accept()
+        line = b"[ERROR] [wlr] [backend/drm/drm.c] no DRM device\n"
+        os.write(write_end, line)
+        os.close(write_end)
+        received = b""
+        while not received.endswith(b"device\n"):
+            received += conn.recv(4096)
+        assert received == b"sway\n\n6\n0\n0\n0\n0\n" + line
+        conn.close()
+    finally:
+        listening.close()
+        os.close(read_end)
+    _, kept = os.pipe()
+    assert not session.to_the_journal("sway", (kept,), tmp_path / "absent")  # no journald
+    assert os.write(kept, b"still the pipe") == 14
+
+
+class Seat:
+    """FAKE logind: CanGraphical as the answers say, on a clock that the
+    waits move."""
+
+    def __init__(self, answers: Sequence[bool | None]):
+        self.answers = list(answers)
+        self.now = 0.0
+
+    def can_graphical(self) -> bool | None:
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_the_session_waits_for_the_graphics_card_then_starts() -> None:
+    seat = Seat([False] * 6 + [True])  # the card comes after 3 s
+    assert session.wait_for_the_graphics(120, seat.can_graphical, lambda: seat.now,
+                                         seat.sleep) == 3.0
+    seat = Seat([True])
+    assert session.wait_for_the_graphics(120, seat.can_graphical, lambda: seat.now,
+                                         seat.sleep) == 0.0
+    seat = Seat([None])  # logind cannot be asked: no reason to wait
+    assert session.wait_for_the_graphics(120, seat.can_graphical, lambda: seat.now,
+                                         seat.sleep) == 0.0
+    seat = Seat([False])  # never: the desktop starts anyway after the wait
+    assert session.wait_for_the_graphics(120, seat.can_graphical, lambda: seat.now,
+                                         seat.sleep) is None
+    assert seat.now == 120.0
+
+
+def test_the_session_says_when_it_starts_without_a_graphics_card(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    started = session_of(tmp_path, monkeypatch, "sway\n", "quiet\n")
+    monkeypatch.setattr(session, "to_the_journal", lambda name: True)
+    monkeypatch.setattr(session, "wait_for_the_graphics", lambda: None)
+    assert session.main() == 1
+    assert started == [["sway"]]  # started all the same
+    assert "seat0 has no graphics card after 120 s: starting sway anyway" in \
+        capsys.readouterr().err

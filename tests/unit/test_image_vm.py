@@ -23,6 +23,8 @@ from devtools.image_vm import (
     Machine,
     report,
     report_unit,
+    screendumps_asked,
+    take_screendump,
 )
 
 
@@ -164,3 +166,36 @@ def test_a_wait_for_an_event_that_never_comes_ends_at_its_deadline() -> None:
     waiter.join(5)
     assert not hung, "the wait outlived its deadline"
     assert outcome and "sent no DEVICE_DELETED" in str(outcome[0]), outcome
+
+
+def test_the_guests_screendump_requests_are_read_in_order_and_only_whole() -> None:
+    control = "pull-stick\nscreendump session\nscreendump polkit\nscreendump ../x\nscreendump"
+    assert screendumps_asked(control) == ["session", "polkit"]  # a name, never a path
+
+
+def test_a_screendump_asks_qemu_for_the_display_in_the_boots_directory(
+        tmp_path: Path) -> None:
+    """QMP's screendump with the file QEMU writes, then the connection closed
+    (QEMU serves one QMP client at a time: the next request needs it free)."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(tmp_path / "qmp.sock"))
+    server.listen(1)
+    asked: list[dict[str, Any]] = []
+
+    def qemu() -> None:  # FAKE QEMU: a greeting, then an empty return to each command
+        conn, _ = server.accept()
+        conn.sendall(b'{"QMP": {}}\n')
+        with conn.makefile("rb") as lines:
+            for line in lines:
+                asked.append(json.loads(line))
+                conn.sendall(b'{"return": {}}\n')
+
+    thread = threading.Thread(target=qemu, daemon=True)
+    thread.start()
+    take_screendump(tmp_path, "session")
+    thread.join(slowness.scaled(10))
+    assert not thread.is_alive(), "the connection was left open"
+    assert [a["execute"] for a in asked] == ["qmp_capabilities", "screendump"]
+    assert asked[1]["arguments"] == {"filename": str(tmp_path / "session.ppm")}
+    assert not (tmp_path / "session.error").exists()
+    server.close()

@@ -1,0 +1,229 @@
+"""Run inside the booted sway image by the report script (``python3 -c``, as
+root): waits for the live user's desktop session, then says what it found,
+as one JSON object on stdout -- logind's session, sway and its
+configuration, the session bus's names, waybar's StatusNotifierWatcher and
+the tray's item, mako, the guide; asks the host for a screendump of the
+display; then makes polkit ask the session's agent (lxpolkit) for an
+administrator's password, waits for its window in sway's tree, asks for a
+second screendump and closes the window. The journal of greetd and of the
+session comes with it, for a person reading a failure. Standard library
+only (the image is not modified for the tests), and the report script's
+helpers (it runs under it).
+
+argv: the seconds a quiet machine may take to show the session (scaled here
+by ANKLUME_TEST_SLOWNESS, which the report unit passes on).
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import json
+import os
+import pwd
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+USER = "anklume"
+CONTROL = Path("/dev/virtio-ports/org.anklume.test.control")
+WATCHER = "org.kde.StatusNotifierWatcher"
+ITEM_IFACE = "org.kde.StatusNotifierItem"
+AGENT = "lxpolkit"
+# An action whose default is an administrator's password for an active
+# local session (systemd's timedated): polkit asks the session's agent.
+# Cancelled here, so the time zone stays as it is.
+ASK_ADMIN = ["busctl", "--allow-interactive-authorization=yes", "--timeout=120", "call",
+             "org.freedesktop.timedate1", "/org/freedesktop/timedate1",
+             "org.freedesktop.timedate1", "SetTimezone", "sb", "UTC", "true"]
+HOST_SCREENDUMP_SECONDS = 3.0  # the host polls its control file each second
+
+
+def report_script() -> ModuleType:
+    """The report script this runs under (devtools/image_vm/report.py, a
+    credential of its unit): its helpers, not copies of them."""
+    path = Path(os.environ["CREDENTIALS_DIRECTORY"]) / "anklume-test.report.py"
+    spec = importlib.util.spec_from_file_location("anklume_test_report", path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+REPORT = report_script()
+as_json = REPORT.as_json
+slowness = REPORT.slowness
+
+
+def run(argv: list[str], user: pwd.struct_passwd | None = None,
+        env: dict[str, str] | None = None, timeout: float = 30.0) -> dict[str, Any]:
+    """A command, as root or as ``user`` (its own groups, ``env`` added)."""
+    popen: dict[str, Any] = {}
+    if user is not None:
+        popen = {"user": user.pw_uid, "group": user.pw_gid,
+                 "extra_groups": os.getgrouplist(user.pw_name, user.pw_gid),
+                 "env": {"PATH": "/usr/bin:/bin", "HOME": user.pw_dir, **(env or {})}}
+    result: dict[str, Any] = REPORT.run(argv, timeout=timeout * slowness(), **popen)
+    return result
+
+
+class Session:
+    """The live user's session as root sees it, and its programs' answers."""
+
+    def __init__(self, user: pwd.struct_passwd):
+        self.user = user
+        self.runtime = f"/run/user/{user.pw_uid}"
+
+    def logind(self) -> dict[str, str]:
+        """logind's record of the live user's session on a seat (its user
+        manager has a session too, on none)."""
+        listed = run(["loginctl", "list-sessions", "--no-legend"])["stdout"].split("\n")
+        ids = [words[0] for words in map(str.split, listed)
+               if len(words) >= 4 and words[2] == USER and words[3] == "seat0"]
+        if not ids:
+            return {"listed": "\n".join(listed)}
+        out = run(["loginctl", "show-session", ids[-1]])["stdout"]
+        return dict(line.partition("=")[::2] for line in out.splitlines() if line)
+
+    def sway_socket(self) -> str | None:
+        found = sorted(glob.glob(f"{self.runtime}/sway-ipc.{self.user.pw_uid}.*.sock"))
+        return found[-1] if found else None
+
+    def swaymsg(self, *args: str) -> dict[str, Any]:
+        return run(["swaymsg", "-s", self.sway_socket() or "/nonexistent", *args],
+                   user=self.user)
+
+    def user_bus(self, *args: str) -> dict[str, Any]:
+        return run(["busctl", "--user", "--json=short", *args], user=self.user,
+                   env={"DBUS_SESSION_BUS_ADDRESS": f"unix:path={self.runtime}/bus",
+                        "XDG_RUNTIME_DIR": self.runtime})
+
+    def items(self) -> list[str]:
+        got = as_json(self.user_bus("get-property", WATCHER, "/StatusNotifierWatcher",
+                                    WATCHER, "RegisteredStatusNotifierItems")) or {}
+        return list(got.get("data", []))
+
+    def item_property(self, item: str, name: str) -> Any:
+        # An item is registered by its bus name (with its path, by some hosts).
+        service, _, path = item.partition("/")
+        got = as_json(self.user_bus("get-property", service, "/" + (path or
+                                    "StatusNotifierItem"), ITEM_IFACE, name)) or {}
+        return got.get("data")
+
+    def bus_names(self) -> dict[str, str]:
+        """Each name on the session bus → the process that owns it."""
+        names = as_json(self.user_bus("list")) or []
+        return {n["name"]: n.get("process") or "" for n in names
+                if not n["name"].startswith(":")}
+
+    def processes(self, name: str) -> list[str]:
+        found: str = run(["pgrep", "-u", str(self.user.pw_uid), "-a", name])["stdout"]
+        return found.splitlines()
+
+    def windows(self) -> list[dict[str, Any]]:
+        """sway's views: app_id, title, pid, whether shown."""
+        tree = as_json(self.swaymsg("-t", "get_tree", "-r"))
+        found: list[dict[str, Any]] = []
+        stack = [tree] if tree else []
+        while stack:
+            node = stack.pop()
+            if node.get("pid") and node.get("type") in ("con", "floating_con"):
+                found.append({k: node.get(k) for k in ("app_id", "name", "pid", "visible",
+                                                       "rect", "shell")})
+            stack += node.get("nodes", []) + node.get("floating_nodes", [])
+        return found
+
+
+def wait_until(test: Any, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds * slowness()
+    while time.monotonic() < deadline:
+        if test():
+            return True
+        time.sleep(1)
+    return bool(test())
+
+
+def ask_screendump(name: str) -> None:
+    with CONTROL.open("w") as port:
+        port.write(f"screendump {name}\n")
+        port.flush()
+    time.sleep(HOST_SCREENDUMP_SECONDS * slowness())
+
+
+def agent_window(session: Session) -> dict[str, Any] | None:
+    agents = {int(line.split()[0]) for line in session.processes(AGENT)}
+    return next((w for w in session.windows()
+                 if w["app_id"] == AGENT or w["pid"] in agents), None)
+
+
+def polkit_dialog(session: Session) -> dict[str, Any]:
+    """An administrator's action asked from inside the session (sway's exec:
+    a process of the session, as a person's terminal would be), the agent's
+    window seen, shown in a screendump, then closed (the request cancelled)."""
+    rc_file = f"{session.runtime}/anklume-test-polkit.rc"
+    # No ";": it would end sway's command.
+    command = " ".join(ASK_ADMIN) + f" >{rc_file}.out 2>&1 && echo 0 >{rc_file}" \
+        f" || echo $? >{rc_file}"
+    asked = session.swaymsg("exec", command)
+    seen = wait_until(lambda: agent_window(session) is not None, 60)
+    window = agent_window(session)
+    if seen:
+        ask_screendump("polkit")
+    closed = session.swaymsg(f"[pid={window['pid']}]", "kill") if window else None
+    answered = wait_until(lambda: Path(rc_file).exists(), 30)
+    return {"asked": asked, "window": window, "closed": closed,
+            "gone": wait_until(lambda: agent_window(session) is None, 30),
+            "rc": Path(rc_file).read_text().strip() if answered else None,
+            "out": Path(rc_file + ".out").read_text() if answered else None}
+
+
+def journal() -> list[str]:
+    """greetd's, logind's, the live user's (its session, with the desktop's
+    output, and its user manager) and the kernel's lines about the display."""
+    uid = str(pwd.getpwnam(USER).pw_uid)
+    out = run(["journalctl", "-b", "--no-pager", "-o", "short-monotonic",
+               "_SYSTEMD_UNIT=greetd.service", "+", f"_UID={uid}", "+",
+               "_SYSTEMD_UNIT=systemd-logind.service", "+", "SYSLOG_IDENTIFIER=greetd", "+",
+               "_TRANSPORT=kernel"], timeout=60)
+    lines: list[str] = [line for line in out["stdout"].splitlines()
+                        if " kernel: " not in line or any(
+                            word in line.lower() for word in ("drm", "bochs", "fb"))]
+    return lines[-400:]
+
+
+def main() -> int:
+    user = pwd.getpwnam(USER)
+    session = Session(user)
+    wait = float(sys.argv[1]) if len(sys.argv) > 1 else 120.0
+    started = time.monotonic()
+    ready = wait_until(lambda: any("StatusNotifierItem" in i for i in session.items())
+                       and bool(session.processes("anklume-guide")), wait)
+    facts: dict[str, Any] = {
+        "ready": ready, "waited": time.monotonic() - started, "uptime": time.monotonic(),
+        "logind": session.logind(),
+        "sway_socket": session.sway_socket(),
+        "sway_version": as_json(session.swaymsg("-t", "get_version", "-r")),
+        "sway_config": as_json(session.swaymsg("-t", "get_config", "-r")),
+        "outputs": as_json(session.swaymsg("-t", "get_outputs", "-r")),
+        "items": session.items(),
+        "bus_names": session.bus_names(),
+        "processes": {p: session.processes(p) for p in ("sway", "waybar", "mako", "foot",
+                                                        AGENT, "anklume-tray",
+                                                        "anklume-guide")},
+        "windows": session.windows(),
+        "vt": Path("/sys/class/tty/tty0/active").read_text().strip(),
+    }
+    facts["icon"] = {item: session.item_property(item, "IconName") for item in facts["items"]}
+    if ready:
+        ask_screendump("session")
+        facts["polkit"] = polkit_dialog(session)
+    facts["logind_after"] = session.logind()
+    facts["journal"] = journal()
+    print(json.dumps(facts))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
