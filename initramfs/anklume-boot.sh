@@ -163,12 +163,24 @@ number() {
     esac
 }
 
-# One modprobe for all (-a: kmod's and busybox's go on past a module they
-# cannot load): each process costs at boot, about 0.13 s a modprobe in a
-# TCG guest, where thirteen of them took 1.7 s (bench/image_boot.py).
+# What this script itself uses: PERSIST's ext4, the EFI variables, dm-verity,
+# loop (veritysetup attaches the hash tree, a file in RAM, and a copy to
+# RAM to loop devices: without it, every slot fails verity), the squashfs
+# and the overlay. One modprobe for all (-a: kmod's and busybox's go on past
+# a module they cannot load). Loading a module is the cost, not the
+# process: in a TCG guest, thirteen modprobes took 1.7 s and one of the same
+# thirteen as many (bench/image_boot.py).
 load_modules() {
-    modprobe -qa usb_storage uas sd_mod xhci_pci ehci_pci ohci_pci ext4 squashfs \
-        overlay loop dm_mod dm_verity efivarfs 2>/dev/null || true
+    modprobe -qa ext4 efivarfs loop dm_mod dm_verity squashfs overlay 2>/dev/null || true
+}
+
+# The drivers of a USB stick: udev loaded those of the hardware present
+# before this script ran (both initramfs flavours run it), so they are
+# loaded here only when the stick is not there at first sight, for a
+# controller udev missed, instead of on every boot for hardware that may
+# not exist (ehci and ohci on a machine with only xhci).
+load_stick_drivers() {
+    modprobe -qa usb_storage uas sd_mod xhci_pci ehci_pci ohci_pci 2>/dev/null || true
 }
 
 # ---- finding the stick ---------------------------------------------------------
@@ -200,6 +212,8 @@ find_persist() {
             return 0
         fi
         if [ "$waited" -eq 0 ]; then
+            load_stick_drivers
+            pick_persist && return 0
             say "waiting up to $WAIT s for the anklume stick (partition ANKLUME-PERSIST${PERSIST_UUID:+ PARTUUID=$PERSIST_UUID}${ESP_UUID:+ beside the ESP PARTUUID=$ESP_UUID})"
         fi
         [ "$waited" -ge "$WAIT" ] && return 1
