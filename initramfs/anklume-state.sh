@@ -21,6 +21,7 @@ export LC_ALL
 umask 022
 
 MAX_FILE_BYTES=65536  # anklumed.persist.MAX_FILE_BYTES: a larger file reads as empty
+SHELL_READ_BYTES=4096  # a larger file is read by head and tr (see small_file)
 MAX_BOOT_COUNT=9999
 DEFAULT_ATTEMPTS=3
 MAX_ATTEMPTS=100
@@ -69,6 +70,7 @@ s/$(u '\343\200\200')/ /g"
 norm() {
 	NORM=
 	[ -f "$1" ] || return 0
+	small_file "$1" && return 0
 	# One byte more than the limit tells an oversized file; the "." keeps
 	# trailing newlines from $(...), so the length is the file's.
 	raw=$(head -c $((MAX_FILE_BYTES + 1)) < "$1" 2>/dev/null | tr '\000' '?'; echo .)
@@ -81,6 +83,41 @@ norm() {
 			tr '\011\013\014\015\034\035\036\037' ' \n\n\n\n\n\n ') ;;
 	*) NORM=$raw ;;  # the usual file: printable ASCII lines
 	esac
+}
+
+# sizes FILE...: SIZES gets "BYTES PATH" lines of those of the files that
+# are regular, from one stat for all, for small_file.
+sizes() {
+	for sized; do
+		shift
+		[ -f "$sized" ] && set -- "$@" "$sized"
+	done
+	SIZES=
+	[ "$#" -eq 0 ] || SIZES=$(stat -L -c '%s %n' -- "$@" 2>/dev/null)
+}
+SIZES=
+
+# small_file FILE: NORM gets the text of a file that sizes measured, when it
+# is small printable ASCII, read by the shell's read: no process. The shell
+# cannot hold a NUL and read drops it silently: the text is taken only when
+# its length is the file's size, so no byte was dropped; anything else is
+# left to norm's head and tr (status 1). Small: a long file of short lines
+# would cost the shell quadratic copies.
+small_file() {
+	size=
+	while IFS= read -r line; do
+		[ "${line#* }" = "$1" ] && { size=${line%% *}; break; }
+	done <<EOF
+$SIZES
+EOF
+	case $size in '' | *[!0-9]*) return 1 ;; esac
+	[ "${#size}" -le ${#SHELL_READ_BYTES} ] && [ "$size" -le $SHELL_READ_BYTES ] || return 1
+	raw= line=
+	while IFS= read -r line; do raw=$raw$line$nl; done < "$1" 2>/dev/null
+	raw=$raw$line
+	[ "${#raw}" = "$size" ] || return 1
+	case $raw in *[!\ -~$nl]*) return 1 ;; esac
+	NORM=$raw
 }
 
 # value FILE: VALUE gets a one-value file (ab-state, boot-count), without the
@@ -214,6 +251,8 @@ meta() {
 
 read_state() {
 	PROBLEMS=
+	sizes "$PERSIST/ab-state" "$PERSIST/boot-count" "$PERSIST/boot-attempts" \
+		"$PERSIST/slots/A.meta" "$PERSIST/slots/B.meta" "$PERSIST/last-rollback"
 	# AB_TEXT: the file's value as read, which write_decision compares.
 	AB_TEXT=
 	if [ -e "$PERSIST/ab-state" ]; then
@@ -516,6 +555,7 @@ cmd_slot_info() {
 	slot_name "${1:-}" || { echo "anklume-state: slot-info needs a slot (A or B)." >&2; return 2; }
 	slot=$SLOT_NAME
 	PROBLEMS=
+	sizes "$PERSIST/slots/$slot.meta"
 	status "$slot"
 	echo "STATUS=$ST"
 	kv VERSION; token "$KV_VALUE"; echo "VERSION=$TOKEN"
