@@ -113,7 +113,7 @@ EOF
 	case $size in '' | *[!0-9]*) return 1 ;; esac
 	[ "${#size}" -le ${#SHELL_READ_BYTES} ] && [ "$size" -le $SHELL_READ_BYTES ] || return 1
 	raw= line=
-	while IFS= read -r line; do raw=$raw$line$nl; done < "$1" 2>/dev/null
+	while IFS= read -r line; do raw=$raw$line$nl; done 2>/dev/null < "$1"
 	raw=$raw$line
 	[ "${#raw}" = "$size" ] || return 1
 	case $raw in *[!\ -~$nl]*) return 1 ;; esac
