@@ -10,12 +10,16 @@ fresh copy of a PERSIST written by anklumed's own writers, as the image's
 first state is (anklume_image/persist.py: slot A installed and ok, slot B
 empty, ab-state A), plus slot A marked good: the usual boot. Processes are
 the forks (clone, fork, vfork: subshells, pipelines, tools), execs the
-execve calls after the shell's own.
+execve calls after the shell's own. "boot" is anklume-boot.sh's own path
+around them, run as tests/unit/test_boot_redirect.py runs it (its functions,
+a driver instead of main: no device, no mount): the command line, the count
+(record_attempt), read_slot_info and the hand-off (write_handoff).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import shutil
 import subprocess
@@ -47,7 +51,8 @@ def usual_persist(root: Path, boot_count: int, b_ok: bool) -> Path:
     return root
 
 
-def processes(shell: list[str], script: Path, args: list[str], work: Path) -> tuple[int, int]:
+def processes(shell: list[str], script: Path, args: list[str], work: Path,
+              env: dict[str, str] | None = None) -> tuple[int, int]:
     """(forks, execs) of one run of the script."""
     trace = work / "trace"
     strace = shutil.which("strace")
@@ -56,7 +61,8 @@ def processes(shell: list[str], script: Path, args: list[str], work: Path) -> tu
     run = subprocess.run([strace, "-f", "-qq", "-z", "-o", str(trace),
                           "-e", "trace=execve,clone,clone3,fork,vfork",
                           *shell, str(script), *args],
-                         capture_output=True, text=True, timeout=60, check=False)
+                         capture_output=True, text=True, timeout=60, check=False,
+                         env={"PATH": os.environ["PATH"], **(env or {})})
     if run.returncode != 0:
         raise SystemExit(f"{script} {args}: exit {run.returncode}: {run.stderr}")
     lines = trace.read_text().splitlines()
@@ -67,18 +73,43 @@ def processes(shell: list[str], script: Path, args: list[str], work: Path) -> tu
     return forks, execs
 
 
+# anklume-boot.sh's functions from the command line to the hand-off, without
+# the device work (say and step without /dev/kmsg: the host's log is not for this).
+DRIVER = """
+say() { echo "anklume: $*"; }
+step() { :; }
+PERSIST_MNT=$BENCH_PERSIST
+PERSIST_DEV=bench
+BOOT_DISK=bench
+read_cmdline
+record_attempt
+redirect_if_needed
+read_slot_info "$BOOT"
+ROOT_HASH=$META_ROOT_HASH VERITY=unsigned
+write_handoff
+"""
+
+
+def boot_harness(scripts: Path) -> Path:
+    script = (scripts / "anklume-boot.sh").read_text()
+    harness = scripts / "boot-harness.sh"
+    harness.write_text(script.removesuffix('main "$@"\n') + DRIVER)
+    return harness
+
+
 CALLS: list[tuple[str, list[str], int, bool]] = [
     # (label, arguments after PERSIST, boot-count, slot B ok)
     ("record, boot-count 0, B empty", ["record"], 0, False),
     ("record, boot-count 1, B ok", ["record"], 1, True),
     ("slot-info A", ["slot-info", "A"], 0, False),
     ("slot-info B (empty)", ["slot-info", "B"], 0, False),
+    ("boot: record, slot-info, hand-off", ["boot"], 0, False),
 ]
 
 
 def old_scripts(base: str, into: Path) -> Path:
     into.mkdir()
-    for name in ("anklume-state.sh",):
+    for name in ("anklume-state.sh", "anklume-boot.sh", "anklume-redirect.sh"):
         text = subprocess.run(["git", "show", f"{base}:initramfs/{name}"], cwd=INITRAMFS,
                               capture_output=True, text=True, check=True).stdout
         (into / name).write_text(text)
@@ -94,14 +125,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="anklume-procs-") as tmp:
         work = Path(tmp)
         old = old_scripts(options.base, work / "old")
+        new = work / "new"
+        shutil.copytree(INITRAMFS, new)
         (work / "cmdline").write_text("boot=anklume anklume.toram=0 quiet\n")
         print(f"{options.shell}: forks (execs) per call, {options.base} -> this tree")
         for label, args, count, b_ok in CALLS:
             figures = []
-            for scripts in (old, INITRAMFS):
+            for scripts in (old, new):
                 persist = work / "persist"
                 shutil.rmtree(persist, ignore_errors=True)
                 usual_persist(persist, count, b_ok)
+                if args[0] == "boot":
+                    env = {"ANKLUME_LIB": str(scripts), "ANKLUME_CMDLINE": str(work / "cmdline"),
+                           "ANKLUME_EFIVARS": str(work / "no-efivars"),
+                           "ANKLUME_RUN": str(work / "run"), "BENCH_PERSIST": str(persist)}
+                    figures.append(processes(shell, boot_harness(scripts), [], work, env))
+                    continue
                 extra = [str(work / "cmdline")] if args[0] == "record" else args[1:]
                 figures.append(processes(shell, scripts / "anklume-state.sh",
                                          [args[0], str(persist), *extra], work))
