@@ -138,6 +138,10 @@ kv_load() {
 		KV=0 KV_N=0
 		return
 	fi
+	case $NORM in
+	*[!\ -~$nl]*) ;;
+	*) [ "${#NORM}" -gt $SHELL_READ_BYTES ] || { kv_parse; return; } ;;
+	esac
 	KV=$(awk '
 	{
 		line = $0; sub(/^ +/, "", line); sub(/ +$/, "", line)
@@ -158,16 +162,56 @@ EOF
 	KV_N=${KV%%"$nl"*}
 }
 
-# kv KEY: KV_VALUE gets the value of KEY in the file last loaded (nothing
-# and status 1 when absent).
-kv() {
-	KV_VALUE=
+# kv_parse: kv_load's awk, by the shell, for a small printable ASCII text
+# (no process; a long one would cost the shell quadratic copies). KV holds
+# every valid pair in order: kv takes the last of a key.
+kv_parse() {
+	KV_N=0 KV=
 	while IFS= read -r line; do
-		case $line in "$1="*) KV_VALUE=${line#*=}; return 0 ;; esac
+		line=${line#"${line%%[! ]*}"}
+		line=${line%"${line##*[! ]}"}
+		case $line in '' | '#'*) continue ;; *=*) ;; *) continue ;; esac
+		k=${line%%=*} v=${line#*=}
+		k=${k%"${k##*[! ]}"}
+		v=${v#"${v%%[! ]*}"}
+		case $k in '' | *[!A-Za-z0-9_]*) continue ;; esac
+		case $k in *[A-Za-z0-9]*) ;; *) continue ;; esac
+		case $v in \"*\" | \'*\') v=${v#?}; v=${v%?} ;; esac
+		upper "$k"
+		KV_N=$((KV_N + 1)) KV=$KV$nl$UPPER=$v
+	done <<EOF
+$NORM
+EOF
+	KV=$KV_N$KV
+}
+
+# upper TEXT: UPPER gets TEXT with its ASCII letters upper-cased.
+upper() {
+	UPPER=$1
+	case $UPPER in *[abcdefghijklmnopqrstuvwxyz]*) ;; *) return 0 ;; esac
+	s=$1 UPPER=
+	while [ -n "$s" ]; do
+		c=${s%"${s#?}"} s=${s#?}
+		case $c in
+		a) c=A ;; b) c=B ;; c) c=C ;; d) c=D ;; e) c=E ;; f) c=F ;; g) c=G ;;
+		h) c=H ;; i) c=I ;; j) c=J ;; k) c=K ;; l) c=L ;; m) c=M ;; n) c=N ;;
+		o) c=O ;; p) c=P ;; q) c=Q ;; r) c=R ;; s) c=S ;; t) c=T ;; u) c=U ;;
+		v) c=V ;; w) c=W ;; x) c=X ;; y) c=Y ;; z) c=Z ;;
+		esac
+		UPPER=$UPPER$c
+	done
+}
+
+# kv KEY: KV_VALUE gets the value of KEY in the file last loaded, the last
+# one (nothing and status 1 when absent).
+kv() {
+	KV_VALUE= found=1
+	while IFS= read -r line; do
+		case $line in "$1="*) KV_VALUE=${line#*=} found=0 ;; esac
 	done <<EOF
 $KV
 EOF
-	return 1
+	return $found
 }
 
 # count TEXT DEFAULT LOW HIGH: COUNT gets a whole number (decimal: "010" is
