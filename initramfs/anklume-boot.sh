@@ -90,8 +90,14 @@ step() {
 
 read_cmdline() {
     set -f
-    # shellcheck disable=SC2046 # word splitting is the point
-    for arg in $(cat "$CMDLINE" 2>/dev/null); do
+    # Read by the shell, not cat: each process costs at boot (bench/boot_processes.py).
+    words="" line=""
+    while IFS= read -r line || [ -n "$line" ]; do
+        words="$words $line"
+        line=""
+    done 2>/dev/null < "$CMDLINE"
+    # shellcheck disable=SC2086 # word splitting is the point
+    for arg in $words; do
         case "$arg" in
             anklume.persist=PARTUUID=*) PERSIST_UUID=$(lower "${arg#anklume.persist=PARTUUID=}") ;;
             anklume.persist=*) say "anklume.persist= takes PARTUUID=...; ignored" ;;
