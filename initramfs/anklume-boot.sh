@@ -90,8 +90,14 @@ step() {
 
 read_cmdline() {
     set -f
-    # shellcheck disable=SC2046 # word splitting is the point
-    for arg in $(cat "$CMDLINE" 2>/dev/null); do
+    # Read by the shell, not cat: each process costs at boot (bench/boot_processes.py).
+    words="" line=""
+    while IFS= read -r line || [ -n "$line" ]; do
+        words="$words $line"
+        line=""
+    done 2>/dev/null < "$CMDLINE"
+    # shellcheck disable=SC2086 # word splitting is the point
+    for arg in $words; do
         case "$arg" in
             anklume.persist=PARTUUID=*) PERSIST_UUID=$(lower "${arg#anklume.persist=PARTUUID=}") ;;
             anklume.persist=*) say "anklume.persist= takes PARTUUID=...; ignored" ;;
@@ -186,8 +192,13 @@ load_stick_drivers() {
 # ---- finding the stick ---------------------------------------------------------
 
 # The GPT name of a partition, as the kernel read it (no udev needed).
+# Read by the shell, not sed: each process costs at boot (bench/boot_processes.py).
 part_name() {
-    sed -n 's/^PARTNAME=//p' "/sys/class/block/$1/uevent" 2>/dev/null
+    PART_NAME=""
+    while IFS= read -r line; do
+        case "$line" in PARTNAME=*) PART_NAME=${PART_NAME:+$PART_NAME
+}${line#PARTNAME=} ;; esac
+    done 2>/dev/null < "/sys/class/block/$1/uevent"
 }
 
 part_uuid() {
@@ -199,7 +210,8 @@ persist_candidates() {
     for sys in /sys/class/block/*; do
         [ -e "$sys/partition" ] || continue
         name=${sys##*/}
-        [ "$(part_name "$name")" = ANKLUME-PERSIST ] || continue
+        part_name "$name"
+        [ "$PART_NAME" = ANKLUME-PERSIST ] || continue
         echo "$(part_uuid "$name") $name"
     done | sort
 }
@@ -268,11 +280,13 @@ parent_disk() {
     echo "${parent##*/}"
 }
 
-# The partition of DISK whose GPT name is NAME.
+# The partition of DISK whose GPT name is NAME, as SIBLING.
 sibling_partition() {
+    SIBLING=""
     for sys in /sys/class/block/"$1"/"$1"*; do
         [ -e "$sys/partition" ] || continue
-        [ "$(part_name "${sys##*/}")" = "$2" ] && { echo "${sys##*/}"; return 0; }
+        part_name "${sys##*/}"
+        [ "$PART_NAME" = "$2" ] && { SIBLING=${sys##*/}; return 0; }
     done
     return 1
 }
@@ -338,7 +352,9 @@ record_attempt() {
 }
 
 report_decision() {
-    say "slot $BOOT, attempt $BOOT_COUNT${ROLLBACK_REASON:+, rolled back ($ROLLBACK_REASON)}$( [ "$DEGRADED" = 1 ] && echo ', degraded: no other good slot')"
+    degraded=""
+    [ "$DEGRADED" = 1 ] && degraded=", degraded: no other good slot"
+    say "slot $BOOT, attempt $BOOT_COUNT${ROLLBACK_REASON:+, rolled back ($ROLLBACK_REASON)}$degraded"
 }
 
 # ---- the redirect ----------------------------------------------------------------
@@ -516,8 +532,14 @@ padded_size() {
     echo $(( (META_SIZE + block - 1) / block * block ))
 }
 
-partition_bytes() {
-    echo $(( $(cat "/sys/class/block/$1/size") * 512 ))
+# The partition is at least as large as the slot's data (its size in
+# sectors read by the shell: no process).
+partition_holds_slot() {
+    sectors=""
+    read -r sectors 2>/dev/null < "/sys/class/block/$1/size"
+    case "$sectors" in ''|*[!0-9]*) return 1 ;; esac
+    block=${META_DATA_BLOCK_SIZE:-4096}
+    [ $((sectors * 512)) -ge $(( (META_SIZE + block - 1) / block * block )) ]
 }
 
 # open_slot SLOT: verity mapping opened and its squashfs mounted at
@@ -530,8 +552,9 @@ open_slot() {
     step "slot $slot's tree and manifest copied"
     trusted_root_hash || return 1
     step "slot $slot's root hash trusted ($VERITY)"
-    part=$(sibling_partition "$BOOT_DISK" "ANKLUME-OS-$slot") || { REASON=short-slot; return 1; }
-    [ "$(partition_bytes "$part")" -ge "$(padded_size)" ] || { REASON=short-slot; return 1; }
+    sibling_partition "$BOOT_DISK" "ANKLUME-OS-$slot" || { REASON=short-slot; return 1; }
+    part=$SIBLING
+    partition_holds_slot "$part" || { REASON=short-slot; return 1; }
     data=/dev/$part
     TORAM=0
     if [ "$TORAM_WANTED" = 1 ] && toram_fits; then
@@ -677,23 +700,12 @@ write_handoff() {
         rollback=1
         from=$( [ "$BOOT" = A ] && echo B || echo A )
     fi
-    mkdir -p "$RUN"
-    cat > "$RUN/boot.env.tmp" <<EOF
-SLOT=$BOOT
-BOOT_COUNT=$BOOT_COUNT
-ROLLBACK=$rollback
-ROLLBACK_FROM=$from
-ROLLBACK_REASON=$ROLLBACK_REASON
-TORAM=$TORAM
-VERITY=$VERITY
-ROOT_HASH=$ROOT_HASH
-PERSIST_PARTUUID=$PERSIST_UUID
-BOOT_DISK=/dev/$BOOT_DISK
-DEGRADED=$DEGRADED
-RAM_CRYPT=$RAM_CRYPT
-KERNEL=$KERNEL
-SECURE_BOOT=$SECURE_BOOT
-EOF
+    [ -d "$RUN" ] || mkdir -p "$RUN"
+    # printf, a builtin: no cat process.
+    printf 'SLOT=%s\nBOOT_COUNT=%s\nROLLBACK=%s\nROLLBACK_FROM=%s\nROLLBACK_REASON=%s\nTORAM=%s\nVERITY=%s\nROOT_HASH=%s\nPERSIST_PARTUUID=%s\nBOOT_DISK=/dev/%s\nDEGRADED=%s\nRAM_CRYPT=%s\nKERNEL=%s\nSECURE_BOOT=%s\n' \
+        "$BOOT" "$BOOT_COUNT" "$rollback" "$from" "$ROLLBACK_REASON" "$TORAM" "$VERITY" \
+        "$ROOT_HASH" "$PERSIST_UUID" "$BOOT_DISK" "$DEGRADED" "$RAM_CRYPT" "$KERNEL" \
+        "$SECURE_BOOT" > "$RUN/boot.env.tmp"
     mv "$RUN/boot.env.tmp" "$RUN/boot.env"
 }
 

@@ -21,6 +21,7 @@ export LC_ALL
 umask 022
 
 MAX_FILE_BYTES=65536  # anklumed.persist.MAX_FILE_BYTES: a larger file reads as empty
+SHELL_READ_BYTES=4096  # a larger file is read by head and tr (see small_file)
 MAX_BOOT_COUNT=9999
 DEFAULT_ATTEMPTS=3
 MAX_ATTEMPTS=100
@@ -35,11 +36,24 @@ FALLTHROUGH_REASONS="signature root-hash verity missing-tree missing-manifest mi
 # shell cannot hold NUL; both are just "not valid" everywhere), the UTF-8
 # forms of Unicode line breaks become newlines and those of Unicode spaces
 # become spaces, so a value is valid here exactly when it is there.
+#
+# Each process costs at boot (~0.1 s in a TCG guest: bench/boot_processes.py
+# counts them): the usual boot's path (printable ASCII files) starts none but
+# the file reads, the awk of a KEY=value file and the writes. So functions
+# set variables instead of printing into a $(...), and the non-ASCII bytes
+# below are made only for a file that holds some.
 u() { printf "$1"; }
 nl='
 '
-LB=$(u '\034')  # a line break, turned into \n by tr below
-SED_NORM="s/$(u '\302\205')/$LB/g
+UNICODE=
+# Until unicode_bytes, KELVIN matches no value (a value is one line); a value
+# holds a non-ASCII byte only after norm's full translation made them.
+KELVIN=$nl
+unicode_bytes() {
+	[ -z "$UNICODE" ] || return 0
+	UNICODE=1
+	LB=$(u '\034')  # a line break, turned into \n by tr below
+	SED_NORM="s/$(u '\302\205')/$LB/g
 s/$(u '\342\200\250')/$LB/g
 s/$(u '\342\200\251')/$LB/g
 s/$(u '\302\240')/ /g
@@ -47,12 +61,16 @@ s/$(u '\341\232\200')/ /g
 s/$(u '\342\200')[$(u '\200\201\202\203\204\205\206\207\210\211\212\257')]/ /g
 s/$(u '\342\201\237')/ /g
 s/$(u '\343\200\200')/ /g"
-KELVIN=$(u '\342\204\252')  # lowercases to "k" in Python: "O<KELVIN>" is "ok" there
+	KELVIN=$(u '\342\204\252')  # lowercases to "k" in Python: "O<KELVIN>" is "ok" there
+}
 
-# norm FILE: the file's text, normalised; nothing for a missing, oversized or
-# non-regular file (anklumed reports those and uses the default too).
+# norm FILE: NORM gets the file's text, normalised (trailing newlines
+# dropped: no reader here tells them apart); nothing for a missing, oversized
+# or non-regular file (anklumed reports those and uses the default too).
 norm() {
+	NORM=
 	[ -f "$1" ] || return 0
+	small_file "$1" && return 0
 	# One byte more than the limit tells an oversized file; the "." keeps
 	# trailing newlines from $(...), so the length is the file's.
 	raw=$(head -c $((MAX_FILE_BYTES + 1)) < "$1" 2>/dev/null | tr '\000' '?'; echo .)
@@ -60,31 +78,71 @@ norm() {
 	[ "${#raw}" -le "$MAX_FILE_BYTES" ] || return 0
 	case $raw in
 	*[!\ -~$nl]*)  # control or non-ASCII bytes: the full translation
-		printf '%s' "$raw" | sed -e "$SED_NORM" |
-			tr '\011\013\014\015\034\035\036\037' ' \n\n\n\n\n\n ' ;;
-	*) printf '%s' "$raw" ;;  # the usual file: printable ASCII lines
+		unicode_bytes
+		NORM=$(printf '%s' "$raw" | sed -e "$SED_NORM" |
+			tr '\011\013\014\015\034\035\036\037' ' \n\n\n\n\n\n ') ;;
+	*) NORM=$raw ;;  # the usual file: printable ASCII lines
 	esac
 }
 
-# trim TEXT: without the spaces and newlines around it.
-trim() {
-	t=$1
-	t=${t#"${t%%[! $nl]*}"}
-	t=${t%"${t##*[! $nl]}"}
-	printf '%s' "$t"
+# sizes FILE...: SIZES gets "BYTES PATH" lines of those of the files that
+# are regular, from one stat for all, for small_file.
+sizes() {
+	for sized; do
+		shift
+		[ -f "$sized" ] && set -- "$@" "$sized"
+	done
+	SIZES=
+	[ "$#" -eq 0 ] || SIZES=$(stat -L -c '%s %n' -- "$@" 2>/dev/null)
+}
+SIZES=
+
+# small_file FILE: NORM gets the text of a file that sizes measured, when it
+# is small printable ASCII, read by the shell's read: no process. The shell
+# cannot hold a NUL and read drops it silently: the text is taken only when
+# its length is the file's size, so no byte was dropped; anything else is
+# left to norm's head and tr (status 1). Small: a long file of short lines
+# would cost the shell quadratic copies.
+small_file() {
+	size=
+	while IFS= read -r line; do
+		[ "${line#* }" = "$1" ] && { size=${line%% *}; break; }
+	done <<EOF
+$SIZES
+EOF
+	case $size in '' | *[!0-9]*) return 1 ;; esac
+	[ "${#size}" -le ${#SHELL_READ_BYTES} ] && [ "$size" -le $SHELL_READ_BYTES ] || return 1
+	raw= line=
+	while IFS= read -r line; do raw=$raw$line$nl; done 2>/dev/null < "$1"
+	raw=$raw$line
+	[ "${#raw}" = "$size" ] || return 1
+	case $raw in *[!\ -~$nl]*) return 1 ;; esac
+	NORM=$raw
 }
 
-# value FILE: a one-value file (ab-state, boot-count), trimmed. A newline
-# left inside makes it invalid, as in anklumed.
+# value FILE: VALUE gets a one-value file (ab-state, boot-count), without the
+# spaces and newlines around it. A newline left inside makes it invalid, as
+# in anklumed.
 value() {
-	trim "$(norm "$1")"
+	norm "$1"
+	VALUE=${NORM#"${NORM%%[! $nl]*}"}
+	VALUE=${VALUE%"${VALUE##*[! $nl]}"}
 }
 
 # kv_load FILE: KV gets the file's valid KEY=value pairs, one a line, the
 # last of each key (keys are case-insensitive: upper-cased here), one pair
 # of quotes dropped from a value; KV_N the number of valid lines.
 kv_load() {
-	KV=$(norm "$1" | awk '
+	norm "$1"
+	if [ -z "$NORM" ]; then  # what awk makes of no text
+		KV=0 KV_N=0
+		return
+	fi
+	case $NORM in
+	*[!\ -~$nl]*) ;;
+	*) [ "${#NORM}" -gt $SHELL_READ_BYTES ] || { kv_parse; return; } ;;
+	esac
+	KV=$(awk '
 	{
 		line = $0; sub(/^ +/, "", line); sub(/ +$/, "", line)
 		if (line == "" || substr(line, 1, 1) == "#") next
@@ -97,39 +155,87 @@ kv_load() {
 			v = substr(v, 2, length(v) - 2)
 		n++; val[toupper(k)] = v
 	}
-	END { print n + 0; for (k in val) print k "=" val[k] }')
+	END { print n + 0; for (k in val) print k "=" val[k] }' <<EOF
+$NORM
+EOF
+)
 	KV_N=${KV%%"$nl"*}
 }
 
-# kv KEY: the value of KEY in the file last loaded; status 1 when absent.
-kv() {
+# kv_parse: kv_load's awk, by the shell, for a small printable ASCII text
+# (no process; a long one would cost the shell quadratic copies). KV holds
+# every valid pair in order: kv takes the last of a key.
+kv_parse() {
+	KV_N=0 KV=
 	while IFS= read -r line; do
-		case $line in "$1="*) printf '%s' "${line#*=}"; return 0 ;; esac
+		line=${line#"${line%%[! ]*}"}
+		line=${line%"${line##*[! ]}"}
+		case $line in '' | '#'*) continue ;; *=*) ;; *) continue ;; esac
+		k=${line%%=*} v=${line#*=}
+		k=${k%"${k##*[! ]}"}
+		v=${v#"${v%%[! ]*}"}
+		case $k in '' | *[!A-Za-z0-9_]*) continue ;; esac
+		case $k in *[A-Za-z0-9]*) ;; *) continue ;; esac
+		case $v in \"*\" | \'*\') v=${v#?}; v=${v%?} ;; esac
+		upper "$k"
+		KV_N=$((KV_N + 1)) KV=$KV$nl$UPPER=$v
+	done <<EOF
+$NORM
+EOF
+	KV=$KV_N$KV
+}
+
+# upper TEXT: UPPER gets TEXT with its ASCII letters upper-cased.
+upper() {
+	UPPER=$1
+	case $UPPER in *[abcdefghijklmnopqrstuvwxyz]*) ;; *) return 0 ;; esac
+	s=$1 UPPER=
+	while [ -n "$s" ]; do
+		c=${s%"${s#?}"} s=${s#?}
+		case $c in
+		a) c=A ;; b) c=B ;; c) c=C ;; d) c=D ;; e) c=E ;; f) c=F ;; g) c=G ;;
+		h) c=H ;; i) c=I ;; j) c=J ;; k) c=K ;; l) c=L ;; m) c=M ;; n) c=N ;;
+		o) c=O ;; p) c=P ;; q) c=Q ;; r) c=R ;; s) c=S ;; t) c=T ;; u) c=U ;;
+		v) c=V ;; w) c=W ;; x) c=X ;; y) c=Y ;; z) c=Z ;;
+		esac
+		UPPER=$UPPER$c
+	done
+}
+
+# kv KEY: KV_VALUE gets the value of KEY in the file last loaded, the last
+# one (nothing and status 1 when absent).
+kv() {
+	KV_VALUE= found=1
+	while IFS= read -r line; do
+		case $line in "$1="*) KV_VALUE=${line#*=} found=0 ;; esac
 	done <<EOF
 $KV
 EOF
-	return 1
+	return $found
 }
 
-# count TEXT DEFAULT LOW HIGH: a whole number (decimal: "010" is 10, never
-# octal) within bounds, else DEFAULT.
+# count TEXT DEFAULT LOW HIGH: COUNT gets a whole number (decimal: "010" is
+# 10, never octal) within bounds, else DEFAULT and status 1.
 count() {
 	c=$1
-	case $c in '' | *[!0-9]*) echo "$2"; return 1 ;; esac
+	COUNT=$2
+	case $c in '' | *[!0-9]*) return 1 ;; esac
 	while [ "${c#0}" != "$c" ]; do c=${c#0}; done
 	c=${c:-0}
 	# Length first: a huge number must not overflow the shell's arithmetic.
 	if [ "${#c}" -gt "${#4}" ] || [ "$c" -lt "$3" ] || [ "$c" -gt "$4" ]; then
-		echo "$2"; return 1
+		return 1
 	fi
-	echo "$c"
+	COUNT=$c
 }
 
+# slot_name TEXT: SLOT_NAME gets A or B, else nothing and status 1.
 slot_name() {
-	case $1 in a | A) echo A ;; b | B) echo B ;; *) return 1 ;; esac
+	case $1 in a | A) SLOT_NAME=A ;; b | B) SLOT_NAME=B ;; *) SLOT_NAME=; return 1 ;; esac
 }
 
-other() { if [ "$1" = A ]; then echo B; else echo A; fi; }
+# other SLOT: OTHER_SLOT gets the other one.
+other() { if [ "$1" = A ]; then OTHER_SLOT=B; else OTHER_SLOT=A; fi; }
 
 problem() { PROBLEMS="${PROBLEMS}PROBLEM=$1$nl"; }
 
@@ -138,7 +244,8 @@ problem() { PROBLEMS="${PROBLEMS}PROBLEM=$1$nl"; }
 # it holds no valid line at all.
 status() {
 	kv_load "$PERSIST/slots/$1.meta"
-	if ST=$(kv STATUS); then
+	if kv STATUS; then
+		ST=$KV_VALUE
 		case $ST in  # case-insensitive, as anklumed's value.lower()
 		[oO][kK] | [oO]"$KELVIN") ST=ok; return ;;
 		[pP][eE][nN][dD][iI][nN][gG]) ST=pending; return ;;
@@ -154,10 +261,11 @@ status() {
 	fi
 }
 
-# stamp TEXT: TEXT if it is a UTC time as anklumed writes it
+# stamp TEXT: STAMP gets TEXT if it is a UTC time as anklumed writes it
 # (YYYY-MM-DDTHH:MM:SSZ, fields in range), else nothing. Valid stamps
 # compare as strings in time order.
 stamp() {
+	STAMP=
 	case $1 in
 	[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9]Z) ;;
 	*) return 0 ;;
@@ -172,30 +280,46 @@ stamp() {
 	case ${r%%:*} in [0-5][0-9]) ;; *) return 0 ;; esac
 	r=${r#???}
 	case ${r%Z} in [0-5][0-9]) ;; *) return 0 ;; esac
-	printf '%s' "$1"
+	STAMP=$1
 }
 
 # meta SLOT: ST and GOOD (the valid LAST_GOOD_AT, or nothing) of a slot.
 meta() {
 	status "$1"
-	GOOD=$(stamp "$(kv LAST_GOOD_AT)")
+	kv LAST_GOOD_AT
+	stamp "$KV_VALUE"
+	GOOD=$STAMP
 }
 
 # --- the state and the rule (anklumed/slots/selection.py) -------------------
 
 read_state() {
 	PROBLEMS=
+	sizes "$PERSIST/ab-state" "$PERSIST/boot-count" "$PERSIST/boot-attempts" \
+		"$PERSIST/slots/A.meta" "$PERSIST/slots/B.meta" "$PERSIST/last-rollback"
+	# AB_TEXT: the file's value as read, which write_decision compares.
+	AB_TEXT=
 	if [ -e "$PERSIST/ab-state" ]; then
-		PRIMARY=$(slot_name "$(value "$PERSIST/ab-state")") ||
-			{ PRIMARY=A; problem "ab-state must be A or B; slot A assumed"; }
+		value "$PERSIST/ab-state"
+		AB_TEXT=$VALUE
+		if slot_name "$AB_TEXT"; then
+			PRIMARY=$SLOT_NAME
+		else
+			PRIMARY=A; problem "ab-state must be A or B; slot A assumed"
+		fi
 	else
 		PRIMARY=A; problem "ab-state is missing; slot A assumed"
 	fi
-	N_COUNT=$(count "$(value "$PERSIST/boot-count")" 0 0 $MAX_BOOT_COUNT) ||
+	value "$PERSIST/boot-count"
+	count "$VALUE" 0 0 $MAX_BOOT_COUNT ||
 		[ ! -e "$PERSIST/boot-count" ] || problem "boot-count is invalid; 0 assumed"
-	ATTEMPTS=$(count "$(value "$PERSIST/boot-attempts")" $DEFAULT_ATTEMPTS 1 $MAX_ATTEMPTS) ||
+	N_COUNT=$COUNT
+	value "$PERSIST/boot-attempts"
+	count "$VALUE" $DEFAULT_ATTEMPTS 1 $MAX_ATTEMPTS ||
 		[ ! -e "$PERSIST/boot-attempts" ] || problem "boot-attempts is invalid; 3 assumed"
-	OTHER=$(other "$PRIMARY")
+	ATTEMPTS=$COUNT
+	other "$PRIMARY"
+	OTHER=$OTHER_SLOT
 	meta "$PRIMARY"; ST_P=$ST; GOOD_P=$GOOD
 	meta "$OTHER"; ST_O=$ST; GOOD_O=$GOOD
 	# The slot last marked good: the newer valid LAST_GOOD_AT (a tie keeps the
@@ -211,11 +335,13 @@ read_state() {
 	# would be the A<->B ping-pong; the boot stays on the last good slot.
 	OTHER_TRIED=0
 	kv_load "$PERSIST/last-rollback"
-	if [ "$(slot_name "$(kv FROM)")" = "$OTHER" ] &&
-		[ "$(slot_name "$(kv TO)")" = "$PRIMARY" ] &&
-		marker=$(kv TO_LAST_GOOD_AT) &&
-		[ "$marker" = "${GOOD_P:-none}" ]; then
-		OTHER_TRIED=1
+	kv FROM; slot_name "$KV_VALUE"
+	if [ "$SLOT_NAME" = "$OTHER" ]; then
+		kv TO; slot_name "$KV_VALUE"
+		if [ "$SLOT_NAME" = "$PRIMARY" ] && kv TO_LAST_GOOD_AT &&
+			[ "$KV_VALUE" = "${GOOD_P:-none}" ]; then
+			OTHER_TRIED=1
+		fi
 	fi
 }
 
@@ -256,19 +382,25 @@ rollback() {
 	BOOT=$OTHER; AB_STATE=$OTHER; BOOT_COUNT=1; ROLLBACK_REASON=$1
 }
 
-# cmdline_slot CMDLINE_FILE KEY: the slot named by the last KEY=... word of
-# the kernel command line, if any and valid.
+# cmdline_slot CMDLINE_FILE KEY: CMDLINE_SLOT gets the slot named by the
+# last KEY=... word of the kernel command line, if any and valid.
 cmdline_slot() {
+	CMDLINE_SLOT=
 	[ -n "${1:-}" ] && [ -f "$1" ] || return 0
 	last=
 	for word in $(tr '\000' '?' < "$1"); do
 		case $word in "$2="*) last=${word#"$2="} ;; esac
 	done
-	slot_name "$last" || true
+	slot_name "$last" && CMDLINE_SLOT=$SLOT_NAME
+	return 0
 }
 
-# forced_slot CMDLINE_FILE: the slot a boot-menu entry forces (anklume.slot=).
-forced_slot() { cmdline_slot "${1:-}" anklume.slot; }
+# forced_slot CMDLINE_FILE: FORCED gets the slot a boot-menu entry forces
+# (anklume.slot=), or nothing.
+forced_slot() {
+	cmdline_slot "${1:-}" anklume.slot
+	FORCED=$CMDLINE_SLOT
+}
 
 print_decision() {
 	printf 'BOOT=%s\nAB_STATE=%s\nBOOT_COUNT=%s\nROLLBACK_REASON=%s\nDEGRADED=%s\nLAST_GOOD=%s\n' \
@@ -324,7 +456,7 @@ TO_LAST_GOOD_AT=${GOOD_O:-none}" || return 1
 	if [ "$BOOT_COUNT" != "$N_COUNT" ] || [ ! -f "$PERSIST/boot-count" ]; then
 		put boot-count "$BOOT_COUNT" || return 1
 	fi
-	if [ "$AB_STATE" != "$1" ] || [ "$(value "$PERSIST/ab-state")" != "$AB_STATE" ]; then
+	if [ "$AB_STATE" != "$1" ] || [ "$AB_TEXT" != "$AB_STATE" ]; then
 		put ab-state "$AB_STATE" || return 1
 	fi
 	return 0
@@ -334,13 +466,15 @@ TO_LAST_GOOD_AT=${GOOD_O:-none}" || return 1
 
 cmd_decide() {
 	read_state
-	decide_from_state "$(forced_slot "${1:-}")"
+	forced_slot "${1:-}"
+	decide_from_state "$FORCED"
 	print_decision
 }
 
 cmd_record() {
 	read_state
-	forced=$(forced_slot "${1:-}")
+	forced_slot "${1:-}"
+	forced=$FORCED
 	decide_from_state "$forced"
 	rc=0
 	if [ -n "$forced" ] && [ "$BOOT" != "$PRIMARY" ]; then
@@ -357,7 +491,8 @@ cmd_record() {
 # the primary (a boot-menu choice with anklume.slot=, or a degraded boot of
 # the last good slot), the primary boots and nothing is written.
 cmd_fallthrough() {
-	failed=$(slot_name "${1:-}") || { echo "anklume-state: fallthrough needs the slot that failed (A or B)." >&2; return 2; }
+	slot_name "${1:-}" || { echo "anklume-state: fallthrough needs the slot that failed (A or B)." >&2; return 2; }
+	failed=$SLOT_NAME
 	reason=${2:-}
 	read_state
 	case " $FALLTHROUGH_REASONS " in
@@ -367,7 +502,8 @@ cmd_fallthrough() {
 	ROLLBACK_REASON=$reason
 	BOOT_COUNT=$N_COUNT
 	AB_STATE=$PRIMARY
-	target=$(other "$failed")
+	other "$failed"
+	target=$OTHER_SLOT
 	if [ "$target" = "$PRIMARY" ]; then ST=$ST_P; else ST=$ST_O; fi
 	if [ "$ST" != ok ]; then
 		BOOT=; DEGRADED=1; print_decision; return 0
@@ -398,8 +534,9 @@ cmd_fallthrough() {
 # boots in a row redirect, and the chain always ends.
 
 cmd_redirect_mark() {
-	slot=$(slot_name "${1:-}") && ab=$(slot_name "${2:-}") &&
-		n=$(count "${3:-}" '' 0 $MAX_BOOT_COUNT) &&
+	slot_name "${1:-}" && slot=$SLOT_NAME &&
+		slot_name "${2:-}" && ab=$SLOT_NAME &&
+		count "${3:-}" '' 0 $MAX_BOOT_COUNT && n=$COUNT &&
 		case ${5:-} in 0 | 1) ;; *) false ;; esac &&
 		case ${4:-} in *[!a-z-]*) false ;; esac || {
 		echo "anklume-state: redirect-mark needs BOOT AB_STATE BOOT_COUNT ROLLBACK_REASON DEGRADED." >&2
@@ -425,11 +562,11 @@ cmd_redirect_take() {
 		return 0
 	fi
 	kv_load "$f"
-	m_slot=$(slot_name "$(kv SLOT)")
-	m_ab=$(slot_name "$(kv AB_STATE)")
-	m_count=$(count "$(kv BOOT_COUNT)" '' 0 $MAX_BOOT_COUNT)
-	m_reason=$(kv ROLLBACK_REASON)
-	m_degraded=$(kv DEGRADED)
+	kv SLOT; slot_name "$KV_VALUE"; m_slot=$SLOT_NAME
+	kv AB_STATE; slot_name "$KV_VALUE"; m_ab=$SLOT_NAME
+	kv BOOT_COUNT; count "$KV_VALUE" '' 0 $MAX_BOOT_COUNT; m_count=$COUNT
+	kv ROLLBACK_REASON; m_reason=$KV_VALUE
+	kv DEGRADED; m_degraded=$KV_VALUE
 	read_state
 	if ! rm -f "$f" 2>/dev/null || [ -e "$f" ] || ! sync "$PERSIST" 2>/dev/null; then
 		echo REDIRECT=stuck
@@ -442,7 +579,8 @@ cmd_redirect_take() {
 		echo REDIRECT=stale
 		return 0
 	fi
-	if [ "$(cmdline_slot "${1:-}" anklume.kernel)" != "$m_slot" ]; then
+	cmdline_slot "${1:-}" anklume.kernel
+	if [ "$CMDLINE_SLOT" != "$m_slot" ]; then
 		printf 'REDIRECT=missed\nSLOT=%s\n' "$m_slot"
 		return 0
 	fi
@@ -458,36 +596,45 @@ cmd_redirect_take() {
 # The meta's fields the boot needs, validated; an invalid or missing one is
 # printed empty, so the boot script never parses a meta itself.
 cmd_slot_info() {
-	slot=$(slot_name "${1:-}") || { echo "anklume-state: slot-info needs a slot (A or B)." >&2; return 2; }
+	slot_name "${1:-}" || { echo "anklume-state: slot-info needs a slot (A or B)." >&2; return 2; }
+	slot=$SLOT_NAME
 	PROBLEMS=
+	sizes "$PERSIST/slots/$slot.meta"
 	status "$slot"
 	echo "STATUS=$ST"
-	echo "VERSION=$(token "$(kv VERSION)")"
-	echo "SIZE=$(count "$(kv SIZE)" '' 0 999999999999999)"
-	echo "ROOT_HASH=$(hex "$(kv ROOT_HASH)")"
-	s=$(kv SALT)
-	if [ "$s" = - ]; then echo "SALT=-"; else echo "SALT=$(hex "$s")"; fi
-	echo "DATA_BLOCK_SIZE=$(block "$(kv DATA_BLOCK_SIZE)")"
-	echo "HASH_BLOCK_SIZE=$(block "$(kv HASH_BLOCK_SIZE)")"
-	echo "HASH_ALG=$(token "$(kv HASH_ALG)")"
+	kv VERSION; token "$KV_VALUE"; echo "VERSION=$TOKEN"
+	kv SIZE; count "$KV_VALUE" '' 0 999999999999999; echo "SIZE=$COUNT"
+	kv ROOT_HASH; hex "$KV_VALUE"; echo "ROOT_HASH=$HEX"
+	kv SALT
+	if [ "$KV_VALUE" = - ]; then echo "SALT=-"; else hex "$KV_VALUE"; echo "SALT=$HEX"; fi
+	kv DATA_BLOCK_SIZE; block "$KV_VALUE"; echo "DATA_BLOCK_SIZE=$BLOCK"
+	kv HASH_BLOCK_SIZE; block "$KV_VALUE"; echo "HASH_BLOCK_SIZE=$BLOCK"
+	kv HASH_ALG; token "$KV_VALUE"; echo "HASH_ALG=$TOKEN"
 }
 
+# hex TEXT: HEX gets TEXT lower-cased if it is hex digits (512 at most), else
+# nothing. anklumed writes lower case: tr only for an upper-case letter.
 hex() {
-	h=$(printf '%s' "$1" | tr 'A-F' 'a-f')
-	case $h in '' | *[!0-9a-f]*) return 0 ;; esac
-	[ "${#h}" -le 512 ] && printf '%s' "$h"
+	HEX=$1
+	case $HEX in *[A-F]*) HEX=$(printf '%s' "$1" | tr 'A-F' 'a-f') ;; esac
+	case $HEX in '' | *[!0-9a-f]*) HEX= ;; esac
+	[ "${#HEX}" -le 512 ] || HEX=
 }
 
+# token TEXT: TOKEN gets TEXT if it is a version or an algorithm's name.
 token() {
+	TOKEN=
 	case $1 in '' | *[!A-Za-z0-9._:+~/@-]*) return 0 ;; esac
-	[ "${#1}" -le 200 ] && printf '%s' "$1"
+	[ "${#1}" -le 200 ] && TOKEN=$1
 }
 
-# A dm-verity block size: a power of two from 512 to 1 MiB.
+# block TEXT: BLOCK gets a dm-verity block size: a power of two from 512 to 1 MiB.
 block() {
-	b=$(count "$1" '' 512 1048576) || return 0
+	BLOCK=
+	count "$1" '' 512 1048576 || return 0
+	b=$COUNT
 	while [ "$b" -gt 1 ] && [ $((b % 2)) -eq 0 ]; do b=$((b / 2)); done
-	[ "$b" = 1 ] && count "$1" '' 512 1048576
+	[ "$b" = 1 ] && BLOCK=$COUNT
 }
 
 main() {
