@@ -526,10 +526,11 @@ trusted_root_hash() {
     VERITY=signed
 }
 
-# Bytes the slot's data occupies: SIZE rounded up to whole data blocks.
+# PADDED: the bytes the slot's data occupies, SIZE rounded up to whole data
+# blocks (a variable, not printed: no subshell at boot).
 padded_size() {
     block=${META_DATA_BLOCK_SIZE:-4096}
-    echo $(( (META_SIZE + block - 1) / block * block ))
+    PADDED=$(( (META_SIZE + block - 1) / block * block ))
 }
 
 # The partition is at least as large as the slot's data (its size in
@@ -538,8 +539,8 @@ partition_holds_slot() {
     sectors=""
     read -r sectors 2>/dev/null < "/sys/class/block/$1/size"
     case "$sectors" in ''|*[!0-9]*) return 1 ;; esac
-    block=${META_DATA_BLOCK_SIZE:-4096}
-    [ $((sectors * 512)) -ge $(( (META_SIZE + block - 1) / block * block )) ]
+    padded_size
+    [ $((sectors * 512)) -ge "$PADDED" ]
 }
 
 # open_slot SLOT: verity mapping opened and its squashfs mounted at
@@ -600,7 +601,8 @@ corruption_reports() {
 
 toram_fits() {
     available=$(sed -n 's/^MemAvailable: *\([0-9]*\) kB/\1/p' /proc/meminfo)
-    need=$(( $(padded_size) + TORAM_MARGIN ))
+    padded_size
+    need=$((PADDED + TORAM_MARGIN))
     if [ $((available * 1024)) -lt "$need" ]; then
         say "not enough RAM to copy the system ($((need / MIB)) MiB needed, $((available / 1024)) MiB free); booting from the stick instead"
         return 1
@@ -610,20 +612,20 @@ toram_fits() {
 # copy_to_ram DEVICE: the slot's bytes (SIZE, not the partition) into a
 # tmpfs file of its own, in large chunks, with progress on the console.
 copy_to_ram() {
-    bytes=$(padded_size)
-    mib=$(( (bytes + MIB - 1) / MIB ))
+    padded_size
+    mib=$(( (PADDED + MIB - 1) / MIB ))
     mkdir -p "$RUN/ram"
     mount -t tmpfs -o "size=$((mib + 1))m,mode=0700" anklume-ram "$RUN/ram" || return 1
     say "[INFO] Copying squashfs to RAM ($mib MiB)..."
     done_mib=0
     while [ "$done_mib" -lt "$mib" ]; do
-        step=$TORAM_CHUNK_MIB
-        [ $((mib - done_mib)) -lt "$step" ] && step=$((mib - done_mib))
+        chunk=$TORAM_CHUNK_MIB
+        [ $((mib - done_mib)) -lt "$chunk" ] && chunk=$((mib - done_mib))
         # O_DIRECT reads: the stick's bytes go straight into the copy, not
         # through a page cache that would hold them a second time in RAM.
         if ! dd if="$1" of="$RUN/ram/slot.img" bs=4M iflag=direct,skip_bytes,count_bytes \
             oflag=seek_bytes skip=$((done_mib * MIB)) seek=$((done_mib * MIB)) \
-            count=$((step * MIB)) conv=notrunc 2>/dev/null; then
+            count=$((chunk * MIB)) conv=notrunc 2>/dev/null; then
             release_ram_copy
             if stick_lost; then
                 STICK_LOST=1
@@ -633,11 +635,11 @@ copy_to_ram() {
             fi
             return 1
         fi
-        done_mib=$((done_mib + step))
+        done_mib=$((done_mib + chunk))
         say "copied $done_mib of $mib MiB ($((done_mib * 100 / mib))%)"
     done
-    truncate -s "$bytes" "$RUN/ram/slot.img"
-    [ "$(stat -c %s "$RUN/ram/slot.img")" = "$bytes" ] || { release_ram_copy; return 1; }
+    truncate -s "$PADDED" "$RUN/ram/slot.img"
+    [ "$(stat -c %s "$RUN/ram/slot.img")" = "$PADDED" ] || { release_ram_copy; return 1; }
 }
 
 # The stick's disk is gone: the kernel drops a pulled disk a moment after
