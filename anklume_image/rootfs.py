@@ -14,7 +14,7 @@ import hashlib
 import shlex
 from pathlib import Path
 
-from anklume_image import install
+from anklume_image import install, zfs
 from anklume_image.config import BuildConfig
 from anklume_image.errors import BuildError
 from anklume_image.packages import components, debian_packages
@@ -70,9 +70,13 @@ def mmdebstrap_argv(config: BuildConfig, work: Path, checkout: Path,
         # (mmdebstrap's own commands, such as sync-in, must be a hook of their own)
         "--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives",
         f"--setup-hook=sync-in {q(str(cache))} /var/cache/apt/archives/",
+        # Before zfs-dkms and zfsutils-linux are installed: what their
+        # scripts would otherwise make at random (zfs.py).
+        *[f"--essential-hook={hook}" for hook in zfs.essential_hooks(config)],
         "--customize-hook=" + f"sync-out /var/cache/apt/archives {q(str(cache))}",
         *[f"--customize-hook={hook}"
           for hook in install.customize_hooks(config, checkout, public_key)],
+        *[f"--customize-hook={hook}" for hook in zfs.customize_hooks(config)],
         "--customize-hook=" + f"sync-out /boot {q(str(boot))}",
         "--customize-hook=" + f"sync-out /usr/lib/systemd/boot/efi {q(str(boot / 'efi'))}",
         "--customize-hook=" + f"sync-out /{UKI_DIR_IN_IMAGE} {q(str(boot / 'uki'))}",
