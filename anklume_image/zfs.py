@@ -2,8 +2,8 @@
 
 zfs-dkms compiles the module in the image's chroot while apt installs it;
 what the packages' scripts add around that compile made two builds with
-the same packages and SOURCE_DATE_EPOCH differ (README, "Building the
-image", the reproducibility table). Each hook here takes away one cause,
+the same packages and SOURCE_DATE_EPOCH differ (README, "Measurements":
+the files that differed, and why). Each hook here takes away one cause,
 and says which:
 
 - zfsutils-linux's postinst writes a random /etc/hostid (zgenhostid) when
@@ -32,7 +32,7 @@ DKMS_SETTINGS = "/etc/dkms/framework.conf.d/anklume.conf"
 # DKMS signs only with a sign-file program it finds: a path where none is
 # means "modules won't be signed", and no key pair is made. An unsigned
 # module loads as the randomly signed one did: the kernel knew neither key
-# (it was enrolled nowhere), so under Secure Boot's lockdown neither loads.
+# (it was enrolled nowhere), so under Secure Boot's lockdown neither would.
 NO_SIGN_FILE = "/nonexistent/anklume-image-signs-no-dkms-module"
 DKMS_SETTINGS_TEXT = (
     "# anklume Live (anklume_image/zfs.py): DKMS signs no module in the image.\n"
