@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import secrets
 import shutil
 import subprocess
@@ -179,6 +180,12 @@ exit 1
 PULL_WAIT = 60.0  # seconds from the request to anklumed's seeing the stick gone
 
 
+# Every SHA-256 the guest's kernel can offer, the CPU's own loaded first (the
+# real root's udev loads it for the CPU anyway; asked here so that the
+# comparison never depends on udev's timing).
+SHA256_DRIVERS = ["sh", "-c", "modprobe -q crypto-sha256; cat /proc/crypto"]
+
+
 def guest_script(template: str, **values: str) -> list[str]:
     for name, value in values.items():
         template = template.replace(name, value)
@@ -274,7 +281,8 @@ class Boots:
         return self.machine.boot(
             credentials={"anklume-data-disk": DATA_DISK.encode(),
                          "anklume-data-passphrase": PASSPHRASE},
-            commands={"make_container": make, **self.container_checks()},
+            commands={"make_container": make, **self.container_checks(),
+                      "kernel_log": ["dmesg"], "sha256_drivers": SHA256_DRIVERS},
             settle=DATA_UNITS, wait=BOOT_WAIT, timeout=BOOT_WAIT * 3)
 
     @functools.cached_property
@@ -411,6 +419,37 @@ def test_first_boot_runs_slot_a_from_the_stick_verified_and_is_marked_good(
     # / reads the stick: it must stay (the third boot runs from RAM)
     assert (status["RootInRam"], status["SafeToRemove"]) == ("no", False), status
     assert boots.first.powered_off, "the report unit's poweroff did not end QEMU"
+
+
+def verity_hash_driver(kernel_log: str) -> str:
+    found = re.search(r'verity: sha256 using \w+ "([^"]+)"', kernel_log)
+    assert found, "the kernel log names no hash implementation for dm-verity"
+    return found.group(1)
+
+
+def fastest_sha256(proc_crypto: str) -> str:
+    """The driver of the highest-priority "sha256" in /proc/crypto, which is
+    the one the kernel hands to whoever asks for "sha256"."""
+    best = (-1, "")
+    for block in proc_crypto.split("\n\n"):
+        fields = dict(line.split(":", 1) for line in block.splitlines() if ":" in line)
+        fields = {key.strip(): value.strip() for key, value in fields.items()}
+        if fields.get("name") == "sha256" and fields.get("type") == "shash":
+            best = max(best, (int(fields["priority"]), fields["driver"]))
+    assert best[1], "no sha256 in /proc/crypto"
+    return best[1]
+
+
+def test_dm_verity_hashes_with_the_cpus_own_sha256(boots: Boots) -> None:
+    """dm-verity binds the fastest SHA-256 loaded when the mapping opens and
+    keeps it for the session: the initramfs must load the CPU's own (QEMU's
+    "max" CPU has SHA-NI) before, or every block read is hashed by the
+    generic C code."""
+    report = reported(boots.first)
+    verity = verity_hash_driver(command(report, "kernel_log")["stdout"])
+    fastest = fastest_sha256(command(report, "sha256_drivers")["stdout"])
+    assert fastest != "sha256-generic", "the guest's kernel offers no faster SHA-256"
+    assert verity == fastest, (verity, fastest)
 
 
 def test_no_boot_redoes_what_the_build_did(boots: Boots) -> None:
