@@ -96,6 +96,7 @@ def name(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="module")
 def boot(image: Path, name: str) -> Boot:
+    shutil.rmtree(MACHINES / name, ignore_errors=True)
     machine = Machine(image, MACHINES / name, data_mib=DATA_MIB, memory_mib=MEMORY_MIB)
     entry = DESKTOPS[name].entry
     if entry is not None:
