@@ -33,6 +33,7 @@ USER = "anklume"
 CONTROL = Path("/dev/virtio-ports/org.anklume.test.control")
 WATCHER = "org.kde.StatusNotifierWatcher"
 ITEM_IFACE = "org.kde.StatusNotifierItem"
+HOST = "org.kde.StatusNotifierHost-"  # a host's bus name: its prefix
 AGENT = "lxpolkit"
 # An action whose default is an administrator's password for an active
 # local session (systemd's timedated): polkit asks the session's agent.
@@ -237,7 +238,11 @@ def main() -> int:
     session = Session(user)
     wait = float(sys.argv[1]) if len(sys.argv) > 1 else 120.0
     started = time.monotonic()
+    # Ready when the item is registered, a host is there to show it (waybar
+    # is one; Plasma's panel registers its own once its tray is loaded,
+    # later than the watcher) and the guide runs.
     ready = wait_until(lambda: any("StatusNotifierItem" in i for i in session.items())
+                       and any(n.startswith(HOST) for n in session.bus_names())
                        and bool(session.processes("anklume-guide")), wait)
     facts: dict[str, Any] = {
         "ready": ready, "waited": time.monotonic() - started, "uptime": time.monotonic(),

@@ -55,16 +55,17 @@ class Desktop:
     compositor: str
     current_desktop: str  # XDG_CURRENT_DESKTOP, as anklume-session sets it
     watcher: str  # the StatusNotifierWatcher's owner
+    host: str  # the StatusNotifierHost's: who shows the item
     notifications: str  # org.freedesktop.Notifications' owner
     terminal: str  # the guide's
 
 
 DESKTOPS = {
-    "sway": Desktop(None, "sway", "sway", "waybar", "mako", "foot"),
+    "sway": Desktop(None, "sway", "sway", "waybar", "waybar", "mako", "foot"),
     "labwc": Desktop("anklume-5-desktop-a-labwc.conf", "labwc", "labwc:wlroots", "waybar",
-                     "mako", "foot"),
+                     "waybar", "mako", "foot"),
     "kde": Desktop("anklume-5-desktop-a-kde.conf", "kwin_wayland", "KDE", "kded6",
-                   "plasmashell", "konsole"),
+                   "plasmashell", "plasmashell", "konsole"),
 }
 
 
@@ -194,6 +195,9 @@ def test_the_tray_item_is_registered_and_notifications_have_an_owner(
     names = session["bus_names"]
     assert names.get("org.kde.StatusNotifierWatcher") == desktop.watcher, names
     assert names.get("org.freedesktop.Notifications") == desktop.notifications, names
+    hosts = {owner for name, owner in names.items()
+             if name.startswith("org.kde.StatusNotifierHost-")}
+    assert hosts == {desktop.host}, names
     items = [i for i in session["items"] if i.startswith("org.kde.StatusNotifierItem-")]
     assert len(items) == 1, session["items"]
     assert items[0].partition("/")[0] in names
