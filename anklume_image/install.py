@@ -129,13 +129,6 @@ _DESKTOP_FILES: dict[Desktop, list[tuple[str, str]]] = {
 }
 
 
-# mako's and Plasma's activation files both offer the notifications' name
-# (which one dbus-daemon takes is not defined): with both, one found first
-# that follows the session.
-_NOTIFICATIONS_CHOOSER = ("desktop/dbus/org.freedesktop.Notifications.service",
-                          "/usr/local/share/dbus-1/services/org.freedesktop.Notifications.service")
-
-
 def session_files(config: BuildConfig) -> list[tuple[str, str]]:
     """The desktop/ files this image installs, and where (none when minimal)."""
     if not config.sessions:
@@ -143,9 +136,6 @@ def session_files(config: BuildConfig) -> list[tuple[str, str]]:
     files = list(_GRAPHICAL_FILES)
     for desktop in config.sessions:
         files += [f for f in _DESKTOP_FILES[desktop] if f not in files]
-    sessions = set(config.sessions)
-    if Desktop.KDE in sessions and {Desktop.SWAY, Desktop.LABWC} & sessions:
-        files.append(_NOTIFICATIONS_CHOOSER)
     return files
 
 

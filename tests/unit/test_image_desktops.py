@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import socket
 import tomllib
 import xml.etree.ElementTree as ET
@@ -71,7 +70,7 @@ def test_session_files_exist_and_keep_their_names(desktop: Desktop) -> None:
     for source, target in files:
         assert (ROOT / source).is_file(), source
         assert Path(source).name == Path(target).name, (source, target)
-        assert target.startswith(("/etc/", "/usr/share/", "/usr/local/share/")), target
+        assert target.startswith(("/etc/", "/usr/share/")), target
 
 
 def test_a_sway_image_gets_its_files_the_clients_the_live_user_and_the_login() -> None:
@@ -195,30 +194,6 @@ def test_the_bar_and_mako_are_started_by_our_compositors_not_by_systemd(
     assert disable in hooks
     assert not any("--global disable" in h for h in install.desktop_hooks(
         config(Desktop.KDE), ROOT))  # a KDE image has none of them
-
-
-NOTIFICATIONS_CHOOSER = "/usr/local/share/dbus-1/services/org.freedesktop.Notifications.service"
-
-
-@pytest.mark.parametrize(("desktop", "chooses"), [
-    (Desktop.ALL, True), (Desktop.SWAY, False), (Desktop.LABWC, False), (Desktop.KDE, False)])
-def test_with_kde_beside_mako_the_notifications_activation_follows_the_desktop(
-        desktop: Desktop, chooses: bool) -> None:
-    """mako and Plasma both ship a D-Bus activation file for
-    org.freedesktop.Notifications in /usr/share; which one dbus-daemon takes
-    is not defined, and in the all image's KDE session an early
-    notification started mako (the desktops tier saw it own the name).
-    /usr/local/share comes first: one file there chooses by the session."""
-    targets = {t: s for s, t in install.session_files(config(desktop))}
-    assert (NOTIFICATIONS_CHOOSER in targets) is chooses
-    if chooses:
-        text = (ROOT / targets[NOTIFICATIONS_CHOOSER]).read_text()
-        assert "Name=org.freedesktop.Notifications\n" in text
-        exec_line = next(line for line in text.splitlines() if line.startswith("Exec="))
-        assert shlex.split(exec_line.removeprefix("Exec="))[:2] == ["/bin/sh", "-c"]
-        assert '"$XDG_CURRENT_DESKTOP" = KDE' in exec_line
-        assert "exec /usr/bin/plasma_waitforname org.freedesktop.Notifications" in exec_line
-        assert "else exec /usr/bin/mako" in exec_line
 
 
 def desktop_entry(path: Path) -> dict[str, str]:
