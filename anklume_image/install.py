@@ -112,6 +112,9 @@ _GRAPHICAL_FILES = [
     ("anklume_desktop/guide/KEYBINDINGS.txt", "/usr/share/anklume/KEYBINDINGS.txt"),
 ]
 _WAYBAR = ("desktop/waybar/config.jsonc", "/etc/xdg/waybar/config.jsonc")
+# The user units Debian enables for the bar, mako and foot's server.
+WLROOTS_USER_UNITS = ("waybar.service", "mako.service", "foot-server.service",
+                      "foot-server.socket")
 _DESKTOP_FILES: dict[Desktop, list[tuple[str, str]]] = {
     Desktop.SWAY: [("desktop/sway/config", "/etc/sway/config"),
                    ("desktop/sway/anklume.conf", "/etc/sway/config.d/anklume.conf"), _WAYBAR],
@@ -163,6 +166,12 @@ def desktop_hooks(config: BuildConfig, checkout: Path) -> list[str]:
         "chroot \"$1\" systemctl enable greetd.service",
         "chroot \"$1\" systemctl set-default graphical.target",
     ]
+    if config.base is Base.DEBIAN and {Desktop.SWAY, Desktop.LABWC} & set(config.sessions):
+        # Debian enables these user units in graphical-session.target, which
+        # Plasma starts (sway and labwc do not): beside KDE, a second bar sat
+        # on Plasma's screen and mako took the notifications' name from it.
+        # Sway's and labwc's own files start them.
+        hooks.append("chroot \"$1\" systemctl --global disable " + " ".join(WLROOTS_USER_UNITS))
     return hooks
 
 

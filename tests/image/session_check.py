@@ -1,14 +1,16 @@
-"""Run inside the booted sway image by the report script (``python3 -c``, as
-root): waits for the live user's desktop session, then says what it found,
-as one JSON object on stdout -- logind's session, sway and its
-configuration, the session bus's names, waybar's StatusNotifierWatcher and
-the tray's item, mako, the guide; asks the host for a screendump of the
-display; then makes polkit ask the session's agent (lxpolkit) for an
-administrator's password, waits for its window in sway's tree, asks for a
-second screendump and closes the window. The journal of greetd and of the
-session comes with it, for a person reading a failure. Standard library
-only (the image is not modified for the tests), and the report script's
-helpers (it runs under it).
+"""Run inside a booted desktop image by the report script (``python3 -c``,
+as root): waits for the live user's desktop session, then says what it
+found, as one JSON object on stdout -- logind's session, the compositor
+(sway, labwc or Plasma's kwin_wayland) and, under sway, its configuration
+and windows, the session bus's names (the StatusNotifierWatcher and the
+notifications' owners), the tray's item, the guide and the processes it
+runs under, the environment the session gave the tray; asks the host for a
+screendump of the display; then, under sway, makes polkit ask the session's
+agent (lxpolkit) for an administrator's password, waits for its window in
+sway's tree, asks for a second screendump and closes the window. The
+journal of greetd and of the session comes with it, for a person reading a
+failure. Standard library only (the image is not modified for the tests),
+and the report script's helpers (it runs under it).
 
 argv: the seconds a quiet machine may take to show the session (scaled here
 by ANKLUME_TEST_SLOWNESS, which the report unit passes on).
@@ -31,6 +33,7 @@ USER = "anklume"
 CONTROL = Path("/dev/virtio-ports/org.anklume.test.control")
 WATCHER = "org.kde.StatusNotifierWatcher"
 ITEM_IFACE = "org.kde.StatusNotifierItem"
+HOST = "org.kde.StatusNotifierHost-"  # a host's bus name: its prefix
 AGENT = "lxpolkit"
 # An action whose default is an administrator's password for an active
 # local session (systemd's timedated): polkit asks the session's agent.
@@ -39,6 +42,14 @@ ASK_ADMIN = ["busctl", "--allow-interactive-authorization=yes", "--timeout=120",
              "org.freedesktop.timedate1", "/org/freedesktop/timedate1",
              "org.freedesktop.timedate1", "SetTimezone", "sb", "UTC", "true"]
 HOST_SCREENDUMP_SECONDS = 3.0  # the host polls its control file each second
+# Each desktop's programs (pgrep matches the first 15 characters of a name).
+PROGRAMS = ("sway", "labwc", "kwin_wayland", "plasmashell", "kded6", "waybar", "mako", "foot",
+            "konsole", AGENT, "anklume-tray", "anklume-guide")
+# What anklume-session and the compositor put in the session's environment
+# (the tray inherits it): the desktop chosen, and labwc's keyboard layouts
+# from its environment file.
+SESSION_ENV = ("XDG_CURRENT_DESKTOP", "XDG_SESSION_DESKTOP", "XDG_SESSION_TYPE",
+               "WAYLAND_DISPLAY", "XKB_DEFAULT_LAYOUT", "XKB_DEFAULT_OPTIONS")
 
 
 def report_script() -> ModuleType:
@@ -122,6 +133,35 @@ class Session:
         found: str = run(["pgrep", "-u", str(self.user.pw_uid), "-a", name])["stdout"]
         return found.splitlines()
 
+    def environment(self, name: str) -> dict[str, str]:
+        """SESSION_ENV in the environment a process of ``name`` was started with."""
+        pids = self.processes(name)
+        if not pids:
+            return {}
+        try:
+            raw = Path(f"/proc/{pids[0].split()[0]}/environ").read_bytes()
+        except OSError:
+            return {}
+        pairs = (entry.decode(errors="replace").partition("=") for entry in raw.split(b"\0"))
+        return {key: value for key, _, value in pairs if key in SESSION_ENV}
+
+    def ancestry(self, name: str) -> list[str]:
+        """The names of a process of ``name`` and of its parents up to PID 1:
+        who started it (the guide's terminal, the compositor that ran the
+        autostart)."""
+        pids = self.processes(name)
+        chain: list[str] = []
+        pid = pids[0].split()[0] if pids else "0"
+        while pid not in ("0", "1") and len(chain) < 20:
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                break
+            # pid (comm) state ppid ...: comm may hold spaces and parentheses
+            chain.append(stat[stat.index("(") + 1:stat.rindex(")")])
+            pid = stat[stat.rindex(")") + 2:].split()[1]
+        return chain
+
     def windows(self) -> list[dict[str, Any]]:
         """sway's views: app_id, title, pid, whether shown."""
         tree = as_json(self.swaymsg("-t", "get_tree", "-r"))
@@ -198,7 +238,11 @@ def main() -> int:
     session = Session(user)
     wait = float(sys.argv[1]) if len(sys.argv) > 1 else 120.0
     started = time.monotonic()
+    # Ready when the item is registered, a host is there to show it (waybar
+    # is one; Plasma's panel registers its own once its tray is loaded,
+    # later than the watcher) and the guide runs.
     ready = wait_until(lambda: any("StatusNotifierItem" in i for i in session.items())
+                       and any(n.startswith(HOST) for n in session.bus_names())
                        and bool(session.processes("anklume-guide")), wait)
     facts: dict[str, Any] = {
         "ready": ready, "waited": time.monotonic() - started, "uptime": time.monotonic(),
@@ -209,16 +253,19 @@ def main() -> int:
         "outputs": as_json(session.swaymsg("-t", "get_outputs", "-r")),
         "items": session.items(),
         "bus_names": session.bus_names(),
-        "processes": {p: session.processes(p) for p in ("sway", "waybar", "mako", "foot",
-                                                        AGENT, "anklume-tray",
-                                                        "anklume-guide")},
+        "processes": {p: session.processes(p) for p in PROGRAMS},
         "windows": session.windows(),
         "vt": Path("/sys/class/tty/tty0/active").read_text().strip(),
+        "cmdline": Path("/proc/cmdline").read_text().strip(),
+        "environment": session.environment("anklume-tray"),
+        "ancestry": {p: session.ancestry(p) for p in ("anklume-guide", "anklume-tray",
+                                                      "waybar")},
     }
     facts["icon"] = {item: session.item_property(item, "IconName") for item in facts["items"]}
     if ready:
         ask_screendump("session")
-        facts["polkit"] = polkit_dialog(session)
+        if facts["sway_socket"]:  # the dialog is found in sway's tree
+            facts["polkit"] = polkit_dialog(session)
     facts["logind_after"] = session.logind()
     facts["journal"] = journal()
     print(json.dumps(facts))

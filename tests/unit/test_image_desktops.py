@@ -177,6 +177,44 @@ def test_the_sway_session_starts_the_bar_with_the_tray_mako_the_applet_and_the_g
         assert re.search(rf"^{re.escape(program)}\b.*&$", labwc, re.M), program
 
 
+WLROOTS_USER_UNITS = ("waybar.service", "mako.service", "foot-server.service",
+                      "foot-server.socket")
+
+
+@pytest.mark.parametrize("desktop", [Desktop.SWAY, Desktop.LABWC, Desktop.ALL])
+def test_the_bar_and_mako_are_started_by_our_compositors_not_by_systemd(
+        desktop: Desktop) -> None:
+    """Debian enables waybar's, mako's and foot's server's user units in
+    graphical-session.target, which Plasma starts: in an image with KDE
+    beside sway or labwc, a second bar sat on Plasma's screen and mako took
+    org.freedesktop.Notifications from Plasma (the desktops tier saw both).
+    Sway's and labwc's own files start them."""
+    hooks = install.desktop_hooks(config(desktop), ROOT)
+    disable = 'chroot "$1" systemctl --global disable ' + " ".join(WLROOTS_USER_UNITS)
+    assert disable in hooks
+    assert not any("--global disable" in h for h in install.desktop_hooks(
+        config(Desktop.KDE), ROOT))  # a KDE image has none of them
+
+
+def desktop_entry(path: Path) -> dict[str, str]:
+    lines = path.read_text().splitlines()
+    assert lines[0] == "[Desktop Entry]", path
+    return dict(line.partition("=")[::2] for line in lines[1:] if "=" in line)
+
+
+def test_plasmas_autostart_opens_the_guide_in_konsole_itself() -> None:
+    """Plasma 6 starts XDG autostart through systemd's
+    xdg-autostart-generator (plasma-workspace.target wants
+    xdg-desktop-autostart.target), which ignores Terminal=true: the guide
+    would run with no terminal. So the entry opens konsole itself, as sway's
+    and labwc's own files open foot, and only when the guide is wanted."""
+    guide = desktop_entry(ROOT / "desktop/autostart/anklume-guide.desktop")
+    assert guide.get("Terminal", "false") == "false", guide
+    assert guide["Exec"] == (
+        'sh -c "anklume-guide --first-login --check && exec konsole -e anklume-guide"'), guide
+    assert guide["OnlyShowIn"] == "KDE;", guide  # the other desktops open it in foot
+
+
 @pytest.mark.parametrize(("cmdline", "desktops", "chosen", "noted"), [
     ("boot=anklume quiet", ["sway", "labwc", "kde"], "sway", False),
     ("boot=anklume anklume.desktop=kde quiet", ["sway", "labwc", "kde"], "kde", False),
