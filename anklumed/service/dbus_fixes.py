@@ -9,7 +9,16 @@ socket to become writable again, and in marking the exception of a send
 that failed as read (a signal's send is awaited by no one: asyncio would log
 its traceback when the bus goes away).
 
-2. Error replies. Upstream's ``SendReply`` answers an exception that is not a
+2. Pending calls when the bus goes away. dbus-fast hands the connection's
+error to every call still waiting for its reply (``_reply_handler``); when
+the daemon then ends (anklumed.main, the bus lost), asyncio cancels the
+tasks that awaited those calls before they read it, and logs each unread
+error as a traceback (seen in CI: "Future exception was never retrieved",
+BrokenPipeError, after the one line saying the bus was lost). The error is
+marked as read as it is set; a caller that awaits the call still gets it
+raised. A D-Bus error reply is left as upstream has it.
+
+3. Error replies. Upstream's ``SendReply`` answers an exception that is not a
 DBusError with its traceback (``The service interface raised an error: …``),
 and the Properties handler and a method's return value that does not fit its
 signature go through it. This ``_exit`` answers a short ``Error.Failed``
@@ -86,6 +95,17 @@ def _write_callback(self: Any, remove_writer: bool = True) -> None:
         self.bus._finalize(e)
 
 
+def _reply_handler(self: Any, future: Any, reply: Any, err: Exception | None) -> None:
+    """Upstream's ``MessageBus._reply_handler``, but the connection's loss
+    is not left to be logged by each call that was waiting."""
+    if err is None:
+        aio_bus._future_set_result(future, reply)
+        return
+    aio_bus._future_set_exception(future, err)
+    if not isinstance(err, DBusError) and future.done() and not future.cancelled():
+        future.exception()  # read: the loss is reported once, by anklumed.main
+
+
 def _exit(self: Any, exc_type: Any, exc_value: Any, tb: Any) -> bool:
     """Upstream's ``SendReply._exit``, but an exception that is not a
     DBusError is answered without its traceback."""
@@ -130,6 +150,7 @@ def apply() -> None:
             "review anklumed/service/dbus_fixes.py"
         )
     aio_bus._MessageWriter.write_callback = _write_callback  # type: ignore[method-assign]
+    aio_bus.MessageBus._reply_handler = _reply_handler  # type: ignore[method-assign]
     SendReply._exit = _exit  # type: ignore[method-assign]
 
 

@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -97,7 +98,10 @@ def test_anklumed_exits_when_its_bus_goes_away(sim: Sim) -> None:
     sim.bus.stop()
     assert sim.daemon.wait(scaled(15)) == 1
     log = sim.daemon_log.read_text()
-    assert "lost the bus connection (EOFError); exiting" in log, log[-2000:]
+    # EOFError when the reader sees the bus close first; BrokenPipeError when
+    # a signal being sent does (seen in CI: a state change at that moment).
+    assert re.search(r"lost the bus connection \((EOFError|BrokenPipeError|ConnectionResetError)\);"
+                     r" exiting", log), log[-2000:]
     assert "Traceback" not in log, log[-2000:]
 
 

@@ -6,6 +6,7 @@ import gc
 import socket
 from collections import deque
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -59,4 +60,32 @@ def test_a_send_lost_with_the_bus_leaves_no_unread_exception() -> None:
         assert unread == []
     finally:
         ours.close()
+        loop.close()
+
+
+def test_a_call_waiting_when_the_bus_goes_away_leaves_no_unread_exception() -> None:
+    """The bus lost while a call waits for its reply: dbus-fast hands the
+    call's future the connection's error; the daemon ends before the task
+    that awaited it reads it (asyncio cancels it), and asyncio would log a
+    "never retrieved" traceback when the future is collected (CI, service
+    tier: BrokenPipeError after "lost the bus connection"). A caller that
+    awaits still gets the error."""
+    from dbus_fast.aio.message_bus import MessageBus
+
+    reply_handler: Any = MessageBus._reply_handler  # as installed by dbus_fixes.apply
+    loop = asyncio.new_event_loop()
+    unread: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: unread.append(context))
+    try:
+        forgotten: asyncio.Future[None] | None = loop.create_future()
+        reply_handler(None, forgotten, None, BrokenPipeError(32, "Broken pipe"))
+        forgotten = None
+        gc.collect()
+        assert unread == []
+
+        awaited: asyncio.Future[None] = loop.create_future()
+        reply_handler(None, awaited, None, EOFError())
+        with pytest.raises(EOFError):
+            loop.run_until_complete(awaited)
+    finally:
         loop.close()
