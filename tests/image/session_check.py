@@ -42,6 +42,10 @@ ASK_ADMIN = ["busctl", "--allow-interactive-authorization=yes", "--timeout=120",
              "org.freedesktop.timedate1", "/org/freedesktop/timedate1",
              "org.freedesktop.timedate1", "SetTimezone", "sb", "UTC", "true"]
 HOST_SCREENDUMP_SECONDS = 3.0  # the host polls its control file each second
+# From the item's registration to its icon on the screen: the bar asks the
+# tray for its properties, then draws (seen in CI: a screendump taken as the
+# item registered showed the bar without the icon, under TCG).
+BAR_DRAWS_SECONDS = 5.0
 # Each desktop's programs (pgrep matches the first 15 characters of a name).
 PROGRAMS = ("sway", "labwc", "kwin_wayland", "plasmashell", "kded6", "waybar", "mako", "foot",
             "konsole", AGENT, "anklume-tray", "anklume-guide")
@@ -263,6 +267,7 @@ def main() -> int:
     }
     facts["icon"] = {item: session.item_property(item, "IconName") for item in facts["items"]}
     if ready:
+        time.sleep(BAR_DRAWS_SECONDS * slowness())
         ask_screendump("session")
         if facts["sway_socket"]:  # the dialog is found in sway's tree
             facts["polkit"] = polkit_dialog(session)

@@ -123,7 +123,7 @@ def colour_in_bar(path: Path, rgb: tuple[int, int, int]) -> int:
 def test_the_display_shows_the_tray_icon_in_its_colour(boot: Boot,
                                                        session: dict[str, Any]) -> None:
     """The screen itself (QEMU's screendump of the graphics card: the image
-    has no grim), taken when the item was registered: the icon's pixmap is
+    has no grim), taken a few seconds after the item registered: the icon's pixmap is
     drawn in its look's colour, which nothing else in the bar has."""
     dump = boot.rundir / "session.ppm"
     assert dump.exists(), (boot.rundir / "session.error").read_text() \
