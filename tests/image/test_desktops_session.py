@@ -19,7 +19,6 @@ nothing. ANKLUME_IMAGE_REUSE=1 keeps the built image for the next run.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -35,7 +34,13 @@ from anklume_image.config import BuildConfig
 from anklumed.slots import bundle
 from devtools.image_vm import Boot, Machine
 from tests.image.test_boot_image import DATA_MIB, reported
-from tests.image.test_sway_session import BAR_HEIGHT, ROOT, SESSION_CHECK, ppm
+from tests.image.test_sway_session import (
+    BAR_HEIGHT,
+    ROOT,
+    boot_to_the_session,
+    ppm,
+    session_facts,
+)
 
 pytestmark = pytest.mark.desktops
 WORK = Path(os.environ.get("ANKLUME_DESKTOPS_TEST_DIR", "/var/tmp/anklume-image-desktops"))
@@ -105,23 +110,12 @@ def boot(image: Path, name: str) -> Boot:
     entry = DESKTOPS[name].entry
     if entry is not None:
         machine.choose_entry_once(entry)
-    return machine.boot(
-        commands={"session": ["python3", "-c", SESSION_CHECK.read_text(), f"{SESSION_WAIT:.0f}"]},
-        target="graphical.target", screendumps=True, wait=BOOT_WAIT,
-        timeout=BOOT_WAIT * 3 + SESSION_WAIT * 2, cut_after_report=True)
+    return boot_to_the_session(machine, BOOT_WAIT, SESSION_WAIT)
 
 
 @pytest.fixture(scope="module")
 def session(boot: Boot, name: str) -> dict[str, Any]:
-    result = reported(boot)["commands"]["session"]
-    assert result["rc"] == 0, result
-    facts: dict[str, Any] = json.loads(result["stdout"])
-    # For a person: what the guest saw, and how long the boot took on the host.
-    (boot.rundir / "session.json").write_text(json.dumps({**facts, "seconds": boot.seconds},
-                                                         indent=1))
-    assert facts["ready"], (f"{name}: no tray item and guide within {SESSION_WAIT:.0f} s "
-                            f"(scaled); journal:\n" + "\n".join(facts["journal"][-80:]))
-    return facts
+    return session_facts(boot, SESSION_WAIT, name)
 
 
 def test_the_entry_asked_for_the_desktop(boot: Boot, name: str) -> None:

@@ -41,30 +41,41 @@ SESSION_WAIT = 120.0
 BAR_HEIGHT = 30  # desktop/waybar/config.jsonc
 
 
-@pytest.fixture(scope="module")
-def boot(built: Built) -> Iterator[Boot]:
-    shutil.rmtree(MACHINES, ignore_errors=True)
-    machine = Machine(built.image, MACHINES / "machine", data_mib=DATA_MIB)
-    machine.choose_entry_once(STICK_ENTRY_A)
-    yield machine.boot(
-        commands={"session": ["python3", "-c", SESSION_CHECK.read_text(), f"{SESSION_WAIT:.0f}"]},
-        target="graphical.target", screendumps=True, wait=BOOT_WAIT,
-        timeout=BOOT_WAIT * 3 + SESSION_WAIT * 2,
+def boot_to_the_session(machine: Machine, boot_wait: float, session_wait: float) -> Boot:
+    """One boot to graphical.target with the session check run in it
+    (tests/image/session_check.py; the test_desktops_session.py tier too)."""
+    return machine.boot(
+        commands={"session": ["python3", "-c", SESSION_CHECK.read_text(), f"{session_wait:.0f}"]},
+        target="graphical.target", screendumps=True, wait=boot_wait,
+        timeout=boot_wait * 3 + session_wait * 2,
         # Nothing after the report is judged: no clean poweroff to wait for.
         cut_after_report=True)
 
 
-@pytest.fixture(scope="module")
-def session(boot: Boot) -> dict[str, Any]:
+def session_facts(boot: Boot, session_wait: float, desktop: str = "sway") -> dict[str, Any]:
+    """What the session check found, kept beside the boot for a person."""
     result = reported(boot)["commands"]["session"]
     assert result["rc"] == 0, result
     facts: dict[str, Any] = json.loads(result["stdout"])
     # For a person: what the guest saw, and how long the boot took on the host.
     (boot.rundir / "session.json").write_text(json.dumps({**facts, "seconds": boot.seconds},
                                                          indent=1))
-    assert facts["ready"], (f"no tray item and guide within {SESSION_WAIT:.0f} s (scaled); "
-                            f"journal:\n" + "\n".join(facts["journal"][-80:]))
+    assert facts["ready"], (f"{desktop}: no tray item and guide within {session_wait:.0f} s "
+                            f"(scaled); journal:\n" + "\n".join(facts["journal"][-80:]))
     return facts
+
+
+@pytest.fixture(scope="module")
+def boot(built: Built) -> Iterator[Boot]:
+    shutil.rmtree(MACHINES, ignore_errors=True)
+    machine = Machine(built.image, MACHINES / "machine", data_mib=DATA_MIB)
+    machine.choose_entry_once(STICK_ENTRY_A)
+    yield boot_to_the_session(machine, BOOT_WAIT, SESSION_WAIT)
+
+
+@pytest.fixture(scope="module")
+def session(boot: Boot) -> dict[str, Any]:
+    return session_facts(boot, SESSION_WAIT)
 
 
 def test_greetd_logs_the_live_user_in_on_seat0_in_an_active_wayland_session(

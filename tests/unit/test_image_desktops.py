@@ -3,6 +3,7 @@ login, the boot menu's desktop entries and the session each entry starts."""
 
 from __future__ import annotations
 
+import configparser
 import os
 import re
 import socket
@@ -196,10 +197,12 @@ def test_the_bar_and_mako_are_started_by_our_compositors_not_by_systemd(
         config(Desktop.KDE), ROOT))  # a KDE image has none of them
 
 
-def desktop_entry(path: Path) -> dict[str, str]:
-    lines = path.read_text().splitlines()
-    assert lines[0] == "[Desktop Entry]", path
-    return dict(line.partition("=")[::2] for line in lines[1:] if "=" in line)
+def desktop_entry(path: Path) -> configparser.SectionProxy:
+    """An XDG desktop entry's keys, read as test_desktop_files.py reads them."""
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # keys as written
+    parser.read(path)
+    return parser["Desktop Entry"]
 
 
 def test_plasmas_autostart_opens_the_guide_in_konsole_itself() -> None:
@@ -209,10 +212,11 @@ def test_plasmas_autostart_opens_the_guide_in_konsole_itself() -> None:
     would run with no terminal. So the entry opens konsole itself, as sway's
     and labwc's own files open foot, and only when the guide is wanted."""
     guide = desktop_entry(ROOT / "desktop/autostart/anklume-guide.desktop")
-    assert guide.get("Terminal", "false") == "false", guide
+    assert guide.get("Terminal", "false") == "false", dict(guide)
     assert guide["Exec"] == (
-        'sh -c "anklume-guide --first-login --check && exec konsole -e anklume-guide"'), guide
-    assert guide["OnlyShowIn"] == "KDE;", guide  # the other desktops open it in foot
+        'sh -c "anklume-guide --first-login --check && exec konsole -e anklume-guide"'), \
+        dict(guide)
+    assert guide["OnlyShowIn"] == "KDE;", dict(guide)  # the other desktops open it in foot
 
 
 @pytest.mark.parametrize(("cmdline", "desktops", "chosen", "noted"), [
