@@ -239,6 +239,9 @@ def initramfs_hooks(checkout: Path, base: Base = Base.DEBIAN,
         "/usr/share/initramfs-tools/hooks",
         f"copy-in {_q(src / 'initramfs-tools' / 'scripts' / 'anklume')} "
         "/usr/share/initramfs-tools/scripts",
+        # The early start of the boot's modules (anklume-boot.sh, load_modules).
+        f"copy-in {_q(src / 'initramfs-tools' / 'scripts' / 'init-top' / 'anklume')} "
+        "/usr/share/initramfs-tools/scripts/init-top",
         "chroot \"$1\" update-initramfs -u -k all",
         *uki.uki_hooks(base, desktops),
     ]

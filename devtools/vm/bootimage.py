@@ -72,7 +72,7 @@ def build_initramfs(kernel: Kernel, keys_dir: Path | None, cache: Path = CACHE) 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         src, conf, nokeys = work / "src", work / "conf", work / "nokeys"
-        for d in (src, conf / "hooks", conf / "scripts", conf / "conf.d", nokeys):
+        for d in (src, conf / "hooks", conf / "scripts/init-top", conf / "conf.d", nokeys):
             d.mkdir(parents=True)
         for name in ("anklume-boot.sh", "anklume-redirect.sh", "anklume-shutdown.sh"):
             shutil.copy2(INITRAMFS_DIR / name, src / name)
@@ -80,6 +80,8 @@ def build_initramfs(kernel: Kernel, keys_dir: Path | None, cache: Path = CACHE) 
         shutil.copy2(INITRAMFS_DIR / "initramfs-tools/hooks/anklume", conf / "hooks/anklume")
         shutil.copy2(INITRAMFS_DIR / "initramfs-tools/scripts/anklume",
                      conf / "scripts/anklume")
+        shutil.copy2(INITRAMFS_DIR / "initramfs-tools/scripts/init-top/anklume",
+                     conf / "scripts/init-top/anklume")
         (conf / "initramfs.conf").write_text(INITRAMFS_CONF)
         (conf / "modules").write_text("\n".join(TEST_MODULES) + "\n")
         partial = dest.with_suffix(".partial")

@@ -452,6 +452,16 @@ def test_dm_verity_hashes_with_the_cpus_own_sha256(boots: Boots) -> None:
     assert verity == fastest, (verity, fastest)
 
 
+def test_the_initramfs_loads_the_boots_modules_early(boots: Boots) -> None:
+    """initramfs-tools' init-top script starts the boot's modules in the
+    background, before udev finds the stick (anklume-boot.sh, load_modules):
+    its step is in the kernel log (whether it saves time is bench.image_boot's
+    to say: README, "Measurements")."""
+    kernel_log = command(reported(boots.first), "kernel_log")["stdout"]
+    steps = re.findall(r"anklume-step: (.+)", kernel_log)
+    assert "modules loaded early (in the background)" in steps, steps
+
+
 def test_no_boot_redoes_what_the_build_did(boots: Boots) -> None:
     """The image's /etc and /var are marked as updated for its /usr: the
     units that rebuild caches after an update of /usr (ConditionNeedsUpdate=)
