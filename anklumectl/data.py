@@ -34,6 +34,11 @@ from anklumectl.render import data_words, human_size
 DATA_IFACE = DATA_DISK.name
 CREDENTIAL = "anklume-data-passphrase"
 DISK_CREDENTIAL = "anklume-data-disk"
+# Optional beside the two above: "zfs" or "btrfs" (the default, as --fs's).
+# Without it an unattended first boot never made ZFS, though the default
+# image carries it.
+FS_CREDENTIAL = "anklume-data-fs"
+FILESYSTEMS = ("zfs", "btrfs")
 WEAK_BELOW = 12
 ASK_ATTEMPTS = 3
 PROBE_WAIT = 30.0  # seconds; probing every disk takes about a second
@@ -206,13 +211,27 @@ def credential(name: str) -> Path | None:
 def unattended(a: argparse.Namespace) -> bool:
     """First boot without a person (automated installs, the image tests): the
     credentials name the disk to erase and give its passphrase; both are needed,
-    and a disk named on the command line wins."""
+    and a disk named on the command line wins. A third may name the filesystem."""
     disk, secret = credential(DISK_CREDENTIAL), credential(CREDENTIAL)
     if a.disk or disk is None or secret is None:
         return False
+    a.fs = credential_filesystem() or a.fs
     a.disk = disk.read_text().strip()
     a.passphrase_file, a.encryption, a.yes = str(secret), "luks2", True
     return True
+
+
+def credential_filesystem() -> str | None:
+    """The filesystem the credential anklume-data-fs names, if it was given.
+    A wrong name stops the first boot before any disk is erased."""
+    path = credential(FS_CREDENTIAL)
+    if path is None:
+        return None
+    name = path.read_text().strip()
+    if name not in FILESYSTEMS:
+        raise ClientError(ERROR_PREFIX + "InvalidArgument", f"the credential {FS_CREDENTIAL} "
+                          f"says {name[:40]!r}: give one of {', '.join(FILESYSTEMS)}")
+    return name
 
 
 def boot_secrets() -> list[bytes]:
@@ -285,8 +304,8 @@ async def cmd_first_boot(c: Client, a: argparse.Namespace, out: Console) -> int:
         out.print(f"A data disk set up from another stick is plugged in ({other.device}, pool "
                   f"{other.pool}): keep it with `anklumectl data adopt`, or erase another disk.")
     if unattended(a):
-        out.print(f"First boot: erasing {a.disk} for the data disk, as the system "
-                  f"credentials {DISK_CREDENTIAL} and {CREDENTIAL} ask.")
+        out.print(f"First boot: erasing {a.disk} for the data disk ({a.fs}), as the "
+                  f"system credentials {DISK_CREDENTIAL} and {CREDENTIAL} ask.")
         return await cmd_data_setup(c, a, out)
     if not a.disk and not sys.stdin.isatty():
         out.print("No data disk is set up; run anklumectl first-boot in a terminal.")
@@ -332,7 +351,7 @@ async def cmd_data_needs_setup(c: Client, a: argparse.Namespace, out: Console) -
 def add_setup_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--disk", help="the disk to erase (/dev/sdX or a /dev/disk/by-id name)")
     parser.add_argument("--pool-name", default="anklume", help="default: anklume")
-    parser.add_argument("--fs", choices=("zfs", "btrfs"), default="btrfs")
+    parser.add_argument("--fs", choices=FILESYSTEMS, default="btrfs")
     parser.add_argument("--encryption", choices=("luks2", "none"), default="luks2")
     parser.add_argument("--passphrase-file", metavar="FILE", help="- reads standard input")
     parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")

@@ -68,6 +68,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="run the desktops tier, by hand (tests/image/test_desktops_session.py: "
                          "builds the --desktop all image and boots sway, labwc and KDE; "
                          "about half an hour)")
+    group.addoption("--zfs-image", action="store_true",
+                    help="run the ZFS image tier, by hand (tests/image/test_zfs_image.py: "
+                         "builds the default --zfs image and boots it with its data disk "
+                         "on ZFS)")
 
 
 def vm_mode(item: pytest.Item) -> str | None:
@@ -83,7 +87,7 @@ def vm_mode(item: pytest.Item) -> str | None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if IN_GUEST:
         return
-    _keep_desktops(config, items)
+    _keep_by_hand(config, items)
     if not config.getoption("--image"):
         skip_image = pytest.mark.skip(reason="image tier: builds the stick image; "
                                              "run with --image (.ci/run does)")
@@ -117,14 +121,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             runs.nodeids.setdefault(mode, []).append(item.nodeid)
 
 
-def _keep_desktops(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Without --desktops, the desktops tier's tests are deselected, not
-    skipped: they live in tests/image, which the image tier (.ci/run) runs,
-    and CI counts a skip as a failure; this tier is run by hand, as CI's
-    fresh machine would download KDE and boot three desktops past its hour."""
-    if config.getoption("--desktops"):
-        return
-    other = [item for item in items if item.get_closest_marker("desktops") is not None]
+# The tiers run by hand, each with its marker and its flag. Without the flag
+# their tests are deselected, not skipped: they live in tests/image, which
+# the image tier (.ci/run) runs, and CI counts a skip as a failure. They stay
+# out of CI for its hour: the desktops tier would download KDE on CI's fresh
+# machine and boot three desktops; the ZFS image tier compiles zfs-dkms in
+# its build and boots an image of its own.
+BY_HAND = {"desktops": "--desktops", "zfs_image": "--zfs-image"}
+
+
+def _keep_by_hand(config: pytest.Config, items: list[pytest.Item]) -> None:
+    other = [item for item in items
+             if any(item.get_closest_marker(marker) is not None
+                    and not config.getoption(flag) for marker, flag in BY_HAND.items())]
     if other:
         config.hook.pytest_deselected(items=other)
         items[:] = [item for item in items if item not in other]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,20 +51,39 @@ def small_config(out: Path, **overrides: object) -> BuildConfig:
 def built() -> Iterator[Built]:
     if os.geteuid() != 0:
         pytest.skip("the image tier needs root (mmdebstrap, mke2fs -d as root)")
-    reuse = os.environ.get("ANKLUME_IMAGE_REUSE") == "1" and os.environ.get("CI") != "true"
-    if reuse and (WORK / "anklume-live.img").exists():
-        yield _built(WORK / "anklume-live.img", _sway_config(WORK))
-        return
-    shutil.rmtree(WORK, ignore_errors=True)
-    WORK.mkdir(parents=True)
-    bundle.generate_key(WORK / "signing.pem")
-    subprocess.run(["openssl", "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes",
-                    "-days", "30", "-subj", "/CN=anklume test db/", "-keyout", WORK / "db.key",
-                    "-out", WORK / "db.crt"], check=True, capture_output=True)
     config = _sway_config(WORK)
-    yield _built(build(config), config)
+
+    def make() -> Path:
+        make_test_keys(WORK)
+        return build(config)
+
+    for image in built_in(WORK, make, reuse=os.environ.get("CI") != "true"):
+        yield _built(image, config)
+
+
+def built_in(work: Path, make: Callable[[], Path], reuse: bool = True) -> Iterator[Path]:
+    """A fixture's image, made by ``make`` in ``work`` emptied first, and
+    removed after the session -- unless ANKLUME_IMAGE_REUSE=1 (and
+    ``reuse``): then kept, and taken again when it is there."""
+    reuse = reuse and os.environ.get("ANKLUME_IMAGE_REUSE") == "1"
+    image = work / "anklume-live.img"
+    if reuse and image.exists():
+        yield image
+        return
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    yield make()
     if not reuse:
-        shutil.rmtree(WORK, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def make_test_keys(work: Path) -> None:
+    """The session's keys: the image's signing key (signing.pem), and a
+    Secure Boot db key and certificate (db.key, db.crt)."""
+    bundle.generate_key(work / "signing.pem")
+    subprocess.run(["openssl", "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes",
+                    "-days", "30", "-subj", "/CN=anklume test db/", "-keyout", work / "db.key",
+                    "-out", work / "db.crt"], check=True, capture_output=True)
 
 
 def _sway_config(work: Path) -> BuildConfig:

@@ -486,18 +486,25 @@ def test_a_boot_from_the_stick_entry_leaves_the_menu_as_built(boots: Boots) -> N
     assert boots.esp_after_first == BUILT_MENU, boots.esp_after_first
 
 
-def test_first_boot_sets_up_the_luks2_data_disk_from_credentials(boots: Boots) -> None:
-    report = reported(boots.first)
+def assert_the_first_boot_set_up_the_data_disk(report: dict[str, Any], machine: Machine,
+                                               backend: str) -> None:
+    """The first-boot unit made the machine's data disk LUKS2 with the pool
+    ``anklume`` on ``backend``, mounted."""
     assert unit(report, "anklume-first-boot.service")["Result"] == "success", \
         report["anklume_journal"]
     data = report["data"]
     assert data is not None, report["data_raw"]
     assert (data["State"], data["Pool"], data["Encryption"], data["Backend"]) == \
-        ("mounted", "anklume", "luks2", "btrfs"), data
-    assert "pool.conf" in boots.persist_after_first
-    luks = subprocess.run(["cryptsetup", "isLuks", "--type", "luks2", str(boots.machine.data)],
+        ("mounted", "anklume", "luks2", backend), data
+    luks = subprocess.run(["cryptsetup", "isLuks", "--type", "luks2", str(machine.data)],
                           check=False)
     assert luks.returncode == 0, "the data disk carries no LUKS2 header"
+
+
+def test_first_boot_sets_up_the_luks2_data_disk_from_credentials(boots: Boots) -> None:
+    report = reported(boots.first)
+    assert_the_first_boot_set_up_the_data_disk(report, boots.machine, "btrfs")
+    assert "pool.conf" in boots.persist_after_first
     assert unit(report, "boot-complete.target")["ActiveState"] == "active"
     assert report["failed"] == [], report["errors"]
 
@@ -630,9 +637,13 @@ def test_the_stick_pulled_from_the_os_in_ram_the_container_keeps_running(
     assert hello["stdout"] == f"written by the container: {boots.token}\n", hello
 
 
-def test_the_passphrase_is_in_no_log(boots: Boots) -> None:
-    for boot in (boots.first, boots.unlock, boots.on_b):
+def assert_the_passphrase_is_in_no_log(*boots: Boot) -> None:
+    for boot in boots:
         assert PASSPHRASE.decode() not in boot.console
         report = reported(boot)
         logs = report["errors"] + report["anklume_journal"]
         assert PASSPHRASE.decode() not in "\n".join(logs)
+
+
+def test_the_passphrase_is_in_no_log(boots: Boots) -> None:
+    assert_the_passphrase_is_in_no_log(boots.first, boots.unlock, boots.on_b)

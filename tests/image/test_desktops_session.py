@@ -33,6 +33,7 @@ from anklume_image.build import build
 from anklume_image.config import BuildConfig
 from anklumed.slots import bundle
 from devtools.image_vm import Boot, Machine
+from tests.image.conftest import built_in
 from tests.image.test_boot_image import DATA_MIB, reported
 from tests.image.test_sway_session import (
     BAR_HEIGHT,
@@ -83,19 +84,14 @@ def image() -> Iterator[Path]:
     compression and partitions as shipped)."""
     if os.geteuid() != 0:
         pytest.skip("the desktops tier needs root (mmdebstrap, mke2fs -d as root)")
-    reuse = os.environ.get("ANKLUME_IMAGE_REUSE") == "1"
-    out = WORK / "anklume-live.img"
-    if reuse and out.exists():
-        yield out
-        return
-    shutil.rmtree(WORK, ignore_errors=True)
-    WORK.mkdir(parents=True)
-    bundle.generate_key(WORK / "signing.pem")
-    yield build(BuildConfig.model_validate({
-        "out": out, "zfs": False, "desktop": "all", "signing_key": WORK / "signing.pem",
-        "version": "1.0.0"}))
-    if not reuse:
-        shutil.rmtree(WORK, ignore_errors=True)
+
+    def make() -> Path:
+        bundle.generate_key(WORK / "signing.pem")
+        return build(BuildConfig.model_validate({
+            "out": WORK / "anklume-live.img", "zfs": False, "desktop": "all",
+            "signing_key": WORK / "signing.pem", "version": "1.0.0"}))
+
+    yield from built_in(WORK, make)
 
 
 @pytest.fixture(scope="module", params=list(DESKTOPS))

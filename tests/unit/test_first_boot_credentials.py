@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from anklumectl import data
+from anklumectl.client import ClientError
 
 
 def first_boot_args(*argv: str) -> argparse.Namespace:
@@ -57,3 +58,47 @@ def test_a_disk_named_on_the_command_line_wins(tmp_path: Path,
 def test_outside_a_unit_there_are_no_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     assert data.credential(data.CREDENTIAL) is None and not data.unattended(first_boot_args())
+
+
+@pytest.mark.parametrize("fs", ["zfs", "btrfs\n"])
+def test_a_third_credential_names_the_filesystem(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fs: str) -> None:
+    """The default image carries ZFS: without this credential an unattended
+    first boot made BTRFS whatever the image had (the ZFS image tier's boot)."""
+    credentials(tmp_path, monkeypatch, anklume_data_disk="/dev/nvme0n1",
+                anklume_data_passphrase="pw", anklume_data_fs=fs)
+    a = first_boot_args()
+    assert data.unattended(a)
+    assert a.fs == fs.strip()
+
+
+def test_without_the_filesystem_credential_it_is_btrfs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    credentials(tmp_path, monkeypatch, anklume_data_disk="/dev/nvme0n1",
+                anklume_data_passphrase="pw")
+    a = first_boot_args()
+    assert data.unattended(a) and a.fs == "btrfs"
+
+
+def test_a_filesystem_credential_naming_none_stops_before_any_disk_is_erased(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    credentials(tmp_path, monkeypatch, anklume_data_disk="/dev/nvme0n1",
+                anklume_data_passphrase="pw", anklume_data_fs="ext4")
+    a = first_boot_args()
+    with pytest.raises(ClientError, match="anklume-data-fs") as raised:
+        data.unattended(a)
+    assert raised.value.name.endswith("InvalidArgument")
+    assert a.yes is False  # nothing set for the setup
+
+
+def imported_credentials(unit_dir: Path) -> set[str]:
+    """The credentials a unit's drop-ins import (one ImportCredential= a line)."""
+    return {line.partition("=")[2].strip() for dropin in unit_dir.glob("*.conf")
+            for line in dropin.read_text().splitlines()
+            if line.startswith("ImportCredential=")}
+
+
+def test_the_first_boot_unit_imports_every_credential_the_wizard_reads() -> None:
+    dropins = Path(__file__).parents[2] / "units/anklume-first-boot.service.d"
+    assert imported_credentials(dropins) >= {data.DISK_CREDENTIAL, data.CREDENTIAL,
+                                            data.FS_CREDENTIAL}
