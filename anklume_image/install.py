@@ -139,6 +139,29 @@ def session_files(config: BuildConfig) -> list[tuple[str, str]]:
     return files
 
 
+# mako's D-Bus activation file offers org.freedesktop.Notifications, and so
+# does Plasma's (its waiter, until plasmashell takes the name): with both,
+# which one dbus-daemon starts is not defined, and under Plasma an early
+# notice started mako, which kept the name from Plasma's shell (the desktops
+# tier saw it). sway's and labwc's files start mako themselves: beside KDE,
+# mako's file is diverted out of dbus-daemon's directory.
+MAKO_ACTIVATION = "/usr/share/dbus-1/services/fr.emersion.mako.service"
+DIVERTED = "/usr/share/anklume/diverted"
+
+
+def mako_divert_hooks(config: BuildConfig) -> list[str]:
+    """Debian's dpkg-divert, which keeps dpkg's view of the file true. The
+    Arch image (never booted) keeps mako's file: the tray does not depend on
+    it (it never starts a notification daemon), other programs might."""
+    sessions = set(config.sessions)
+    if config.base is not Base.DEBIAN or Desktop.KDE not in sessions \
+            or not {Desktop.SWAY, Desktop.LABWC} & sessions:
+        return []
+    return [f"mkdir -p \"$1\"{DIVERTED}",
+            f"chroot \"$1\" dpkg-divert --local --rename --divert "
+            f"{DIVERTED}/{Path(MAKO_ACTIVATION).name} --add {MAKO_ACTIVATION}"]
+
+
 def desktop_hooks(config: BuildConfig, checkout: Path) -> list[str]:
     """The session files, the desktops' list, the live user, the login."""
     if not config.sessions:
@@ -172,7 +195,7 @@ def desktop_hooks(config: BuildConfig, checkout: Path) -> list[str]:
         # on Plasma's screen and mako took the notifications' name from it.
         # Sway's and labwc's own files start them.
         hooks.append("chroot \"$1\" systemctl --global disable " + " ".join(WLROOTS_USER_UNITS))
-    return hooks
+    return hooks + mako_divert_hooks(config)
 
 
 def system_hooks(checkout: Path) -> list[str]:

@@ -17,7 +17,7 @@ import pytest
 from anklume_desktop import session
 from anklume_desktop.guide import keybindings
 from anklume_image import esp, install, packages
-from anklume_image.config import BuildConfig, Desktop
+from anklume_image.config import Base, BuildConfig, Desktop
 from anklumed.slots import boot_entries as be
 from anklumed.slots.boot_menu import BootMenu
 from anklumed.stick import SlotName
@@ -195,6 +195,33 @@ def test_the_bar_and_mako_are_started_by_our_compositors_not_by_systemd(
     assert disable in hooks
     assert not any("--global disable" in h for h in install.desktop_hooks(
         config(Desktop.KDE), ROOT))  # a KDE image has none of them
+
+
+@pytest.mark.parametrize(("desktop", "base", "diverted"), [
+    (Desktop.ALL, Base.DEBIAN, True), (Desktop.SWAY, Base.DEBIAN, False),
+    (Desktop.LABWC, Base.DEBIAN, False), (Desktop.KDE, Base.DEBIAN, False),
+    (Desktop.ALL, Base.ARCH, False)])
+def test_beside_kde_makos_activation_file_is_diverted(
+        desktop: Desktop, base: Base, diverted: bool) -> None:
+    """mako's and Plasma's activation files both offer
+    org.freedesktop.Notifications; in the all image's KDE session an early
+    notice started mako, which kept the name from Plasma's shell (the
+    desktops tier saw it). sway and labwc start mako themselves."""
+    built = BuildConfig(out=Path("/nonexistent/x.img"), desktop=desktop, zfs=False, base=base)
+    hooks = install.desktop_hooks(built, ROOT)
+    divert = [h for h in hooks if "dpkg-divert" in h]
+    assert bool(divert) is diverted, hooks
+    if diverted:
+        words = divert[0].split()
+        mako = "/usr/share/dbus-1/services/fr.emersion.mako.service"  # mako-notifier's
+        assert words[words.index("--add") + 1] == mako
+        to = Path(words[words.index("--divert") + 1])
+        assert "--rename" in words and "--local" in words
+        assert to.parent != Path("/usr/share/dbus-1/services"), to  # where dbus-daemon looks
+        assert f'mkdir -p "$1"{to.parent}' in hooks[:hooks.index(divert[0])]
+        # The compositors that need mako start it.
+        assert "exec mako" in (ROOT / "desktop/sway/anklume.conf").read_text()
+        assert "\nmako " in (ROOT / "desktop/labwc/autostart").read_text()
 
 
 def desktop_entry(path: Path) -> configparser.SectionProxy:
