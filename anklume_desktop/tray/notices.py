@@ -5,7 +5,7 @@ a login does not announce again what an earlier one did, and sent to
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +17,7 @@ from dbus_fast.aio import MessageBus
 from anklume_desktop.atomic import write_atomic
 from anklume_desktop.daemon import BootState, DataDisk, DataState, JobState, Status
 
+log = logging.getLogger(__name__)
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 REBOOT = "reboot"  # the action of "update finished"
 
@@ -100,6 +101,10 @@ NOTIFICATIONS = "org.freedesktop.Notifications"
 NOTIFICATIONS_PATH = "/org/freedesktop/Notifications"
 BUS = "org.freedesktop.DBus"
 BUS_PATH = "/org/freedesktop/DBus"
+# Seconds for the daemon's answer, after which the notice counts as taken:
+# the bus queued it to the name's owner, which answers late when busy
+# (Plasma's shell loading its panel at login under TCG).
+ANSWER_WAIT = 10.0
 
 
 class Notifier:
@@ -121,6 +126,7 @@ class Notifier:
         self.on_daemon = on_daemon
         self.sent: dict[int, Notice] = {}
         self.daemon = ""  # the name's owner (a unique name); "" while none
+        self.answer_wait = ANSWER_WAIT
 
     async def start(self) -> None:
         self.bus.add_message_handler(self._signal)
@@ -138,23 +144,40 @@ class Notifier:
             self.daemon = str(reply.body[0])
 
     async def send(self, notice: Notice) -> bool:
-        """False when no notification daemon runs or it did not take the notice
-        (the tray icon still says it; on_daemon says when to try again)."""
+        """Whether the session's daemon took the notice: it answered, or it
+        has it and answers late (its id, for the actions, is kept when it
+        comes). False when no daemon runs (on_daemon says when to try again)
+        or it refused the notice; the tray icon still says the state."""
         if not self.daemon:
+            log.info("notifications: no daemon yet; %r waits", notice.summary)
             return False
         actions: list[str] = [part for action in notice.actions for part in action]
         hints: dict[str, Any] = {"urgency": Variant("y", 2 if notice.critical else 1),
                                  "desktop-entry": Variant("s", "anklume-tray")}
-        with contextlib.suppress(TimeoutError):
-            reply = await asyncio.wait_for(self.bus.call(Message(
-                destination=NOTIFICATIONS, path=NOTIFICATIONS_PATH, interface=NOTIFICATIONS,
-                member="Notify", signature="susssasa{sv}i", flags=MessageFlag.NO_AUTOSTART,
-                body=["anklume", 0, "anklume-live", notice.summary, notice.body, actions,
-                      hints, -1])), 10)
-            if reply is not None and reply.message_type == MessageType.METHOD_RETURN:
-                self.sent[int(reply.body[0])] = notice
-                return True
-        return False
+        call = asyncio.ensure_future(self.bus.call(Message(
+            destination=NOTIFICATIONS, path=NOTIFICATIONS_PATH, interface=NOTIFICATIONS,
+            member="Notify", signature="susssasa{sv}i", flags=MessageFlag.NO_AUTOSTART,
+            body=["anklume", 0, "anklume-live", notice.summary, notice.body, actions,
+                  hints, -1])))
+        call.add_done_callback(lambda done: self._answered(done, notice))
+        try:
+            reply = await asyncio.wait_for(asyncio.shield(call), self.answer_wait)
+        except TimeoutError:
+            log.info("notifications: %r sent, the daemon has not answered yet", notice.summary)
+            return True
+        return reply is not None and reply.message_type == MessageType.METHOD_RETURN
+
+    def _answered(self, call: asyncio.Future[Message | None], notice: Notice) -> None:
+        if call.cancelled() or call.exception() is not None:
+            log.info("notifications: %r not sent: %s", notice.summary,
+                     "cancelled" if call.cancelled() else call.exception())
+            return
+        reply = call.result()
+        if reply is not None and reply.message_type == MessageType.METHOD_RETURN:
+            self.sent[int(reply.body[0])] = notice
+        else:
+            log.info("notifications: %r refused: %s", notice.summary,
+                     reply.error_name if reply is not None else "no reply")
 
     def _signal(self, msg: Message) -> None:
         if msg.message_type != MessageType.SIGNAL:
@@ -166,4 +189,5 @@ class Notifier:
                 and msg.body[0] == NOTIFICATIONS:
             self.daemon = str(msg.body[2])
             if self.daemon:
+                log.info("notifications: a daemon took the name (%s)", self.daemon)
                 self.on_daemon()
