@@ -109,6 +109,7 @@ def wheel_hooks(config: BuildConfig) -> list[str]:
 # Each desktop's session files: (file in the checkout, path in the image).
 _GRAPHICAL_FILES = [
     ("desktop/greetd/config.toml", "/etc/greetd/config.toml"),
+    ("desktop/greetd/session-type.conf", "/etc/greetd/session-type.conf"),  # SESSION_TYPE_RULE
     ("anklume_desktop/guide/KEYBINDINGS.txt", "/usr/share/anklume/KEYBINDINGS.txt"),
 ]
 _WAYBAR = ("desktop/waybar/config.jsonc", "/etc/xdg/waybar/config.jsonc")
@@ -137,6 +138,49 @@ def session_files(config: BuildConfig) -> list[tuple[str, str]]:
     for desktop in config.sessions:
         files += [f for f in _DESKTOP_FILES[desktop] if f not in files]
     return files
+
+
+# greetd opens a person's session with no XDG_SESSION_TYPE (its initial
+# session, and agreety's, have no greeter to give one), so pam_systemd
+# registers it with logind as a tty session. sway and labwc ask logind for
+# wayland once they run (libseat); KWin does not, and Plasma's session stayed
+# tty. Every session greetd starts for a person is anklume-session's Wayland
+# desktop: pam_env gives the type first in greetd's PAM service (its greeter
+# has a service of its own, greetd-greeter, left as it is).
+GREETD_PAM = "/etc/pam.d/greetd"
+SESSION_TYPE_CONF = "/etc/greetd/session-type.conf"  # desktop/greetd/session-type.conf
+SESSION_TYPE_RULE = f"session required pam_env.so conffile={SESSION_TYPE_CONF} readenv=0"
+
+
+def session_type_hooks() -> list[str]:
+    """SESSION_TYPE_RULE first in greetd's PAM service: before its included
+    stacks, where pam_systemd registers the session."""
+    head = "# anklume Live (anklume_image/install.py): the session type for pam_systemd"
+    return [f"f=\"$1\"{GREETD_PAM} && {{ printf '%s\\n' {_q(head)} {_q(SESSION_TYPE_RULE)}; "
+            "cat \"$f\"; } > \"$f.anklume\" && mv \"$f.anklume\" \"$f\""]
+
+
+# mako's D-Bus activation file offers org.freedesktop.Notifications, and so
+# does Plasma's (its waiter, until plasmashell takes the name): with both,
+# which one dbus-daemon starts is not defined, and under Plasma an early
+# notice started mako, which kept the name from Plasma's shell (the desktops
+# tier saw it). sway's and labwc's files start mako themselves: beside KDE,
+# mako's file is diverted out of dbus-daemon's directory.
+MAKO_ACTIVATION = "/usr/share/dbus-1/services/fr.emersion.mako.service"
+DIVERTED = "/usr/share/anklume/diverted"
+
+
+def mako_divert_hooks(config: BuildConfig) -> list[str]:
+    """Debian's dpkg-divert, which keeps dpkg's view of the file true. The
+    Arch image (never booted) keeps mako's file: the tray does not depend on
+    it (it never starts a notification daemon), other programs might."""
+    sessions = set(config.sessions)
+    if config.base is not Base.DEBIAN or Desktop.KDE not in sessions \
+            or not {Desktop.SWAY, Desktop.LABWC} & sessions:
+        return []
+    return [f"mkdir -p \"$1\"{DIVERTED}",
+            f"chroot \"$1\" dpkg-divert --local --rename --divert "
+            f"{DIVERTED}/{Path(MAKO_ACTIVATION).name} --add {MAKO_ACTIVATION}"]
 
 
 def desktop_hooks(config: BuildConfig, checkout: Path) -> list[str]:
@@ -172,7 +216,7 @@ def desktop_hooks(config: BuildConfig, checkout: Path) -> list[str]:
         # on Plasma's screen and mako took the notifications' name from it.
         # Sway's and labwc's own files start them.
         hooks.append("chroot \"$1\" systemctl --global disable " + " ".join(WLROOTS_USER_UNITS))
-    return hooks
+    return hooks + session_type_hooks() + mako_divert_hooks(config)
 
 
 def system_hooks(checkout: Path) -> list[str]:

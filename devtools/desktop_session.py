@@ -23,7 +23,7 @@ from devtools.slowness import scaled
 REPO = Path(__file__).resolve().parent.parent
 WIDTH, HEIGHT, BAR = 640, 480, 30
 
-_SESSION_BUS = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+SESSION_BUS = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
 <busconfig>
   <type>session</type>
@@ -109,7 +109,7 @@ class DesktopSession:
 
     def start(self) -> DesktopSession:
         self.prepare()
-        config = self._write("session-bus.conf", _SESSION_BUS.format(
+        config = self._write("session-bus.conf", SESSION_BUS.format(
             socket=self.runtime / "bus", user=self.user.pw_name))
         self.spawn("dbus", ["dbus-daemon", "--nofork", f"--config-file={config}"])
         self.wait_for(lambda: (self.runtime / "bus").exists(), "the session bus")

@@ -45,8 +45,9 @@ class Applet:
         self.memory = memory
         self.daemon: Daemon | None = None
         self.item = TrayItem(session, view(None, None), self.act)
-        self.notifier = Notifier(session, self.notice_action)
         self.changed = asyncio.Event()
+        # A notification daemon coming wakes the loop: it sends what it could not.
+        self.notifier = Notifier(session, self.notice_action, self.changed.set)
         self.tasks: set[asyncio.Task[None]] = set()
         self.shown: tuple[Status, DataDisk] | None = None
         self.progress: Progress | None = None
@@ -75,7 +76,8 @@ class Applet:
                     self.follow_update(status.last_update_job)
                 self.render()
                 for notice in self.memory.fresh(notices(status, data)):
-                    await self.notifier.send(notice)
+                    if await self.notifier.send(notice):
+                        self.memory.announced(notice)
                 await self.changed.wait()
         except DaemonError as e:
             log.info("anklumed: %s", e.message)

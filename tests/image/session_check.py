@@ -34,6 +34,7 @@ CONTROL = Path("/dev/virtio-ports/org.anklume.test.control")
 WATCHER = "org.kde.StatusNotifierWatcher"
 ITEM_IFACE = "org.kde.StatusNotifierItem"
 HOST = "org.kde.StatusNotifierHost-"  # a host's bus name: its prefix
+NOTIFICATIONS = "org.freedesktop.Notifications"
 AGENT = "lxpolkit"
 # An action whose default is an administrator's password for an active
 # local session (systemd's timedated): polkit asks the session's agent.
@@ -46,6 +47,9 @@ HOST_SCREENDUMP_SECONDS = 3.0  # the host polls its control file each second
 # tray for its properties, then draws (seen in CI: a screendump taken as the
 # item registered showed the bar without the icon, under TCG).
 BAR_DRAWS_SECONDS = 5.0
+# Plasma's panel and wallpaper were on no screendump taken as the session
+# settled (the desktops tier, 2026-12-03): a later one says whether they come.
+PLASMA_DRAWS_SECONDS = 30.0
 # Each desktop's programs (pgrep matches the first 15 characters of a name).
 PROGRAMS = ("sway", "labwc", "kwin_wayland", "plasmashell", "kded6", "waybar", "mako", "foot",
             "konsole", AGENT, "anklume-tray", "anklume-guide")
@@ -132,6 +136,12 @@ class Session:
         names = as_json(self.user_bus("list")) or []
         return {n["name"]: n.get("process") or "" for n in names
                 if not n["name"].startswith(":")}
+
+    def announced(self) -> list[str]:
+        """The tray's memory of this boot's notices: those a notification
+        daemon took (anklume_desktop/tray/notices.py)."""
+        found = glob.glob(f"{self.user.pw_dir}/.local/state/anklume/announced-*")
+        return sorted(Path(found[0]).read_text().split()) if found else []
 
     def processes(self, name: str) -> list[str]:
         found: str = run(["pgrep", "-u", str(self.user.pw_uid), "-a", name])["stdout"]
@@ -237,17 +247,23 @@ def journal() -> list[str]:
     return lines[-400:]
 
 
+def settled(session: Session) -> bool:
+    """The item is registered, a host is there to show it (waybar is one;
+    Plasma's panel registers its own once its tray is loaded, later than the
+    watcher), a notification daemon owns its name (Plasma's shell takes it
+    after its panel) and the guide runs."""
+    names = session.bus_names()
+    return any("StatusNotifierItem" in i for i in session.items()) \
+        and any(n.startswith(HOST) for n in names) and NOTIFICATIONS in names \
+        and bool(session.processes("anklume-guide"))
+
+
 def main() -> int:
     user = pwd.getpwnam(USER)
     session = Session(user)
     wait = float(sys.argv[1]) if len(sys.argv) > 1 else 120.0
     started = time.monotonic()
-    # Ready when the item is registered, a host is there to show it (waybar
-    # is one; Plasma's panel registers its own once its tray is loaded,
-    # later than the watcher) and the guide runs.
-    ready = wait_until(lambda: any("StatusNotifierItem" in i for i in session.items())
-                       and any(n.startswith(HOST) for n in session.bus_names())
-                       and bool(session.processes("anklume-guide")), wait)
+    ready = wait_until(lambda: settled(session), wait)
     facts: dict[str, Any] = {
         "ready": ready, "waited": time.monotonic() - started, "uptime": time.monotonic(),
         "logind": session.logind(),
@@ -271,7 +287,11 @@ def main() -> int:
         ask_screendump("session")
         if facts["sway_socket"]:  # the dialog is found in sway's tree
             facts["polkit"] = polkit_dialog(session)
+        if facts["processes"]["plasmashell"]:
+            time.sleep(PLASMA_DRAWS_SECONDS * slowness())
+            ask_screendump("session_late")  # a name the host takes: an identifier
     facts["logind_after"] = session.logind()
+    facts["announced"] = session.announced()
     facts["journal"] = journal()
     print(json.dumps(facts))
     return 0

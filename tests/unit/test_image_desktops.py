@@ -4,9 +4,12 @@ login, the boot menu's desktop entries and the session each entry starts."""
 from __future__ import annotations
 
 import configparser
+import ctypes
+import ctypes.util
 import os
 import re
 import socket
+import subprocess
 import tomllib
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -17,7 +20,7 @@ import pytest
 from anklume_desktop import session
 from anklume_desktop.guide import keybindings
 from anklume_image import esp, install, packages
-from anklume_image.config import BuildConfig, Desktop
+from anklume_image.config import Base, BuildConfig, Desktop
 from anklumed.slots import boot_entries as be
 from anklumed.slots.boot_menu import BootMenu
 from anklumed.stick import SlotName
@@ -195,6 +198,103 @@ def test_the_bar_and_mako_are_started_by_our_compositors_not_by_systemd(
     assert disable in hooks
     assert not any("--global disable" in h for h in install.desktop_hooks(
         config(Desktop.KDE), ROOT))  # a KDE image has none of them
+
+
+@pytest.mark.parametrize(("desktop", "base", "diverted"), [
+    (Desktop.ALL, Base.DEBIAN, True), (Desktop.SWAY, Base.DEBIAN, False),
+    (Desktop.LABWC, Base.DEBIAN, False), (Desktop.KDE, Base.DEBIAN, False),
+    (Desktop.ALL, Base.ARCH, False)])
+def test_beside_kde_makos_activation_file_is_diverted(
+        desktop: Desktop, base: Base, diverted: bool) -> None:
+    """mako's and Plasma's activation files both offer
+    org.freedesktop.Notifications; in the all image's KDE session an early
+    notice started mako, which kept the name from Plasma's shell (the
+    desktops tier saw it). sway and labwc start mako themselves."""
+    built = BuildConfig(out=Path("/nonexistent/x.img"), desktop=desktop, zfs=False, base=base)
+    hooks = install.desktop_hooks(built, ROOT)
+    divert = [h for h in hooks if "dpkg-divert" in h]
+    assert bool(divert) is diverted, hooks
+    if diverted:
+        words = divert[0].split()
+        mako = "/usr/share/dbus-1/services/fr.emersion.mako.service"  # mako-notifier's
+        assert words[words.index("--add") + 1] == mako
+        to = Path(words[words.index("--divert") + 1])
+        assert "--rename" in words and "--local" in words
+        assert to.parent != Path("/usr/share/dbus-1/services"), to  # where dbus-daemon looks
+        assert f'mkdir -p "$1"{to.parent}' in hooks[:hooks.index(divert[0])]
+        # The compositors that need mako start it.
+        assert "exec mako" in (ROOT / "desktop/sway/anklume.conf").read_text()
+        assert "\nmako " in (ROOT / "desktop/labwc/autostart").read_text()
+
+
+# Debian 13's greetd 0.10.3-4: /etc/pam.d/greetd, the service of the sessions
+# it starts for a person (its greeter's is greetd-greeter).
+DEBIAN_GREETD_PAM = """#%PAM-1.0
+@include login
+
+-auth        optional        pam_gnome_keyring.so
+-auth        optional        pam_kwallet5.so
+
+-session     optional        pam_gnome_keyring.so auto_start
+-session     optional        pam_kwallet5.so auto_start
+"""
+
+
+def open_session(confdir: Path, service: str) -> dict[str, str]:
+    """Linux-PAM opens a session of ``service`` from ``confdir``'s files (as
+    greetd does, less the credentials): the PAM environment it leaves."""
+    pam = ctypes.CDLL(ctypes.util.find_library("pam") or "libpam.so.0")
+    pam.pam_getenvlist.restype = ctypes.POINTER(ctypes.c_char_p)
+
+    class Conversation(ctypes.Structure):
+        _fields_ = [("conv", ctypes.c_void_p), ("appdata_ptr", ctypes.c_void_p)]
+
+    conversation = Conversation(None, None)  # no module here converses
+    handle = ctypes.c_void_p()
+    assert pam.pam_start_confdir(service.encode(), b"nobody", ctypes.byref(conversation),
+                                 str(confdir).encode(), ctypes.byref(handle)) == 0
+    try:
+        assert pam.pam_open_session(handle, 0) == 0
+        listed = pam.pam_getenvlist(handle)
+        found: list[str] = []
+        while listed[len(found)]:
+            found.append(listed[len(found)].decode())
+        return dict(entry.partition("=")[::2] for entry in found)
+    finally:
+        pam.pam_end(handle, 0)
+
+
+def test_greetds_sessions_are_wayland_before_pam_systemd_registers_them(tmp_path: Path) -> None:
+    """greetd gives pam_systemd no session type: logind registered Plasma's
+    session as tty (sway and labwc ask logind for wayland themselves; KWin
+    does not). The image puts pam_env first in greetd's service, with the
+    type; its included stacks (login's, where pam_systemd is) see it."""
+    root = tmp_path / "root"
+    pam_d = root / "etc/pam.d"
+    pam_d.mkdir(parents=True)
+    (pam_d / "greetd").write_text(DEBIAN_GREETD_PAM)
+    for hook in install.session_type_hooks():
+        subprocess.run(["sh", "-c", hook, "sh", str(root)], check=True)
+    rules = (pam_d / "greetd").read_text()
+    # Read where the image has it: the repository's file, as copied.
+    installed = {t: s for s, t in install.session_files(config(Desktop.KDE))}
+    conffile = install.SESSION_TYPE_CONF
+    assert installed[conffile] == "desktop/greetd/session-type.conf"
+    # Linux-PAM finds a relative include in /etc/pam.d whatever the directory
+    # the session was opened from: this one's login by its full name.
+    (pam_d / "greetd").write_text(rules.replace(conffile, str(ROOT / installed[conffile]))
+                                  .replace("@include login", f"@include {pam_d / 'login'}"))
+    # login's stacks stand for Debian's (pam_systemd in common-session): what
+    # they see of the type, written by pam_exec.
+    seen = tmp_path / "seen"
+    probe = tmp_path / "probe"
+    probe.write_text('#!/bin/sh\nprintf %s "$XDG_SESSION_TYPE" > "$1"\n')
+    probe.chmod(0o755)
+    (pam_d / "login").write_text(f"session required pam_exec.so {probe} {seen}\n"
+                                 "session required pam_permit.so\n")
+    assert open_session(pam_d, "greetd")["XDG_SESSION_TYPE"] == "wayland"
+    assert seen.read_text() == "wayland"
+    assert rules.endswith(DEBIAN_GREETD_PAM)  # the rest as Debian has it
 
 
 def desktop_entry(path: Path) -> configparser.SectionProxy:

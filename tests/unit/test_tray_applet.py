@@ -12,7 +12,14 @@ from typing import Any
 
 import pytest
 
-from anklume_desktop.daemon import Daemon, DaemonError, JobState, parse_data_disk, parse_status
+from anklume_desktop.daemon import (
+    BootState,
+    Daemon,
+    DaemonError,
+    JobState,
+    parse_data_disk,
+    parse_status,
+)
 from anklume_desktop.tray import applet
 from anklume_desktop.tray.notices import Memory, Notice
 from devtools.slowness import scaled
@@ -139,3 +146,68 @@ def test_a_new_update_under_the_path_of_one_that_ended_is_followed(
 
     asyncio.run(scenario())
     assert fake.followed == [RUNNING.last_update_job] * 2
+
+
+class ShellLate:
+    """FAKE notification side: no daemon until ``comes()``, which tells the
+    tray as the real Notifier does (its ``on_daemon``), as Plasma's shell
+    takes the name some seconds after the tray's first notices."""
+
+    def __init__(self, on_daemon: Callable[[], None]) -> None:
+        self.on_daemon = on_daemon
+        self.there = False
+        self.taken: list[str] = []
+        self.tried = asyncio.Event()
+        self.took = asyncio.Event()
+
+    async def send(self, notice: Notice) -> bool:
+        self.tried.set()
+        if not self.there:
+            return False
+        self.taken.append(notice.key)
+        self.took.set()
+        return True
+
+    def comes(self) -> None:
+        self.there = True
+        self.on_daemon()
+
+
+class Steady(FakeDaemon):
+    """FAKE anklumed whose state does not change: a rollback happened at this boot."""
+
+    async def status(self) -> Any:
+        self.reads += 1
+        return dataclasses.replace(FINISHED, boot_state=BootState.ROLLED_BACK,
+                                   last_update_job="")
+
+
+def test_a_notice_sent_before_the_daemon_came_goes_out_when_it_comes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The all image's KDE session: the tray's first notice came before
+    # plasmashell owned the notifications' name. It was remembered as
+    # announced though no daemon took it, and never sent again.
+    fake = Steady()
+
+    async def scenario() -> tuple[ShellLate, Memory]:
+        async def connect(address: str | None = None) -> Steady:
+            return fake
+
+        monkeypatch.setattr(Daemon, "connect", connect)
+        memory = Memory(tmp_path, boot_id="b1")
+        tray = applet.Applet(None, None, memory)  # type: ignore[arg-type]
+        late = ShellLate(tray.notifier.on_daemon)
+        tray.notifier = late  # type: ignore[assignment]
+        tray.item.show = lambda view: None  # type: ignore[method-assign]
+        loop = asyncio.create_task(tray.follow_daemon())
+        with contextlib.suppress(TimeoutError):  # in-process: milliseconds
+            await asyncio.wait_for(late.tried.wait(), scaled(10))
+            late.comes()
+            await asyncio.wait_for(late.took.wait(), scaled(10))
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+        return late, memory
+
+    late, memory = asyncio.run(scenario())
+    assert late.taken == ["rolled-back"]
+    assert memory.keys == Memory(tmp_path, boot_id="b1").keys == {"rolled-back"}
