@@ -5,6 +5,17 @@ The item owns ``org.kde.StatusNotifierItem-PID-1`` and registers that bus name
 (not its unique name: hosts that restart find it again by name) with
 ``org.kde.StatusNotifierWatcher``, and registers again each time a watcher
 appears (a bar restarting is a new watcher).
+
+It registers once the watcher has a host, not as soon as the watcher is
+there. waybar owns the watcher before its own host has registered with it,
+and its host reads the items already registered only after its
+registration's answer, connecting to the "item registered" signal at that
+moment: an item registered in between is shown by no bar, and registering
+it again does not help (the watcher ignores a known item). Seen on a fast
+boot of the image (2026-12-04): the item listed, no icon drawn. The watcher
+signals a first host just before answering it, so an item that waits for
+that signal comes after. A host that never registers itself still gets the
+item, HOST_WAIT later.
 """
 
 from __future__ import annotations
@@ -12,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from dbus_fast import Message, MessageType, Variant
@@ -24,6 +35,9 @@ from anklume_desktop.tray.view import COLOURS, REMAINING, Action, View
 log = logging.getLogger(__name__)
 
 ITEM_PATH = "/StatusNotifierItem"
+# Seconds a watcher without a host is given before the item registers anyway
+# (a host may show items without registering as one).
+HOST_WAIT = 5.0
 MENU_PATH = "/MenuBar"
 ITEM_IFACE = "org.kde.StatusNotifierItem"
 MENU_IFACE = "com.canonical.dbusmenu"
@@ -31,6 +45,7 @@ PROPS_IFACE = "org.freedesktop.DBus.Properties"
 INTROSPECT_IFACE = "org.freedesktop.DBus.Introspectable"
 WATCHER = "org.kde.StatusNotifierWatcher"
 WATCHER_PATH = "/StatusNotifierWatcher"
+HOST_REGISTERED = "StatusNotifierHostRegistered"  # the watcher's signal: a host is there
 ROOT_ID = 0
 
 _SIGNATURES = {
@@ -92,6 +107,7 @@ class TrayItem:
         self.name = f"org.kde.StatusNotifierItem-{os.getpid()}-1"
         self.revision = 1
         self.registered = False
+        self.tasks: set[asyncio.Task[Any]] = set()  # kept: the loop holds tasks weakly
 
     # -- what is published ------------------------------------------------
     def item_props(self) -> dict[str, Any]:
@@ -127,10 +143,32 @@ class TrayItem:
     async def start(self) -> None:
         self.bus.add_message_handler(self.handle)
         await self.bus.request_name(self.name)
-        await self._call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
-                         "AddMatch", "s", [f"type='signal',sender='org.freedesktop.DBus',"
-                                           f"member='NameOwnerChanged',arg0='{WATCHER}'"])
-        await self.register()
+        for rule in (f"type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged',"
+                     f"arg0='{WATCHER}'",
+                     f"type='signal',interface='{WATCHER}',member='{HOST_REGISTERED}'"):
+            await self._call("org.freedesktop.DBus", "/org/freedesktop/DBus",
+                             "org.freedesktop.DBus", "AddMatch", "s", [rule])
+        self._soon(self.watcher_appeared())  # the notifications need not wait for a host
+
+    async def watcher_appeared(self) -> None:
+        """Register now if the watcher has a host; else when one registers
+        (its signal, handled in ``handle``), or HOST_WAIT later at the latest."""
+        self.registered = False
+        if await self._has_host():
+            await self.register()
+            return
+        log.info("tray: the watcher has no host yet; registering when one comes")
+        await asyncio.sleep(HOST_WAIT)
+        if not self.registered:
+            await self.register()
+
+    async def _has_host(self) -> bool:
+        reply = await self._call(WATCHER, WATCHER_PATH, PROPS_IFACE, "Get", "ss",
+                                 [WATCHER, "IsStatusNotifierHostRegistered"])
+        if reply.message_type != MessageType.METHOD_RETURN:
+            # No watcher (register() says so), or one without the property.
+            return True
+        return bool(reply.body[0].value)
 
     async def register(self) -> bool:
         reply = await self._call(WATCHER, WATCHER_PATH, WATCHER, "RegisterStatusNotifierItem",
@@ -164,7 +202,10 @@ class TrayItem:
     def handle(self, msg: Message) -> Message | bool | None:
         if msg.message_type == MessageType.SIGNAL:
             if msg.member == "NameOwnerChanged" and msg.body[0] == WATCHER and msg.body[2]:
-                asyncio.get_running_loop().create_task(self.register())
+                self._soon(self.watcher_appeared())
+            elif msg.member == HOST_REGISTERED and msg.interface == WATCHER \
+                    and not self.registered:
+                self._soon(self.register())
             return None
         if msg.message_type != MessageType.METHOD_CALL or msg.path not in INTROSPECTION:
             return None
@@ -173,6 +214,11 @@ class TrayItem:
         except (IndexError, TypeError, ValueError, KeyError):
             return Message.new_error(msg, "org.freedesktop.DBus.Error.InvalidArgs",
                                      "bad arguments")
+
+    def _soon(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     def _dispatch(self, msg: Message) -> Message:
         iface, member, body = msg.interface, msg.member, msg.body

@@ -29,7 +29,6 @@ from typing import Any
 
 import pytest
 
-from anklume_desktop.tray.view import COLOURS, Look
 from anklume_image.build import build
 from anklume_image.config import BuildConfig
 from anklumed.slots import bundle
@@ -39,8 +38,8 @@ from tests.image.test_boot_image import DATA_MIB, reported
 from tests.image.test_sway_session import (
     BAR_HEIGHT,
     ROOT,
+    assert_icon_on_screen,
     boot_to_the_session,
-    ppm,
     session_facts,
 )
 
@@ -212,28 +211,13 @@ def test_the_guide_opens_in_a_terminal_at_the_first_login(
         assert any(w["app_id"] == "foot" for w in session["windows"]), session["windows"]
 
 
-def colour_count(path: Path, rgb: tuple[int, int, int], rows: range | None = None) -> int:
-    width, height, pixels = ppm(path)
-    rows = rows or range(height)
-    wanted = bytes(rgb)
-    return sum(1 for i in range(rows.start * width * 3, rows.stop * width * 3, 3)
-               if pixels[i:i + 3] == wanted)
-
-
 def test_the_display_shows_the_tray_icon_in_its_colour(
         boot: Boot, session: dict[str, Any], name: str) -> None:
-    """The screen (QEMU's screendump), taken once the item was registered:
-    the icon's pixmap in its look's colour, in waybar's top bar under sway
-    and labwc, anywhere under Plasma (its panel is at the bottom). Plasma's
-    is the later screendump: under TCG plasmashell draws its wallpaper and
-    panel some seconds after it took every name the session waits for (the
-    first screendump of the 2026-12-04 boot showed konsole on black, the
-    one 30 s later the wallpaper, the panel and the icon)."""
-    shot = "session_late" if DESKTOPS[name].host == "plasmashell" else "session"
-    dump = boot.rundir / f"{shot}.ppm"
-    assert dump.exists(), (boot.rundir / f"{shot}.error").read_text() \
-        if (boot.rundir / f"{shot}.error").exists() else "no screendump"
-    icon = next(iter(session["icon"].values()))
-    _a, r, g, b = COLOURS[Look(icon.removeprefix("anklume-live-"))]
+    """The screen (QEMU's screendump): the icon in waybar's top bar under
+    sway and labwc, anywhere under Plasma (its panel is at the bottom). Under
+    TCG plasmashell draws its wallpaper and panel some seconds after it took
+    every name the session waits for (the first screendump of the 2026-12-04
+    boot showed konsole on black, the one 30 s later the wallpaper, the panel
+    and the icon): the later screendump is the one that shows them."""
     rows = range(BAR_HEIGHT) if DESKTOPS[name].watcher == "waybar" else None
-    assert colour_count(dump, (r, g, b), rows) > 100, icon
+    assert_icon_on_screen(boot, session, rows)
