@@ -174,7 +174,7 @@ class TrayItem:
         reply = await self._call(WATCHER, WATCHER_PATH, WATCHER, "RegisterStatusNotifierItem",
                                  "s", [self.name])
         self.registered = reply.message_type == MessageType.METHOD_RETURN
-        log.info("tray: %s with the watcher", "registered" if self.registered
+        log.info("tray: %s", "registered with the watcher" if self.registered
                  else "no watcher yet; notifications only until one appears")
         return self.registered
 
