@@ -14,7 +14,7 @@ import hashlib
 import shlex
 from pathlib import Path
 
-from anklume_image import install, zfs
+from anklume_image import install, module_signing, zfs
 from anklume_image.config import BuildConfig
 from anklume_image.errors import BuildError
 from anklume_image.packages import components, debian_packages
@@ -74,6 +74,9 @@ def mmdebstrap_argv(config: BuildConfig, work: Path, checkout: Path,
         # scripts would otherwise make at random (zfs.py).
         *[f"--essential-hook={hook}" for hook in zfs.essential_hooks(config)],
         "--customize-hook=" + f"sync-out /var/cache/apt/archives {q(str(cache))}",
+        # DKMS's modules signed for Secure Boot before the initramfs and the
+        # UKI are made from the tree (module_signing.py).
+        *[f"--customize-hook={hook}" for hook in module_signing.customize_hooks(config)],
         *[f"--customize-hook={hook}"
           for hook in install.customize_hooks(config, checkout, public_key)],
         *[f"--customize-hook={hook}" for hook in zfs.customize_hooks(config)],

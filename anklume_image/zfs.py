@@ -10,7 +10,8 @@ and says which:
   there is none: a fixed one is written before it runs;
 - DKMS signs the module with a key it makes at random the first time
   (/var/lib/dkms/mok.key and mok.pub), so the module's signature and the
-  key pair differed, and the private key was shipped in the image;
+  key pair differed, and the private key was shipped in the image (a build
+  with a Secure Boot key signs the modules itself: module_signing.py);
 - DKMS keeps the build's make.log (the date of the build, then the
   compiler's output of a parallel make, in whatever order the jobs ran).
 """
@@ -32,7 +33,9 @@ DKMS_SETTINGS = "/etc/dkms/framework.conf.d/anklume.conf"
 # DKMS signs only with a sign-file program it finds: a path where none is
 # means "modules won't be signed", and no key pair is made. An unsigned
 # module loads as the randomly signed one did: the kernel knew neither key
-# (it was enrolled nowhere), so under Secure Boot's lockdown neither would.
+# (it was enrolled nowhere), so under Secure Boot's lockdown neither would;
+# with --secure-boot-key the build signs them with the db key after DKMS
+# (module_signing.py), and they load.
 NO_SIGN_FILE = "/nonexistent/anklume-image-signs-no-dkms-module"
 DKMS_SETTINGS_TEXT = (
     "# anklume Live (anklume_image/zfs.py): DKMS signs no module in the image.\n"

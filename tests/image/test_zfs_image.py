@@ -1,7 +1,14 @@
 """The ZFS image tier, run by hand (``pytest --zfs-image``; README, the
 tiers): the default product -- an image built with ZFS (zfs-dkms compiled
 in the build's chroot, anklume_image/zfs.py) -- booted under OVMF as the
-image tier boots its own (devtools/image_vm), twice, as one machine:
+image tier boots its own (devtools/image_vm), twice, as one machine whose
+firmware enforces Secure Boot with the image's test certificate enrolled
+(test_secure_boot.py's store): the kernel is locked down and loads spl and
+zfs only because the build signed them with that key (module_signing.py):
+
+0. before any boot, the slot as built: spl and zfs, installed and in DKMS's
+   tree, signed by the test db key; neither that key's bytes nor its path
+   anywhere in the image or in its slot's files;
 
 1. the first boot, from the menu's "run from the stick" entry, with nobody
    at the keyboard but the system credentials ``anklume-data-disk``,
@@ -31,6 +38,7 @@ import functools
 import os
 import secrets
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +46,7 @@ from typing import Any
 import pytest
 
 from anklume_image.build import build
+from anklume_image.module_signing import SIGNATURE_MAGIC
 from anklume_image.zfs import HOSTID
 from devtools.image_vm import Boot, Machine
 from devtools.slowness import scaled
@@ -64,6 +73,7 @@ from tests.image.test_boot_image import (
     reported,
     unit,
 )
+from tests.image.test_secure_boot import efi_variable, enrolled_vars, value_of
 
 pytestmark = pytest.mark.zfs_image
 WORK = Path(os.environ.get("ANKLUME_ZFS_IMAGE_TEST_DIR", "/var/tmp/anklume-image-zfs"))
@@ -72,6 +82,9 @@ POOL = "anklume"
 MAPPER = f"/dev/mapper/anklume-data-{POOL}"  # anklumed's name for the opened disk
 # What `zpool import` says of a pool another host left imported.
 IN_USE = "in use from another system"
+# DKMS's modules in the slot: installed, and DKMS's own copies.
+DKMS_MODULES = ("usr/lib/modules/*/updates", "var/lib/dkms")
+TEST_DB = "anklume test db"  # make_test_keys's certificate
 
 
 @pytest.fixture(scope="session")
@@ -92,10 +105,14 @@ def image() -> Iterator[Path]:
 
 
 def zfs_facts() -> dict[str, list[str]]:
-    """What each boot reports of ZFS, the pool and Incus on it."""
+    """What each boot reports of Secure Boot, ZFS, the pool and Incus on it."""
     return {
+        "secure_boot": efi_variable("SecureBoot"),
+        "lockdown": ["cat", "/sys/kernel/security/lockdown"],
+        "zfs_load_module": ["systemctl", "show", "-p", "ActiveState,Result",
+                            "zfs-load-module.service"],
         "zfs_version": ["cat", "/sys/module/zfs/version"],
-        "zfs_kernel_log": ["sh", "-c", "dmesg | grep -iE 'zfs|spl'"],
+        "zfs_kernel_log": ["sh", "-c", "dmesg | grep -iE 'zfs|spl|module verification'"],
         "hostid": ["hostid"],
         "pool": ["zpool", "list", "-H", "-P", "-v", "-o", "name,health", POOL],
         "datasets": ["zfs", "list", "-H", "-r", "-o", "name,mountpoint,mounted", POOL],
@@ -117,7 +134,10 @@ class Boots:
 
     def __init__(self, image: Path):
         shutil.rmtree(MACHINES, ignore_errors=True)
-        self.machine = Machine(image, MACHINES / "machine", data_mib=DATA_MIB)
+        MACHINES.mkdir(parents=True)
+        self.machine = Machine(image, MACHINES / "machine", data_mib=DATA_MIB, secure_boot=True,
+                               vars_template=enrolled_vars(WORK / "db.crt",
+                                                           MACHINES / "OVMF_VARS.enrolled.fd"))
         self.token = secrets.token_hex(8)
 
     @functools.cached_property
@@ -185,14 +205,64 @@ def assert_the_container_and_its_file_are_there(report: dict[str, Any], token: s
     assert f"{POOL}/incus/containers/{CONTAINER}" in datasets, datasets
 
 
+# ---- 0. the slot as built --------------------------------------------------------
+
+def slot_squashfs(image: Path) -> Path:
+    return next(image.with_name(image.name + ".bundle").glob("*.squashfs"))
+
+
+def test_the_dkms_modules_are_signed_with_the_secure_boot_key(image: Path,
+                                                              tmp_path: Path) -> None:
+    subprocess.run(["unsquashfs", "-q", "-n", "-d", tmp_path / "root", slot_squashfs(image),
+                    *DKMS_MODULES], check=True)
+    modules = sorted((tmp_path / "root").rglob("*.ko*"))
+    assert sorted({m.name for m in modules}) == ["spl.ko.xz", "zfs.ko.xz"], modules
+    assert len(modules) == 4, modules  # installed, and DKMS's copies
+    serial = subprocess.run(["openssl", "x509", "-noout", "-serial", "-in", WORK / "db.crt"],
+                            capture_output=True, text=True, check=True).stdout
+    for module in modules:
+        info = subprocess.run(["modinfo", "-F", "signer", module], capture_output=True,
+                              text=True, check=True).stdout
+        key = subprocess.run(["modinfo", "-F", "sig_key", module], capture_output=True,
+                             text=True, check=True).stdout
+        assert (info.strip(), key.strip().replace(":", "")) == \
+            (TEST_DB, serial.strip().removeprefix("serial=")), module
+        # one signature: DKMS signed nothing before the build did
+        assert subprocess.run(["xz", "-dc", module], capture_output=True, check=True
+                              ).stdout.count(SIGNATURE_MAGIC) == 1, module
+
+
+def test_the_secure_boot_key_is_nowhere_in_the_image(image: Path, tmp_path: Path) -> None:
+    """Its PEM lines and its path: in the image's bytes (the ESP and PERSIST
+    are not compressed) and in every file of the slot (sqfs2tar's stream)."""
+    key = WORK / "db.key"
+    lines = [line for line in key.read_text().splitlines() if not line.startswith("-----")]
+    patterns = tmp_path / "patterns"
+    patterns.write_text("\n".join([*lines, str(key)]) + "\n")
+    grep: list[str | Path] = ["grep", "-a", "-F", "-c", "-f", patterns]
+    in_image = subprocess.run([*grep, image], capture_output=True, text=True)
+    assert (in_image.returncode, in_image.stdout.strip()) == (1, "0"), in_image
+    with subprocess.Popen(["sqfs2tar", slot_squashfs(image)], stdout=subprocess.PIPE) as tar:
+        in_slot = subprocess.run(grep, stdin=tar.stdout, capture_output=True, text=True)
+    assert tar.returncode == 0
+    assert (in_slot.returncode, in_slot.stdout.strip()) == (1, "0"), in_slot
+
+
 # ---- 1. the first boot --------------------------------------------------------
 
-def test_the_zfs_module_the_build_compiled_loads(boots: Boots) -> None:
+def test_under_secure_boot_the_zfs_module_the_build_compiled_and_signed_loads(
+        boots: Boots) -> None:
     report = reported(boots.first)
+    assert value_of(command(report, "secure_boot")) == 1
+    assert "[integrity]" in command(report, "lockdown")["stdout"], command(report, "lockdown")
     version = command(report, "zfs_version")
     assert version["rc"] == 0 and version["stdout"].strip(), version
     kernel = command(report, "zfs_kernel_log")["stdout"]
     assert "ZFS: Loaded module" in kernel, kernel
+    assert "module verification failed" not in kernel, kernel  # signed, by a key it trusts
+    # (systemctl show prints the properties in its own order)
+    assert sorted(command(report, "zfs_load_module")["stdout"].split()) == \
+        ["ActiveState=active", "Result=success"], command(report, "zfs_load_module")
     assert report["failed"] == [], report["errors"]
 
 
