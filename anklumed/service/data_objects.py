@@ -114,6 +114,7 @@ def data_disk_properties(s: DataDiskSnapshot) -> dict[str, Any]:
         "AdoptableDisks": [record(device=("s", str(a.device)), pool=("s", a.pool),
                                   luks_uuid=("s", a.luks_uuid)) for a in s.adoptable],
         "DisksProbed": s.disks_probed,
+        "Filesystems": [backend.value for backend in s.filesystems],
     }
 
 
@@ -144,7 +145,8 @@ class DataDiskInterface(DaemonInterface):
     Adoptable = ro_property("Adoptable", "a(sss)")
     CandidateDisks = ro_property("CandidateDisks", "aa{sv}")  # Candidates, named
     AdoptableDisks = ro_property("AdoptableDisks", "aa{sv}")  # Adoptable, named
-    DisksProbed = ro_property("DisksProbed", "b")  # Candidates and Adoptable are known
+    DisksProbed = ro_property("DisksProbed", "b")  # Candidates, Adoptable, Filesystems known
+    Filesystems = ro_property("Filesystems", "as")  # what Setup can make, preferred first
 
     @dbus_method(args=(("disk", "s"), ("pool", "s"), ("backend", "s"), ("encryption", "s"),
                        ("passphrase", "ay")), returns="o")
