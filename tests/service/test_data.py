@@ -19,7 +19,7 @@ from devtools import stickimg
 from devtools.slowness import scaled
 from tests.service.conftest import Sim
 
-NOT_AUTHORIZED, BUSY, REFUSED = 3, 6, 10
+NOT_AUTHORIZED, NOT_FOUND, BUSY, REFUSED = 3, 5, 6, 10
 
 
 def setup_plain(sim: Sim, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -237,10 +237,14 @@ def test_zfs_where_this_machine_cannot_make_it_is_refused_and_nothing_erased(sim
         pytest.skip("this machine can make ZFS")
     # A filesystem on the disk, which setup would erase first.
     subprocess.run(["mkfs.btrfs", "-q", "-f", "-L", "keepme", str(sim.data_disk)], check=True)
-    # The daemon's own check.
+    # The daemon's own check (anklumectl refuses before asking anything).
     end = asyncio.run(set_up_zfs(sim.bus.address, str(sim.data_disk)))
     assert (end.state, end.error_name, end.error_code) == (
         "failed", "NotFound", "filesystem-unavailable"), end.message
     assert "choose btrfs" in end.message
+    refused = sim.ctl("data", "setup", "--disk", str(sim.data_disk), "--fs", "zfs",
+                      "--encryption", "none", "--yes")
+    assert refused.returncode == NOT_FOUND, refused.stderr
+    assert "cannot make zfs" in refused.stderr and "nothing was erased" in refused.stderr
     assert label(sim.data_disk) == "keepme"
     assert data_status(sim)["State"] == "absent"
