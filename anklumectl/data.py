@@ -176,9 +176,19 @@ def pick_disk(props: dict[str, Any], out: Console) -> str:
     return Prompt.ask("Disk to erase and use for the data", choices=usable, console=out)
 
 
-async def cmd_data_setup(c: Client, a: argparse.Namespace, out: Console) -> int:
+async def setup_props(c: Client, asked: str | None) -> tuple[Properties, str]:
+    """The DataDisk's properties once probed, and the filesystem to make. One
+    asked for and not offered is looked for again first: a module loaded
+    since anklumed last looked (`modprobe zfs` by hand) is offered then."""
     props = await probed_props(c)
-    a.fs = filesystem(props, a.fs)
+    if asked is not None and asked not in props["Filesystems"] and props["DisksProbed"]:
+        await DataDisk(c).refresh()
+        props = await data_props(c)
+    return props, filesystem(props, asked)
+
+
+async def cmd_data_setup(c: Client, a: argparse.Namespace, out: Console) -> int:
+    props, a.fs = await setup_props(c, a.fs)
     disk = a.disk or pick_disk(props, out)
     if not a.yes:
         out.print(f"[bold red]Everything on {disk} will be erased.[/bold red]")
@@ -324,7 +334,7 @@ async def cmd_first_boot(c: Client, a: argparse.Namespace, out: Console) -> int:
         out.print(f"A data disk set up from another stick is plugged in ({other.device}, pool "
                   f"{other.pool}): keep it with `anklumectl data adopt`, or erase another disk.")
     if unattended(a):
-        a.fs = filesystem(props, a.fs)
+        _, a.fs = await setup_props(c, a.fs)
         out.print(f"First boot: erasing {a.disk} for the data disk ({a.fs}), as the "
                   f"system credentials {DISK_CREDENTIAL} and {CREDENTIAL} ask.")
         return await cmd_data_setup(c, a, out)

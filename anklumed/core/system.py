@@ -402,6 +402,14 @@ class LiveSystem:
                 self.disks_probed = True
         self._changed()
 
+    async def refresh_filesystems(self) -> None:
+        """Look again at what the data disk can be made with (a few files:
+        cheap enough for every Refresh, which the disks' probe is not)."""
+        made_with = await asyncio.to_thread(self.data.filesystems)
+        if made_with != self.data_filesystems:
+            self.data_filesystems = made_with
+            self._changed()
+
     def _probe_disks(self) -> tuple[tuple[CandidateDisk, ...], tuple[Adoptable, ...]]:
         candidates = self.data.candidates()
         return tuple(CandidateDisk.of(d) for d in candidates), tuple(adoptable(candidates))

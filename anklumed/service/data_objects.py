@@ -194,5 +194,7 @@ class DataDiskInterface(DaemonInterface):
     @dbus_method()
     async def Refresh(self) -> None:
         """Look at the disks again (hot-plug is also noticed on its own); at
-        most once per REFRESH_INTERVAL, whoever asks."""
+        most once per REFRESH_INTERVAL, whoever asks. The filesystems each
+        time: a zfs module loaded a moment ago is offered at once."""
+        await self.daemon.core.refresh_filesystems()
         await self._refresh()

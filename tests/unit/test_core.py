@@ -319,13 +319,21 @@ def test_the_filesystems_are_published_with_the_disks_and_looked_at_again(
         seen.append(data_disk_properties(core.data_disk()))
         offered[0] = (Backend.ZFS, Backend.BTRFS)
         await core.refresh_data()
+        seen.append(data_disk_properties(core.data_disk()))
+        offered[0] = (Backend.BTRFS,)  # Refresh looks at them alone, every time
+        changes = len(recorder.said("state"))
+        await core.refresh_filesystems()
+        assert len(recorder.said("state")) == changes + 1
         return [*seen, data_disk_properties(core.data_disk())]
 
-    before, probed, loaded = asyncio.run(scenario())
+    recorder = Recorder()
+    core.subscribe(recorder)
+    before, probed, loaded, unloaded = asyncio.run(scenario())
     # Before the first probe nothing is known, which DisksProbed says.
     assert (before["DisksProbed"], before["Filesystems"]) == (False, [])
     assert (probed["DisksProbed"], probed["Filesystems"]) == (True, ["btrfs"])
     assert loaded["Filesystems"] == ["zfs", "btrfs"]
+    assert unloaded["Filesystems"] == ["btrfs"]
 
 
 def test_a_job_reports_only_the_phases_it_names() -> None:

@@ -6,7 +6,9 @@ anklumed says this system can make."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -144,3 +146,39 @@ def test_an_older_daemon_keeps_its_default() -> None:
     props = complete(DATA_DISK, {"DisksProbed": True})
     assert "Filesystems" in props.missing
     assert data.filesystem(props, None) == "btrfs" and data.filesystem(props, "zfs") == "zfs"
+
+
+class ModprobedDaemon:
+    """FAKE anklumed that last looked before `modprobe zfs`: it offers ZFS
+    once asked to look again (Refresh) if ``loaded``."""
+
+    def __init__(self, loaded: bool) -> None:
+        self.loaded, self.looked_again = loaded, False
+
+    async def call(self, path: str, iface: str, member: str, signature: str = "",
+                   body: list[Any] | None = None, mutating: bool = False,
+                   unix_fds: list[int] | None = None) -> list[Any]:
+        if member == "Refresh":
+            self.looked_again = True
+            return []
+        assert member == "GetAll"
+        zfs = ["zfs"] if self.loaded and self.looked_again else []
+        return [{"DisksProbed": True, "Filesystems": [*zfs, "btrfs"]}]
+
+
+@pytest.mark.parametrize("loaded", [True, False])
+def test_a_filesystem_asked_and_not_offered_is_looked_for_again_first(loaded: bool) -> None:
+    daemon = ModprobedDaemon(loaded)
+    if loaded:
+        _props, fs = asyncio.run(data.setup_props(daemon, "zfs"))  # type: ignore[arg-type]
+        assert fs == "zfs"
+    else:
+        with pytest.raises(ClientError, match="cannot make zfs"):
+            asyncio.run(data.setup_props(daemon, "zfs"))  # type: ignore[arg-type]
+    assert daemon.looked_again
+
+
+def test_the_default_is_not_looked_for_again() -> None:
+    daemon = ModprobedDaemon(loaded=True)
+    assert asyncio.run(data.setup_props(daemon, None))[1] == "btrfs"  # type: ignore[arg-type]
+    assert not daemon.looked_again
