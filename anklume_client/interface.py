@@ -68,14 +68,14 @@ DATA_DISK = Interface(
         "Device": "s", "Mounts": "a{ss}", "Message": "s", "MessageCode": "s", "Pulled": "b",
         "AttemptsLeft": "u", "Candidates": "a(ssstssss)", "CandidateDisks": "aa{sv}",
         "Adoptable": "a(sss)", "AdoptableDisks": "aa{sv}", "DisksProbed": "b",
-        "LastJob": "a{ss}",
+        "LastJob": "a{ss}", "Filesystems": "as",
     },
     methods={
         "Setup": ("ssssay", "o"), "Adopt": ("say", "o"), "Unlock": ("ay", "o"),
         "Lock": ("b", "o"), "ChangePassphrase": ("ayay", ""), "AddRecoveryKey": ("ay", "ay"),
         "Refresh": ("", ""),
     },
-    added={"MessageCode": 2, "CandidateDisks": 2, "AdoptableDisks": 2},
+    added={"MessageCode": 2, "CandidateDisks": 2, "AdoptableDisks": 2, "Filesystems": 3},
 )
 
 JOB = Interface(

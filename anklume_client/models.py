@@ -209,6 +209,7 @@ class DataDiskStatus:
     adoptable: tuple[AdoptableDisk, ...]
     disks_probed: bool
     last_job: dict[str, str]
+    filesystems: tuple[str, ...]  # what Setup can make here, the preferred first
 
     @classmethod
     def from_properties(cls, p: dict[str, Any]) -> DataDiskStatus:
@@ -221,6 +222,7 @@ class DataDiskStatus:
             candidates=tuple(CandidateDisk.from_record(r) for r in p["CandidateDisks"]),
             adoptable=tuple(AdoptableDisk.from_record(r) for r in p["AdoptableDisks"]),
             disks_probed=p["DisksProbed"], last_job=dict(p["LastJob"]),
+            filesystems=tuple(p["Filesystems"]),
         )
 
 

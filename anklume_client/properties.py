@@ -68,6 +68,9 @@ FALLBACKS: dict[tuple[str, str], Callable[[dict[str, Any]], Any]] = {
     (DATA_DISK.name, "MessageCode"): lambda props: "",
     (DATA_DISK.name, "CandidateDisks"): _candidate_disks,
     (DATA_DISK.name, "AdoptableDisks"): _adoptable_disks,
+    # A daemon before revision 3 does not say: what it always took, its
+    # default first; its Setup refuses ZFS where zpool is missing.
+    (DATA_DISK.name, "Filesystems"): lambda props: ["btrfs", "zfs"],
     (JOB.name, "ErrorCode"): _error_code,
 }
 

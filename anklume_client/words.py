@@ -105,6 +105,7 @@ ERRORS = {
     "persist-io-error": "the boot stick failed to read or write: it may be failing",
     "ambiguous-stick": "several disks look like the boot stick",
     "command-failed": "a system tool failed",
+    "filesystem-unavailable": "this system cannot make that filesystem",
 }
 
 # The DataDisk's MessageCode (anklumed/data/manager.py MessageCode)

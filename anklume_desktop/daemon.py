@@ -114,6 +114,9 @@ class DataDisk:
     probed: bool
     candidates: tuple[Disk, ...]
     adoptable: tuple[AdoptableDisk, ...]
+    # What a new data disk can be made with here, the preferred first; empty
+    # until probed (a newer daemon's filesystem unknown here is left out).
+    filesystems: tuple[Backend, ...]
 
 
 @dataclass(frozen=True)
@@ -175,7 +178,8 @@ def data_disk_of(d: DataDiskStatus) -> DataDisk:
         encrypted=d.encryption != Encryption.NONE, device=d.device,
         message=client_words.sentence(d.message, client_words.MESSAGES) if d.message else "",
         pulled=d.pulled, attempts_left=d.attempts_left, probed=d.disks_probed,
-        candidates=d.candidates, adoptable=d.adoptable)
+        candidates=d.candidates, adoptable=d.adoptable,
+        filesystems=tuple(Backend(name) for name in d.filesystems if name in set(Backend)))
 
 
 def parse_status(props: dict[str, Any]) -> Status:

@@ -7,10 +7,11 @@ daemon, or a newer one's new code).
 
 from __future__ import annotations
 
-from anklume_desktop.daemon import DaemonError, Disk, Outcome
+from anklume_desktop.daemon import Backend, DaemonError, Disk, Outcome
 from anklumectl.render import human_size
 
-__all__ = ["advice", "explain_error", "explain_outcome", "human_size", "refusal"]
+__all__ = ["advice", "explain_error", "explain_outcome", "filesystems_note", "human_size",
+           "refusal"]
 
 # A CandidateDisks record's refused_code: with what to do, unlike the
 # library's words.REFUSALS.
@@ -47,6 +48,19 @@ ADVICE = {
 FAILED = ("It failed. Nothing is left looking set up: the disk is not used as the "
           "data disk. You can start again (it erases the disk again); the details "
           "are in 'journalctl -u anklumed'.")
+
+
+# Why the setup offers no ZFS (DataDisk.Filesystems lacks it): one line.
+ZFS_MISSING = ("ZFS is not offered: this system does not have it, or Secure Boot "
+               "refused its kernel module.")
+NO_FILESYSTEM = "This system can make neither ZFS nor BTRFS: no data disk can be set up here."
+
+
+def filesystems_note(offered: tuple[Backend, ...]) -> str:
+    """What the setup screen says of the filesystems it offers ("" when ZFS is there)."""
+    if not offered:
+        return NO_FILESYSTEM
+    return "" if Backend.ZFS in offered else ZFS_MISSING
 
 
 def refusal(disk: Disk) -> str:

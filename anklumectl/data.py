@@ -34,9 +34,9 @@ from anklumectl.render import data_words, human_size
 DATA_IFACE = DATA_DISK.name
 CREDENTIAL = "anklume-data-passphrase"
 DISK_CREDENTIAL = "anklume-data-disk"
-# Optional beside the two above: "zfs" or "btrfs" (the default, as --fs's).
-# Without it an unattended first boot never made ZFS, though the default
-# image carries it.
+# Optional beside the two above: "zfs" or "btrfs". Without it (and without
+# --fs) the setup makes the first filesystem anklumed says this system can
+# make: ZFS where it works, BTRFS where it does not (DataDisk.Filesystems).
 FS_CREDENTIAL = "anklume-data-fs"
 FILESYSTEMS = ("zfs", "btrfs")
 WEAK_BELOW = 12
@@ -147,8 +147,26 @@ def ask_new_passphrase(out: Console) -> bytes:
         out.print("[red]The two passphrases differ (or are empty); again.[/red]")
 
 
-async def pick_disk(c: Client, out: Console) -> str:
-    props = await probed_props(c)
+def filesystem(props: dict[str, Any], asked: str | None) -> str:
+    """The filesystem to make: ``asked`` (--fs, the credential) if this system
+    can make it, else the first it can. Said before anything is asked or
+    erased: anklumed would refuse it only after the passphrase was typed."""
+    offered = [str(name) for name in props["Filesystems"]]
+    if not offered:
+        require_probed(props)
+        raise ClientError(ERROR_PREFIX + "NotFound", "this system can make neither ZFS nor "
+                          "BTRFS: no data disk can be set up here")
+    if asked is None:
+        return offered[0]
+    if asked not in offered:
+        why = ("its kernel module is not loaded (under Secure Boot the kernel refuses an "
+               "unsigned one), or it is not installed") if asked == "zfs" else "not installed"
+        raise ClientError(ERROR_PREFIX + "NotFound", f"this system cannot make {asked}: {why}. "
+                          f"Choose {' or '.join(offered)}; nothing was erased")
+    return asked
+
+
+def pick_disk(props: dict[str, Any], out: Console) -> str:
     out.print(candidates_table(props))
     usable = [disk.device for disk in candidates(props) if disk.usable]
     if not usable:
@@ -158,8 +176,20 @@ async def pick_disk(c: Client, out: Console) -> str:
     return Prompt.ask("Disk to erase and use for the data", choices=usable, console=out)
 
 
+async def setup_props(c: Client, asked: str | None) -> tuple[Properties, str]:
+    """The DataDisk's properties once probed, and the filesystem to make. One
+    asked for and not offered is looked for again first: a module loaded
+    since anklumed last looked (`modprobe zfs` by hand) is offered then."""
+    props = await probed_props(c)
+    if asked is not None and asked not in props["Filesystems"] and props["DisksProbed"]:
+        await DataDisk(c).refresh()
+        props = await data_props(c)
+    return props, filesystem(props, asked)
+
+
 async def cmd_data_setup(c: Client, a: argparse.Namespace, out: Console) -> int:
-    disk = a.disk or await pick_disk(c, out)
+    props, a.fs = await setup_props(c, a.fs)
+    disk = a.disk or pick_disk(props, out)
     if not a.yes:
         out.print(f"[bold red]Everything on {disk} will be erased.[/bold red]")
         if Prompt.ask(f"Type {disk} to confirm", console=out) != disk:
@@ -304,6 +334,7 @@ async def cmd_first_boot(c: Client, a: argparse.Namespace, out: Console) -> int:
         out.print(f"A data disk set up from another stick is plugged in ({other.device}, pool "
                   f"{other.pool}): keep it with `anklumectl data adopt`, or erase another disk.")
     if unattended(a):
+        _, a.fs = await setup_props(c, a.fs)
         out.print(f"First boot: erasing {a.disk} for the data disk ({a.fs}), as the "
                   f"system credentials {DISK_CREDENTIAL} and {CREDENTIAL} ask.")
         return await cmd_data_setup(c, a, out)
@@ -351,7 +382,8 @@ async def cmd_data_needs_setup(c: Client, a: argparse.Namespace, out: Console) -
 def add_setup_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--disk", help="the disk to erase (/dev/sdX or a /dev/disk/by-id name)")
     parser.add_argument("--pool-name", default="anklume", help="default: anklume")
-    parser.add_argument("--fs", choices=FILESYSTEMS, default="btrfs")
+    parser.add_argument("--fs", choices=FILESYSTEMS,
+                        help="default: the first this system can make (zfs where it works)")
     parser.add_argument("--encryption", choices=("luks2", "none"), default="luks2")
     parser.add_argument("--passphrase-file", metavar="FILE", help="- reads standard input")
     parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")

@@ -47,6 +47,9 @@ class ErrorCode(StrEnum):
     PERSIST_IO_ERROR = "persist-io-error"
     AMBIGUOUS_STICK = "ambiguous-stick"
     COMMAND_FAILED = "command-failed"
+    # NotFound, finer: the data disk cannot be made with the filesystem asked
+    # for on this system (anklumed/data/filesystems.py).
+    FILESYSTEM_UNAVAILABLE = "filesystem-unavailable"
 
 
 class AnklumeError(Exception):

@@ -53,6 +53,7 @@ class SetupScreen(FollowsData):
         self.short_accepted = ""  # the short passphrase the person confirmed once
         self.job = ""
         self.set_up = False  # this screen's setup succeeded
+        self.offered: tuple[Backend, ...] | None = None  # the filesystems shown
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -66,8 +67,9 @@ class SetupScreen(FollowsData):
             yield Input(placeholder="type the disk's name to confirm (erases it)",
                         id="confirm")
             yield Input(value="anklume", placeholder="pool name", id="pool")
-            yield Select([(b.value, b) for b in Backend], value=Backend.BTRFS,
-                         allow_blank=False, id="backend")
+            # Offered once anklumed says what this system can make.
+            yield Select([], prompt="filesystem", disabled=True, id="backend")
+            yield Static("", id="fs-note", markup=False)
             yield Input(placeholder="passphrase", password=True, id="pass1")
             yield Input(placeholder="passphrase again", password=True, id="pass2")
             yield Static("", id="warning", markup=False, classes="warning")
@@ -80,6 +82,7 @@ class SetupScreen(FollowsData):
     async def on_mount(self) -> None:
         table = self.query_one("#disks", DataTable)
         table.add_columns("disk", "size", "can it be used?", "model", "holds")
+        self.query_one("#fs-note", Static).display = False  # until anklumed says
         # Shown once a job runs: idle, an indeterminate bar would only bounce.
         self.query_one("#progress", ProgressBar).display = False
         self.follow()
@@ -95,6 +98,21 @@ class SetupScreen(FollowsData):
         found.update(sentence := self.found(data))
         found.display = bool(sentence)  # no blank line above the table
         self.query_one("#start", Button).disabled = data.state != DataState.ABSENT
+        if data.filesystems != self.offered:
+            self.show_filesystems(data.filesystems)
+
+    def show_filesystems(self, offered: tuple[Backend, ...]) -> None:
+        """Only what this system can make, the preferred one chosen (ZFS where
+        it works); and why ZFS is not there, when it is not."""
+        self.offered = offered
+        select: Select[Backend] = self.query_one("#backend", Select)
+        select.set_options([(b.value, b) for b in offered])
+        if offered:
+            select.value = offered[0]
+        select.disabled = not offered
+        note = self.query_one("#fs-note", Static)
+        note.update(text := words.filesystems_note(offered))
+        note.display = bool(text)
 
     def found(self, data: DataDisk) -> str:
         if data.state != DataState.ABSENT:
@@ -159,6 +177,10 @@ class SetupScreen(FollowsData):
             return None
         if self.query_one("#confirm", Input).value != disk.name:
             warning.update(f"Type the disk's name, {disk.name}, to confirm.")
+            return None
+        if not isinstance(self.query_one("#backend", Select).value, Backend):
+            warning.update(words.NO_FILESYSTEM if self.offered == () else
+                           "Choose the filesystem.")
             return None
         pool = self.query_one("#pool", Input).value.strip()
         if not pool:

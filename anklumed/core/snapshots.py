@@ -18,7 +18,7 @@ from pathlib import Path
 
 from anklumed.data.disks import Disk, Refusal
 from anklumed.data.manager import Adoptable, DataState
-from anklumed.data.poolconf import PoolConf
+from anklumed.data.poolconf import Backend, PoolConf
 from anklumed.handoff import VerityState
 from anklumed.host import MemoryEncryption
 from anklumed.jobs import Job, JobKind, JobPhase, JobState
@@ -142,4 +142,5 @@ class DataDiskSnapshot:
     candidates: tuple[CandidateDisk, ...]
     last_job: JobSnapshot | None
     adoptable: tuple[Adoptable, ...]  # offered only while no data disk is set up
-    disks_probed: bool  # candidates and adoptable disks are known
+    disks_probed: bool  # candidates, adoptable disks and filesystems are known
+    filesystems: tuple[Backend, ...]  # what the data disk can be made with, preferred first

@@ -149,6 +149,8 @@ class LiveSystem:
         # reading their labels (blkid) takes a while.
         self.data_candidates: tuple[CandidateDisk, ...] = ()
         self.data_adoptable: tuple[Adoptable, ...] = ()
+        # Looked at with the disks: a module loaded since is seen at the next probe.
+        self.data_filesystems: tuple[Backend, ...] = ()
         # False until the first probe of every disk: until then no candidate
         # and no adoptable disk is known, which clients must not read as none.
         self.disks_probed = False
@@ -209,7 +211,7 @@ class LiveSystem:
             pulled=snap.pulled, attempts_left=self.data.attempts_left,
             candidates=self.data_candidates, last_job=self._last_data_job(),
             adoptable=self.data_adoptable if snap.conf is None else (),
-            disks_probed=self.disks_probed,
+            disks_probed=self.disks_probed, filesystems=self.data_filesystems,
         )
 
     def job_snapshot(self, kind: JobKind) -> JobSnapshot | None:
@@ -392,11 +394,21 @@ class LiveSystem:
             self._probes_started += 1
             probe = self._probes_started
             found = await asyncio.to_thread(self._probe_disks)
+            made_with = await asyncio.to_thread(self.data.filesystems)
             if probe > self._probe_shown:
                 self._probe_shown = probe
                 self.data_candidates, self.data_adoptable = found
+                self.data_filesystems = made_with
                 self.disks_probed = True
         self._changed()
+
+    async def refresh_filesystems(self) -> None:
+        """Look again at what the data disk can be made with (a few files:
+        cheap enough for every Refresh, which the disks' probe is not)."""
+        made_with = await asyncio.to_thread(self.data.filesystems)
+        if made_with != self.data_filesystems:
+            self.data_filesystems = made_with
+            self._changed()
 
     def _probe_disks(self) -> tuple[tuple[CandidateDisk, ...], tuple[Adoptable, ...]]:
         candidates = self.data.candidates()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from anklumed import events
 from anklumed.command import CommandError, run
-from anklumed.data import btrfs, disks, dm, incus, luks, zfs
+from anklumed.data import btrfs, disks, dm, filesystems, incus, luks, zfs
 from anklumed.data.poolconf import (
     LABEL_PREFIX,
     Backend,
@@ -36,6 +36,7 @@ from anklumed.data.poolconf import (
 from anklumed.errors import (
     AnklumeError,
     Busy,
+    ErrorCode,
     Failed,
     IncorrectPassphrase,
     InvalidArgument,
@@ -224,7 +225,7 @@ class DataDisk:
     def _is_mounted(self, conf: PoolConf) -> bool:
         if conf.pool_type is Backend.ZFS:
             return run(["zpool", "list", "-H", conf.pool_name], check=False).returncode == 0 \
-                if _have("zpool") else False
+                if filesystems.have("zpool") else False
         return _mounted_at(self.paths.mountpoint)
 
     def _mounts(self, conf: PoolConf) -> dict[str, str]:
@@ -249,6 +250,15 @@ class DataDisk:
         finally:
             self._lock.release()
 
+    @staticmethod
+    def filesystems() -> tuple[Backend, ...]:
+        """What the data disk can be made with now, the preferred first."""
+        return filesystems.available()
+
+    @staticmethod
+    def why_missing(backend: Backend) -> str:
+        return filesystems.why_missing(backend)
+
     def candidates(self) -> list[disks.Disk]:
         return disks.list_disks(self.boot_disks(), self.allow_loop, loops_under=self.loops_under)
 
@@ -268,8 +278,12 @@ class DataDisk:
             raise InvalidArgument(f"a data disk is already set up (pool {existing.pool_name}); "
                                   "remove pool.conf from PERSIST to set up another")
         disk = disks.choose(request.disk, self.boot_disks(), self.allow_loop)
-        if request.backend is Backend.ZFS and not _have("zpool"):
-            raise NotFound("ZFS is not installed on this system: choose btrfs")
+        missing = self.why_missing(request.backend)
+        if missing:  # said before the disk is touched
+            others = [b.value for b in self.filesystems() if b is not request.backend]
+            raise NotFound(f"{missing}: " + (f"choose {' or '.join(others)}" if others
+                                             else "no data disk can be made here"),
+                           code=ErrorCode.FILESYSTEM_UNAVAILABLE)
         job.check_cancelled()
         job.commit()  # from here the disk is being overwritten: no half-way stop
         made = _Made()
@@ -630,10 +644,6 @@ def _read_only_after_error(mountpoint: Path) -> bool:
     mounts = [m for m in parse_mountinfo(Path("/proc/self/mountinfo").read_text())
               if m.mountpoint == str(mountpoint)]
     return bool(mounts) and "ro" in mounts[-1].options.split(",")
-
-
-def _have(tool: str) -> bool:
-    return any((Path(d) / tool).exists() for d in ("/usr/sbin", "/usr/bin", "/sbin", "/bin"))
 
 
 def _blkid(device: Path, tag: str) -> str:

@@ -114,6 +114,7 @@ def data_disk_properties(s: DataDiskSnapshot) -> dict[str, Any]:
         "AdoptableDisks": [record(device=("s", str(a.device)), pool=("s", a.pool),
                                   luks_uuid=("s", a.luks_uuid)) for a in s.adoptable],
         "DisksProbed": s.disks_probed,
+        "Filesystems": [backend.value for backend in s.filesystems],
     }
 
 
@@ -144,7 +145,8 @@ class DataDiskInterface(DaemonInterface):
     Adoptable = ro_property("Adoptable", "a(sss)")
     CandidateDisks = ro_property("CandidateDisks", "aa{sv}")  # Candidates, named
     AdoptableDisks = ro_property("AdoptableDisks", "aa{sv}")  # Adoptable, named
-    DisksProbed = ro_property("DisksProbed", "b")  # Candidates and Adoptable are known
+    DisksProbed = ro_property("DisksProbed", "b")  # Candidates, Adoptable, Filesystems known
+    Filesystems = ro_property("Filesystems", "as")  # what Setup can make, preferred first
 
     @dbus_method(args=(("disk", "s"), ("pool", "s"), ("backend", "s"), ("encryption", "s"),
                        ("passphrase", "ay")), returns="o")
@@ -192,5 +194,7 @@ class DataDiskInterface(DaemonInterface):
     @dbus_method()
     async def Refresh(self) -> None:
         """Look at the disks again (hot-plug is also noticed on its own); at
-        most once per REFRESH_INTERVAL, whoever asks."""
+        most once per REFRESH_INTERVAL, whoever asks. The filesystems each
+        time: a zfs module loaded a moment ago is offered at once."""
+        await self.daemon.core.refresh_filesystems()
         await self._refresh()

@@ -45,8 +45,9 @@ SLOT_IFACE = f"{BUS_NAME}.Slot"
 JOB_IFACE = f"{BUS_NAME}.Job"
 # What this daemon's interface adds to revision 1 (a daemon without the
 # property is revision 1): reason, problem, error and message codes beside the
-# sentences, named records beside positional tuples (docs/dbus.md).
-INTERFACE_REVISION = 2
+# sentences, named records beside positional tuples (2); the data disk's
+# Filesystems (3) (docs/dbus.md).
+INTERFACE_REVISION = 3
 # The polkit action that guards cancelling a job of each kind.
 JOB_ACTIONS = {JobKind.UPDATE: ACTION_UPDATE, JobKind.DATA_SETUP: ACTION_DATA_SETUP,
                JobKind.DATA_UNLOCK: ACTION_DATA_UNLOCK, JobKind.DATA_LOCK: ACTION_DATA_LOCK,

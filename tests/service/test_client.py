@@ -46,7 +46,7 @@ async def test_revision_2_members_stand_beside_the_old_ones(sim: Sim) -> None:
         status = await Manager(conn).status()
     finally:
         await conn.close()
-    assert not manager.missing and not data.missing and status.revision == 2
+    assert not manager.missing and not data.missing and status.revision == 3
     assert len(manager["StateReasonCodes"]) == len(manager["StateReasons"])
     assert len(manager["ProblemCodes"]) == len(manager["Problems"]) > 0
     assert "persist-damaged" in manager["ProblemCodes"]

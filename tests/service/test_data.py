@@ -3,16 +3,23 @@ encryption on a loop device. LUKS2 and ZFS need the VM tier (tests/vm/test_data_
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
+from anklume_client.connection import Connection
+from anklume_client.models import JobStatus
+from anklume_client.proxies import DataDisk
 from devtools import stickimg
 from devtools.slowness import scaled
 from tests.service.conftest import Sim
 
-NOT_AUTHORIZED, BUSY, REFUSED = 3, 6, 10
+NOT_AUTHORIZED, NOT_FOUND, BUSY, REFUSED = 3, 5, 6, 10
 
 
 def setup_plain(sim: Sim, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -195,3 +202,49 @@ def test_status_shows_the_data_pool(sim: Sim) -> None:
     assert sim.ctl("data", "lock").returncode == 0
     data, human = status_of(sim)
     assert data["State"] == "locked" and "pool vault (btrfs, none): locked" in human
+
+
+def can_make(fs: str) -> bool:
+    """Whether this machine can make ``fs``, seen from outside the daemon."""
+    if fs == "zfs":
+        return bool(shutil.which("zpool") and shutil.which("zfs")) \
+            and Path("/sys/module/zfs").is_dir()
+    return bool(shutil.which("mkfs.btrfs") and shutil.which("btrfs"))
+
+
+def test_the_filesystems_offered_are_those_this_machine_can_make(sim: Sim) -> None:
+    # This machine may have zpool and no zfs module (none built for its
+    # kernel): ZFS must then not be offered, as on a --zfs stick under Secure Boot.
+    assert data_status(sim)["Filesystems"] == [fs for fs in ("zfs", "btrfs") if can_make(fs)]
+
+
+def label(device: object) -> str:
+    return subprocess.run(["blkid", "-p", "-o", "value", "-s", "LABEL", str(device)],
+                          capture_output=True, text=True, check=False).stdout.strip()
+
+
+async def set_up_zfs(address: str, disk: str) -> JobStatus:
+    conn = await Connection.connect(address)
+    try:
+        job = await DataDisk(conn).setup(disk, "vault", "zfs", "none", b"")
+        return await job.follow(lambda _status: None)
+    finally:
+        await conn.close()
+
+
+def test_zfs_where_this_machine_cannot_make_it_is_refused_and_nothing_erased(sim: Sim) -> None:
+    if can_make("zfs"):
+        pytest.skip("this machine can make ZFS")
+    # A filesystem on the disk, which setup would erase first.
+    subprocess.run(["mkfs.btrfs", "-q", "-f", "-L", "keepme", str(sim.data_disk)], check=True)
+    # The daemon's own check (anklumectl refuses before asking anything).
+    end = asyncio.run(set_up_zfs(sim.bus.address, str(sim.data_disk)))
+    assert (end.state, end.error_name, end.error_code) == (
+        "failed", "NotFound", "filesystem-unavailable"), end.message
+    assert "choose btrfs" in end.message
+    refused = sim.ctl("data", "setup", "--disk", str(sim.data_disk), "--fs", "zfs",
+                      "--encryption", "none", "--yes")
+    assert refused.returncode == NOT_FOUND, refused.stderr
+    assert "cannot make zfs" in refused.stderr and "nothing was erased" in refused.stderr
+    assert label(sim.data_disk) == "keepme"
+    assert data_status(sim)["State"] == "absent"

@@ -29,7 +29,7 @@ from anklumed.core.snapshots import CandidateDisk, JobSnapshot, Tristate
 from anklumed.core.system import LiveSystem
 from anklumed.data.disks import Disk
 from anklumed.data.manager import Adoptable, DataState
-from anklumed.data.poolconf import LABEL_PREFIX
+from anklumed.data.poolconf import LABEL_PREFIX, Backend
 from anklumed.errors import InvalidArgument
 from anklumed.handoff import parse_handoff
 from anklumed.host import Backing
@@ -304,6 +304,36 @@ def test_snapshots_and_their_properties_read_memory_only(
     assert data["Adoptable"] == [[str(other.device), "tank", ""]]
     assert data["Candidates"][0][0] == "sdz"
     assert job["Kind"] == "data-lock"
+
+
+def test_the_filesystems_are_published_with_the_disks_and_looked_at_again(
+        core: LiveSystem, monkeypatch: pytest.MonkeyPatch) -> None:
+    # FAKE: a --zfs image whose zfs module is not loaded, then is.
+    offered: list[tuple[Backend, ...]] = [(Backend.BTRFS,)]
+    monkeypatch.setattr(core.data, "filesystems", lambda: offered[0])
+
+    async def scenario() -> list[dict[str, Any]]:
+        await core.start()
+        seen = [data_disk_properties(core.data_disk())]
+        await core.refresh_data()
+        seen.append(data_disk_properties(core.data_disk()))
+        offered[0] = (Backend.ZFS, Backend.BTRFS)
+        await core.refresh_data()
+        seen.append(data_disk_properties(core.data_disk()))
+        offered[0] = (Backend.BTRFS,)  # Refresh looks at them alone, every time
+        changes = len(recorder.said("state"))
+        await core.refresh_filesystems()
+        assert len(recorder.said("state")) == changes + 1
+        return [*seen, data_disk_properties(core.data_disk())]
+
+    recorder = Recorder()
+    core.subscribe(recorder)
+    before, probed, loaded, unloaded = asyncio.run(scenario())
+    # Before the first probe nothing is known, which DisksProbed says.
+    assert (before["DisksProbed"], before["Filesystems"]) == (False, [])
+    assert (probed["DisksProbed"], probed["Filesystems"]) == (True, ["btrfs"])
+    assert loaded["Filesystems"] == ["zfs", "btrfs"]
+    assert unloaded["Filesystems"] == ["btrfs"]
 
 
 def test_a_job_reports_only_the_phases_it_names() -> None:

@@ -9,9 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from textual.widgets import Button, DataTable, Static
+from textual.pilot import Pilot
+from textual.widgets import Button, DataTable, Input, Select, Static
 
-from anklume_desktop.daemon import AdoptableDisk, DataDisk, DataState
+from anklume_desktop import words
+from anklume_desktop.daemon import AdoptableDisk, Backend, DataDisk, DataState, Disk
 from anklume_desktop.guide import first_login, keybindings, tour
 from anklume_desktop.guide.app import GuideApp, WelcomeScreen
 from anklume_desktop.guide.mount import MountScreen
@@ -73,7 +75,7 @@ def absent(probed: bool) -> DataDisk:
     found = (AdoptableDisk("/dev/sdb", "vault", "1234"),) if probed else ()
     return DataDisk(state=DataState.ABSENT, pool="", encrypted=False, device="",
                     message="", pulled=False, attempts_left=0, probed=probed,
-                    candidates=(), adoptable=found)
+                    candidates=(), adoptable=found, filesystems=())
 
 
 class UnprobedDaemon:
@@ -141,6 +143,83 @@ async def test_the_setup_screen_says_why_it_cannot_list_disks(app: GuideApp) -> 
         assert type(app.screen).__name__ == "SetupScreen"
         assert "cannot reach the system bus" in text(app, "#result")
         assert_snapshot(app, "guide_setup_unreachable")
+
+
+SDB = Disk(name="sdb", device="/dev/sdb", model="FAKE Disk", size=64 << 30, bus="usb",
+           serial="F1", by_id="", contents=(), refused="", refused_code="")
+
+
+class ProbedDaemon:
+    """FAKE anklumed that has looked at the disks: a blank disk, and the
+    filesystems this system can make."""
+
+    def __init__(self, filesystems: tuple[Backend, ...]) -> None:
+        self.data = DataDisk(state=DataState.ABSENT, pool="", encrypted=False, device="",
+                             message="", pulled=False, attempts_left=3, probed=True,
+                             candidates=(SDB,), adoptable=(), filesystems=filesystems)
+
+    async def data_disk(self) -> DataDisk:
+        return self.data
+
+    async def follow_data(self, changed: Callable[[DataDisk], None],
+                          _gone: Callable[[], None]) -> Callable[[], None]:
+        changed(self.data)
+        return lambda: None
+
+
+async def setup_screen_of(app: GuideApp, monkeypatch: pytest.MonkeyPatch,
+                          filesystems: tuple[Backend, ...], pilot: Pilot[None]) -> Select[Backend]:
+    fake = ProbedDaemon(filesystems)
+
+    async def daemon() -> ProbedDaemon:
+        return fake
+
+    monkeypatch.setattr(app, "daemon", daemon)
+    await pilot.press("1")
+    await pilot.pause()
+    await app.workers.wait_for_complete()
+    await pilot.pause()
+    assert type(app.screen).__name__ == "SetupScreen"
+    select: Select[Backend] = app.screen.query_one("#backend", Select)
+    return select
+
+
+def offered(select: Select[Backend]) -> list[object]:
+    # textual 2's Select has no public list of its options: its private one.
+    return [value for _label, value in select._options if value != Select.BLANK]
+
+
+async def test_setup_offers_zfs_first_where_the_system_can_make_it(
+        app: GuideApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with app.run_test(size=(100, 50)) as pilot:
+        select = await setup_screen_of(app, monkeypatch, (Backend.ZFS, Backend.BTRFS), pilot)
+        assert select.value == Backend.ZFS and not select.disabled
+        assert offered(select) == [
+            Backend.ZFS, Backend.BTRFS]
+        assert not app.screen.query_one("#fs-note", Static).display
+
+
+async def test_setup_without_zfs_offers_btrfs_and_says_why(
+        app: GuideApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A --no-zfs or Arch image, or a --zfs one under Secure Boot: ZFS is not offered.
+    async with app.run_test(size=(100, 50)) as pilot:
+        select = await setup_screen_of(app, monkeypatch, (Backend.BTRFS,), pilot)
+        assert select.value == Backend.BTRFS
+        assert offered(select) == [
+            Backend.BTRFS]
+        assert text(app, "#fs-note") == words.ZFS_MISSING
+        assert_snapshot(app, "guide_setup_no_zfs")
+
+
+async def test_setup_where_no_filesystem_can_be_made_starts_nothing(
+        app: GuideApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with app.run_test(size=(100, 50)) as pilot:
+        select = await setup_screen_of(app, monkeypatch, (), pilot)
+        assert select.disabled and select.value == Select.BLANK
+        assert text(app, "#fs-note") == words.NO_FILESYSTEM
+        app.screen.query_one("#confirm", Input).value = "sdb"
+        await pilot.click("#start")
+        assert text(app, "#warning") == words.NO_FILESYSTEM
 
 
 async def test_the_tour_turns_its_pages_and_names_missing_commands(
