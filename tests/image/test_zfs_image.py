@@ -11,10 +11,11 @@ zfs only because the build signed them with that key (module_signing.py):
    anywhere in the image or in its slot's files;
 
 1. the first boot, from the menu's "run from the stick" entry, with nobody
-   at the keyboard but the system credentials ``anklume-data-disk``,
-   ``anklume-data-passphrase`` and ``anklume-data-fs`` (zfs): the zfs
-   module loads (systemd-modules-load, zfsutils-linux's modules-load.d),
-   the first-boot unit makes the NVMe disk LUKS2 with a ZFS pool on it,
+   at the keyboard but the system credentials ``anklume-data-disk`` and
+   ``anklume-data-passphrase`` (no ``anklume-data-fs``: ZFS is the default
+   where its module is loaded): the zfs module loads (systemd-modules-load,
+   zfsutils-linux's modules-load.d), the first-boot unit makes the NVMe disk
+   LUKS2 with a ZFS pool on it,
    Incus starts with its state on the pool and gets a storage pool on its
    ``incus`` dataset, and a container made in the guest (test_boot_image.py's
    busybox image, no network) writes a file;
@@ -146,9 +147,10 @@ class Boots:
                             CONTAINER=CONTAINER, POOL=POOL)
         self.machine.choose_entry_once(STICK_ENTRY_A)
         return self.kept(self.machine.boot(
+            # No anklume-data-fs: where ZFS works it is the default (DataDisk's
+            # Filesystems, zfs first once its module is loaded).
             credentials={"anklume-data-disk": DATA_DISK.encode(),
-                         "anklume-data-passphrase": PASSPHRASE,
-                         "anklume-data-fs": b"zfs"},
+                         "anklume-data-passphrase": PASSPHRASE},
             commands={"make_container": make, **zfs_facts()},
             settle=DATA_UNITS, wait=BOOT_WAIT, timeout=BOOT_WAIT * 3))
 
