@@ -3,8 +3,10 @@
 ZFS needs its tools and its kernel module loaded. Loaded, not loadable: the
 image loads it at boot (zfs-load-module.service) and anklumed could not load
 it later (anklumed.service keeps no CAP_SYS_MODULE), and under Secure Boot
-the kernel refuses the unsigned module that a dry run (``modprobe -n``) would
-still find on disk (docs/boot-chain.md, "The ZFS module is not signed").
+the kernel refuses a module the build did not sign (an image built without
+--secure-boot-key), which a dry run (``modprobe -n``) would still find on
+disk (docs/boot-chain.md, "The ZFS module is signed with the Secure Boot
+key").
 Only files are looked at: no program is run, so asking again costs nothing.
 """
 
