@@ -218,7 +218,15 @@ class TrayItem:
     def _soon(self, work: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        """A watcher that does not answer is said in one line, not a traceback
+        (the next watcher to appear is tried again)."""
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.info("tray: the watcher did not answer (%s)",
+                     type(task.exception()).__name__)
 
     def _dispatch(self, msg: Message) -> Message:
         iface, member, body = msg.interface, msg.member, msg.body

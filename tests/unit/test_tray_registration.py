@@ -101,3 +101,19 @@ async def test_a_watcher_that_comes_later_gets_the_item_once_its_host_is_there(
     assert watcher.items == []
     watcher.host_registers()
     assert await watcher.registered(scaled(10)) == [item.name]
+
+
+async def test_a_watcher_that_does_not_answer_is_one_line_in_the_log(
+        buses: tuple[MessageBus, MessageBus],  # noqa: F811 - the fixture
+        caplog: pytest.LogCaptureFixture) -> None:
+    tray_bus, _watcher_bus = buses
+    item = sni.TrayItem(tray_bus, view(None, None), lambda action: None)
+
+    async def no_answer(*args: object) -> Message:
+        raise TimeoutError  # what asyncio.wait_for raises after its 10 s
+    item._call = no_answer  # type: ignore[method-assign,assignment]
+    caplog.set_level("INFO")
+    item._soon(item.watcher_appeared())
+    while item.tasks:  # noqa: ASYNC110 - the task's end is what is waited for
+        await asyncio.sleep(0.01)
+    assert "the watcher did not answer (TimeoutError)" in caplog.text
