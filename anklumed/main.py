@@ -52,15 +52,17 @@ async def _serve(config_path: Path | None, bus: str | None) -> int:
         daemon.bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
     stopping = asyncio.ensure_future(stop.wait())
     await asyncio.wait({disconnected, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    status = 0
     if disconnected.done():
         # The reason (EOFError when the bus daemon goes away) is read here:
         # left unread, asyncio would log it as a traceback at exit.
         why = disconnected.exception()
         logging.getLogger("anklumed").error("lost the bus connection (%s); exiting",
                                             type(why).__name__ if why else "closed")
-        return 1
-    await daemon.stop()
-    return 0
+        status = 1
+    stopping.cancel()
+    await daemon.stop()  # either way: the jobs and the disk watch end before the loop does
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:

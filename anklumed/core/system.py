@@ -159,6 +159,7 @@ class LiveSystem:
         self.media_present = False
         self.observers: list[Observer] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False  # stop() began: start no more background work
         self._udev_monitor: pyudev.Monitor | None = None
         self._data_refresh: asyncio.Task[None] | None = None
         self._media_look: asyncio.Task[None] | None = None
@@ -291,12 +292,18 @@ class LiveSystem:
             self._spawn(self._follow_boot_complete(init))
 
     async def stop(self) -> None:
-        await self.jobs.stop()
-        for task in [*self._tasks, self._data_refresh, self._media_look]:
-            if task is not None:
-                task.cancel()
+        """Stop watching first, then end the jobs and the background work, and
+        wait for them: once main() returns, asyncio's own shutdown has no
+        thread pool left, so a look at the disks started by a late uevent (or
+        by a job's end) would die there with a traceback."""
+        self._stopping = True
         if self._udev_monitor is not None:
             asyncio.get_running_loop().remove_reader(self._udev_monitor.fileno())
+        await self.jobs.stop()
+        tasks = [t for t in (*self._tasks, self._data_refresh, self._media_look) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _find_stick(self) -> None:
         found = await asyncio.to_thread(self._locate)
@@ -484,6 +491,9 @@ class LiveSystem:
             self._rescan_soon()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        if self._stopping:
+            coro.close()
+            return
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -559,6 +569,8 @@ class LiveSystem:
         # One look at the stick at a time, and one more after it if events came
         # meanwhile: a burst of events (loop devices set up elsewhere) costs two.
         self._media_dirty = True
+        if self._stopping:
+            return
         if self._media_look is None or self._media_look.done():
             self._media_look = asyncio.get_running_loop().create_task(self._media_changed())
         self._rescan_soon()  # a disk plugged or pulled
@@ -577,6 +589,8 @@ class LiveSystem:
         """Look at the stick and the disks again in 0.5 s: once for a burst of
         reasons, and once more if a reason comes while that look runs."""
         self._disks_dirty = True
+        if self._stopping:
+            return
         if self._data_refresh is None or self._data_refresh.done():
             self._data_refresh = asyncio.get_running_loop().create_task(self._refresh_soon())
 

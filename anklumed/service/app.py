@@ -112,7 +112,7 @@ class Daemon:
         if self._watchdog is not None:
             self._watchdog.cancel()
         await self.core.stop()
-        if self.bus is not None:
+        if self.bus is not None and self.bus.connected:
             self.bus.disconnect()
 
     async def _watchdog_pings(self) -> None:
