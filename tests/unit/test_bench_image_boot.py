@@ -71,6 +71,26 @@ def test_the_interval_of_equal_runs_is_their_ratio() -> None:
     assert low <= 1.0 < 1.2 <= high
 
 
+def test_a_drift_both_ways_share_cancels_in_the_rounds_own_ratios() -> None:
+    # The host slows down round after round; the shipped boot is 3 % slower
+    # than its round's plain one, give or take 1 %.
+    drift = [30.0, 34.0, 38.0, 42.0, 46.0, 50.0]
+    plain = drift
+    shipped = [d * r for d, r in zip(drift, [1.02, 1.04, 1.03, 1.02, 1.04, 1.03], strict=True)]
+    paired, low, high = image_boot.paired_interval(shipped, plain)
+    assert paired == pytest.approx(1.03)
+    assert 1.02 <= low <= paired <= high <= 1.04
+    assert image_boot.verdict(low, high) == "met"
+    # Taken way by way, the drift hides it: the interval straddles the target.
+    assert image_boot.verdict(*image_boot.ratio_interval(shipped, plain)).startswith("not decided")
+
+
+def test_the_verdict_says_met_not_met_or_undecided() -> None:
+    assert image_boot.verdict(0.98, 1.04) == "met"
+    assert image_boot.verdict(1.06, 1.10) == "NOT MET"
+    assert image_boot.verdict(1.01, 1.07).startswith("not decided")
+
+
 def test_a_boot_left_in_the_initramfs_shell_or_a_panic_is_stopped(tmp_path: Path) -> None:
     assert not image_boot.stuck(tmp_path)
     console = tmp_path / "console.log"
