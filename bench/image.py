@@ -2,12 +2,16 @@
 mmdebstrap and fills the disk: take the lock.
 
   flock /tmp/anklume-heavy.lock .venv/bin/python -m bench.image [--desktop minimal sway] [--zfs]
-      [--once] [--keep DIR]
+      [--secure-boot] [--once | --no-fresh] [--keep DIR]
 
 With --once, one build per desktop on the shared package cache (the builder's
 default, keyed by its inputs): what a desktop adds to the image and how long
 one build takes, without the half hour of three builds of a large desktop. With --keep, the
 images (and their bundles) are left in DIR to be looked into, not deleted.
+With --secure-boot, every build is given the same Secure Boot key and
+certificate (made for the run): a --zfs build signs its modules with it.
+With --no-fresh, only the two builds on the shared package cache whose
+squashfs are compared.
 Each --once build is also given to its compositors (sway, labwc), run in its
 unpacked root: whether each accepts the image's configuration
 (devtools/compositor_check.py; the image tier checks sway's in its sway image).
@@ -117,16 +121,29 @@ def verdicts(config: BuildConfig) -> dict[str, str]:
     return found
 
 
-def bench_desktop(work: Path, desktop: str, zfs: bool, once: bool) -> list[Result]:
+def secure_boot_keys(work: Path) -> dict[str, Path]:
+    """A Secure Boot db key and certificate for every build of the run: with
+    ZFS the build signs the modules with it, so the squashfs depends on it."""
+    key, cert = work / "db.key", work / "db.crt"
+    subprocess.run(["openssl", "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes",
+                    "-days", "30", "-subj", "/CN=anklume bench db/", "-keyout", key,
+                    "-out", cert], check=True, capture_output=True)
+    return {"secure_boot_key": key, "secure_boot_cert": cert}
+
+
+def bench_desktop(work: Path, desktop: str, zfs: bool, once: bool,
+                  secure_boot: dict[str, Path], fresh: bool = True) -> list[Result]:
     key = work / f"signing-{desktop}.pem"
     bundle.generate_key(key)
     options = {
         "out": work / f"{desktop}.img", "desktop": desktop, "zfs": zfs, "signing_key": key,
-        "source_date_epoch": SOURCE_DATE_EPOCH, "version": "1.0.0"}
+        "source_date_epoch": SOURCE_DATE_EPOCH, "version": "1.0.0", **secure_boot}
     if once:
         config = BuildConfig.model_validate(options)
         result = build_once(config)
         return [replace(result, verdicts=verdicts(config))]
+    if not fresh:  # the shared package cache: the two builds compared, not the download
+        return [build_once(BuildConfig.model_validate(options)) for _ in range(2)]
     # an empty cache of its own: the first build downloads every package
     options["cache_dir"] = work / f"cache-{desktop}"
     return [build_once(BuildConfig.model_validate(options)) for _ in range(3)]
@@ -146,6 +163,9 @@ def report(desktop: str, results: list[Result]) -> None:
     if len(results) == 1:
         report_once(desktop, results[0])
         return
+    if len(results) == 2:
+        report_pair(desktop, *results)
+        return
     fresh, cached, again = results
     print(f"\n{desktop}:")
     for name, result in (("fresh", fresh), ("cached", cached), ("cached again", again)):
@@ -163,6 +183,15 @@ def report(desktop: str, results: list[Result]) -> None:
           f" (fresh: {fresh.squashfs_sha256[:16]})")
 
 
+def report_pair(desktop: str, cached: Result, again: Result) -> None:
+    print(f"\n{desktop}: two builds on the shared package cache, "
+          f"{cached.total:.0f} s and {again.total:.0f} s")
+    same = cached.squashfs_sha256 == again.squashfs_sha256
+    print(f"  reproducible: {'yes' if same else 'NO'} -- squashfs sha256 "
+          f"{cached.squashfs_sha256[:16]} / {again.squashfs_sha256[:16]}, "
+          f"{cached.squashfs_bytes} / {again.squashfs_bytes} bytes")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.image")
     parser.add_argument("--desktop", nargs="+", default=["minimal", "sway"])
@@ -170,6 +199,11 @@ def main() -> None:
                         help="with zfs-dkms (built in the chroot: adds minutes)")
     parser.add_argument("--once", action="store_true",
                         help="one build per desktop on the shared package cache")
+    parser.add_argument("--secure-boot", action="store_true",
+                        help="give every build one Secure Boot key and certificate "
+                        "(with --zfs, the modules are signed with it)")
+    parser.add_argument("--no-fresh", action="store_true",
+                        help="two builds on the shared package cache, no fresh one")
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="build into DIR and leave the images there")
     args = parser.parse_args()
@@ -178,12 +212,15 @@ def main() -> None:
         args.keep.mkdir(parents=True, exist_ok=True)
     work = args.keep or Path(tempfile.mkdtemp(prefix="anklume-bench-image-", dir="/var/tmp"))
     try:
-        results = {desktop: bench_desktop(work, desktop, args.zfs, args.once)
+        secure_boot = secure_boot_keys(work) if args.secure_boot else {}
+        results = {desktop: bench_desktop(work, desktop, args.zfs, args.once, secure_boot,
+                                          fresh=not args.no_fresh)
                    for desktop in args.desktop}
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print(f"{before} -> {load()}; zfs {'on' if args.zfs else 'off'}; "
+          f"secure boot key {'given' if args.secure_boot else 'none'}; "
           f"SOURCE_DATE_EPOCH={SOURCE_DATE_EPOCH}")
     for desktop, desktop_results in results.items():
         report(desktop, desktop_results)
