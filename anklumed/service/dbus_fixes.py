@@ -5,9 +5,11 @@
 connection: with many clients asking at once
 (tests/service/test_robustness.py::test_fifty_concurrent_clients) the daemon
 lost the bus. This copy of the method differs only in waiting for the
-socket to become writable again, and in marking the exception of a send
+socket to become writable again, in marking the exception of a send
 that failed as read (a signal's send is awaited by no one: asyncio would log
-its traceback when the bus goes away).
+its traceback when the bus goes away), and in dropping what is left to write
+once a send failed (else the send that found the bus gone, and every one
+after it, raised EBADF to its sender: tests/unit/test_dbus_fixes.py).
 
 2. Pending calls when the bus goes away. dbus-fast hands the connection's
 error to every call still waiting for its reply (``_reply_handler``); when
@@ -93,6 +95,12 @@ def _write_callback(self: Any, remove_writer: bool = True) -> None:
             if self.fut is not None and not self.fut.cancelled():
                 self.fut.exception()
         self.bus._finalize(e)
+        # Nothing more can be written on this connection. Left pending, the
+        # rest made schedule_write (our caller when a send finds the loss)
+        # watch the socket _finalize just closed: its EBADF was raised to
+        # whoever sent, the daemon publishing a change or answering a call.
+        self.buf = None
+        self.messages.clear()
 
 
 def _reply_handler(self: Any, future: Any, reply: Any, err: Exception | None) -> None:
