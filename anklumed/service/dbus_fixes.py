@@ -27,7 +27,8 @@ signature go through it. This ``_exit`` answers a short ``Error.Failed``
 instead and logs the bug, rate-limited; what gets logged of a refusal is
 decided at the boundary (boundary.to_dbus_error). dbus-next 0.2.3 also
 logged every error reply it had already sent (its ``__exit__`` did not
-return what ``_exit`` decided): dbus-fast returns it.
+return what ``_exit`` decided): dbus-fast returns it. A call whose task is
+cancelled (only when the daemon ends) is not answered, and nothing is logged.
 
 pyproject.toml allows dbus-fast 2.44.1 (Debian 13's python3-dbus-fast) up to
 the next major; on a major upgrade, check whether these are still needed
@@ -36,6 +37,7 @@ and tests/unit/test_dbus_fixes.py).
 """
 
 import array
+import asyncio
 import logging
 import re
 import socket
@@ -127,7 +129,11 @@ def _exit(self: Any, exc_type: Any, exc_value: Any, tb: Any) -> bool:
         self(Message.new_error(self._msg, FAILED,
                                f"{self._msg.member} failed inside anklumed"))
         return True
-    return False  # KeyboardInterrupt, CancelledError: not an answer
+    # The call's task is cancelled only as anklumed ends (asyncio.run cancels
+    # what is left): no answer, the bus tells the caller that we went. Raised
+    # on, it left this reply callback, and asyncio logged it as "Exception in
+    # callback" with a traceback. KeyboardInterrupt is not an answer either.
+    return isinstance(exc_value, asyncio.CancelledError)
 
 
 def _log_bug(msg: Message, e: BaseException) -> None:
