@@ -30,6 +30,12 @@ logged every error reply it had already sent (its ``__exit__`` did not
 return what ``_exit`` decided): dbus-fast returns it. A call whose task is
 cancelled (only when the daemon ends) is not answered, and nothing is logged.
 
+4. Calls that want no answer (NO_REPLY_EXPECTED). Upstream logs the error
+of each with its traceback ("unexpected exception in future"): any caller
+wrote one per refused call, past the boundary's rate limit
+(tests/service/test_bus_boundary.py, no-reply-flood). A refusal is not
+logged again; a bug is, rate-limited.
+
 pyproject.toml allows dbus-fast 2.44.1 (Debian 13's python3-dbus-fast) up to
 the next major; on a major upgrade, check whether these are still needed
 (tests/service/test_robustness.py, test_bus_boundary.py, test_dbus_fuzz.py
@@ -137,9 +143,25 @@ def _exit(self: Any, exc_type: Any, exc_value: Any, tb: Any) -> bool:
 
 
 def _log_bug(msg: Message, e: BaseException) -> None:
+    _log_unexpected(f"answering {msg.member}", e)
+
+
+def _log_unexpected(what: str, e: BaseException) -> None:
     from anklumed.service.boundary import UNEXPECTED  # not at import: it imports this module
-    UNEXPECTED.log("dbus-fast", logging.ERROR, "answering %s failed unexpectedly", msg.member,
-                   exc_info=e)
+    UNEXPECTED.log("dbus-fast", logging.ERROR, "%s failed unexpectedly", what, exc_info=e)
+
+
+def _future_exception_no_reply(self: Any, fut: Any) -> None:
+    """Upstream's end of a call whose caller asked for no answer, but a
+    refusal (a DBusError: the boundary logged it, rate-limited) is not logged
+    again with its traceback, and anything else is logged as a bug is,
+    rate-limited."""
+    self._pending_futures.discard(fut)
+    if fut.cancelled():
+        return
+    error = fut.exception()
+    if error is not None and not isinstance(error, DBusError):
+        _log_unexpected("a call without an answer", error)
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -166,6 +188,8 @@ def apply() -> None:
     aio_bus._MessageWriter.write_callback = _write_callback  # type: ignore[method-assign]
     aio_bus.MessageBus._reply_handler = _reply_handler  # type: ignore[method-assign]
     SendReply._exit = _exit  # type: ignore[method-assign]
+    aio_bus.MessageBus._future_exception_no_reply = (  # type: ignore[method-assign]
+        _future_exception_no_reply)
 
 
 apply()
