@@ -93,22 +93,28 @@ def _write_callback(self: Any, remove_writer: bool = True) -> None:
             self.buf = None
             aio_bus._future_set_result(self.fut, None)
     except Exception as e:
-        if self.bus._user_disconnect:
-            aio_bus._future_set_result(self.fut, None)
-        else:
-            aio_bus._future_set_exception(self.fut, e)
-            # A signal's send future has no one awaiting it: unread, asyncio
-            # logs its exception as a traceback. The connection's loss is
-            # reported once, by the disconnect future (anklumed.main).
-            if self.fut is not None and not self.fut.cancelled():
-                self.fut.exception()
-        self.bus._finalize(e)
-        # Nothing more can be written on this connection. Left pending, the
-        # rest made schedule_write (our caller when a send finds the loss)
-        # watch the socket _finalize just closed: its EBADF was raised to
-        # whoever sent, the daemon publishing a change or answering a call.
+        # Nothing more can be written on this connection: the rest fails with
+        # this send. Left pending, it made schedule_write (our caller when a
+        # send finds the loss) watch the socket _finalize closes: its EBADF
+        # was raised to whoever sent, the daemon publishing a change or
+        # answering a call.
+        for fut in (self.fut, *(queued for _buf, _fds, queued in self.messages)):
+            _send_failed(fut, e, self.bus._user_disconnect)
         self.buf = None
         self.messages.clear()
+        self.bus._finalize(e)
+
+
+def _send_failed(fut: Any, e: Exception, user_disconnect: bool) -> None:
+    if user_disconnect:
+        aio_bus._future_set_result(fut, None)
+        return
+    aio_bus._future_set_exception(fut, e)
+    # A signal's send future has no one awaiting it: unread, asyncio logs its
+    # exception as a traceback. The connection's loss is reported once, by the
+    # disconnect future (anklumed.main).
+    if fut is not None and not fut.cancelled():
+        fut.exception()
 
 
 def _reply_handler(self: Any, future: Any, reply: Any, err: Exception | None) -> None:

@@ -47,7 +47,8 @@ def test_a_send_lost_with_the_bus_leaves_no_unread_exception() -> None:
     """The bus gone (the peer closed): the send's future holds the error,
     the bus is finalized with it, and the future counts as read, so asyncio
     logs no "exception was never retrieved" traceback when it is collected
-    (a signal's send is awaited by no one)."""
+    (a signal's send is awaited by no one). A message queued behind it fails
+    with it, rather than wait for ever on a connection that is gone."""
     loop = asyncio.new_event_loop()
     unread: list[dict[str, object]] = []
     loop.set_exception_handler(lambda _loop, context: unread.append(context))
@@ -55,15 +56,19 @@ def test_a_send_lost_with_the_bus_leaves_no_unread_exception() -> None:
     theirs.close()
     finalized: list[Exception | None] = []
     fut: asyncio.Future[None] | None = loop.create_future()
+    queued: asyncio.Future[None] | None = loop.create_future()
     writer = SimpleNamespace(
         sock=ours, fd=ours.fileno(), loop=loop, buf=None, offset=0, fut=None,
-        unix_fds=None, negotiate_unix_fd=False, messages=deque([(b"signal", None, fut)]),
+        unix_fds=None, negotiate_unix_fd=False,
+        messages=deque([(b"signal", None, fut), (b"queued", None, queued)]),
         bus=SimpleNamespace(_user_disconnect=False, _finalize=finalized.append))
     try:
         dbus_fixes._write_callback(writer)
-        assert fut is not None and fut.done()  # failed (not read here: reading would mark it read)
+        # failed (not read here: reading would mark it read)
+        assert fut is not None and fut.done() and queued is not None and queued.done()
         assert finalized and isinstance(finalized[0], BrokenPipeError)
-        fut = writer.fut = None
+        assert writer.buf is None and not writer.messages
+        fut = queued = writer.fut = None
         finalized.clear()  # the error's traceback holds the future too
         gc.collect()
         assert unread == []
