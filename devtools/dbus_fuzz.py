@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dbus_fast import Message, MessageType, Variant
+from dbus_fast import Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.signature import SignatureTree
 
@@ -453,14 +453,19 @@ async def fuzz(address: str, seed: int, rounds: int) -> Report:
 
 async def flood(address: str, spec: dict[str, Any]) -> dict[str, int]:
     """``spec["count"]`` concurrent calls of one method from one connection;
-    how many got each answer."""
+    how many got each answer. With ``"no_reply": true`` the calls ask for
+    none (NO_REPLY_EXPECTED): they are only sent, and counted as such."""
     bus = await MessageBus(bus_address=address).connect()
     try:
-        calls = [call(bus, Message(destination=DEST, path=spec["path"],
-                                   interface=spec["interface"], member=spec["member"],
-                                   signature=spec.get("signature", ""),
-                                   body=spec.get("body", [])))
-                 for _ in range(spec["count"])]
+        flags = MessageFlag.NO_REPLY_EXPECTED if spec.get("no_reply") else MessageFlag.NONE
+        messages = [Message(destination=DEST, path=spec["path"], interface=spec["interface"],
+                            member=spec["member"], signature=spec.get("signature", ""),
+                            body=spec.get("body", []), flags=flags)
+                    for _ in range(spec["count"])]
+        if spec.get("no_reply"):
+            await asyncio.gather(*(bus.send(msg) for msg in messages))  # written out
+            return {"sent": len(messages)}
+        calls = [call(bus, msg) for msg in messages]
         answers: dict[str, int] = {}
         for reply in await asyncio.gather(*calls):
             name = "none" if reply is None else (reply.error_name or "return")
@@ -486,7 +491,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1, help="run the whole fuzz N times")
     parser.add_argument("--flood", type=json.loads, metavar="JSON",
                         help='instead: {"path", "interface", "member", "signature", "body", '
-                             '"count"}: that many concurrent calls; prints the answers')
+                             '"count", "no_reply"}: that many concurrent calls; prints the '
+                             'answers')
     args = parser.parse_args()
     if args.user:
         drop_privileges(args.user)

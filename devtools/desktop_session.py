@@ -39,6 +39,20 @@ SESSION_BUS = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Confi
   </policy>
 </busconfig>
 """
+
+
+def bus_daemon(config: Path) -> tuple[str, subprocess.Popen[bytes]]:
+    """A dbus-daemon of ``config`` started here: its address, and the
+    process (the caller stops it: unit tests that stop it on purpose too)."""
+    read, write = os.pipe()
+    daemon = subprocess.Popen(["dbus-daemon", "--nofork", f"--config-file={config}",
+                               f"--print-address={write}"], pass_fds=(write,),
+                              stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write)
+    with os.fdopen(read) as printed:
+        return printed.readline().strip(), daemon
+
+
 WAYBAR_CONFIG = {"layer": "top", "position": "top", "height": BAR, "modules-right": ["tray"],
                  "tray": {"icon-size": 22, "spacing": 4}}
 # One flat colour behind the tray, so the icon's pixels are the only others there.

@@ -3,8 +3,9 @@
 Owns org.freedesktop.PolicyKit1 on a private bus and answers CheckAuthorization
 from a mode file the tests write: ``allow``, ``deny``, ``challenge`` (needs a
 password: authorized only when the caller allowed interaction, as if the person
-typed it) or ``absent`` (replies with ServiceUnknown-like errors). Every call is
-appended to a JSON-lines log so tests can see what was asked.
+typed it), ``absent`` (replies with ServiceUnknown-like errors) or ``hang``
+(never answers: a check still under way when something else happens). Every
+call is appended to a JSON-lines log so tests can see what was asked.
 """
 
 
@@ -29,7 +30,7 @@ class FakeAuthority(ServiceInterface):
         self.log_file = log_file
 
     @method()
-    def CheckAuthorization(
+    async def CheckAuthorization(
         self, subject: "(sa{sv})", action_id: "s", details: "a{ss}", flags: "u",
         cancellation_id: "s",
     ) -> "(bba{ss})":
@@ -39,6 +40,8 @@ class FakeAuthority(ServiceInterface):
         with self.log_file.open("a") as f:
             f.write(json.dumps({"subject": kind, "name": name, "action": action_id,
                                 "flags": flags}) + "\n")
+        if mode == "hang":
+            await asyncio.Event().wait()
         if mode == "absent":
             raise DBusError("org.freedesktop.DBus.Error.ServiceUnknown", "polkit is gone")
         if mode == "allow":

@@ -110,15 +110,23 @@ class Applet:
                 # Followed no more: a restarted anklumed numbers its jobs from
                 # 1 again, and its update under this path must be followed too.
                 self.progress, self.following = None, ""
-        self.spawn(follow())
+        self.spawn(follow(), f"following update {job}")
 
-    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, work: Coroutine[Any, Any, None], what: str) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(lambda done: self._done(done, what))
+
+    def _done(self, task: asyncio.Task[None], what: str) -> None:
+        """An error the work did not expect (the session bus gone as the
+        session ends) is one line, not an unread task's traceback."""
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            error = task.exception()
+            log.info("%s failed unexpectedly (%s: %s)", what, type(error).__name__, error)
 
     def act(self, action: Action) -> None:
-        self.spawn(self.run_action(action))
+        self.spawn(self.run_action(action), f"the {action.value}")
 
     def notice_action(self, action: str) -> None:
         if action == REBOOT:
@@ -131,7 +139,7 @@ class Applet:
                     await self.daemon.reboot()
             except DaemonError as e:
                 await self.refused("The reboot", e)
-        self.spawn(reboot())
+        self.spawn(reboot(), "the reboot")
 
     async def run_action(self, action: Action) -> None:
         if action in (Action.GUIDE, Action.UNLOCK):  # a passphrase needs the guide's screen

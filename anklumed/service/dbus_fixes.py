@@ -5,9 +5,11 @@
 connection: with many clients asking at once
 (tests/service/test_robustness.py::test_fifty_concurrent_clients) the daemon
 lost the bus. This copy of the method differs only in waiting for the
-socket to become writable again, and in marking the exception of a send
+socket to become writable again, in marking the exception of a send
 that failed as read (a signal's send is awaited by no one: asyncio would log
-its traceback when the bus goes away).
+its traceback when the bus goes away), and in dropping what is left to write
+once a send failed (else the send that found the bus gone, and every one
+after it, raised EBADF to its sender: tests/unit/test_dbus_fixes.py).
 
 2. Pending calls when the bus goes away. dbus-fast hands the connection's
 error to every call still waiting for its reply (``_reply_handler``); when
@@ -25,7 +27,14 @@ signature go through it. This ``_exit`` answers a short ``Error.Failed``
 instead and logs the bug, rate-limited; what gets logged of a refusal is
 decided at the boundary (boundary.to_dbus_error). dbus-next 0.2.3 also
 logged every error reply it had already sent (its ``__exit__`` did not
-return what ``_exit`` decided): dbus-fast returns it.
+return what ``_exit`` decided): dbus-fast returns it. A call whose task is
+cancelled (only when the daemon ends) is not answered, and nothing is logged.
+
+4. Calls that want no answer (NO_REPLY_EXPECTED). Upstream logs the error
+of each with its traceback ("unexpected exception in future"): any caller
+wrote one per refused call, past the boundary's rate limit
+(tests/service/test_bus_boundary.py, no-reply-flood). A refusal is not
+logged again; a bug is, rate-limited.
 
 pyproject.toml allows dbus-fast 2.44.1 (Debian 13's python3-dbus-fast) up to
 the next major; on a major upgrade, check whether these are still needed
@@ -34,6 +43,7 @@ and tests/unit/test_dbus_fixes.py).
 """
 
 import array
+import asyncio
 import logging
 import re
 import socket
@@ -83,16 +93,28 @@ def _write_callback(self: Any, remove_writer: bool = True) -> None:
             self.buf = None
             aio_bus._future_set_result(self.fut, None)
     except Exception as e:
-        if self.bus._user_disconnect:
-            aio_bus._future_set_result(self.fut, None)
-        else:
-            aio_bus._future_set_exception(self.fut, e)
-            # A signal's send future has no one awaiting it: unread, asyncio
-            # logs its exception as a traceback. The connection's loss is
-            # reported once, by the disconnect future (anklumed.main).
-            if self.fut is not None and not self.fut.cancelled():
-                self.fut.exception()
+        # Nothing more can be written on this connection: the rest fails with
+        # this send. Left pending, it made schedule_write (our caller when a
+        # send finds the loss) watch the socket _finalize closes: its EBADF
+        # was raised to whoever sent, the daemon publishing a change or
+        # answering a call.
+        for fut in (self.fut, *(queued for _buf, _fds, queued in self.messages)):
+            _send_failed(fut, e, self.bus._user_disconnect)
+        self.buf = None
+        self.messages.clear()
         self.bus._finalize(e)
+
+
+def _send_failed(fut: Any, e: Exception, user_disconnect: bool) -> None:
+    if user_disconnect:
+        aio_bus._future_set_result(fut, None)
+        return
+    aio_bus._future_set_exception(fut, e)
+    # A signal's send future has no one awaiting it: unread, asyncio logs its
+    # exception as a traceback. The connection's loss is reported once, by the
+    # disconnect future (anklumed.main).
+    if fut is not None and not fut.cancelled():
+        fut.exception()
 
 
 def _reply_handler(self: Any, future: Any, reply: Any, err: Exception | None) -> None:
@@ -119,13 +141,33 @@ def _exit(self: Any, exc_type: Any, exc_value: Any, tb: Any) -> bool:
         self(Message.new_error(self._msg, FAILED,
                                f"{self._msg.member} failed inside anklumed"))
         return True
-    return False  # KeyboardInterrupt, CancelledError: not an answer
+    # The call's task is cancelled only as anklumed ends (asyncio.run cancels
+    # what is left): no answer, the bus tells the caller that we went. Raised
+    # on, it left this reply callback, and asyncio logged it as "Exception in
+    # callback" with a traceback. KeyboardInterrupt is not an answer either.
+    return isinstance(exc_value, asyncio.CancelledError)
 
 
 def _log_bug(msg: Message, e: BaseException) -> None:
+    _log_unexpected(f"answering {msg.member}", e)
+
+
+def _log_unexpected(what: str, e: BaseException) -> None:
     from anklumed.service.boundary import UNEXPECTED  # not at import: it imports this module
-    UNEXPECTED.log("dbus-fast", logging.ERROR, "answering %s failed unexpectedly", msg.member,
-                   exc_info=e)
+    UNEXPECTED.log("dbus-fast", logging.ERROR, "%s failed unexpectedly", what, exc_info=e)
+
+
+def _future_exception_no_reply(self: Any, fut: Any) -> None:
+    """Upstream's end of a call whose caller asked for no answer, but a
+    refusal (a DBusError: the boundary logged it, rate-limited) is not logged
+    again with its traceback, and anything else is logged as a bug is,
+    rate-limited."""
+    self._pending_futures.discard(fut)
+    if fut.cancelled():
+        return
+    error = fut.exception()
+    if error is not None and not isinstance(error, DBusError):
+        _log_unexpected("a call without an answer", error)
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -152,6 +194,8 @@ def apply() -> None:
     aio_bus._MessageWriter.write_callback = _write_callback  # type: ignore[method-assign]
     aio_bus.MessageBus._reply_handler = _reply_handler  # type: ignore[method-assign]
     SendReply._exit = _exit  # type: ignore[method-assign]
+    aio_bus.MessageBus._future_exception_no_reply = (  # type: ignore[method-assign]
+        _future_exception_no_reply)
 
 
 apply()

@@ -38,8 +38,13 @@ ACTION_DATA_LOCK = "org.anklume.live1.data-lock"
 
 
 async def call(bus: MessageBus, msg: Message, limit: float = BUS_TIMEOUT) -> Message:
-    """``bus.call`` has no timeout of its own."""
-    reply = await asyncio.wait_for(bus.call(msg), limit)
+    """``bus.call`` has no timeout of its own. The bus lost during the call
+    is a ConnectionError, as an OSError for every caller: dbus-fast hands the
+    call its reader's EOFError, which is none."""
+    try:
+        reply = await asyncio.wait_for(bus.call(msg), limit)
+    except EOFError:
+        raise ConnectionError("the system bus connection was lost") from None
     assert reply is not None  # a method call without NO_REPLY_EXPECTED always has one
     return reply
 
@@ -63,6 +68,13 @@ class Authority:
 
     async def check(self, action: str, caller: Caller) -> None:
         """Return if ``caller`` may perform ``action``; raise NotAuthorized otherwise."""
+        try:
+            await self._check(action, caller)
+        except OSError as e:  # the bus lost: main() ends the daemon; one line, no traceback
+            raise NotAuthorized(f"the authorization could not be asked ({e}); "
+                                "nothing was changed") from None
+
+    async def _check(self, action: str, caller: Caller) -> None:
         uid = await self.caller_uid(caller.sender)
         if uid == 0:
             return

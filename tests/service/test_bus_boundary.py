@@ -23,6 +23,7 @@ CASES = {
     "persist-control-characters": "NUL, an escape sequence, invalid UTF-8 in PERSIST text "
                                   "that the daemon publishes",
     "refusal-flood": "1,000 refused calls from nobody in one burst",
+    "no-reply-flood": "the same, each asking for no answer (NO_REPLY_EXPECTED)",
     "problem-flood": "a 60 KB junk slot meta (30,000 problems)",
     "refresh-flood": "40 concurrent DataDisk.Refresh from nobody, twice",
 }
@@ -95,6 +96,27 @@ def test_refused_calls_are_one_short_line_each_and_rate_limited(sim: Sim) -> Non
         time.sleep(0.5)
     summary = [line for line in log_since(sim, before).splitlines() if "suppressed" in line]
     assert summary and "more refusals from :" in summary[0], summary
+    assert sim.status()["BootedSlot"] == "A"
+
+
+def test_refused_calls_that_want_no_answer_log_no_traceback(sim: Sim) -> None:
+    """A caller may ask for no answer (NO_REPLY_EXPECTED): dbus-fast then
+    logged each refusal again, with its traceback ("unexpected exception in
+    future"), past the rate limit: 1,000 calls, 1,000 tracebacks."""
+    sim.set_polkit("deny")
+    before = sim.daemon_log.stat().st_size
+    sent = flood(sim, {**MANAGER, "member": "MarkBad", "signature": "s", "body": ["B"],
+                       "count": 1000, "no_reply": True})
+    assert sent == {"sent": 1000}
+    # All refused once the count of the suppressed ones is written.
+    deadline = time.monotonic() + scaled(30)
+    while time.monotonic() < deadline and "suppressed" not in log_since(sim, before):
+        time.sleep(0.5)
+    lines = log_since(sim, before).splitlines()
+    assert any("more refusals from :" in line for line in lines), lines[-20:]
+    assert not [line for line in lines if "Traceback" in line or "unexpected" in line], \
+        "\n".join(lines[-30:])
+    assert 1 <= len([line for line in lines if "refused" in line]) <= 10
     assert sim.status()["BootedSlot"] == "A"
 
 

@@ -4,6 +4,7 @@ import asyncio
 import os
 import re
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -133,6 +134,41 @@ def test_anklumed_exits_cleanly_when_its_bus_goes_away_among_disk_events(sim: Si
     assert "uevent change" in log, log[-2000:]  # the storm did reach the daemon
     assert "lost the bus connection" in log, log[-2000:]
     assert "Traceback" not in log and "Task was destroyed" not in log, log[-3000:]
+
+
+@pytest.mark.parametrize("end", ["SIGTERM", "bus lost"])
+def test_anklumed_ended_during_a_call_logs_no_traceback(sim: Sim, end: str) -> None:
+    """anklumed ends while a call is under way (here its polkit check, which
+    gets no answer). SIGTERM: asyncio cancels the call's task as the daemon
+    ends, and dbus-fast's reply callback raised the CancelledError on, which
+    asyncio logged as "Exception in callback" with a traceback. The bus
+    lost: the check failed with dbus-fast's EOFError, logged as the call
+    failing unexpectedly, with a traceback. The caller hears in one
+    sentence that anklumed went away."""
+    sim.set_polkit("hang")
+    caller = subprocess.Popen([sys.executable, "-m", "devtools.as_user", "nobody",
+                               "mark-bad", "B"], cwd=REPO, env=sim.env, text=True,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + scaled(30)
+        while time.monotonic() < deadline and not (
+                sim.polkit_log.exists() and "switch-slot" in sim.polkit_log.read_text()):
+            time.sleep(0.05)
+        assert "switch-slot" in sim.polkit_log.read_text()  # the check is under way
+        if end == "SIGTERM":
+            assert sim.stop_daemon() and sim.daemon is not None and sim.daemon.returncode == 0
+        else:
+            sim.bus.stop()
+            assert sim.daemon is not None and sim.daemon.wait(scaled(15)) == 1
+        _out, err = caller.communicate(timeout=scaled(60))
+    finally:
+        if caller.poll() is None:
+            caller.kill()
+            caller.wait()
+    assert caller.returncode != 0 and err.count("\n") == 1 and "Traceback" not in err, err
+    log = sim.daemon_log.read_text()
+    assert "Traceback" not in log and "Exception in callback" not in log, log[-3000:]
 
 
 def test_two_sticks_without_a_hint_are_refused(sim: Sim, tmp_path: Path) -> None:

@@ -3,14 +3,23 @@ and the socket writer's handling of a bus that went away."""
 
 import asyncio
 import gc
+import os
+import pwd
+import shutil
 import socket
+import subprocess
 from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from dbus_fast import Message
+from dbus_fast.aio import MessageBus
 
 from anklumed.service import dbus_fixes
+from devtools.desktop_session import SESSION_BUS, bus_daemon
 
 
 @pytest.mark.parametrize(("text", "parsed"), [
@@ -38,7 +47,8 @@ def test_a_send_lost_with_the_bus_leaves_no_unread_exception() -> None:
     """The bus gone (the peer closed): the send's future holds the error,
     the bus is finalized with it, and the future counts as read, so asyncio
     logs no "exception was never retrieved" traceback when it is collected
-    (a signal's send is awaited by no one)."""
+    (a signal's send is awaited by no one). A message queued behind it fails
+    with it, rather than wait for ever on a connection that is gone."""
     loop = asyncio.new_event_loop()
     unread: list[dict[str, object]] = []
     loop.set_exception_handler(lambda _loop, context: unread.append(context))
@@ -46,15 +56,19 @@ def test_a_send_lost_with_the_bus_leaves_no_unread_exception() -> None:
     theirs.close()
     finalized: list[Exception | None] = []
     fut: asyncio.Future[None] | None = loop.create_future()
+    queued: asyncio.Future[None] | None = loop.create_future()
     writer = SimpleNamespace(
         sock=ours, fd=ours.fileno(), loop=loop, buf=None, offset=0, fut=None,
-        unix_fds=None, negotiate_unix_fd=False, messages=deque([(b"signal", None, fut)]),
+        unix_fds=None, negotiate_unix_fd=False,
+        messages=deque([(b"signal", None, fut), (b"queued", None, queued)]),
         bus=SimpleNamespace(_user_disconnect=False, _finalize=finalized.append))
     try:
         dbus_fixes._write_callback(writer)
-        assert fut is not None and fut.done()  # failed (not read here: reading would mark it read)
+        # failed (not read here: reading would mark it read)
+        assert fut is not None and fut.done() and queued is not None and queued.done()
         assert finalized and isinstance(finalized[0], BrokenPipeError)
-        fut = writer.fut = None
+        assert writer.buf is None and not writer.messages
+        fut = queued = writer.fut = None
         finalized.clear()  # the error's traceback holds the future too
         gc.collect()
         assert unread == []
@@ -89,3 +103,39 @@ def test_a_call_waiting_when_the_bus_goes_away_leaves_no_unread_exception() -> N
             loop.run_until_complete(awaited)
     finally:
         loop.close()
+
+
+@pytest.fixture
+def lone_bus(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A private dbus-daemon (its address, and the process: a test stops it)."""
+    if shutil.which("dbus-daemon") is None:
+        pytest.skip("no dbus-daemon on this machine")
+    config = tmp_path / "bus.conf"
+    config.write_text(SESSION_BUS.format(socket=tmp_path / "bus",
+                                         user=pwd.getpwuid(os.getuid()).pw_name))
+    address, daemon = bus_daemon(config)
+    try:
+        yield address, daemon
+    finally:
+        daemon.kill()
+        daemon.wait()
+
+
+async def test_sending_after_the_bus_daemon_went_raises_nothing(
+        lone_bus: tuple[str, subprocess.Popen[bytes]]) -> None:
+    """The bus daemon gone, and the reader has not seen it yet: the first
+    message sent finds it (EPIPE) and finalizes the bus. Upstream's
+    schedule_write then watched the closed socket for writability, and its
+    EBADF reached whoever sent: anklumed's observer publishing a change (seen
+    in the systemd guest: "a state listener failed", an EBADF traceback), or
+    a method's reply. Nothing is raised to a sender, then or later; the loss
+    is said once, by the disconnect future (anklumed.main)."""
+    address, daemon = lone_bus
+    bus = await MessageBus(bus_address=address).connect()
+    daemon.terminate()
+    daemon.wait()  # not a turn of the loop: the reader has not seen the end
+    for _ in range(2):  # the one that finds the loss, and one after it
+        bus.send(Message.new_signal("/org/anklume/Live1", "org.anklume.Live1.Test", "Changed"))
+    assert not bus.connected
+    with pytest.raises(BrokenPipeError):
+        await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]

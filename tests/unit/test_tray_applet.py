@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from anklume_desktop.daemon import (
 )
 from anklume_desktop.tray import applet
 from anklume_desktop.tray.notices import Memory, Notice
+from anklume_desktop.tray.view import Action
 from devtools.slowness import scaled
 
 RUNNING = dataclasses.replace(
@@ -211,3 +213,42 @@ def test_a_notice_sent_before_the_daemon_came_goes_out_when_it_comes(
     late, memory = asyncio.run(scenario())
     assert late.taken == ["rolled-back"]
     assert memory.keys == Memory(tmp_path, boot_id="b1").keys == {"rolled-back"}
+
+
+class Rolls:
+    """FAKE anklumed: the rollback is done."""
+
+    async def rollback(self) -> str:
+        return "B"
+
+
+class GoneSession:
+    """FAKE notifier on a session bus that went away (the session ending)."""
+
+    async def send(self, notice: Notice) -> bool:
+        raise ConnectionError("the session bus connection was lost")
+
+
+def test_a_menu_action_that_fails_unexpectedly_is_one_line_in_the_log(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A click's work runs as a task of its own: an error it does not expect
+    # (here its notice, the session bus gone) was left in the task, and
+    # asyncio logged it as "Task exception was never retrieved" with a
+    # traceback once the task was collected.
+    unread: list[dict[str, Any]] = []
+
+    async def scenario() -> None:
+        asyncio.get_running_loop().set_exception_handler(
+            lambda _loop, context: unread.append(context))
+        tray = applet.Applet(None, None, Memory(tmp_path, boot_id="b1"))  # type: ignore[arg-type]
+        tray.daemon = Rolls()  # type: ignore[assignment]
+        tray.notifier = GoneSession()  # type: ignore[assignment]
+        tray.act(Action.ROLLBACK)
+        while tray.tasks:  # noqa: ASYNC110 - the task's end is what is waited for
+            await asyncio.sleep(0.01)
+        gc.collect()
+
+    caplog.set_level("INFO")
+    asyncio.run(scenario())
+    assert unread == [], unread
+    assert "the rollback failed unexpectedly (ConnectionError" in caplog.text, caplog.text

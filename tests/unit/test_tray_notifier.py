@@ -11,7 +11,6 @@ import asyncio
 import os
 import pwd
 import shutil
-import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
 from anklume_desktop.tray.notices import NOTIFICATIONS, Notice, Notifier
-from devtools.desktop_session import SESSION_BUS
+from devtools.desktop_session import SESSION_BUS, bus_daemon
 from devtools.slowness import scaled
 
 NOTICE = Notice("rolled-back", "The previous system was restored", "")
@@ -42,13 +41,7 @@ def session_bus(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     me = pwd.getpwuid(os.getuid()).pw_name
     config.write_text(SESSION_BUS.format(socket=tmp_path / "bus", user=me).replace(
         "</busconfig>", f"<servicedir>{services}</servicedir>\n</busconfig>"))
-    read, write = os.pipe()
-    daemon = subprocess.Popen(["dbus-daemon", "--nofork", f"--config-file={config}",
-                               f"--print-address={write}"], pass_fds=(write,),
-                              stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.close(write)
-    with os.fdopen(read) as printed:
-        address = printed.readline().strip()
+    address, daemon = bus_daemon(config)
     try:
         yield address, activated
     finally:
