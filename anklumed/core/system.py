@@ -57,6 +57,7 @@ from anklumed.stick import BootStick, SlotName
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 BOOT_COMPLETE = "boot-complete.target"
+SYSTEMD_RETRY = 5.0  # seconds before asking again a PID 1 that did not answer in time
 # BootDeadline is a countdown read from memory: it is published again this
 # often while the deadline runs, so a reader is at most this far behind, and
 # listeners get a signal only this often.
@@ -525,7 +526,7 @@ class LiveSystem:
         if self.config.deadline_action is DeadlineAction.REBOOT:
             log.error("rebooting: this boot counts as a failed attempt of slot %s",
                       self.slots.assessment.booted or "?")
-            await init.reboot()
+            await self._reboot(init)
 
     @staticmethod
     async def _why_not_complete(init: InitSystem) -> str:
@@ -536,10 +537,42 @@ class LiveSystem:
         return "still waiting for " + ", ".join(jobs[:10]) if jobs else "no job pending"
 
     async def _follow_boot_complete(self, init: InitSystem) -> None:
-        if not await init.available():
-            log.info("systemd is not on this bus: the boot is marked good only by MarkGood")
-            return
-        await init.when_active(BOOT_COMPLETE, self._mark_good_automatically)
+        """Mark the boot good once boot-complete.target is reached. A PID 1
+        that does not answer in time is busy, not absent (starting many units
+        on a slow machine): it is asked again. Given up, the boot would never
+        be marked good, the deadline would reboot it as a failed attempt, and
+        three such boots would roll a good OS back."""
+        while not self.slots.assessment.marked_good:
+            try:
+                if not await init.available():
+                    log.info("systemd is not on this bus: the boot is marked good only by MarkGood")
+                    return
+                await init.when_active(BOOT_COMPLETE, self._mark_good_automatically)
+                return
+            except TimeoutError:  # before OSError: it is one
+                log.warning("systemd did not answer about %s in time; asking again",
+                            BOOT_COMPLETE)
+            except OSError as e:
+                log.error("cannot follow %s (%s): the boot is marked good only by MarkGood",
+                          BOOT_COMPLETE, e)
+                return
+            await asyncio.sleep(SYSTEMD_RETRY)
+
+    @staticmethod
+    async def _reboot(init: InitSystem) -> None:
+        """The deadline's reboot, asked again of a PID 1 too busy to answer
+        (asking twice is harmless: the same job replaces itself)."""
+        while True:
+            try:
+                await init.reboot()
+                return
+            except TimeoutError:
+                log.warning("systemd did not answer the reboot in time; asking again")
+            except OSError as e:
+                log.error("cannot reboot (%s): this boot counts as a failed attempt only "
+                          "when it ends", e)
+                return
+            await asyncio.sleep(SYSTEMD_RETRY)
 
     async def _mark_good_automatically(self) -> None:
         if self.slots.assessment.marked_good or self.handoff.slot is None:

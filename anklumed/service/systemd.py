@@ -33,9 +33,14 @@ class Systemd:
         return list(reply.body)
 
     async def available(self) -> bool:
+        """Whether systemd is on this bus. A call that was not answered in
+        time says nothing (PID 1 busy at boot): TimeoutError, for the caller
+        to ask again."""
         try:
             await self._call(SYSTEMD_PATH, PROPS, "Get", "ss", [MANAGER, "Version"])
-        except (OSError, TimeoutError):
+        except TimeoutError:  # before OSError: it is one
+            raise
+        except OSError:  # an error answer (no such name on the bus), or the bus lost
             return False
         return True
 

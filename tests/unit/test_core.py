@@ -256,6 +256,85 @@ def test_a_boot_marked_good_while_systemd_is_asked_why_is_not_rebooted(
     assert core.marked_good.is_set() and init.rebooted == 0
 
 
+class SlowInit(FakeInit):
+    """FAKE systemd that is busy at first: its first ``slow`` answers do not
+    come within the bus's timeout (PID 1 starting many units on a slow
+    machine, as under TCG)."""
+
+    def __init__(self, slow: int) -> None:
+        super().__init__()
+        self.slow = slow
+        self.asked = 0
+
+    def _busy(self) -> None:
+        self.asked += 1
+        if self.asked <= self.slow:
+            raise TimeoutError
+
+    async def available(self) -> bool:
+        self._busy()
+        return True
+
+    async def when_active(self, unit: str, action: Callable[[], Awaitable[None]]) -> None:
+        self._busy()
+        assert unit == system.BOOT_COMPLETE
+        await action()
+
+    async def reboot(self) -> None:
+        self._busy()
+        self.rebooted += 1
+
+
+def test_a_busy_systemd_is_asked_again_and_the_boot_is_marked_good(
+        core: LiveSystem, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given up after one timeout, the boot would never be marked good: the
+    # deadline would reboot it as a failed attempt, and three such boots
+    # would roll a good OS back.
+    monkeypatch.setattr(system, "SYSTEMD_RETRY", 0.01)
+    init = SlowInit(slow=3)  # available() once, when_active() twice
+
+    async def scenario() -> None:
+        await core.start()
+        await core._follow_boot_complete(init)
+
+    asyncio.run(scenario())
+    assert init.asked == 5 and core.manager().boot.marked_good
+
+
+def test_a_systemd_that_refuses_is_not_asked_for_ever(core: LiveSystem) -> None:
+    init = FakeInit()
+
+    async def refused(unit: str, action: Callable[[], Awaitable[None]]) -> None:
+        raise OSError("systemd LoadUnit: org.freedesktop.DBus.Error.AccessDenied")
+
+    async def present() -> bool:
+        return True
+
+    init.available = present  # type: ignore[method-assign]
+    init.when_active = refused  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        await core.start()
+        await asyncio.wait_for(core._follow_boot_complete(init), 5)
+
+    asyncio.run(scenario())
+    assert not core.manager().boot.marked_good  # MarkGood is left to do it
+
+
+def test_the_deadline_reboot_is_asked_again_of_a_busy_systemd(
+        core: LiveSystem, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(system, "uptime", lambda: 10_000.0)  # the deadline passed long ago
+    monkeypatch.setattr(system, "SYSTEMD_RETRY", 0.01)
+    init = SlowInit(slow=2)
+
+    async def scenario() -> None:
+        await core.start()
+        await core._boot_deadline(init)
+
+    asyncio.run(scenario())
+    assert init.rebooted == 1
+
+
 class Blocked(Exception):
     """Raised by anything that would run a program or touch a file."""
 

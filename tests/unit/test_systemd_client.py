@@ -62,3 +62,26 @@ def test_a_change_signalled_during_the_state_read_is_not_lost(
                                scaled(10))
     asyncio.run(wait())
     assert ran == ["action"] and bus.reads == 2
+
+
+@pytest.mark.parametrize(("answer", "expected"), [
+    ("error", False),  # no systemd on this bus: an error answer
+    ("lost", False),  # the bus lost (polkit.call makes that a ConnectionError)
+    ("late", TimeoutError),  # PID 1 busy: the caller asks again
+])
+def test_available_tells_absent_from_busy(monkeypatch: pytest.MonkeyPatch, answer: str,
+                                          expected: bool | type[Exception]) -> None:
+    async def call(_: object, msg: Message) -> Message:
+        if answer == "late":
+            raise TimeoutError
+        if answer == "lost":
+            raise ConnectionError("the system bus connection was lost")
+        return Message(message_type=MessageType.ERROR, reply_serial=1, signature="s",
+                       error_name="org.freedesktop.DBus.Error.ServiceUnknown", body=["none"])
+    monkeypatch.setattr(systemd, "call", call)
+    client = systemd.Systemd(None)  # type: ignore[arg-type]
+    if expected is TimeoutError:
+        with pytest.raises(TimeoutError):
+            asyncio.run(client.available())
+    else:
+        assert asyncio.run(client.available()) is expected
