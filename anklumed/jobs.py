@@ -180,6 +180,10 @@ class JobManager:
         except Cancelled as e:
             job.state, job.error_name, job.message = JobState.CANCELLED, "Cancelled", str(e)
             job.error_code = e.code
+        except asyncio.CancelledError:  # stop(): the daemon ends; its last word is not "running"
+            job.state, job.error_name = JobState.CANCELLED, "Cancelled"
+            job.message, job.error_code = "anklumed stopped while it ran", ErrorCode.CANCELLED
+            raise
         except AnklumeError as e:
             job.state, job.error_name, job.message = JobState.FAILED, e.dbus_suffix, str(e)
             job.error_code = e.code

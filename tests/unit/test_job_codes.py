@@ -38,3 +38,27 @@ def test_a_job_reports_its_error_code(error: BaseException | None, state: JobSta
                                       code: str) -> None:
     job = asyncio.run(finished_job(error))
     assert (job.state, job.error_code) == (state, code)
+
+
+def test_a_job_ended_by_the_daemons_stop_says_cancelled_not_running() -> None:
+    # A data job whose work does not watch job.cancel (a thread that will not
+    # be interrupted): the daemon's stop cancels its task. Its last word, in
+    # the log and the journal, must not be "running".
+    async def scenario() -> Job:
+        finished: list[Job] = []
+        jobs = JobManager(lambda job: None, finished.append)
+        started = asyncio.Event()
+
+        async def work(job: Job) -> str:
+            started.set()
+            await asyncio.sleep(3600)
+            return "done"
+
+        jobs.start(JobKind.DATA_SETUP, "data", work)
+        await started.wait()
+        await jobs.stop()
+        return finished[0]
+
+    job = asyncio.run(scenario())
+    assert (job.state, job.error_code) == (JobState.CANCELLED, ErrorCode.CANCELLED)
+    assert "anklumed stopped" in job.message
