@@ -60,11 +60,11 @@ class Systemd:
 
         self.bus.add_message_handler(on_signal)
         rule = f"type='signal',sender='{SYSTEMD}',path='{path}',interface='{PROPS}'"
-        await call(self.bus, Message(destination="org.freedesktop.DBus",
-                                     path="/org/freedesktop/DBus",
-                                     interface="org.freedesktop.DBus", member="AddMatch",
-                                     signature="s", body=[rule]))
-        try:
+        try:  # from here: a timeout (the caller asks again) leaves no handler behind
+            await call(self.bus, Message(destination="org.freedesktop.DBus",
+                                         path="/org/freedesktop/DBus",
+                                         interface="org.freedesktop.DBus", member="AddMatch",
+                                         signature="s", body=[rule]))
             while True:
                 changed.clear()  # before the read: a change during it wakes the wait
                 if await self._active_state(path) == "active":

@@ -85,3 +85,24 @@ def test_available_tells_absent_from_busy(monkeypatch: pytest.MonkeyPatch, answe
             asyncio.run(client.available())
     else:
         assert asyncio.run(client.available()) is expected
+
+
+def test_a_follow_that_timed_out_leaves_no_handler_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The core asks again after a timeout: each try must not leave its
+    # signal handler on the bus.
+    bus = FakeBus()
+
+    async def call(_: object, msg: Message) -> Message:
+        if msg.member == "AddMatch":
+            raise TimeoutError
+        return Message(message_type=MessageType.METHOD_RETURN, reply_serial=1, signature="s",
+                       body=bus.answer(msg))
+    monkeypatch.setattr(systemd, "call", call)
+
+    async def action() -> None:
+        raise AssertionError("not reached")
+
+    with pytest.raises(TimeoutError):
+        asyncio.run(systemd.Systemd(bus).when_active(  # type: ignore[arg-type]
+            "boot-complete.target", action))
+    assert bus.handlers == []
