@@ -11,7 +11,8 @@ images (and their bundles) are left in DIR to be looked into, not deleted.
 With --secure-boot, every build is given the same Secure Boot key and
 certificate (made for the run): a --zfs build signs its modules with it.
 With --no-fresh, only the two builds on the shared package cache whose
-squashfs are compared.
+squashfs are compared; when they differ, both are unpacked and what differs
+is listed file by file (kept in DIR as DESKTOP-1/-2.squashfs with --keep).
 Each --once build is also given to its compositors (sway, labwc), run in its
 unpacked root: whether each accepts the image's configuration
 (devtools/compositor_check.py; the image tier checks sway's in its sway image).
@@ -32,10 +33,13 @@ and the squashfs sha256 of the two cached builds.
 from __future__ import annotations
 
 import argparse
+import filecmp
 import hashlib
 import logging
+import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -71,6 +75,7 @@ class Result:
     squashfs_sha256: str
     squashfs_bytes: int
     stick_bytes: int  # allocated: the image is sparse, as written to a stick
+    squashfs: Path | None = None  # kept (hard-linked) when the builds are compared
     verdicts: dict[str, str] = field(default_factory=dict)  # compositor -> its verdict
 
 
@@ -91,7 +96,72 @@ def build_once(config: BuildConfig) -> Result:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return Result(total, dict(stages.seconds), digest.hexdigest(), squashfs.stat().st_size,
-                  image.stat().st_blocks * 512)
+                  image.stat().st_blocks * 512, squashfs)
+
+
+def build_kept(config: BuildConfig, n: int) -> Result:
+    """One of the compared builds, its squashfs hard-linked aside: the next
+    build writes the same out path (as a rerun would), and a pair that
+    differs is looked into file by file."""
+    result = build_once(config)
+    kept = config.out.with_name(f"{config.out.stem}-{n}.squashfs")
+    kept.unlink(missing_ok=True)
+    kept.hardlink_to(result.squashfs)
+    return replace(result, squashfs=kept)
+
+
+def unpack(squashfs: Path, root: Path) -> dict[str, tuple]:
+    """Each path of the squashfs, unpacked under root, by what makes it differ:
+    type and mode, owner, size, mtime, xattrs and a symlink's target."""
+    subprocess.run(["unsquashfs", "-q", "-n", "-d", str(root), str(squashfs)],
+                   check=True, capture_output=True)
+    found = {}
+    for path in [root, *root.rglob("*")]:
+        st = path.lstat()
+        xattrs = {name: os.getxattr(path, name, follow_symlinks=False)
+                  for name in sorted(os.listxattr(path, follow_symlinks=False))}
+        target = os.readlink(path) if path.is_symlink() else None
+        found[str(path.relative_to(root))] = (
+            st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, xattrs, target)
+    return found
+
+
+def squashfs_differences(a: Path, b: Path, limit: int = 20) -> list[str]:
+    """Why two squashfs differ, file by file: the paths whose metadata or
+    content differ (at most limit), or, when every file is the same, the two
+    superblocks (the difference is then in the packing, not the tree)."""
+    with tempfile.TemporaryDirectory(prefix="anklume-squashfs-diff-", dir="/var/tmp") as tmp:
+        root_a, root_b = Path(tmp, "a"), Path(tmp, "b")
+        tree_a, tree_b = unpack(a, root_a), unpack(b, root_b)
+        found = [f"{p}: only in {'the first' if p in tree_a else 'the second'}"
+                 for p in sorted(tree_a.keys() ^ tree_b.keys())]
+        for path in sorted(tree_a.keys() & tree_b.keys()):
+            found += [f"{path}: {what}" for what in differs(
+                tree_a[path], tree_b[path], root_a / path, root_b / path)]
+            if len(found) > limit:
+                return [*found[:limit], "..."]
+    if found:
+        return found
+    return [f"every file is the same; superblocks: {superblock(a)} / {superblock(b)}"]
+
+
+FIELDS = ("mode", "uid", "gid", "size", "mtime", "xattrs", "symlink target")
+
+
+def differs(meta_a: tuple, meta_b: tuple, path_a: Path, path_b: Path) -> list[str]:
+    found = [f"{name} {x!r} / {y!r}"
+             for name, x, y in zip(FIELDS, meta_a, meta_b, strict=True) if x != y]
+    if (not found and stat.S_ISREG(meta_a[0])
+            and not filecmp.cmp(path_a, path_b, shallow=False)):
+        found.append("content")
+    return found
+
+
+def superblock(squashfs: Path) -> str:
+    """unsquashfs's account of the superblock, minus the file name."""
+    shown = subprocess.run(["unsquashfs", "-s", str(squashfs)], check=True,
+                           capture_output=True, text=True).stdout
+    return "; ".join(line.strip() for line in shown.splitlines()[1:] if line.strip())
 
 
 CHECKS = {Desktop.SWAY: compositor_check.sway_errors,
@@ -143,7 +213,7 @@ def bench_desktop(work: Path, desktop: str, zfs: bool, once: bool,
         result = build_once(config)
         return [replace(result, verdicts=verdicts(config))]
     if not fresh:  # the shared package cache: the two builds compared, not the download
-        return [build_once(BuildConfig.model_validate(options)) for _ in range(2)]
+        return [build_kept(BuildConfig.model_validate(options), n) for n in (1, 2)]
     # an empty cache of its own: the first build downloads every package
     options["cache_dir"] = work / f"cache-{desktop}"
     return [build_once(BuildConfig.model_validate(options)) for _ in range(3)]
@@ -190,6 +260,10 @@ def report_pair(desktop: str, cached: Result, again: Result) -> None:
     print(f"  reproducible: {'yes' if same else 'NO'} -- squashfs sha256 "
           f"{cached.squashfs_sha256[:16]} / {again.squashfs_sha256[:16]}, "
           f"{cached.squashfs_bytes} / {again.squashfs_bytes} bytes")
+    if not same:
+        print("  what differs:")
+        for line in squashfs_differences(cached.squashfs, again.squashfs):
+            print(f"    {line}")
 
 
 def main() -> None:
@@ -216,14 +290,14 @@ def main() -> None:
         results = {desktop: bench_desktop(work, desktop, args.zfs, args.once, secure_boot,
                                           fresh=not args.no_fresh)
                    for desktop in args.desktop}
+        print(f"{before} -> {load()}; zfs {'on' if args.zfs else 'off'}; "
+              f"secure boot key {'given' if args.secure_boot else 'none'}; "
+              f"SOURCE_DATE_EPOCH={SOURCE_DATE_EPOCH}")
+        for desktop, desktop_results in results.items():  # before the images go
+            report(desktop, desktop_results)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"{before} -> {load()}; zfs {'on' if args.zfs else 'off'}; "
-          f"secure boot key {'given' if args.secure_boot else 'none'}; "
-          f"SOURCE_DATE_EPOCH={SOURCE_DATE_EPOCH}")
-    for desktop, desktop_results in results.items():
-        report(desktop, desktop_results)
 
 
 if __name__ == "__main__":
