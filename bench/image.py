@@ -75,7 +75,7 @@ class Result:
     squashfs_sha256: str
     squashfs_bytes: int
     stick_bytes: int  # allocated: the image is sparse, as written to a stick
-    squashfs: Path | None = None  # kept (hard-linked) when the builds are compared
+    squashfs: Path  # hard-linked aside when two builds are compared (build_kept)
     verdicts: dict[str, str] = field(default_factory=dict)  # compositor -> its verdict
 
 
@@ -110,12 +110,17 @@ def build_kept(config: BuildConfig, n: int) -> Result:
     return replace(result, squashfs=kept)
 
 
-def unpack(squashfs: Path, root: Path) -> dict[str, tuple]:
+# What makes a path differ (FIELDS names them): mode, uid, gid, size, mtime,
+# xattrs, a symlink's target.
+Meta = tuple[int, int, int, int, int, dict[str, bytes], str | None]
+
+
+def unpack(squashfs: Path, root: Path) -> dict[str, Meta]:
     """Each path of the squashfs, unpacked under root, by what makes it differ:
     type and mode, owner, size, mtime, xattrs and a symlink's target."""
     subprocess.run(["unsquashfs", "-q", "-n", "-d", str(root), str(squashfs)],
                    check=True, capture_output=True)
-    found = {}
+    found: dict[str, Meta] = {}
     for path in [root, *root.rglob("*")]:
         st = path.lstat()
         xattrs = {name: os.getxattr(path, name, follow_symlinks=False)
@@ -148,7 +153,7 @@ def squashfs_differences(a: Path, b: Path, limit: int = 20) -> list[str]:
 FIELDS = ("mode", "uid", "gid", "size", "mtime", "xattrs", "symlink target")
 
 
-def differs(meta_a: tuple, meta_b: tuple, path_a: Path, path_b: Path) -> list[str]:
+def differs(meta_a: Meta, meta_b: Meta, path_a: Path, path_b: Path) -> list[str]:
     found = [f"{name} {x!r} / {y!r}"
              for name, x, y in zip(FIELDS, meta_a, meta_b, strict=True) if x != y]
     if (not found and stat.S_ISREG(meta_a[0])

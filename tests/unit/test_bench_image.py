@@ -25,7 +25,7 @@ def tree(tmp_path: Path, name: str) -> Path:
     return root
 
 
-def test_a_changed_module_and_a_directory_mtime_are_named(tmp_path):
+def test_a_changed_module_and_a_directory_mtime_are_named(tmp_path: Path) -> None:
     a, b = tree(tmp_path, "a"), tree(tmp_path, "b")
     (b / "lib/modules/zfs.ko").write_bytes(b"signed" * 100)
     os.utime(b / "lib/modules/zfs.ko", (1_767_225_600, 1_767_225_600))
@@ -36,7 +36,7 @@ def test_a_changed_module_and_a_directory_mtime_are_named(tmp_path):
                      "lib/modules/zfs.ko: content"]
 
 
-def test_a_file_only_in_one_is_named(tmp_path):
+def test_a_file_only_in_one_is_named(tmp_path: Path) -> None:
     a, b = tree(tmp_path, "a"), tree(tmp_path, "b")
     (b / "etc/leftover").write_text("x")
     os.utime(b / "etc/leftover", (1_767_225_600, 1_767_225_600))
@@ -46,7 +46,7 @@ def test_a_file_only_in_one_is_named(tmp_path):
     assert found == ["etc/leftover: only in the second"]
 
 
-def test_the_same_tree_packed_differently_shows_the_superblocks(tmp_path):
+def test_the_same_tree_packed_differently_shows_the_superblocks(tmp_path: Path) -> None:
     a = tree(tmp_path, "a")
     one = squashfs(a, tmp_path / "one.sqfs", "-comp", "gzip")
     two = squashfs(a, tmp_path / "two.sqfs", "-comp", "xz")
