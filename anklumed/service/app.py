@@ -21,6 +21,7 @@ from anklumed.service.boundary import (
     ROOT_PATH,
     Caller,
     GetAllFromSnapshot,
+    RefuseWhileStopping,
     StateInterface,
     capture_caller,
 )
@@ -62,6 +63,7 @@ class Daemon:
         self.interfaces: list[StateInterface] = []
         self.job_interfaces: dict[str, JobInterface] = {}
         self._watchdog: asyncio.Task[None] | None = None
+        self.stopping = False  # from the first line of stop(): methods are refused
 
     async def authorize(self, action: str, caller: Caller) -> None:
         assert self.authority is not None
@@ -73,6 +75,7 @@ class Daemon:
         self.bus = bus
         self.authority = Authority(bus)
         bus.add_message_handler(PassedFds(FILE_METHODS))  # first: it sees every message
+        bus.add_message_handler(RefuseWhileStopping(lambda: self.stopping))
         bus.add_message_handler(capture_caller)
         bus.add_message_handler(GetAllFromSnapshot(bus))
         await self.core.start()
@@ -108,6 +111,7 @@ class Daemon:
         self.interfaces.append(data)
 
     async def stop(self) -> None:
+        self.stopping = True
         notify("STOPPING=1")
         if self._watchdog is not None:
             self._watchdog.cancel()

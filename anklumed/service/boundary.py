@@ -29,7 +29,9 @@ tests/service/test_robustness.py unless named):
   Everything published (properties, signals, method returns, error messages)
   goes through ``published`` first;
 - its socket writer drops the connection on a full socket: dbus_fixes.py;
-- descriptors passed with a message are never closed: passed_files.py.
+- descriptors passed with a message are never closed: passed_files.py;
+- it keeps reading and dispatching calls while the daemon stops, even after
+  disconnect() (buffered ones, during asyncio's shutdown): ``RefuseWhileStopping``.
 dbus-next 0.2.3, used before, also logged every error reply with a traceback
 (its SendReply.__exit__ did not return True): dbus-fast does not, and
 ``to_dbus_error`` writes one short line per refusal through a
@@ -59,6 +61,7 @@ from dbus_fast.signature import SignatureTree, SignatureType
 from dbus_fast.validators import is_object_path_valid
 
 from anklumed.errors import (
+    ERROR_PREFIX,
     AnklumeError,
     Busy,
     Cancelled,
@@ -70,6 +73,7 @@ from anklumed.errors import (
     RefusedBootDevice,
     VerificationFailed,
 )
+from anklumed.service.passed_files import close_all, take_passed
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +100,26 @@ def capture_caller(msg: Message) -> None:
         BUS_NAME
     ):
         CALLER.set(Caller(sender=msg.sender or "", flags=MessageFlag(msg.flags)))
+
+
+class RefuseWhileStopping:
+    """Message handler: once anklumed is stopping, its methods are refused
+    with one clear sentence instead of being run. A call that arrives (or was
+    already buffered) while the core ends its jobs, or during asyncio's own
+    shutdown after the bus is closed, would otherwise reach a core whose
+    thread pool and disk watch are gone. Properties are still answered: they
+    are read from the last snapshot."""
+
+    def __init__(self, stopping: Callable[[], bool]) -> None:
+        self.stopping = stopping
+
+    def __call__(self, msg: Message) -> bool:
+        if (msg.message_type != MessageType.METHOD_CALL or not self.stopping()
+                or not (msg.interface or "").startswith(BUS_NAME)):
+            return False
+        close_all(take_passed())  # the method that would own them never runs
+        raise DBusError(ERROR_PREFIX + Failed.dbus_suffix,
+                        "anklumed is stopping: try again once it has started again")
 
 
 def current_caller() -> Caller:

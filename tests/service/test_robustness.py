@@ -19,6 +19,7 @@ from anklumectl.client import Client
 from anklumed.service.boundary import (
     GetAllFromSnapshot,
     PremarshalledReply,
+    RefuseWhileStopping,
     StateInterface,
     dbus_method,
     ro_property,
@@ -251,6 +252,56 @@ async def test_quirk_no_traceback_reaches_the_caller(tmp_path: Path) -> None:
         assert error.error_name == "org.anklume.Live1.Error.Failed"
         assert "Traceback" not in error.body[0] and "shadow" not in error.body[0]
         assert prop.message_type == MessageType.METHOD_RETURN and prop.body[0].value == ""
+    finally:
+        await disconnect(connections)
+        bus.stop()
+
+
+class Counting(StateInterface):
+    def __init__(self) -> None:
+        super().__init__("org.anklume.Live1.Test")
+        self.ran = 0
+
+    def snapshot(self) -> dict[str, object]:
+        return {"Version": "1.0"}
+
+    Version = ro_property("Version", "s")
+
+    @dbus_method(returns="s")
+    async def Refresh(self) -> str:
+        self.ran += 1
+        return "refreshed"
+
+
+async def test_a_stopping_daemon_refuses_its_methods_and_still_answers_properties(
+        tmp_path: Path) -> None:
+    """Once stop() has begun, a call (one already buffered too) must not reach
+    a core whose jobs, disk watch and thread pool are ending."""
+    bus = PrivateBus(tmp_path / "bus").start()
+    connections: list[MessageBus] = []
+    stopping = False
+    try:
+        server, client = await connect(bus, connections)
+        server.add_message_handler(RefuseWhileStopping(lambda: stopping))
+        iface = Counting()
+        server.export("/t", iface)
+        await server.request_name("org.anklume.Live1")
+
+        def call(iface_name: str, member: str, sig: str = "", body: Any = ()) -> Any:
+            return client.call(Message(destination="org.anklume.Live1", path="/t",
+                                       interface=iface_name, member=member,
+                                       signature=sig, body=list(body)))
+
+        assert (await call("org.anklume.Live1.Test", "Refresh")).body == ["refreshed"]
+        stopping = True
+        refused = await call("org.anklume.Live1.Test", "Refresh")
+        assert refused.message_type == MessageType.ERROR
+        assert refused.error_name == "org.anklume.Live1.Error.Failed"
+        assert refused.body == ["anklumed is stopping: try again once it has started again"]
+        assert iface.ran == 1
+        prop = await call("org.freedesktop.DBus.Properties", "Get", "ss",
+                          ["org.anklume.Live1.Test", "Version"])
+        assert prop.message_type == MessageType.METHOD_RETURN and prop.body[0].value == "1.0"
     finally:
         await disconnect(connections)
         bus.stop()
