@@ -114,6 +114,7 @@ def _secure_boot_pair(config: BuildConfig) -> secure_boot.SigningPair | None:
         # hash: the firmware's check would end at the initramfs.
         raise BuildError("--secure-boot-key needs --signing-key: the signed UKI carries the "
                          "key that verifies the slot, and without it nothing does")
+    secure_boot.check_signing_time(config.source_date_epoch)
     return secure_boot.check_pair(key, cert)
 
 
@@ -123,11 +124,11 @@ def _sign_boot_chain(config: BuildConfig, pair: secure_boot.SigningPair, boot: P
     systemd_boot = boot / "efi" / f"systemd-boot{config.arch_efi}.efi"
     if not systemd_boot.exists():
         raise BuildError(f"the image has no {systemd_boot.name} (systemd-boot-efi)")
-    secure_boot.sign(pair, systemd_boot)
+    secure_boot.sign(pair, systemd_boot, config.source_date_epoch)
     uki = boot / "uki" / "uki.efi"
     if not uki.is_file():
         raise BuildError(f"the image has no /{UKI_IN_IMAGE} (ukify did not run?)")
-    secure_boot.sign(pair, uki)
+    secure_boot.sign(pair, uki, config.source_date_epoch)
     replace_member(tarball, UKI_IN_IMAGE, uki)
 
 

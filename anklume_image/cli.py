@@ -4,12 +4,17 @@
       [--arch amd64] [--desktop minimal|sway|labwc|kde|all] [--no-zfs]
       [--signing-key KEY.pem] [--secure-boot-key DB.key --secure-boot-cert DB.crt]
       [--version V]
+
+SOURCE_DATE_EPOCH, when set (reproducible-builds.org), dates everything the
+build writes: files' times in the slot, PERSIST's first state, and the
+Secure Boot signatures; the same inputs then give the same image.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -66,7 +71,18 @@ def config_from(args: argparse.Namespace) -> BuildConfig:
         "efi_mib": args.efi_size, "slot_mib": args.slot_size,
         "persist_mib": args.persist_size, "compression_level": args.compression_level,
     }
+    options["source_date_epoch"] = source_date_epoch(os.environ.get("SOURCE_DATE_EPOCH"))
     return BuildConfig(**{k: v for k, v in options.items() if v is not None})
+
+
+def source_date_epoch(value: str | None) -> int | None:
+    """The environment's SOURCE_DATE_EPOCH: seconds since 1970, or unset."""
+    if value is None or value == "":
+        return None
+    if not value.isascii() or not value.isdigit():
+        raise BuildError(f"SOURCE_DATE_EPOCH={value!r} is not a number of seconds since "
+                         "1970-01-01 UTC (reproducible-builds.org/specs/source-date-epoch)")
+    return int(value)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,14 @@ stick signs or re-makes one.
 The key and the certificate are checked before any build work: a key that
 does not parse, a certificate that does not, or one that belongs to another
 key stops the build with a sentence, and nothing is made.
+
+A signature carries the time it was made (PKCS#9 signingTime, an attribute
+the signature covers): two builds of the same inputs gave UKIs, and so
+squashfs, that differed only there. With SOURCE_DATE_EPOCH set, sbsign runs
+under libfaketime at that second, as systemd-sbsign does by itself (its
+``asn1_timestamp``): the same inputs and key give the same bytes. The time
+is a claim of the signer, never checked by the firmware (UEFI has no trusted
+clock), so nothing trusts it less.
 """
 
 from __future__ import annotations
@@ -77,12 +85,27 @@ def check_pair(key: Path, cert: Path) -> SigningPair:
     return SigningPair(key, cert)
 
 
-def sign(pair: SigningPair, efi: Path) -> None:
+def check_signing_time(source_date_epoch: int | None) -> None:
+    """A build given SOURCE_DATE_EPOCH signs at that second: faketime is needed."""
+    if source_date_epoch is not None and shutil.which("faketime") is None:
+        raise BuildError("faketime is not installed: apt-get install faketime (with "
+                         "SOURCE_DATE_EPOCH, signatures are dated with it, so that a "
+                         "rebuild gives the same bytes)")
+
+
+def sign(pair: SigningPair, efi: Path, signing_time: int | None = None) -> None:
     """Sign ``efi`` in place (a new file renamed over it), then check the
     signature with the certificate, so a build never ships a file the
-    firmware would refuse for a reason found only at boot."""
+    firmware would refuse for a reason found only at boot. ``signing_time``
+    (SOURCE_DATE_EPOCH): the signature's date, else now."""
     signed = efi.with_name(efi.name + ".signed")
-    run(["sbsign", "--key", pair.key, "--cert", pair.cert, "--output", signed, efi],
-        timeout=SIGN_TIMEOUT)
+    at: list[str | Path] = []
+    env = None
+    if signing_time is not None:
+        # faketime's absolute form stops the clock at that second; UTC so
+        # that the host's time zone cannot move it.
+        at, env = ["faketime", f"@{signing_time}"], {"TZ": "UTC"}
+    run([*at, "sbsign", "--key", pair.key, "--cert", pair.cert, "--output", signed, efi],
+        timeout=SIGN_TIMEOUT, env=env)
     run(["sbverify", "--cert", pair.cert, signed], timeout=SIGN_TIMEOUT)
     signed.replace(efi)

@@ -78,6 +78,7 @@ from tests.image.test_secure_boot import efi_variable, enrolled_vars, value_of
 
 pytestmark = pytest.mark.zfs_image
 WORK = Path(os.environ.get("ANKLUME_ZFS_IMAGE_TEST_DIR", "/var/tmp/anklume-image-zfs"))
+SOURCE_DATE_EPOCH = 1_767_225_600  # 2026-01-01, before the test certificate's start
 MACHINES = Path("/var/tmp/anklume-image-zfs-boots")
 POOL = "anklume"
 MAPPER = f"/dev/mapper/anklume-data-{POOL}"  # anklumed's name for the opened disk
@@ -100,7 +101,10 @@ def image() -> Iterator[Path]:
         return build(small_config(WORK / "anklume-live.img", zfs=True,
                                   signing_key=WORK / "signing.pem",
                                   secure_boot_key=WORK / "db.key",
-                                  secure_boot_cert=WORK / "db.crt"))
+                                  secure_boot_cert=WORK / "db.crt",
+                                  # its signatures dated with it (faketime): the
+                                  # firmware must boot them as it boots others
+                                  source_date_epoch=SOURCE_DATE_EPOCH))
 
     yield from built_in(WORK, make)
 

@@ -98,3 +98,22 @@ def test_every_boot_entry_names_this_sticks_persist() -> None:
         assert " boot=anklume anklume.persist=PARTUUID=1234-abcd anklume.kernel=A" in text
         assert "\noptions @" in text
         assert "linux /EFI/anklume/slot-a.efi" in text
+
+
+def test_the_cli_takes_source_date_epoch_from_the_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    args = cli.parser().parse_args(["build", "--out", str(tmp_path / "x.img")])
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1767225600")
+    assert cli.config_from(args).source_date_epoch == 1_767_225_600
+    monkeypatch.delenv("SOURCE_DATE_EPOCH")
+    assert cli.config_from(args).source_date_epoch is None
+
+
+def test_a_source_date_epoch_that_is_not_seconds_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "2026-01-01")
+    assert cli.main(["build", "--out", str(tmp_path / "x.img")]) == 1
+    err = capsys.readouterr().err
+    assert "SOURCE_DATE_EPOCH='2026-01-01' is not a number of seconds" in err
+    assert not (tmp_path / "x.img").exists()

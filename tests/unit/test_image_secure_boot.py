@@ -4,6 +4,9 @@ signed UKI put in the rootfs tarball in place of the unsigned one."""
 from __future__ import annotations
 
 import datetime
+import re
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from anklume_image.build import build
 from anklume_image.config import BuildConfig
 from anklume_image.errors import BuildError
 from anklumed.slots import bundle
+from devtools.tiny_pe import tiny_pe
 
 PEM = serialization.Encoding.PEM
 
@@ -116,3 +120,51 @@ def test_the_cli_says_what_is_wrong_with_the_key(tmp_path: Path,
     err = capsys.readouterr().err
     assert "db.key is not an unencrypted PEM private key" in err
     assert "Traceback" not in err
+
+
+def signing_time(efi: Path, tmp_path: Path) -> str:
+    """The signingTime the signature of ``efi`` carries, as openssl prints it."""
+    der = tmp_path / "signature.der"
+    subprocess.run(["sbattach", "--detach", der, efi], check=True, capture_output=True)
+    shown = subprocess.run(["openssl", "pkcs7", "-inform", "der", "-in", der, "-print"],
+                           check=True, capture_output=True, text=True).stdout
+    found = re.search(r"signingTime.*?UTCTIME:([^\n]+)", shown, re.DOTALL)
+    assert found is not None, shown
+    return found[1].strip()
+
+
+def signed_twice(tmp_path: Path, rsa_key: rsa.RSAPrivateKey,
+                 when: int | None) -> tuple[bytes, bytes, Path]:
+    pair = secure_boot.SigningPair(write_key(tmp_path / "db.key", rsa_key),
+                                   write_cert(tmp_path / "db.crt", rsa_key))
+    signed = []
+    for n in (1, 2):
+        efi = tmp_path / f"uki{n}.efi"
+        efi.write_bytes(tiny_pe())
+        if n == 2:
+            time.sleep(1.1)  # signingTime counts seconds
+        secure_boot.sign(pair, efi, when)
+        signed.append(efi.read_bytes())
+    return signed[0], signed[1], efi
+
+
+def test_with_source_date_epoch_a_signature_is_dated_with_it_and_made_again_the_same(
+        tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> None:
+    first, again, efi = signed_twice(tmp_path, rsa_key, 1_767_225_600)  # 2026-01-01
+    assert signing_time(efi, tmp_path) == "Jan  1 00:00:00 2026 GMT"
+    assert first == again
+
+
+def test_without_it_a_signature_is_dated_now(tmp_path: Path,
+                                             rsa_key: rsa.RSAPrivateKey) -> None:
+    first, again, efi = signed_twice(tmp_path, rsa_key, None)
+    assert signing_time(efi, tmp_path).endswith(f"{datetime.datetime.now(datetime.UTC).year} GMT")
+    assert first != again
+
+
+def test_a_build_with_source_date_epoch_needs_faketime(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shutil.which", lambda name: None if name == "faketime" else name)
+    with pytest.raises(BuildError, match="apt-get install faketime"):
+        secure_boot.check_signing_time(1_767_225_600)
+    secure_boot.check_signing_time(None)  # a build without it signs at the real time
