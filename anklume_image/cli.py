@@ -5,9 +5,9 @@
       [--signing-key KEY.pem] [--secure-boot-key DB.key --secure-boot-cert DB.crt]
       [--version V]
 
-SOURCE_DATE_EPOCH, when set (reproducible-builds.org), dates everything the
-build writes: files' times in the slot, PERSIST's first state, and the
-Secure Boot signatures; the same inputs then give the same image.
+SOURCE_DATE_EPOCH, when set (reproducible-builds.org), dates what the build
+writes: the files of the slot, PERSIST's first state and the Secure Boot
+signatures; the same inputs and keys then give the same squashfs.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ key stops the build with a sentence, and nothing is made.
 A signature carries the time it was made (PKCS#9 signingTime, an attribute
 the signature covers): two builds of the same inputs gave UKIs, and so
 squashfs, that differed only there. With SOURCE_DATE_EPOCH set, sbsign runs
-under libfaketime at that second, as systemd-sbsign does by itself (its
+under libfaketime with its clock stopped at that second, as systemd-sbsign does by itself (its
 ``asn1_timestamp``): the same inputs and key give the same bytes. The time
 is a claim of the signer, never checked by the firmware (UEFI has no trusted
 clock), so nothing trusts it less.
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from anklume_image.errors import BuildError
@@ -85,6 +86,21 @@ def check_pair(key: Path, cert: Path) -> SigningPair:
     return SigningPair(key, cert)
 
 
+Argv = list[str | Path]
+
+
+def dated(argv: Argv, when: int | None) -> tuple[Argv, dict[str, str] | None]:
+    """``argv`` and its environment, run with the clock stopped at ``when``
+    (seconds since 1970), or as they are without it."""
+    if when is None:
+        return argv, None
+    # -f with a bare date stops the clock there (faketime's plain form only
+    # starts it there: hashing a large UKI could pass a second); read in
+    # UTC, whatever the host's time zone.
+    frozen = datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return ["faketime", "-f", frozen, *argv], {"TZ": "UTC"}
+
+
 def check_signing_time(source_date_epoch: int | None) -> None:
     """A build given SOURCE_DATE_EPOCH signs at that second: faketime is needed."""
     if source_date_epoch is not None and shutil.which("faketime") is None:
@@ -99,13 +115,8 @@ def sign(pair: SigningPair, efi: Path, signing_time: int | None = None) -> None:
     firmware would refuse for a reason found only at boot. ``signing_time``
     (SOURCE_DATE_EPOCH): the signature's date, else now."""
     signed = efi.with_name(efi.name + ".signed")
-    at: list[str | Path] = []
-    env = None
-    if signing_time is not None:
-        # faketime's absolute form stops the clock at that second; UTC so
-        # that the host's time zone cannot move it.
-        at, env = ["faketime", f"@{signing_time}"], {"TZ": "UTC"}
-    run([*at, "sbsign", "--key", pair.key, "--cert", pair.cert, "--output", signed, efi],
-        timeout=SIGN_TIMEOUT, env=env)
+    argv, env = dated(["sbsign", "--key", pair.key, "--cert", pair.cert, "--output", signed,
+                       efi], signing_time)
+    run(argv, timeout=SIGN_TIMEOUT, env=env)
     run(["sbverify", "--cert", pair.cert, signed], timeout=SIGN_TIMEOUT)
     signed.replace(efi)

@@ -168,3 +168,12 @@ def test_a_build_with_source_date_epoch_needs_faketime(
     with pytest.raises(BuildError, match="apt-get install faketime"):
         secure_boot.check_signing_time(1_767_225_600)
     secure_boot.check_signing_time(None)  # a build without it signs at the real time
+
+
+def test_the_clock_stays_stopped_however_long_the_signing_takes() -> None:
+    """A 50 MB UKI takes a while to hash: its signature must still be dated
+    the second asked for, not one later."""
+    argv, env = secure_boot.dated(["sh", "-c", "sleep 1.2; date -u +%s"], 1_767_225_600)
+    shown = subprocess.run(argv, env={**(env or {}), "PATH": "/usr/bin:/bin"},
+                           check=True, capture_output=True, text=True).stdout
+    assert shown.strip() == "1767225600"
