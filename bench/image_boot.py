@@ -3,6 +3,7 @@ signed manifest, dm-verity) against the same kernel and squashfs booted as a
 plain root (prints figures; not a test). Runs QEMU: take the lock.
 
   flock /tmp/anklume-heavy.lock .venv/bin/python -m bench.image_boot [--runs 7] [--image IMG]
+  .venv/bin/python -m bench.image_boot --from-log LOG [LOG...]  (runs' printed boots, no QEMU)
 
 One minimal image (no ZFS, small partitions, the shipped compression) is
 built once (or ``--image``, with its ``.bundle`` beside it), and booted
@@ -67,6 +68,7 @@ multi-user.
 from __future__ import annotations
 
 import argparse
+import ast
 import logging
 import random
 import re
@@ -281,7 +283,7 @@ def verdict(low: float, high: float) -> str:
             else "not decided: the interval straddles it (more runs)")
 
 
-def report(times: dict[str, list[Times]], failed: dict[str, set[str]]) -> None:
+def report(times: dict[str, list[Times]], failed: dict[str, set[str]] | None) -> None:
     runs = len(times[SHIPPED])
     print(f"{runs} boots each way, alternating; medians (min-max), seconds of the guest's clock")
     for name in FIGURES:
@@ -312,7 +314,8 @@ def report(times: dict[str, list[Times]], failed: dict[str, set[str]]) -> None:
     for way in (SHIPPED, PLAIN):
         print_steps(way, times[way])
     for way in (SHIPPED, PLAIN):
-        print(f"units failed ({way}): {', '.join(sorted(failed[way])) or 'none'}")
+        units = "not in the log" if failed is None else ", ".join(sorted(failed[way])) or "none"
+        print(f"units failed ({way}): {units}")
 
 
 def print_steps(way: str, boots: list[Times]) -> None:
@@ -330,6 +333,38 @@ def print_steps(way: str, boots: list[Times]) -> None:
         before = seconds
 
 
+# A boot's line as main() prints it: "shipped 3: Times(initramfs=12.1, multi_user=40.2, steps={...})".
+BOOT_LINE = re.compile(r"^(shipped|plain) (\d+): Times\(initramfs=([0-9.]+), "
+                       r"multi_user=([0-9.]+), steps=(\{.*\})\)$")
+
+
+def times_from_log(text: str) -> dict[str, list[Times]]:
+    """The boots a run printed, round by round, its complete rounds only (both
+    ways booted): the figures of a run stopped before its end (--from-log)."""
+    boots: dict[tuple[str, int], Times] = {}
+    for line in text.splitlines():
+        if found := BOOT_LINE.match(line.strip()):
+            way, n, initramfs, multi_user, steps = found.groups()
+            boots[way, int(n)] = Times(float(initramfs), float(multi_user),
+                                       ast.literal_eval(steps))
+    rounds = sorted(n for way, n in boots if way == SHIPPED and (PLAIN, n) in boots)
+    return {way: [boots[way, n] for n in rounds] for way in (SHIPPED, PLAIN)}
+
+
+def report_log(logs: list[Path]) -> None:
+    """The complete rounds of one run's log, or of several runs' pooled: each
+    round's own ratio stands alone (its two boots ran back to back), so the
+    rounds of runs made at different times can be put together."""
+    times: dict[str, list[Times]] = {SHIPPED: [], PLAIN: []}
+    for log in logs:
+        for way, boots in times_from_log(log.read_text(errors="replace")).items():
+            times[way] += boots
+    if len(times[SHIPPED]) < 2:
+        raise SystemExit(f"{', '.join(map(str, logs))}: fewer than two complete rounds")
+    print(f"from {', '.join(map(str, logs))}: their complete rounds")
+    report(times, None)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.image_boot")
     parser.add_argument("--runs", type=int, default=7, help="boots each way")
@@ -337,7 +372,13 @@ def main() -> None:
                         help="a built image (default: build a minimal one, about 2 min)")
     parser.add_argument("--keep", type=Path, help="keep each boot's console and report there "
                         "(its kernel log is the report's kernel_log command)")
+    parser.add_argument("--from-log", type=Path, nargs="+", metavar="LOG",
+                        help="no boot: the figures of the complete rounds runs printed "
+                        "to LOG (a run stopped before its end; several runs pooled)")
     args = parser.parse_args()
+    if args.from_log:
+        report_log(args.from_log)
+        return
     logging.basicConfig(level=logging.WARNING)
     before = load()
     work = Path(tempfile.mkdtemp(prefix="anklume-bench-image-boot-", dir="/var/tmp"))

@@ -100,3 +100,34 @@ def test_a_boot_left_in_the_initramfs_shell_or_a_panic_is_stopped(tmp_path: Path
     assert image_boot.stuck(tmp_path)
     console.write_text("Kernel panic - not syncing: VFS: Unable to mount root fs\n")
     assert image_boot.stuck(tmp_path)
+
+
+def boot_line(way: str, n: int, initramfs: float, multi_user: float) -> str:
+    steps = {"started": 9.5, "slot A's root hash trusted (signed)": 10.0}
+    return f"{way} {n}: {Times(initramfs, multi_user, steps)}"
+
+
+def test_a_stopped_runs_log_gives_its_complete_rounds_in_order() -> None:
+    log = "\n".join([
+        "load average 0.5 on 2 cores",
+        boot_line(SHIPPED, 0, 12.0, 40.0), boot_line(PLAIN, 0, 11.0, 41.0),
+        boot_line(PLAIN, 1, 11.5, 42.0), boot_line(SHIPPED, 1, 12.5, 43.0),
+        boot_line(SHIPPED, 2, 13.0, 44.0),  # stopped here: round 2 is not complete
+    ])
+    times = image_boot.times_from_log(log)
+    assert [t.multi_user for t in times[SHIPPED]] == [40.0, 43.0]
+    assert [t.multi_user for t in times[PLAIN]] == [41.0, 42.0]
+    assert times[SHIPPED][1].steps == {"started": 9.5,
+                                       "slot A's root hash trusted (signed)": 10.0}
+
+
+def test_the_figures_of_logs_are_reported_pooled(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    log = tmp_path / "bench.log"
+    log.write_text("\n".join(boot_line(way, n, 12.0, 40.0 + n)
+                             for n in range(3) for way in (SHIPPED, PLAIN)) + "\n")
+    image_boot.report_log([log, log])
+    out = capsys.readouterr().out
+    assert "6 boots each way" in out
+    assert "the rounds' own ratios: 1.000" in out
+    assert "units failed (shipped): not in the log" in out
