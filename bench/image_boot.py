@@ -333,7 +333,8 @@ def print_steps(way: str, boots: list[Times]) -> None:
         before = seconds
 
 
-# A boot's line as main() prints it: "shipped 3: Times(initramfs=12.1, multi_user=40.2, steps={...})".
+# A boot's line as main() prints it:
+# "shipped 3: Times(initramfs=12.1, multi_user=40.2, steps={...})".
 BOOT_LINE = re.compile(r"^(shipped|plain) (\d+): Times\(initramfs=([0-9.]+), "
                        r"multi_user=([0-9.]+), steps=(\{.*\})\)$")
 
