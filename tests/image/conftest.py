@@ -77,6 +77,10 @@ def built_in(work: Path, make: Callable[[], Path], reuse: bool = True) -> Iterat
         shutil.rmtree(work, ignore_errors=True)
 
 
+# 2026-01-01: before the test certificate's start (it is made at each run).
+SOURCE_DATE_EPOCH = 1_767_225_600
+
+
 def make_test_keys(work: Path) -> None:
     """The session's keys: the image's signing key (signing.pem), and a
     Secure Boot db key and certificate (db.key, db.crt)."""
@@ -89,10 +93,14 @@ def make_test_keys(work: Path) -> None:
 def _sway_config(work: Path) -> BuildConfig:
     """A sway image (test_desktop_image.py reads it, test_sway_session.py
     boots it to its session; the other boots stop at multi-user.target, as
-    a console image's), signed for Secure Boot (test_secure_boot.py)."""
+    a console image's), signed for Secure Boot (test_secure_boot.py)
+    with SOURCE_DATE_EPOCH, as a release is."""
     return small_config(work / "anklume-live.img", signing_key=work / "signing.pem",
                         desktop="sway", secure_boot_key=work / "db.key",
-                        secure_boot_cert=work / "db.crt")
+                        secure_boot_cert=work / "db.crt",
+                        # As a release is built: its signatures dated with it
+                        # (faketime), which the firmware must accept as any other.
+                        source_date_epoch=SOURCE_DATE_EPOCH)
 
 
 def _built(image: Path, config: BuildConfig) -> Built:

@@ -51,7 +51,7 @@ from anklume_image.module_signing import SIGNATURE_MAGIC
 from anklume_image.zfs import HOSTID
 from devtools.image_vm import Boot, Machine
 from devtools.slowness import scaled
-from tests.image.conftest import built_in, make_test_keys, small_config
+from tests.image.conftest import SOURCE_DATE_EPOCH, built_in, make_test_keys, small_config
 from tests.image.test_boot_image import (
     BOOT_WAIT,
     CONTAINER,
@@ -78,7 +78,6 @@ from tests.image.test_secure_boot import efi_variable, enrolled_vars, value_of
 
 pytestmark = pytest.mark.zfs_image
 WORK = Path(os.environ.get("ANKLUME_ZFS_IMAGE_TEST_DIR", "/var/tmp/anklume-image-zfs"))
-SOURCE_DATE_EPOCH = 1_767_225_600  # 2026-01-01, before the test certificate's start
 MACHINES = Path("/var/tmp/anklume-image-zfs-boots")
 POOL = "anklume"
 MAPPER = f"/dev/mapper/anklume-data-{POOL}"  # anklumed's name for the opened disk
