@@ -122,7 +122,7 @@ def test_a_stopped_runs_log_gives_its_complete_rounds_in_order() -> None:
 
 
 def test_the_figures_of_logs_are_reported_pooled(tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+                                                capsys: pytest.CaptureFixture[str]) -> None:
     log = tmp_path / "bench.log"
     log.write_text("\n".join(boot_line(way, n, 12.0, 40.0 + n)
                              for n in range(3) for way in (SHIPPED, PLAIN)) + "\n")
