@@ -39,6 +39,8 @@ CMDLINE=${ANKLUME_CMDLINE:-/proc/cmdline}
 RUN=${ANKLUME_RUN:-/run/anklume}
 PERSIST_MNT=/run/anklume-persist
 EFIVARS=${ANKLUME_EFIVARS:-/sys/firmware/efi/efivars}
+SYSFS=/sys                  # the unit tests' harness points it at a tree of its own
+SHUTDOWN_ROOT=/run/initramfs # systemd-shutdown's; the unit tests' harness points it elsewhere
 FILES=$RUN/boot             # the slot's tree, meta, manifest and signature
 MAPPING=anklume-root
 MIB=1048576
@@ -100,7 +102,9 @@ read_cmdline() {
     # shellcheck disable=SC2086 # word splitting is the point
     for arg in $words; do
         case "$arg" in
-            anklume.persist=PARTUUID=*) PERSIST_UUID=$(lower "${arg#anklume.persist=PARTUUID=}") ;;
+            anklume.persist=PARTUUID=*)
+                lower_hex "${arg#anklume.persist=PARTUUID=}"
+                PERSIST_UUID=$LOWER ;;
             anklume.persist=*) say "anklume.persist= takes PARTUUID=...; ignored" ;;
             anklume.toram|anklume.toram=1|anklume.toram=yes) TORAM_WANTED=1 ;;
             anklume.ram_crypt|anklume.ram_crypt=1|anklume.ram_crypt=yes) RAM_CRYPT_WANTED=1 ;;
@@ -111,8 +115,15 @@ read_cmdline() {
     set +f
 }
 
-lower() {
-    echo "$1" | tr 'A-F' 'a-f'
+# lower_hex TEXT: LOWER gets TEXT with A-F lower-cased (a UUID as the shell
+# compares it), by the shell: no process.
+lower_hex() {
+    LOWER="" rest=$1
+    while [ -n "$rest" ]; do
+        c=${rest%"${rest#?}"} rest=${rest#?}
+        case $c in A) c=a ;; B) c=b ;; C) c=c ;; D) c=d ;; E) c=e ;; F) c=f ;; esac
+        LOWER=$LOWER$c
+    done
 }
 
 # ---- what the boot loader tells: EFI variables ----------------------------------
@@ -141,7 +152,8 @@ stub_slot() {
 read_efi_boot() {
     mount_efivars || return 0
     secure_boot_enforced && SECURE_BOOT=1
-    ESP_UUID=$(lower "$(sh "$LIB/anklume-redirect.sh" get "$EFIVARS" LoaderDevicePartUUID)")
+    lower_hex "$(sh "$LIB/anklume-redirect.sh" get "$EFIVARS" LoaderDevicePartUUID)"
+    ESP_UUID=$LOWER
     case "$ESP_UUID" in *[!0-9a-f-]*) ESP_UUID="" ;; esac
     if [ "$SECURE_BOOT" = 1 ]; then
         PERSIST_UUID=""  # the stick is the ESP's, whatever a command line said
@@ -216,92 +228,154 @@ part_name() {
     while IFS= read -r line; do
         case "$line" in PARTNAME=*) PART_NAME=${PART_NAME:+$PART_NAME
 }${line#PARTNAME=} ;; esac
-    done 2>/dev/null < "/sys/class/block/$1/uevent"
+    done 2>/dev/null < "$SYSFS/class/block/$1/uevent"
 }
 
-part_uuid() {
-    blkid -p -o value -s PART_ENTRY_UUID "/dev/$1" 2>/dev/null | tr 'A-F' 'a-f'
-}
-
-# Lines "PARTUUID DEVICE" of every ANKLUME-PERSIST partition, sorted.
+# CANDIDATES gets the names of every ANKLUME-PERSIST partition ("sda4 sdb4"),
+# from sysfs alone: a look costs no process, so find_persist looks often.
 persist_candidates() {
-    for sys in /sys/class/block/*; do
+    CANDIDATES=""
+    for sys in "$SYSFS"/class/block/*; do
         [ -e "$sys/partition" ] || continue
-        name=${sys##*/}
-        part_name "$name"
-        [ "$PART_NAME" = ANKLUME-PERSIST ] || continue
-        echo "$(part_uuid "$name") $name"
-    done | sort
+        part_name "${sys##*/}"
+        [ "$PART_NAME" = ANKLUME-PERSIST ] && CANDIDATES="$CANDIDATES ${sys##*/}"
+    done
+    CANDIDATES=${CANDIDATES# }
+    [ -n "$CANDIDATES" ]
 }
 
-# Sets PERSIST_DEV, or fails when none appears within WAIT seconds.
+# part_uuids PARTITION...: UUIDS gets "PARTITION PARTUUID" lines (lower
+# case) from one blkid for them all: the kernel keeps no PARTUUID in sysfs,
+# and udev's /dev/disk/by-partuuid may not be there yet.
+part_uuids() {
+    UUIDS="" name=""
+    [ "$#" -gt 0 ] || return 0
+    for part; do shift; set -- "$@" "/dev/$part"; done
+    while IFS== read -r key value; do
+        case "$key" in
+            DEVNAME) name=${value##*/} ;;
+            PART_ENTRY_UUID) lower_hex "$value"; UUIDS="$UUIDS$name $LOWER
+" ;;
+        esac
+    done <<EOF
+$(blkid -p -o export -s PART_ENTRY_UUID "$@" 2>/dev/null)
+EOF
+}
+
+# uuid_of PARTITION: UUID gets its PARTUUID from UUIDS (status 1: none).
+uuid_of() {
+    UUID=""
+    while read -r listed uuid; do
+        [ "$listed" = "$1" ] && { UUID=$uuid; return 0; }
+    done <<EOF
+$UUIDS
+EOF
+    return 1
+}
+
+# Sets PERSIST_DEV, or fails when none appears within WAIT seconds. It
+# looks every tenth of a second, as initramfs-tools' own wait for root=
+# (scripts/local) does: the stick's partitions appear between two looks,
+# and a whole second's sleep cost the boot a third of a second on average
+# (bench/image_boot.py's step times). A busybox whose sleep takes only
+# whole seconds looks once a second.
 find_persist() {
-    waited=0
+    ticks=0 tick=0.1 per_second=10
     while :; do
         if pick_persist; then
             return 0
         fi
-        if [ "$waited" -eq 0 ]; then
+        if [ "$ticks" -eq 0 ]; then
             load_stick_drivers
             pick_persist && return 0
             say "waiting up to $WAIT s for the anklume stick (partition ANKLUME-PERSIST${PERSIST_UUID:+ PARTUUID=$PERSIST_UUID}${ESP_UUID:+ beside the ESP PARTUUID=$ESP_UUID})"
         fi
-        [ "$waited" -ge "$WAIT" ] && return 1
-        sleep 1
-        waited=$((waited + 1))
+        [ "$ticks" -ge $((WAIT * per_second)) ] && return 1
+        sleep "$tick" 2>/dev/null || { tick=1 per_second=1; sleep 1; }
+        ticks=$((ticks + 1))
     done
 }
 
+# Sets PERSIST_DEV and PERSIST_UUID: the PERSIST the command line names, or
+# the one on the disk of the ESP the boot loader came from, or else the
+# first by PARTUUID (saying so when there are several).
 pick_persist() {
-    found=$(persist_candidates)
-    [ -n "$found" ] || return 1
+    persist_candidates || return 1
+    # shellcheck disable=SC2086 # one word a partition
+    set -- $CANDIDATES
     if [ -n "$PERSIST_UUID" ]; then
-        dev=$(echo "$found" | while read -r uuid name; do
-            [ "$uuid" = "$PERSIST_UUID" ] && echo "$name"; done)
-        [ -n "$dev" ] || return 1
-        PERSIST_DEV=$dev
-        return 0
+        part_uuids "$@"
+        for name; do
+            uuid_of "$name" && [ "$UUID" = "$PERSIST_UUID" ] && { PERSIST_DEV=$name; return 0; }
+        done
+        return 1
     fi
     if [ -n "$ESP_UUID" ]; then
-        disk=$(disk_of_partuuid "$ESP_UUID") || return 1
-        dev=$(echo "$found" | while read -r uuid name; do
-            [ "$(parent_disk "$name")" = "$disk" ] && echo "$uuid $name"; done)
-        [ -n "$dev" ] || return 1
-        set -- $dev
-        PERSIST_DEV=$2
-        PERSIST_UUID=$1
-        return 0
+        pick_beside_the_esp "$@"
+        return
     fi
-    count=$(echo "$found" | wc -l)
-    set -- $found
-    PERSIST_DEV=$2
-    PERSIST_UUID=$1
-    if [ "$count" -gt 1 ]; then
-        say "$count anklume sticks are plugged in; booting the one whose PERSIST is PARTUUID=$PERSIST_UUID (/dev/$PERSIST_DEV). Add anklume.persist=PARTUUID=... to the boot entry to choose"
+    part_uuids "$@"
+    first=$(printf '%s' "$UUIDS" | sort -k2 | head -n 1)
+    [ -n "$first" ] || return 1
+    PERSIST_DEV=${first%% *}
+    PERSIST_UUID=${first#* }
+    if [ "$#" -gt 1 ]; then
+        say "$# anklume sticks are plugged in; booting the one whose PERSIST is PARTUUID=$PERSIST_UUID (/dev/$PERSIST_DEV). Add anklume.persist=PARTUUID=... to the boot entry to choose"
     fi
     return 0
 }
 
-# The disk holding the partition of that PARTUUID (the ESP the boot loader
-# came from).
-disk_of_partuuid() {
-    for sys in /sys/class/block/*; do
-        [ -e "$sys/partition" ] || continue
-        [ "$(part_uuid "${sys##*/}")" = "$1" ] && { parent_disk "${sys##*/}"; return 0; }
+# pick_beside_the_esp CANDIDATE...: the PERSIST whose disk holds the
+# partition of PARTUUID ESP_UUID (the ESP the boot loader came from), never
+# another stick's. One blkid reads the candidates' disks' partitions.
+pick_beside_the_esp() {
+    partitions_beside "$@"
+    # shellcheck disable=SC2086 # one word a partition
+    part_uuids $BESIDE "$@"
+    esp_disk=""
+    while read -r name uuid; do
+        [ "$uuid" = "$ESP_UUID" ] && { parent_disk "$name"; esp_disk=$DISK; break; }
+    done <<EOF
+$UUIDS
+EOF
+    [ -n "$esp_disk" ] || return 1
+    for name in $CANDIDATES; do
+        parent_disk "$name" && [ "$DISK" = "$esp_disk" ] || continue
+        uuid_of "$name" || return 1
+        PERSIST_DEV=$name
+        PERSIST_UUID=$UUID
+        return 0
     done
     return 1
 }
 
-# The whole disk a partition belongs to (sdb for sdb4).
+# partitions_beside PARTITION...: BESIDE gets the other partitions of the
+# disks that hold these.
+partitions_beside() {
+    BESIDE=""
+    for name; do
+        parent_disk "$name" || continue
+        for sys in "$SYSFS/class/block/$DISK/$DISK"*; do
+            [ -e "$sys/partition" ] || continue
+            case " $* $BESIDE " in *" ${sys##*/} "*) ;; *) BESIDE="$BESIDE ${sys##*/}" ;; esac
+        done
+    done
+}
+
+# parent_disk PARTITION: DISK gets the whole disk it belongs to (sdb for
+# sdb4: sysfs keeps a partition inside its disk's directory), by the shell.
 parent_disk() {
-    parent=$(readlink -f "/sys/class/block/$1/..")
-    echo "${parent##*/}"
+    DISK=""
+    for sys in "$SYSFS"/class/block/*; do
+        [ -e "$sys/$1/partition" ] && { DISK=${sys##*/}; return 0; }
+    done
+    return 1
 }
 
 # The partition of DISK whose GPT name is NAME, as SIBLING.
 sibling_partition() {
     SIBLING=""
-    for sys in /sys/class/block/"$1"/"$1"*; do
+    for sys in "$SYSFS/class/block/$1/$1"*; do
         [ -e "$sys/partition" ] || continue
         part_name "${sys##*/}"
         [ "$PART_NAME" = "$2" ] && { SIBLING=${sys##*/}; return 0; }
@@ -555,7 +629,7 @@ padded_size() {
 # sectors read by the shell: no process).
 partition_holds_slot() {
     sectors=""
-    read -r sectors 2>/dev/null < "/sys/class/block/$1/size"
+    read -r sectors 2>/dev/null < "$SYSFS/class/block/$1/size"
     case "$sectors" in ''|*[!0-9]*) return 1 ;; esac
     padded_size
     [ $((sectors * 512)) -ge "$PADDED" ]
@@ -665,7 +739,7 @@ copy_to_ram() {
 stick_lost() {
     tries=0
     while [ "$tries" -lt 15 ]; do
-        [ -e "/sys/class/block/$BOOT_DISK" ] || return 0
+        [ -e "$SYSFS/class/block/$BOOT_DISK" ] || return 0
         sleep 1
         tries=$((tries + 1))
     done
@@ -680,7 +754,8 @@ wait_for_the_stick_again() {
     umount -l "$PERSIST_MNT" 2>/dev/null
     say "plug the stick back in: the boot goes on from it, without the copy to RAM"
     find_persist || return 1
-    BOOT_DISK=$(parent_disk "$PERSIST_DEV")
+    parent_disk "$PERSIST_DEV"
+    BOOT_DISK=$DISK
     mount_persist
 }
 
@@ -730,25 +805,58 @@ write_handoff() {
 }
 
 # The shutdown half (systemd-shutdown runs /run/initramfs/shutdown): a tmpfs
-# of its own, since initramfs-tools mounts /run noexec.
+# of its own, since initramfs-tools mounts /run noexec. One mkdir for every
+# directory and one cp per directory of files: each process costs at boot
+# (a cp and a mkdir a file took 0.3 s of a TCG guest's boot).
 prepare_shutdown() {
     [ -x "$LIB/anklume-shutdown.sh" ] || return 0
-    mkdir -p /run/initramfs
-    mount -t tmpfs -o mode=0755 anklume-shutdown /run/initramfs || return 0
-    mkdir -p /run/initramfs/bin /run/initramfs/sbin /run/initramfs/oldroot \
-        /run/initramfs/proc /run/initramfs/sys /run/initramfs/dev /run/initramfs/run
+    mkdir -p "$SHUTDOWN_ROOT"
+    mount -t tmpfs -o mode=0755 anklume-shutdown "$SHUTDOWN_ROOT" || return 0
+    shutdown_files
+    # shellcheck disable=SC2086 # one word a directory
+    mkdir -p "$SHUTDOWN_ROOT/bin" "$SHUTDOWN_ROOT/sbin" "$SHUTDOWN_ROOT/oldroot" \
+        "$SHUTDOWN_ROOT/proc" "$SHUTDOWN_ROOT/sys" "$SHUTDOWN_ROOT/dev" \
+        "$SHUTDOWN_ROOT/run" $SHUTDOWN_DIRS
     for busybox in /bin/busybox /usr/bin/busybox /sbin/busybox; do
         [ -x "$busybox" ] && break
     done
-    cp "$busybox" /run/initramfs/bin/busybox || return 0
-    cp "$LIB/anklume-shutdown.sh" /run/initramfs/shutdown
-    chmod 0755 /run/initramfs/shutdown
-    if [ -r "$LIB/shutdown-files" ]; then
-        while read -r file; do
-            mkdir -p "/run/initramfs${file%/*}"
-            cp "$file" "/run/initramfs$file" 2>/dev/null
-        done < "$LIB/shutdown-files"
-    fi
+    cp "$busybox" "$SHUTDOWN_ROOT/bin/busybox" || return 0
+    # Executable as its source is (checked above): cp keeps the mode.
+    cp "$LIB/anklume-shutdown.sh" "$SHUTDOWN_ROOT/shutdown"
+    copy_shutdown_files
+}
+
+# shutdown_files: SHUTDOWN_FILES gets the hook's list (dmsetup and the
+# libraries of it and busybox, absolute paths, sorted), SHUTDOWN_DIRS their
+# directories under SHUTDOWN_ROOT.
+shutdown_files() {
+    SHUTDOWN_FILES="" SHUTDOWN_DIRS=""
+    [ -r "$LIB/shutdown-files" ] || return 0
+    while read -r file; do
+        case "$file" in /*/*) ;; *) continue ;; esac
+        SHUTDOWN_FILES="$SHUTDOWN_FILES $file"
+        case " $SHUTDOWN_DIRS " in
+            *" $SHUTDOWN_ROOT${file%/*} "*) ;;
+            *) SHUTDOWN_DIRS="$SHUTDOWN_DIRS $SHUTDOWN_ROOT${file%/*}" ;;
+        esac
+    done < "$LIB/shutdown-files"
+}
+
+# One cp for the files of each directory, in the list's (sorted) order; a
+# file that cannot be copied leaves the others copied.
+copy_shutdown_files() {
+    group=""
+    set --
+    for file in $SHUTDOWN_FILES; do
+        if [ "${file%/*}" != "$group" ]; then
+            [ "$#" -eq 0 ] || cp "$@" "$SHUTDOWN_ROOT$group/" 2>/dev/null
+            group=${file%/*}
+            set --
+        fi
+        set -- "$@" "$file"
+    done
+    [ "$#" -eq 0 ] || cp "$@" "$SHUTDOWN_ROOT$group/" 2>/dev/null
+    return 0
 }
 
 no_slot() {
@@ -776,7 +884,8 @@ main() {
     find_persist || no_slot "no stick with an ANKLUME-PERSIST partition${PERSIST_UUID:+ of PARTUUID=$PERSIST_UUID}${ESP_UUID:+ beside the ESP PARTUUID=$ESP_UUID} appeared within $WAIT s: plug the stick in (or fix anklume.persist= in the boot entry) and restart"
     # Also the start of the boot's own work (bench/boot.py times it from here).
     say "found the stick: PERSIST is /dev/$PERSIST_DEV"
-    BOOT_DISK=$(parent_disk "$PERSIST_DEV")
+    parent_disk "$PERSIST_DEV"
+    BOOT_DISK=$DISK
     mount_persist || no_slot "ANKLUME-PERSIST (/dev/$PERSIST_DEV) cannot be mounted: check it with e2fsck from another computer"
     step "PERSIST mounted"
     record_attempt

@@ -22,29 +22,29 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.test_boot_find_stick import FAKES, fake_sysfs, stick, uuid_table
 from tests.unit.test_boot_redirect import GUID, INITRAMFS, SHELLS, run_harness, utf16
 
 GLOBAL_GUID = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
 ESP = "C0FFEE00-1111-4222-8333-444455556666"  # as systemd-boot writes it: upper case
 OTHER_PERSIST = "aaaaaaaa-0000-4000-8000-000000000001"
 
-# FAKE sysfs: two sticks; the ESP of LoaderDevicePartUUID is sdb1, on sdb.
-# The first PERSIST in sort order is sda's: the one a boot without the
-# ESP's word would take.
-DRIVER = f"""
-say() {{ echo "anklume: $*"; }}
-mount_efivars() {{ [ -d "$EFIVARS" ]; }}  # FAKE: the tests' directory needs no mount
-release_efivars() {{ :; }}
-persist_candidates() {{
-    printf '%s\\n' "{OTHER_PERSIST} sda4" "bbbbbbbb-0000-4000-8000-000000000002 sdb4"; }}
-disk_of_partuuid() {{ [ "$1" = "{ESP.lower()}" ] && echo sdb; }}
-parent_disk() {{ echo "${{1%[0-9]}}"; }}
+# Two sticks (FAKE sysfs and blkid, tests/unit/test_boot_find_stick.py); the
+# ESP of LoaderDevicePartUUID is sdb1, on sdb. The first PERSIST by
+# PARTUUID is sda's: the one a boot without the ESP's word would take.
+DRIVER = """
 read_cmdline
 read_efi_boot
 pick_persist || echo NO_PERSIST
 echo "SECURE_BOOT=$SECURE_BOOT KERNEL=$KERNEL PERSIST_DEV=$PERSIST_DEV"
 echo "STATE_CMDLINE=$(cat "$CMDLINE")"
 """
+EFI_FAKES = """
+mount_efivars() { [ -d "$EFIVARS" ]; }  # FAKE: the tests' directory needs no mount
+release_efivars() { :; }
+"""
+STICKS = {"sda": stick("sda", "aaaaaaaa-1111-4222-8333-444455556666", OTHER_PERSIST),
+          "sdb": stick("sdb", ESP, "bbbbbbbb-0000-4000-8000-000000000002")}
 
 
 def fake_efivars(tmp_path: Path, secure_boot: int | None, uki: str | None = None,
@@ -64,7 +64,9 @@ def fake_efivars(tmp_path: Path, secure_boot: int | None, uki: str | None = None
 def boot(shell: str, tmp_path: Path, cmdline: str, vars_dir: Path | None) -> dict[str, str]:
     script = (INITRAMFS / "anklume-boot.sh").read_text()
     harness = tmp_path / "boot-harness.sh"
-    harness.write_text(script.removesuffix('main "$@"\n') + DRIVER)
+    fakes = (f"{FAKES}{EFI_FAKES}SYSFS={fake_sysfs(tmp_path / 'sys', STICKS)}\n"
+             f"LOG={tmp_path / 'log'}\nUUID_TABLE={uuid_table(tmp_path / 'uuids', STICKS)}\n")
+    harness.write_text(script.removesuffix('main "$@"\n') + fakes + DRIVER)
     (tmp_path / "cmdline").write_text(cmdline + "\n")
     env = {"ANKLUME_LIB": str(INITRAMFS), "ANKLUME_CMDLINE": str(tmp_path / "cmdline"),
            "ANKLUME_RUN": str(tmp_path / "run"),
