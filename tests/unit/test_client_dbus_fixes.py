@@ -142,7 +142,9 @@ async def main(address):
     silent.add_message_handler(lambda msg: msg.member == "Hang" or None)  # taken, never answered
     call = asyncio.ensure_future(conn.call("/", "org.anklume.Test", "Hang",
                                            destination=silent.unique_name))
-    while not conn.bus._method_return_handlers:
+    for _ in range(500):  # sent, and waiting (5 s at most: else the end says what came)
+        if conn.bus._method_return_handlers:
+            break
         await asyncio.sleep(0.01)
     print("waiting", flush=True)
     sys.stdin.readline()  # the bus daemon stopped meanwhile
