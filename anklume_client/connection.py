@@ -16,6 +16,7 @@ from dbus_fast import BusType, Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.errors import AuthError, InvalidAddressError, InvalidObjectPathError
 
+from anklume_client import dbus_fixes as _dbus_fixes  # noqa: F401 - every connection needs them
 from anklume_client.errors import DISCONNECTED, TIMEOUT, UNREACHABLE, USAGE, ClientError
 from anklume_client.interface import BUS_NAME, PROPERTIES_IFACE
 

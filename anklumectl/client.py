@@ -18,7 +18,6 @@ from anklume_client.connection import CALL_TIMEOUT, INTERACTIVE_TIMEOUT, Connect
 from anklume_client.errors import ClientError
 from anklume_client.interface import BUS_NAME, MANAGER, ROOT_PATH, SLOT
 from anklume_client.proxies import Manager
-from anklumed.service import dbus_fixes as _dbus_fixes  # noqa: F401 - applies a fix
 
 MANAGER_IFACE = MANAGER.name
 SLOT_IFACE = SLOT.name

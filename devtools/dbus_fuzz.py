@@ -42,7 +42,7 @@ from dbus_fast import Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.signature import SignatureTree
 
-from anklumed.service import dbus_fixes  # noqa: F401 - the writer fix, for huge calls
+from anklume_client import dbus_fixes  # noqa: F401 - the writer fix, for huge calls
 
 DEST = "org.anklume.Live1"
 ROOT = "/org/anklume/Live1"

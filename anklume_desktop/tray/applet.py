@@ -24,6 +24,9 @@ from dbus_fast import NameFlag, RequestNameReply
 from dbus_fast.aio import MessageBus
 from dbus_fast.errors import AuthError, InvalidAddressError
 
+# The session bus is opened here, not through anklume_client's Connection: it
+# needs the fixes as much (it goes away at logout).
+from anklume_client import dbus_fixes as _dbus_fixes  # noqa: F401 - applies them
 from anklume_desktop import words
 from anklume_desktop.daemon import Daemon, DaemonError, DataDisk, Progress, Status
 from anklume_desktop.guide.first_login import state_dir

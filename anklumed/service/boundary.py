@@ -28,7 +28,8 @@ tests/service/test_robustness.py unless named):
   marshaller raise instead; test_bus_boundary.py, test_dbus_fuzz.py).
   Everything published (properties, signals, method returns, error messages)
   goes through ``published`` first;
-- its socket writer drops the connection on a full socket: dbus_fixes.py;
+- its socket writer drops the connection on a full socket:
+  anklume_client/dbus_fixes.py (every connection's, the clients' too);
 - descriptors passed with a message are never closed: passed_files.py;
 - it keeps reading and dispatching calls while the daemon stops, even after
   disconnect() (buffered ones, during asyncio's shutdown): ``RefuseWhileStopping``.

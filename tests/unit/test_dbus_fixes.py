@@ -1,141 +1,45 @@
-"""The dbus-fast version the fixes were checked against (dbus_fixes.apply),
-and the socket writer's handling of a bus that went away."""
+"""The daemon's dbus-fast fixes (anklumed/service/dbus_fixes.py): its own two
+(error replies) on top of every connection's (anklume_client/dbus_fixes.py,
+tested in tests/unit/test_client_dbus_fixes.py), under the same version check.
+What they do is tested on the real daemon (tests/service/test_robustness.py,
+test_bus_boundary.py)."""
 
-import asyncio
-import gc
-import os
-import pwd
-import shutil
-import socket
 import subprocess
-from collections import deque
-from collections.abc import Iterator
+import sys
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
-from dbus_fast import Message
-from dbus_fast.aio import MessageBus
 
+from anklume_client import dbus_fixes as client_fixes
 from anklumed.service import dbus_fixes
-from devtools.desktop_session import SESSION_BUS, bus_daemon
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize(("text", "parsed"), [
-    ("2.44.1", (2, 44, 1)), ("2.46.4", (2, 46, 4)), ("3.0.0rc1", (3, 0, 0)),
-    ("2.44.1.post1", (2, 44, 1)), ("0.2.3", (0, 2, 3)), ("dev", ()),
-])
-def test_version_tuple(text: str, parsed: tuple[int, ...]) -> None:
-    assert dbus_fixes.version_tuple(text) == parsed
-
-
-@pytest.mark.parametrize("version", ["2.44.0", "0.2.3", "3.0.0", "5.1.2", "dev"])
-def test_an_untested_dbus_fast_is_refused(monkeypatch: pytest.MonkeyPatch, version: str) -> None:
-    monkeypatch.setattr(dbus_fixes, "installed_version", version)
+@pytest.mark.parametrize("version", ["2.44.0", "3.0.0"])
+def test_the_daemon_refuses_an_untested_dbus_fast(monkeypatch: pytest.MonkeyPatch,
+                                                  version: str) -> None:
+    monkeypatch.setattr(client_fixes, "installed_version", version)
     with pytest.raises(RuntimeError, match=f"dbus-fast {version} is outside"):
         dbus_fixes.apply()
 
 
-@pytest.mark.parametrize("version", ["2.44.1", "2.46.4", "2.99.0"])
-def test_the_tested_range_is_accepted(monkeypatch: pytest.MonkeyPatch, version: str) -> None:
-    monkeypatch.setattr(dbus_fixes, "installed_version", version)
-    dbus_fixes.apply()  # applying twice is harmless: the same functions again
+# What the daemon's service layer has once imported, in a fresh interpreter:
+# this test process has imported every module already.
+INSTALLED = """
+import anklumed.service
+from dbus_fast.aio.message_bus import MessageBus, _MessageWriter
+from dbus_fast.send_reply import SendReply
+for method in (_MessageWriter.write_callback, MessageBus._reply_handler, SendReply._exit,
+               MessageBus._future_exception_no_reply):
+    print(method.__module__, method.__name__)
+"""
 
 
-def test_a_send_lost_with_the_bus_leaves_no_unread_exception() -> None:
-    """The bus gone (the peer closed): the send's future holds the error,
-    the bus is finalized with it, and the future counts as read, so asyncio
-    logs no "exception was never retrieved" traceback when it is collected
-    (a signal's send is awaited by no one). A message queued behind it fails
-    with it, rather than wait for ever on a connection that is gone."""
-    loop = asyncio.new_event_loop()
-    unread: list[dict[str, object]] = []
-    loop.set_exception_handler(lambda _loop, context: unread.append(context))
-    ours, theirs = socket.socketpair()
-    theirs.close()
-    finalized: list[Exception | None] = []
-    fut: asyncio.Future[None] | None = loop.create_future()
-    queued: asyncio.Future[None] | None = loop.create_future()
-    writer = SimpleNamespace(
-        sock=ours, fd=ours.fileno(), loop=loop, buf=None, offset=0, fut=None,
-        unix_fds=None, negotiate_unix_fd=False,
-        messages=deque([(b"signal", None, fut), (b"queued", None, queued)]),
-        bus=SimpleNamespace(_user_disconnect=False, _finalize=finalized.append))
-    try:
-        dbus_fixes._write_callback(writer)
-        # failed (not read here: reading would mark it read)
-        assert fut is not None and fut.done() and queued is not None and queued.done()
-        assert finalized and isinstance(finalized[0], BrokenPipeError)
-        assert writer.buf is None and not writer.messages
-        fut = queued = writer.fut = None
-        finalized.clear()  # the error's traceback holds the future too
-        gc.collect()
-        assert unread == []
-    finally:
-        ours.close()
-        loop.close()
-
-
-def test_a_call_waiting_when_the_bus_goes_away_leaves_no_unread_exception() -> None:
-    """The bus lost while a call waits for its reply: dbus-fast hands the
-    call's future the connection's error; the daemon ends before the task
-    that awaited it reads it (asyncio cancels it), and asyncio would log a
-    "never retrieved" traceback when the future is collected (CI, service
-    tier: BrokenPipeError after "lost the bus connection"). A caller that
-    awaits still gets the error."""
-    from dbus_fast.aio.message_bus import MessageBus
-
-    reply_handler: Any = MessageBus._reply_handler  # as installed by dbus_fixes.apply
-    loop = asyncio.new_event_loop()
-    unread: list[dict[str, object]] = []
-    loop.set_exception_handler(lambda _loop, context: unread.append(context))
-    try:
-        forgotten: asyncio.Future[None] | None = loop.create_future()
-        reply_handler(None, forgotten, None, BrokenPipeError(32, "Broken pipe"))
-        forgotten = None
-        gc.collect()
-        assert unread == []
-
-        awaited: asyncio.Future[None] = loop.create_future()
-        reply_handler(None, awaited, None, EOFError())
-        with pytest.raises(EOFError):
-            loop.run_until_complete(awaited)
-    finally:
-        loop.close()
-
-
-@pytest.fixture
-def lone_bus(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A private dbus-daemon (its address, and the process: a test stops it)."""
-    if shutil.which("dbus-daemon") is None:
-        pytest.skip("no dbus-daemon on this machine")
-    config = tmp_path / "bus.conf"
-    config.write_text(SESSION_BUS.format(socket=tmp_path / "bus",
-                                         user=pwd.getpwuid(os.getuid()).pw_name))
-    address, daemon = bus_daemon(config)
-    try:
-        yield address, daemon
-    finally:
-        daemon.kill()
-        daemon.wait()
-
-
-async def test_sending_after_the_bus_daemon_went_raises_nothing(
-        lone_bus: tuple[str, subprocess.Popen[bytes]]) -> None:
-    """The bus daemon gone, and the reader has not seen it yet: the first
-    message sent finds it (EPIPE) and finalizes the bus. Upstream's
-    schedule_write then watched the closed socket for writability, and its
-    EBADF reached whoever sent: anklumed's observer publishing a change (seen
-    in the systemd guest: "a state listener failed", an EBADF traceback), or
-    a method's reply. Nothing is raised to a sender, then or later; the loss
-    is said once, by the disconnect future (anklumed.main)."""
-    address, daemon = lone_bus
-    bus = await MessageBus(bus_address=address).connect()
-    daemon.terminate()
-    daemon.wait()  # not a turn of the loop: the reader has not seen the end
-    for _ in range(2):  # the one that finds the loss, and one after it
-        bus.send(Message.new_signal("/org/anklume/Live1", "org.anklume.Live1.Test", "Changed"))
-    assert not bus.connected
-    with pytest.raises(BrokenPipeError):
-        await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
+def test_the_daemon_has_all_four() -> None:
+    out = subprocess.run([sys.executable, "-c", INSTALLED], cwd=ROOT, capture_output=True,
+                         text=True, check=True, timeout=120).stdout
+    assert out.splitlines() == [
+        "anklume_client.dbus_fixes _write_callback", "anklume_client.dbus_fixes _reply_handler",
+        "anklumed.service.dbus_fixes _exit",
+        "anklumed.service.dbus_fixes _future_exception_no_reply"]

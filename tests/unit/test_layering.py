@@ -5,6 +5,8 @@ need lives at the package root. Only `anklumed/service/` knows D-Bus, so the
 domain can be tested, and the bus library changed, without touching it.
 `anklumed/core/` (the composition root) sits between them: it uses the
 domain, and neither the bus nor the service layer; the domain does not know it.
+The clients never import the daemon; the daemon imports one module of the
+client library, the dbus-fast fixes every connection needs.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "anklumed"
 # dbus-next today, dbus-fast tomorrow: both names, so the move cannot slip one in.
 DBUS_LIBRARIES = ("dbus_next", "dbus_fast")
+CLIENT_FIXES = "anklume_client.dbus_fixes"
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -85,11 +88,13 @@ def test_the_checker_sees_the_imports_it_looks_for() -> None:
     assert "anklumed.data.poolconf" in imported_modules(PACKAGE / "data" / "manager.py")
     assert any("dbus_" in line for line in offending(PACKAGE / "service", DBUS_LIBRARIES))
     assert "anklumed.slots.controller" in imported_modules(PACKAGE / "core" / "system.py")
+    assert CLIENT_FIXES in imported_modules(PACKAGE / "service" / "dbus_fixes.py")
 
 
 def test_the_desktop_clients_never_import_the_daemon() -> None:
     # A user-session program reaches anklumed over the bus only: importing it
-    # would pull root-side code (and its dbus-fast patches) into the session.
+    # would pull root-side code (and the daemon's dbus-fast patches, for a
+    # side that answers calls) into the session.
     desktop = ROOT / "anklume_desktop"
     assert list(desktop.glob("*.py")), "no module in anklume_desktop"
     assert offending(desktop, ("anklumed",)) == []
@@ -101,3 +106,17 @@ def test_the_client_library_imports_nothing_of_the_daemon_or_the_cli() -> None:
     assert list(client.glob("*.py")), "no module in anklume_client/"
     assert offending(client, ("anklumed", "anklumectl")) == []
     assert "anklume_client.interface" in imported_modules(client / "proxies.py")
+
+
+def test_the_daemon_imports_only_the_dbus_fixes_of_the_client_library() -> None:
+    # Both sides need the fixes for dbus-fast's connections, and the client
+    # library is installed wherever the daemon is (anklume_image/install.py).
+    # Anything else of it is the clients' view of the API: the daemon defines
+    # the API, it does not read it through its clients.
+    fixes_only = ({CLIENT_FIXES}, {"anklume_client", CLIENT_FIXES})  # import …, from … import
+    uses = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        client = {m for m in imported_modules(path) if within(m, "anklume_client")}
+        if client and client not in fixes_only:
+            uses[str(path.relative_to(ROOT))] = sorted(client)
+    assert uses == {}
