@@ -16,8 +16,15 @@ from dbus_fast import BusType, Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.errors import AuthError, InvalidAddressError, InvalidObjectPathError
 
-from anklume_client import dbus_fixes as _dbus_fixes  # noqa: F401 - every connection needs them
-from anklume_client.errors import DISCONNECTED, TIMEOUT, UNREACHABLE, USAGE, ClientError
+from anklume_client import dbus_fixes as _dbus_fixes  # every connection needs them
+from anklume_client.errors import (
+    DISCONNECTED,
+    INCOMPATIBLE,
+    TIMEOUT,
+    UNREACHABLE,
+    USAGE,
+    ClientError,
+)
 from anklume_client.interface import BUS_NAME, PROPERTIES_IFACE
 
 CONNECT_TIMEOUT = 10.0
@@ -58,6 +65,9 @@ class Connection:
     async def connect(cls, address: str | None = None, interactive: bool = False) -> Any:
         """The system bus, or ``address``. Unix fds are negotiated: a local
         update bundle is passed open (Manager.UpdateFromFiles)."""
+        why = _dbus_fixes.refusal()
+        if why is not None:
+            raise ClientError(INCOMPATIBLE, why)
         try:
             bus = MessageBus(bus_address=address, negotiate_unix_fd=True) if address \
                 else MessageBus(bus_type=BusType.SYSTEM, negotiate_unix_fd=True)

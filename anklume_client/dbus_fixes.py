@@ -30,7 +30,7 @@ lost). The error is marked as read as it is set; a caller that awaits the
 call still gets it raised. A D-Bus error reply is left as upstream has it.
 
 pyproject.toml allows dbus-fast 2.44.1 (Debian 13's python3-dbus-fast) up to
-the next major, and ``apply`` refuses any other; on a major upgrade, check
+the next major, and any other is refused (``refusal``); on a major upgrade, check
 whether these are still needed (tests/service/test_robustness.py and
 tests/unit/test_client_dbus_fixes.py).
 """
@@ -127,21 +127,26 @@ def version_tuple(version: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def check_version() -> None:
-    """Refuses a dbus-fast these fixes were not checked against: they replace
-    its private methods, which another version may have changed."""
+def refusal() -> str | None:
+    """The sentence refusing the installed dbus-fast, or None for a version
+    these fixes were checked against: they replace its private methods,
+    which another version may have changed."""
     # The package's own __version__, not importlib.metadata: that import alone
     # cost every anklumectl call 0.35 s in the TCG guests.
-    if not OLDEST <= version_tuple(installed_version) < (NEXT_MAJOR,):
-        raise RuntimeError(
-            f"dbus-fast {installed_version} is outside the tested range "
+    if OLDEST <= version_tuple(installed_version) < (NEXT_MAJOR,):
+        return None
+    return (f"dbus-fast {installed_version} is outside the tested range "
             f">={'.'.join(map(str, OLDEST))},<{NEXT_MAJOR}: "
-            "review anklume_client/dbus_fixes.py and anklumed/service/dbus_fixes.py"
-        )
+            "review anklume_client/dbus_fixes.py and anklumed/service/dbus_fixes.py")
 
 
 def apply() -> None:
-    check_version()
+    """Patches a tested dbus-fast; leaves another one as it is, never raising
+    at import (a traceback on a terminal): a connection through this library
+    then refuses in one sentence (Connection.connect), and anklumed does not
+    start (anklumed/service/dbus_fixes.py)."""
+    if refusal() is not None:
+        return
     aio_bus._MessageWriter.write_callback = _write_callback  # type: ignore[method-assign]
     aio_bus.MessageBus._reply_handler = _reply_handler  # type: ignore[method-assign]
 

@@ -26,7 +26,7 @@ from dbus_fast.errors import AuthError, InvalidAddressError
 
 # The session bus is opened here, not through anklume_client's Connection: it
 # needs the fixes as much (it goes away at logout).
-from anklume_client import dbus_fixes as _dbus_fixes  # noqa: F401 - applies them
+from anklume_client import dbus_fixes
 from anklume_desktop import words
 from anklume_desktop.daemon import Daemon, DaemonError, DataDisk, Progress, Status
 from anklume_desktop.guide.first_login import state_dir
@@ -258,6 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bus", help="the system bus's address (tests)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    untested = dbus_fixes.refusal()
+    if untested is not None:
+        print(f"anklume-tray: {untested}", file=sys.stderr)
+        return 1
     if os.geteuid() == 0:
         print("anklume-tray runs in a desktop session, not as root", file=sys.stderr)
         return 2

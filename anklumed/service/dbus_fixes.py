@@ -35,6 +35,7 @@ from dbus_fast.aio import message_bus as aio_bus
 from dbus_fast.send_reply import SendReply
 
 from anklume_client import dbus_fixes as client_fixes
+from anklumed.errors import Failed
 
 FAILED = "org.anklume.Live1.Error.Failed"
 
@@ -82,7 +83,12 @@ def _future_exception_no_reply(self: Any, fut: Any) -> None:
 
 
 def apply() -> None:
-    client_fixes.apply()  # checks the version for these too
+    """All four, or Failed (one line in the journal: anklumed.main) on a
+    dbus-fast they were not checked against."""
+    why = client_fixes.refusal()
+    if why is not None:
+        raise Failed(f"anklumed cannot start: {why}")
+    client_fixes.apply()
     SendReply._exit = _exit  # type: ignore[method-assign]
     aio_bus.MessageBus._future_exception_no_reply = (  # type: ignore[method-assign]
         _future_exception_no_reply)

@@ -19,9 +19,13 @@ from typing import Any
 import pytest
 from dbus_fast import Message
 from dbus_fast.aio import MessageBus
+from dbus_fast.aio import message_bus as aio_bus
 
 from anklume_client import dbus_fixes
-from anklume_client.errors import DISCONNECTED
+from anklume_client.connection import Connection
+from anklume_client.errors import DISCONNECTED, ClientError, ExitCode
+from anklume_client.words import explain
+from anklume_desktop.tray import applet
 from devtools.desktop_session import SESSION_BUS, bus_daemon
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,16 +40,41 @@ def test_version_tuple(text: str, parsed: tuple[int, ...]) -> None:
 
 
 @pytest.mark.parametrize("version", ["2.44.0", "0.2.3", "3.0.0", "5.1.2", "dev"])
-def test_an_untested_dbus_fast_is_refused(monkeypatch: pytest.MonkeyPatch, version: str) -> None:
+def test_an_untested_dbus_fast_is_refused_in_a_sentence(monkeypatch: pytest.MonkeyPatch,
+                                                        version: str) -> None:
     monkeypatch.setattr(dbus_fixes, "installed_version", version)
-    with pytest.raises(RuntimeError, match=f"dbus-fast {version} is outside"):
-        dbus_fixes.apply()
+    assert dbus_fixes.refusal() == (
+        f"dbus-fast {version} is outside the tested range >=2.44.1,<3: review "
+        "anklume_client/dbus_fixes.py and anklumed/service/dbus_fixes.py")
+    # nothing patched, nothing raised: the connection refuses (below)
+    def upstream(*_: Any) -> None:
+        """Stands for dbus-fast's own method."""
+
+    monkeypatch.setattr(aio_bus.MessageBus, "_reply_handler", upstream)
+    dbus_fixes.apply()
+    assert aio_bus.MessageBus._reply_handler is upstream
 
 
 @pytest.mark.parametrize("version", ["2.44.1", "2.46.4", "2.99.0"])
 def test_the_tested_range_is_accepted(monkeypatch: pytest.MonkeyPatch, version: str) -> None:
     monkeypatch.setattr(dbus_fixes, "installed_version", version)
+    assert dbus_fixes.refusal() is None
     dbus_fixes.apply()  # applying twice is harmless: the same functions again
+
+
+def test_a_connection_on_an_untested_dbus_fast_refuses_in_a_sentence(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dbus_fixes, "installed_version", "3.0.0")
+    with pytest.raises(ClientError) as refused:
+        asyncio.run(Connection.connect("unix:path=/nonexistent"))
+    assert explain(refused.value) == (dbus_fixes.refusal(), ExitCode.INCOMPATIBLE)
+
+
+def test_the_tray_on_an_untested_dbus_fast_says_so_in_a_sentence(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(dbus_fixes, "installed_version", "3.0.0")
+    assert applet.main([]) == 1
+    assert capsys.readouterr().err == f"anklume-tray: {dbus_fixes.refusal()}\n"
 
 
 def test_a_send_lost_with_the_bus_leaves_no_unread_exception() -> None:

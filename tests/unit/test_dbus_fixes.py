@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from anklume_client import dbus_fixes as client_fixes
+from anklumed.errors import Failed
 from anklumed.service import dbus_fixes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_the_daemon_refuses_an_untested_dbus_fast(monkeypatch: pytest.MonkeyPatch,
                                                   version: str) -> None:
     monkeypatch.setattr(client_fixes, "installed_version", version)
-    with pytest.raises(RuntimeError, match=f"dbus-fast {version} is outside"):
+    with pytest.raises(Failed, match=f"anklumed cannot start: dbus-fast {version} is outside"):
         dbus_fixes.apply()
 
 
