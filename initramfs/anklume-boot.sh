@@ -53,6 +53,7 @@ PERSIST_UUID=""
 TORAM_WANTED=0
 RAM_CRYPT_WANTED=0
 PERSIST_DEV=""
+LOWEST_OF=0                 # how many sticks the lowest PARTUUID was chosen among
 BOOT_DISK=""
 BOOT=""
 BOOT_COUNT=""
@@ -283,11 +284,12 @@ find_persist() {
     ticks=0 tick=0.1 per_second=10
     while :; do
         if pick_persist; then
+            settle_the_lowest
             return 0
         fi
         if [ "$ticks" -eq 0 ]; then
             load_stick_drivers
-            pick_persist && return 0
+            pick_persist && { settle_the_lowest; return 0; }
             say "waiting up to $WAIT s for the anklume stick (partition ANKLUME-PERSIST${PERSIST_UUID:+ PARTUUID=$PERSIST_UUID}${ESP_UUID:+ beside the ESP PARTUUID=$ESP_UUID})"
         fi
         [ "$ticks" -ge $((WAIT * per_second)) ] && return 1
@@ -319,10 +321,25 @@ pick_persist() {
     [ -n "$first" ] || return 1
     PERSIST_DEV=${first%% *}
     PERSIST_UUID=${first#* }
-    if [ "$#" -gt 1 ]; then
-        say "$# anklume sticks are plugged in; booting the one whose PERSIST is PARTUUID=$PERSIST_UUID (/dev/$PERSIST_DEV). Add anklume.persist=PARTUUID=... to the boot entry to choose"
-    fi
+    LOWEST_OF=$#
     return 0
+}
+
+# Neither the boot loader nor the entry named the stick (no EFI variables):
+# the lowest PARTUUID of all plugged in boots. Sticks plugged in together
+# do not appear together (usb-storage scans each a second after it is
+# seen, delay_use), and a look every tenth of a second sees the first
+# alone: the choice is made again a second later, then said.
+settle_the_lowest() {
+    [ "$LOWEST_OF" -gt 0 ] || return 0
+    dev=$PERSIST_DEV uuid=$PERSIST_UUID
+    sleep 1
+    PERSIST_UUID=""
+    pick_persist || { PERSIST_DEV=$dev PERSIST_UUID=$uuid; }
+    if [ "$LOWEST_OF" -gt 1 ]; then
+        say "$LOWEST_OF anklume sticks are plugged in; booting the one whose PERSIST is PARTUUID=$PERSIST_UUID (/dev/$PERSIST_DEV). Add anklume.persist=PARTUUID=... to the boot entry to choose"
+    fi
+    LOWEST_OF=0
 }
 
 # pick_beside_the_esp CANDIDATE...: the PERSIST whose disk holds the

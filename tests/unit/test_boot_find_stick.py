@@ -71,7 +71,7 @@ def uuid_table(path: Path, *trees: dict[str, list[Part]]) -> Path:
 
 
 # The FAKE blkid logs each call's devices; the FAKE sleep logs its argument
-# and, at its third call, plugs the stick in (SYSFS becomes LATER).
+# and, at its LATER_AT-th call, plugs the stick in (SYSFS becomes LATER).
 FAKES = """
 say() { echo "anklume: $*"; }
 modprobe() { :; }
@@ -91,7 +91,7 @@ sleep() {
     echo "SLEEP $1" >> "$LOG"
     [ -z "$WHOLE_SECONDS" ] || case "$1" in *.*) return 1 ;; esac
     SLEEPS=$((SLEEPS + 1))
-    [ "$SLEEPS" -eq 3 ] && [ -n "$LATER" ] && SYSFS=$LATER
+    [ "$SLEEPS" -eq "$LATER_AT" ] && [ -n "$LATER" ] && SYSFS=$LATER
     return 0
 }
 """
@@ -99,7 +99,7 @@ sleep() {
 
 def find(shell: str, tmp_path: Path, now: dict[str, list[Part]], *, cmdline: str = "",
          esp: str = "", later: dict[str, list[Part]] | None = None, wait: int = 30,
-         whole_seconds: bool = False) -> tuple[dict[str, str], list[str]]:
+         whole_seconds: bool = False, later_at: int = 3) -> tuple[dict[str, str], list[str]]:
     """find_persist on those disks; PERSIST_DEV and PERSIST_UUID, and the log."""
     sysfs = fake_sysfs(tmp_path / "sys-now", now)
     later_sysfs = fake_sysfs(tmp_path / "sys-later", later) if later else ""
@@ -107,6 +107,7 @@ def find(shell: str, tmp_path: Path, now: dict[str, list[Part]], *, cmdline: str
     driver = f"""{FAKES}
 SYSFS={sysfs}
 LATER={later_sysfs}
+LATER_AT={later_at}
 LOG={log}
 UUID_TABLE={uuid_table(tmp_path / "uuids", now, later or {})}
 WHOLE_SECONDS={"1" if whole_seconds else ""}
@@ -125,6 +126,8 @@ echo "PERSIST_DEV=$PERSIST_DEV PERSIST_UUID=$PERSIST_UUID"
     result = run_harness(shell, harness, env)
     out: dict[str, str] = {}
     for line in result.stdout.splitlines():
+        if line.startswith("anklume: "):
+            out["said"] = out.get("said", "") + line + "\n"
         if line == "NO_PERSIST":
             out["no_persist"] = "1"
         elif line.startswith("PERSIST_DEV="):
@@ -194,3 +197,17 @@ def test_the_partitions_of_an_nvme_disk_are_its_own(tmp_path: Path, shell: str) 
     out, _ = find(shell, tmp_path, disks, esp=ESP_B)
     assert (out["PERSIST_DEV"], out["PERSIST_UUID"]) == ("nvme0n1p4", PERSIST_B), out
 
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_without_a_word_sticks_appearing_a_moment_apart_are_all_weighed(
+        tmp_path: Path, shell: str) -> None:
+    # Two sticks plugged in together: usb-storage scans each a second after
+    # it is seen, so one appears first. The lowest PARTUUID of both boots.
+    first = {"sdb": stick("sdb", ESP_B, PERSIST_B)}
+    both = {**first, "sda": stick("sda", "aaaaaaaa-1111-4222-8333-444455556666", PERSIST_A)}
+    out, log = find(shell, tmp_path, first, later=both, later_at=1)
+    assert (out["PERSIST_DEV"], out["PERSIST_UUID"]) == ("sda4", PERSIST_A), out
+    assert "anklume: 2 anklume sticks are plugged in; booting the one whose PERSIST is " \
+           f"PARTUUID={PERSIST_A} (/dev/sda4)" in out["said"], out
+    assert [line for line in log if line.startswith("SLEEP")] == ["SLEEP 1"], log
