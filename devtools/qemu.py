@@ -49,3 +49,6 @@ def command(cpus: int) -> list[str]:
     the rest (machine, memory, devices) is the caller's."""
     accel = "tcg,thread=single" if single_threaded(installed_version(), cpus) else "tcg"
     return [QEMU, "-accel", accel, "-cpu", "max", "-smp", str(cpus)]
+
+
+QEMU_IMG = "qemu-img"  # the image tier's per-boot overlays (devtools/image_vm)

@@ -19,6 +19,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -107,3 +108,14 @@ def _built(image: Path, config: BuildConfig) -> Built:
     assert config.signing_key and config.secure_boot_key and config.secure_boot_cert
     return Built(config, image, config.signing_key, config.signing_key.with_suffix(".pub.pem"),
                  config.secure_boot_key, config.secure_boot_cert)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The boots the emulator wedged and the harness ran again, said at the
+    end of the tier, so a person sees how often QEMU did it."""
+    from devtools.image_vm import WEDGED_BOOTS
+
+    if WEDGED_BOOTS:
+        terminalreporter.write_line(
+            f"QEMU wedged {len(WEDGED_BOOTS)} boot(s) (a vCPU's timer never fired); each "
+            "was run again on the disks as they were: " + ", ".join(WEDGED_BOOTS), yellow=True)

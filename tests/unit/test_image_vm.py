@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from devtools import slowness
+from devtools import image_vm, slowness
 from devtools.image_vm import (
     CONTROL_PORT,
     LOADER_GUID,
@@ -199,3 +199,79 @@ def test_a_screendump_asks_qemu_for_the_display_in_the_boots_directory(
     assert asked[1]["arguments"] == {"filename": str(tmp_path / "session.ppm")}
     assert not (tmp_path / "session.error").exists()
     server.close()
+
+
+# A FAKE QEMU for the harness's wedged-boot handling: it writes what a boot
+# would (the stick through its overlay with the real qemu-io, the variable
+# store in place, the console), then either wedges -- the kernel's line on
+# the console, and never ends -- or reports and powers off. RUNS says, run by
+# run, which: "wedge" or "report".
+FAKE_QEMU = r'''
+import json, subprocess, sys, time
+from pathlib import Path
+argv = sys.argv[1:]
+def option(prefix):
+    return next(a[len(prefix):] for a in argv if a.startswith(prefix))
+stick = option("if=none,id=stick,format=qcow2,file=")
+variables = Path(option("if=pflash,format=raw,unit=1,file="))
+console = Path(option("file:"))
+report = Path(next(a for a in argv if a.startswith("file,id=report,")).split("path=")[1])
+runs = Path(sys.argv[0]).with_name("runs")
+done = Path(sys.argv[0]).with_name("done")
+run = len(done.read_text().splitlines()) if done.exists() else 0
+done.write_text("x\n" * (run + 1))
+what = runs.read_text().split()[run]
+offset = 512 * run  # each run writes its own sector: a dropped run's is still zero
+subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P 0x{0x70 + run:x} {offset} 512",
+                stick], check=True, capture_output=True)
+with variables.open("r+b") as f:
+    f.write(b"run %d" % run)
+if what == "wedge":
+    console.write_text("[   22.1] rcu: rcu_preempt kthread timer wakeup didn't happen for "
+                       "5251 jiffies! g-1163 f0x0 RCU_GP_WAIT_FQS(5) ->state=0x402\n")
+    time.sleep(600)
+console.write_text("booted\n")
+report.write_text(json.dumps({"run": run}) + "\n")
+'''
+
+
+def fake_qemu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runs: list[str]) -> None:
+    from devtools import qemu
+
+    script = tmp_path / "fake-qemu" / "qemu.py"
+    script.parent.mkdir()
+    script.write_text(FAKE_QEMU)
+    (script.parent / "runs").write_text("\n".join(runs))
+    monkeypatch.setattr(qemu, "command", lambda cpus: [sys.executable, str(script)])
+
+
+def test_a_boot_the_emulator_wedged_runs_again_on_the_disks_as_they_were(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first run wedges (after writing to the stick and the variables):
+    its writes are dropped, its files set aside, and the second run's writes
+    land in the machine's disks."""
+    fake_qemu(tmp_path, monkeypatch, ["wedge", "report"])
+    monkeypatch.setattr(image_vm, "WEDGED_BOOTS", [])
+    m = machine(tmp_path)
+    variables_before = m.vars.read_bytes()
+    boot = m.boot(timeout=60)
+    assert boot.report == {"run": 1} and not boot.wedged, boot.explain()
+    stick = m.stick.read_bytes()
+    assert stick[:512] == b"\0" * 512, "the wedged run's write reached the stick"
+    assert stick[512:1024] == b"\x71" * 512, "the counted run's write is not on the stick"
+    assert m.vars.read_bytes()[:5] == b"run 1" and \
+        m.vars.read_bytes()[5:] == variables_before[5:]
+    bootdir = m.rundir / "boot-1"
+    assert "timer wakeup didn't happen" in (bootdir / "wedged-1" / "console.log").read_text()
+    assert [str(bootdir)] == image_vm.WEDGED_BOOTS
+    assert not list(bootdir.glob("*.qcow2"))  # committed, then removed
+
+
+def test_a_boot_wedged_at_every_run_fails_saying_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_qemu(tmp_path, monkeypatch, ["wedge"] * image_vm.RUNS_OF_A_WEDGED_BOOT)
+    monkeypatch.setattr(image_vm, "WEDGED_BOOTS", [])
+    boot = machine(tmp_path).boot(timeout=60)
+    assert boot.wedged and boot.report is None and not boot.timed_out
+    assert boot.explain().startswith("wedged by the emulator"), boot.explain()
+    assert len(image_vm.WEDGED_BOOTS) == image_vm.RUNS_OF_A_WEDGED_BOOT - 1
