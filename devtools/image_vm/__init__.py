@@ -79,11 +79,11 @@ DATA_SERIAL = "anklume-data"
 # good: its timer interrupts never come, the guest kernel says so every 21 s
 # ("rcu_preempt kthread timer wakeup didn't happen ... Possible timer
 # handling issue on cpu=1") and the work queued on that CPU (udev's, in the
-# initramfs) waits forever: the boot never ends. Seen on the image tier's
-# same boot in two runs in a row (2026-12-05: CPU 1 stalled from the guest's
-# first second, about one boot in 70). Nothing in the image can keep a CPU's
-# timer from firing: the emulator's fault, not the system's. Such a boot is
-# run again, on the disks and variables as they were before it.
+# initramfs) waits forever: the boot never ends. Seen twice in some 300 boots
+# of the image tier and the boot bench (2026-12-05, CPU 1 stalled from the
+# guest's first second; the same boot ran clean on its next run). Nothing in
+# the image can keep a CPU's timer from firing: the emulator's fault, not the
+# system's. Such a boot is run again, on the disks and variables as they were.
 WEDGED = "timer wakeup didn't happen"
 RUNS_OF_A_WEDGED_BOOT = 3  # a boot wedged three times in a row fails
 WEDGED_BOOTS: list[str] = []  # the run directories of the boots run again: said at the end
