@@ -228,6 +228,21 @@ class Overlays:
         self.vars_before.replace(self.machine.vars)
 
 
+def pull_the_plug(proc: subprocess.Popen[bytes]) -> None:
+    """QEMU ended as a power cut ends a PC: the guest is told nothing, and
+    what QEMU has written is on the disks. SIGTERM, not SIGKILL: QEMU then
+    writes out its overlays' metadata (with SIGKILL the clusters a boot
+    allocated since the guest's last flush were lost -- the firmware's
+    rename of a boot counter, which it never flushes, was); SIGKILL only if
+    QEMU does not end."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=scaled(30))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def set_aside(bootdir: Path, run: int) -> None:
     """A wedged run's files moved to ``bootdir/wedged-RUN`` for a person to read."""
     aside = bootdir / f"wedged-{run}"
@@ -451,8 +466,7 @@ class Machine:
         finally:
             exit_status = proc.poll()
             powered_off = exit_status is not None
-            proc.kill()
-            proc.wait()
+            pull_the_plug(proc)
         return Boot(report=read_report(report_file), console=read_text(console),
                     rundir=bootdir, seconds=time.monotonic() - started, timed_out=timed_out,
                     powered_off=powered_off, exit_status=exit_status, wedged=wedged)

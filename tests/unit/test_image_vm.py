@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -275,3 +276,43 @@ def test_a_boot_wedged_at_every_run_fails_saying_so(
     assert boot.wedged and boot.report is None and not boot.timed_out
     assert boot.explain().startswith("wedged by the emulator"), boot.explain()
     assert len(image_vm.WEDGED_BOOTS) == image_vm.RUNS_OF_A_WEDGED_BOOT - 1
+
+
+def test_a_boot_ended_by_the_harness_keeps_what_qemu_wrote(tmp_path: Path) -> None:
+    """The real QEMU (no machine, one drive on an overlay) writes a cluster
+    it allocates, as the firmware renames a boot counter, with no flush;
+    the harness ends it (a power cut, a refused boot) and the overlay is
+    committed: the write is in the disk. SIGKILL lost it."""
+    from devtools import qemu
+
+    disk, overlay, sock = tmp_path / "disk.img", tmp_path / "disk.qcow2", tmp_path / "qmp.sock"
+    with disk.open("wb") as f:
+        f.truncate(64 * 1024 * 1024)
+    subprocess.run([qemu.QEMU_IMG, "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(disk),
+                    str(overlay)], check=True)
+    proc = subprocess.Popen([qemu.QEMU, "-machine", "none", "-nodefaults", "-display", "none",
+                             "-drive", f"if=none,id=d,file={overlay},format=qcow2",
+                             "-qmp", f"unix:{sock},server=on,wait=on"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with socket.socket(socket.AF_UNIX) as conn:
+            deadline = time.monotonic() + slowness.scaled(30)
+            while conn.connect_ex(str(sock)) != 0:  # QEMU listens a moment after it starts
+                assert time.monotonic() < deadline, "QEMU's QMP socket never came"
+                time.sleep(0.05)
+            with conn.makefile("rw") as qmp:
+                qmp.readline()  # the greeting
+                for command in ({"execute": "qmp_capabilities"},
+                                {"execute": "human-monitor-command", "arguments": {
+                                    "command-line": 'qemu-io d "write -P 0x55 1M 64k"'}}):
+                    qmp.write(json.dumps(command) + "\n")
+                    qmp.flush()
+                    assert "return" in json.loads(qmp.readline()), command
+        image_vm.pull_the_plug(proc)
+    finally:
+        proc.kill()
+        proc.wait()
+    subprocess.run([qemu.QEMU_IMG, "commit", "-q", "-d", str(overlay)], check=True)
+    with disk.open("rb") as f:
+        f.seek(1024 * 1024)
+        assert f.read(65536) == b"\x55" * 65536, "the write QEMU made was lost"
