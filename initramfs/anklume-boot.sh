@@ -332,10 +332,10 @@ pick_persist() {
 # alone: the choice is made again a second later, then said.
 settle_the_lowest() {
     [ "$LOWEST_OF" -gt 0 ] || return 0
-    dev=$PERSIST_DEV uuid=$PERSIST_UUID
+    first_dev=$PERSIST_DEV first_uuid=$PERSIST_UUID
     sleep 1
     PERSIST_UUID=""
-    pick_persist || { PERSIST_DEV=$dev PERSIST_UUID=$uuid; }
+    pick_persist || { PERSIST_DEV=$first_dev PERSIST_UUID=$first_uuid; }
     if [ "$LOWEST_OF" -gt 1 ]; then
         say "$LOWEST_OF anklume sticks are plugged in; booting the one whose PERSIST is PARTUUID=$PERSIST_UUID (/dev/$PERSIST_DEV). Add anklume.persist=PARTUUID=... to the boot entry to choose"
     fi

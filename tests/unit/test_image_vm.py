@@ -1,6 +1,8 @@
-"""The image tier's harness (devtools/image_vm) without QEMU: the machine's
-command line, the report script's budget for a test's commands, and the
-one-shot boot entry in the machine's variable store."""
+"""The image tier's harness (devtools/image_vm) without a guest: the
+machine's command line, the report script's budget for a test's commands,
+the one-shot boot entry in the machine's variable store, a wedged boot run
+again (a FAKE QEMU), and how the harness ends QEMU (the real one, with no
+machine, writing through an overlay)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -27,6 +28,7 @@ from devtools.image_vm import (
     screendumps_asked,
     take_screendump,
 )
+from devtools.vm.guest import QMP
 
 
 def machine(tmp_path: Path) -> Machine:
@@ -292,24 +294,20 @@ def test_a_boot_ended_by_the_harness_keeps_what_qemu_wrote(tmp_path: Path) -> No
                     str(overlay)], check=True)
     proc = subprocess.Popen([qemu.QEMU, "-machine", "none", "-nodefaults", "-display", "none",
                              "-drive", f"if=none,id=d,file={overlay},format=qcow2",
-                             "-qmp", f"unix:{sock},server=on,wait=on"],
+                             "-qmp", f"unix:{sock},server=on,wait=off"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stop = threading.Event()
+    timer = threading.Timer(slowness.scaled(30), stop.set)  # QEMU listens a moment after it starts
+    timer.start()
     try:
-        with socket.socket(socket.AF_UNIX) as conn:
-            deadline = time.monotonic() + slowness.scaled(30)
-            while conn.connect_ex(str(sock)) != 0:  # QEMU listens a moment after it starts
-                assert time.monotonic() < deadline, "QEMU's QMP socket never came"
-                time.sleep(0.05)
-            with conn.makefile("rw") as qmp:
-                qmp.readline()  # the greeting
-                for command in ({"execute": "qmp_capabilities"},
-                                {"execute": "human-monitor-command", "arguments": {
-                                    "command-line": 'qemu-io d "write -P 0x55 1M 64k"'}}):
-                    qmp.write(json.dumps(command) + "\n")
-                    qmp.flush()
-                    assert "return" in json.loads(qmp.readline()), command
+        qmp = QMP(sock, stop)
+        # qemu-io's own report goes to QEMU's stdout; the disk says below.
+        qmp.command("human-monitor-command",
+                    **{"command-line": 'qemu-io d "write -P 0x55 1M 64k"'})
+        qmp.close()
         image_vm.pull_the_plug(proc)
     finally:
+        timer.cancel()
         proc.kill()
         proc.wait()
     subprocess.run([qemu.QEMU_IMG, "commit", "-q", "-d", str(overlay)], check=True)
